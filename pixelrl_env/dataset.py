@@ -5,10 +5,10 @@ Order of operations (each deterministic given ``DataConfig.seed``):
 
 1. read every sample of the source (bad files raise, or are skipped and counted with ``skip_bad``);
 2. split the *groups* (patients) 70/10/20 by default: a patient's slices all land in one split;
-3. per split, drop slices without foreground if ``drop_empty`` (the paper's protocol);
-4. k-shot: keep ``k_shot`` training slices, drawn without replacement;
-5. choose channels, resize (images bilinear with antialiasing, masks by thresholding a bilinear resize at 0.5),
-   and normalise each image per channel.
+3. choose channels, resize (images bilinear with antialiasing, masks by thresholding a bilinear resize at 0.5),
+   and normalise each image per channel;
+4. per split, drop slices without foreground at the working resolution if ``drop_empty`` (the paper's protocol);
+5. k-shot: keep ``k_shot`` training slices, drawn without replacement.
 """
 
 from __future__ import annotations
@@ -185,6 +185,10 @@ def _to_arrays(samples: list[Sample], cfg: DataConfig) -> ArraySet:
     )
 
 
+def _select(a: ArraySet, idx: np.ndarray) -> ArraySet:
+    return ArraySet(a.images[idx], a.masks[idx], [a.groups[i] for i in idx], [a.sources[i] for i in idx])
+
+
 def load_splits(cfg: DataConfig) -> Splits:
     """Read, split by group, filter and prepare the data set described by ``cfg``."""
     cfg.validate()
@@ -197,20 +201,21 @@ def load_splits(cfg: DataConfig) -> Splits:
     tr, va, te = split_groups([s.group for s in samples], cfg.split, cfg.seed)
     parts: dict[str, list[Sample]] = {"train": [], "val": [], "test": []}
     for s in samples:
-        key = "train" if s.group in tr else "val" if s.group in va else "test"
-        if cfg.drop_empty and not s.mask.any():
-            continue
-        parts[key].append(s)
+        parts["train" if s.group in tr else "val" if s.group in va else "test"].append(s)
+    arrays = {k: _to_arrays(v, cfg) for k, v in parts.items()}
+    if cfg.drop_empty:
+        # judged at the working resolution: a lesion that vanishes when resized leaves no foreground to learn
+        arrays = {k: _select(a, np.flatnonzero(a.masks.any(axis=(1, 2)))) for k, a in arrays.items()}
     if cfg.k_shot is not None:
-        train = parts["train"]
+        train = arrays["train"]
         if cfg.k_shot > len(train):
             raise DataError(f"data.k_shot={cfg.k_shot} but the training split has only {len(train)} slices")
         keep = np.sort(np.random.default_rng([cfg.seed, 1]).choice(len(train), cfg.k_shot, replace=False))
-        parts["train"] = [train[i] for i in keep]
+        arrays["train"] = _select(train, keep)
     return Splits(
-        train=_to_arrays(parts["train"], cfg),
-        val=_to_arrays(parts["val"], cfg),
-        test=_to_arrays(parts["test"], cfg),
+        train=arrays["train"],
+        val=arrays["val"],
+        test=arrays["test"],
         bad_files=list(bad.entries),
         n_read=len(samples),
     )
