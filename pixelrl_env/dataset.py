@@ -150,29 +150,40 @@ def normalize_image(image: np.ndarray, method: str, dtype_max: float) -> np.ndar
     return (image - mean) / np.where(std > 1e-6, std, 1.0)
 
 
+def prepare_image(image: np.ndarray, cfg: DataConfig, source: str = "image") -> np.ndarray:
+    """Channels, resize and normalisation of one ``(H, W, C)`` stored image; returns ``(C', S, S)`` float32."""
+    img = image if image.ndim == 3 else image[..., None]
+    if cfg.channels is not None:
+        if max(cfg.channels) >= img.shape[2] or min(cfg.channels) < 0:
+            raise DataError(f"data.channels {cfg.channels} out of range for {source}, which has {img.shape[2]} channel(s)")
+        img = img[..., list(cfg.channels)]
+    dtype_max = 65535.0 if img.dtype == np.uint16 else 255.0
+    img_f, _ = resize_sample(img, np.zeros(img.shape[:2], np.uint8), cfg.size)
+    return normalize_image(img_f, cfg.normalize, dtype_max).transpose(2, 0, 1).astype(np.float32)
+
+
+def resize_mask(mask: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
+    """Resize a ``(h, w)`` {0, 1} mask to ``shape`` by thresholding a bilinear resize at 0.5."""
+    if mask.shape == tuple(shape):
+        return mask.astype(np.uint8)
+    im = Image.fromarray(np.ascontiguousarray(mask, dtype=np.float32)).resize((shape[1], shape[0]), Image.BILINEAR)
+    return (np.asarray(im) >= 0.5).astype(np.uint8)
+
+
 def _to_arrays(samples: list[Sample], cfg: DataConfig) -> ArraySet:
     images, masks = [], []
     native: tuple | None = None
     for s in samples:
-        img = s.image if s.image.ndim == 3 else s.image[..., None]
-        if cfg.channels is not None:
-            if max(cfg.channels) >= img.shape[2] or min(cfg.channels) < 0:
-                raise DataError(
-                    f"data.channels {cfg.channels} out of range for {s.source}, which has {img.shape[2]} channel(s)"
-                )
-            img = img[..., list(cfg.channels)]
         if cfg.size is None:
             if native is None:
-                native = img.shape[:2]
-            elif img.shape[:2] != native:
+                native = s.image.shape[:2]
+            elif s.image.shape[:2] != native:
                 raise DataError(
-                    f"{s.source} is {img.shape[0]}x{img.shape[1]} but earlier slices are {native[0]}x{native[1]}; "
+                    f"{s.source} is {s.image.shape[0]}x{s.image.shape[1]} but earlier slices are {native[0]}x{native[1]}; "
                     "set data.size to resize to a common size"
                 )
-        dtype_max = 65535.0 if img.dtype == np.uint16 else 255.0
-        img_f, mask = resize_sample(img, s.mask, cfg.size)
-        images.append(normalize_image(img_f, cfg.normalize, dtype_max).transpose(2, 0, 1))
-        masks.append(mask)
+        images.append(prepare_image(s.image, cfg, s.source))
+        masks.append(s.mask if cfg.size is None else resize_mask(s.mask, (cfg.size, cfg.size)))
     if not images:
         c = len(cfg.channels) if cfg.channels else 1
         side = cfg.size or 1

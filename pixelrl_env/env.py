@@ -72,9 +72,10 @@ class PixelSegEnv(gym.Env):
 
     ## Episode End
 
-    After ``t_max`` steps (10 in the paper) the episode is *truncated*, not terminated: the final mask is the
-    segmentation, and learners bootstrap from the value of the last state as PixelRL does. ``terminated`` is always
-    False. Stepping past the end raises; call ``reset``.
+    After ``t_max`` steps (10 in the paper) the episode *terminates*: the fixed horizon is part of the task, and the
+    final mask is the segmentation (PixelRL's code also ends its episodes as done, with a zero return after them).
+    ``truncated`` is always False. Learners that prefer to bootstrap from the value of the final state may (an option
+    of the trainer). Stepping past the end raises; call ``reset``.
 
     ## Arguments
 
@@ -214,10 +215,10 @@ class PixelSegEnv(gym.Env):
         reward_map = reward_map.astype(np.float32)
         self._state = new
         self._t += 1
-        truncated = self._t >= self.t_max
-        self._done = truncated
+        terminated = self._t >= self.t_max
+        self._done = terminated
         info = {"state": self.state, "reward_map": self._unbatch(reward_map), "t": self._t}
-        return self._obs(), float(reward_map.mean()), False, truncated, info
+        return self._obs(), float(reward_map.mean()), terminated, False, info
 
     def render(self):
         if self.render_mode != "rgb_array":

@@ -3,7 +3,7 @@
 This makes the pixel-agent framing literal for multi-agent tooling and for teaching; it is for small images only
 (one Python dict entry per pixel per step), while training uses the array form of :class:`PixelSegEnv`.
 
-* agents: ``"pixel_<row>_<col>"``, all ``H x W`` of them, alive for ``t_max`` steps, then truncated together;
+* agents: ``"pixel_<row>_<col>"``, all ``H x W`` of them, alive for ``t_max`` steps, then terminated together;
 * observation per agent: a ``(C, k, k)`` float32 patch of ``image * mask`` centred on the pixel (zero outside the
   image; ``k = patch``, odd), so that the agent sees its own state and its neighbourhood;
 * action per agent: ``Discrete(n_actions)`` with the meanings of :class:`PixelSegEnv`;
@@ -77,14 +77,14 @@ class PixelAgentsParallelEnv(ParallelEnv):
         for i, a in enumerate(self.possible_agents):
             if a in actions:
                 grid[i // w, i % w] = int(actions[a])
-        obs, _, _, truncated, info = self.env.step(grid)
+        obs, _, done, _, info = self.env.step(grid)
         reward_map = info["reward_map"].reshape(-1)
         observations = self._agent_obs(obs)
         rewards = {a: float(reward_map[i]) for i, a in enumerate(self.possible_agents) if a in self._alive}
-        terminations = {a: False for a in self.agents}
-        truncations = {a: bool(truncated) for a in self.agents}
+        terminations = {a: bool(done) for a in self.agents}
+        truncations = {a: False for a in self.agents}
         infos = {a: {} for a in self.agents}
-        if truncated:
+        if done:
             self.agents = []
             self._alive = set()
         return observations, rewards, terminations, truncations, infos

@@ -107,6 +107,63 @@ def _cmd_env_demo(args: argparse.Namespace) -> int:
     return 0
 
 
+def _print_metrics(title: str, metrics: dict) -> None:
+    table = Table(title=title)
+    for col in ("Dice", "IoU", "PPV", "Sens", "BIoU", "HD95", "params", "wall s"):
+        table.add_column(col, justify="right")
+    g = metrics.get
+    table.add_row(*(f"{g('val/' + k, float('nan')):.3f}" for k in ("dice", "iou", "ppv", "sensitivity", "biou")),
+                  f"{g('val/hd95', float('nan')):.2f}", f"{g('params', 0):,}", f"{g('wall_time_s', 0):.0f}")
+    console.print(table)
+
+
+def _cmd_train(args: argparse.Namespace) -> int:
+    from .config import load_config
+
+    cfg = load_config(args.config, args.set)
+    if cfg.model == "unet":
+        from .baseline import train_unet
+
+        metrics = train_unet(cfg, args.output_dir, resume=args.resume, quiet=args.quiet)
+    else:
+        from .trainer import train
+
+        metrics = train(cfg, args.output_dir, resume=args.resume, quiet=args.quiet)
+    _print_metrics(f"validation ({metrics['n_val']} slices, best checkpoint) -> {args.output_dir}", metrics)
+    return 0
+
+
+def _cmd_baseline(args: argparse.Namespace) -> int:
+    args.set = ["model=unet", *(args.set or [])]
+    return _cmd_train(args)
+
+
+def _cmd_evaluate(args: argparse.Namespace) -> int:
+    from .evaluate import evaluate_checkpoint
+
+    res = evaluate_checkpoint(args.checkpoint, args.format, args.data, split=args.split, json_out=args.json,
+                              csv_out=args.csv, device=args.device, skip_bad=args.skip_bad)
+    table = Table(title=f"{args.split} split, slices with foreground (n={res['n_images']}); "
+                        f"all slices n={res['all_slices']['n_images']}")
+    for col in ("slices", "Dice", "IoU", "PPV", "Sens", "BIoU", "HD95", "ASSD"):
+        table.add_column(col, justify="right")
+    for name, block in (("foreground", res), ("all", res["all_slices"])):
+        if block["n_images"]:
+            table.add_row(name, *(f"{block[k]:.3f}" for k in ("dice", "iou", "ppv", "sensitivity", "biou")),
+                          f"{block['hd95']:.2f}", f"{block['assd']:.2f}")
+    console.print(table)
+    return 0
+
+
+def _add_train_args(p: argparse.ArgumentParser, default_out: str) -> None:
+    p.add_argument("--config", default=None, help="YAML config (see tune_configs/)")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a config value, e.g. --set lr=3e-4 --set data.size=64 (repeatable)")
+    p.add_argument("--output-dir", default=default_out, help=f"where metrics and checkpoints go (default {default_out})")
+    p.add_argument("--resume", action="store_true", help="continue from OUTPUT_DIR/checkpoints/last.pt")
+    p.add_argument("--quiet", action="store_true", help="no progress display")
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="pixeldrl", description="PixelDRL-MG: pixel-level deep RL segmentation on Ray")
     p.add_argument("-v", "--verbose", action="store_true", help="log debug messages")
@@ -120,6 +177,25 @@ def build_parser() -> argparse.ArgumentParser:
     prep.add_argument("--shard-size", type=int, default=256, help="slices per shard (default 256)")
     prep.add_argument("--group-pattern", default=None, help="folder format: regex giving the patient id of a stem")
     prep.set_defaults(func=_cmd_prepare_data)
+
+    tr = sub.add_parser("train", help="train PixelDRL-MG (PA3C); the default command of train.py")
+    _add_train_args(tr, "runs/main")
+    tr.set_defaults(func=_cmd_train)
+
+    bl = sub.add_parser("baseline", help="train the supervised MONAI U-Net on the same split and resolution")
+    _add_train_args(bl, "runs/unet")
+    bl.set_defaults(func=_cmd_baseline)
+
+    ev = sub.add_parser("evaluate", help="evaluate a checkpoint at native resolution; per-image CSV and JSON")
+    ev.add_argument("--checkpoint", required=True)
+    ev.add_argument("--data", default=None, help="data path (default: the checkpoint's training data)")
+    ev.add_argument("--format", default=None, choices=("lgg", "folder", "parquet", "synthetic"))
+    ev.add_argument("--split", default="test", choices=("train", "val", "test", "all"))
+    ev.add_argument("--json", default=None, help="summary JSON (the per-image CSV goes beside it)")
+    ev.add_argument("--csv", default=None)
+    ev.add_argument("--device", default="cpu")
+    ev.add_argument("--skip-bad", action="store_true")
+    ev.set_defaults(func=_cmd_evaluate)
 
     info = sub.add_parser("data-info", help="show the patient-level split of a data set")
     info.add_argument("--format", default="synthetic", choices=("lgg", "folder", "parquet", "synthetic"))
@@ -160,7 +236,7 @@ def main(argv: list[str] | None = None, default_command: str | None = None) -> i
         return 2
     try:
         return int(args.func(args) or 0)
-    except DataError as e:
+    except (DataError, ValueError, FileNotFoundError) as e:
         err_console.print(f"[bold red]error:[/] {e}", highlight=False, soft_wrap=True)
         return 2
 

@@ -49,9 +49,9 @@ def run_policy(env: PixelSegEnv, policy: str, seed: int) -> dict[str, float]:
                 a = random_actions(rng, env._act_shape, env.n_actions)
             else:
                 a = np.full(env._act_shape, KEEP, np.int64)
-            _, _, _, truncated, info = env.step(a if env.batch_size else a[0])
+            _, _, done, _, info = env.step(a if env.batch_size else a[0])
             total += info["reward_map"].reshape(env._act_shape)
-            if truncated:
+            if done:
                 break
         m = compute_all(env._state[:keep], env._gt[:keep])
         for k, v in m.items():

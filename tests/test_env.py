@@ -38,12 +38,12 @@ def test_hand_computed_rewards_paper_actions():
     assert r == 0.0 and not term and not trunc
     np.testing.assert_allclose(obs, [[[0.0, 0.0], [0.6, 0.8]]])
     # set (1,0) to background: +1; a pixel already background stays so with "do nothing": 0
-    _, r, _, trunc, info = env.step(np.array([[1, 1], [0, 1]]))
+    _, r, term, _, info = env.step(np.array([[1, 1], [0, 1]]))
     np.testing.assert_array_equal(info["reward_map"], [[0, 0], [1, 0]])
-    assert r == 0.25 and not trunc
-    _, r, _, trunc, info = env.step(np.ones((2, 2), np.uint8))
+    assert r == 0.25 and not term
+    _, r, term, trunc, info = env.step(np.ones((2, 2), np.uint8))
     np.testing.assert_array_equal(info["reward_map"], np.zeros((2, 2)))
-    assert trunc and info["t"] == 3
+    assert term and not trunc and info["t"] == 3
     with pytest.raises(RuntimeError, match="call reset"):
         env.step(np.ones((2, 2), int))
 
@@ -54,10 +54,10 @@ def test_hand_computed_rewards_three_actions_and_return_equals_improvement():
     np.testing.assert_array_equal(info["state"], np.zeros((2, 2)))
     _, r, _, _, info = env.step(np.array([[2, 2], [1, 1]]))
     np.testing.assert_array_equal(info["reward_map"], [[1, -1], [0, 0]])
-    _, r, _, trunc, info = env.step(np.array([[1, 0], [2, 2]]))
+    _, r, term, _, info = env.step(np.array([[1, 0], [2, 2]]))
     np.testing.assert_array_equal(info["state"], [[1, 0], [1, 1]])
     np.testing.assert_array_equal(info["reward_map"], [[0, 1], [-1, 1]])
-    assert trunc
+    assert term
 
 
 def test_episode_return_is_the_improvement_in_wrong_pixels():
@@ -135,10 +135,10 @@ def test_pettingzoo_parallel_api_and_rewards_match_the_map():
     np.testing.assert_array_equal(obs["pixel_0_0"][:, 0, :], 0.0)  # zero padding outside the image
     gt = env.env.ground_truth
     actions = {a: int(1 if gt[int(a.split("_")[1]), int(a.split("_")[2])] else 0) for a in env.agents}
-    _, rewards, _, trunc, _ = env.step(actions)
+    _, rewards, term, _, _ = env.step(actions)
     assert sum(rewards.values()) == (gt == 0).sum()  # each background pixel fixed earns +1
-    assert not any(trunc.values())
-    _, _, _, trunc, _ = env.step({})
-    assert all(trunc.values()) and env.agents == []
+    assert not any(term.values())
+    _, _, term, trunc, _ = env.step({})
+    assert all(term.values()) and not any(trunc.values()) and env.agents == []
     with pytest.raises(ValueError, match="meant for small images"):
         PixelAgentsParallelEnv(data={**data, "size": 128}, max_agents=4096)

@@ -1,0 +1,180 @@
+"""One typed training configuration, loaded from YAML with ``--set key=value`` overrides."""
+
+from __future__ import annotations
+
+import dataclasses
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from pixelrl_env.dataset import DataConfig
+
+
+def _default_data() -> DataConfig:
+    # 64 px keeps the README's main job inside 10 minutes on 2 cores; real-data configs use 128 or native 256
+    return DataConfig(
+        format="synthetic",
+        size=64,
+        synthetic={"n_patients": 40, "slices_per_patient": 8, "size": 64, "difficulty": "easy"},
+    )
+
+
+@dataclass
+class TrainConfig:
+    """Everything a training run needs. Defaults are the README's main job (``small`` preset, synthetic data)."""
+
+    data: DataConfig = field(default_factory=_default_data)
+    model: str = "pixeldrl"  # pixeldrl | unet (the supervised baseline)
+    # network
+    preset: str = "small"  # small (CPU) | paper (7.0M parameters, GPU)
+    attention: bool = True  # paper ablation: self-attention block on/off
+    dilation: bool = True  # paper ablation: dilated convolutions on/off
+    norm: str = "group"  # group (GroupNorm after each conv; ours, the paper does not say) | none
+    init_keep_prob: float | None = None  # start near "do nothing" (e.g. 0.9); null = PyTorch default init (paper)
+    # environment and PA3C
+    action_set: str = "paper"  # paper (set background / do nothing) | three (+ set foreground; ours)
+    t_max: int = 10
+    gamma: float = 0.95
+    entropy_coef: float = 0.01
+    value_coef: float = 0.5
+    bootstrap: str = "terminal"  # terminal: R_T = 0, the episode ends at t_max (PixelRL's code) | value: R_T = V(s_T)
+    reward_kernel: int = 5  # side of the learnable reward-map kernel (PixelRL: 33; the paper does not say)
+    aux_coef: float = 0.0  # NOT in the paper: supervised term towards the oracle action (0 = pure PA3C)
+    # optimisation
+    batch_size: int = 8  # images per rollout (the paper: 2)
+    lr: float = 1e-3
+    lr_decay: float = 0.9  # multiply the learning rate by this ...
+    lr_decay_epochs: int = 25  # ... every this many epochs (the paper: 0.9 every 25)
+    epochs: int = 50  # the paper: 200 (see tune_configs/paper_brain.yaml)
+    max_minutes: float | None = 10.0  # stop earlier when this wall-clock budget is spent (null: no limit)
+    grad_clip: float = 1.0
+    seed: int = 0
+    threads: int | None = None  # torch CPU threads (None: all cores)
+    device: str = "auto"  # auto | cpu | cuda
+    # evaluation and checkpoints
+    eval_every: int = 50  # updates between validation passes
+    eval_max_images: int | None = 64
+    checkpoint_every: int = 50  # updates between last.pt writes
+
+
+def _field_types(cls) -> dict[str, Any]:
+    return typing.get_type_hints(cls)
+
+
+def _coerce(value: Any, tp: Any, key: str) -> Any:
+    """YAML reads '3e-4' as a string (YAML 1.1 floats need a dot); convert by the field's declared type."""
+    args = typing.get_args(tp)
+    if value is None:
+        if type(None) in args or tp is Any:
+            return None
+        raise ValueError(f"config key {key} cannot be null")
+    base = next((a for a in args if a is not type(None)), tp) if args and type(None) in args else tp
+    try:
+        if base is float and isinstance(value, (int, float, str)) and not isinstance(value, bool):
+            return float(value)
+        if base is int and isinstance(value, (int, str)) and not isinstance(value, bool):
+            return int(value)
+        if base is bool and isinstance(value, str) and value.lower() in ("true", "false"):
+            return value.lower() == "true"
+    except ValueError:
+        raise ValueError(f"config key {key} expects {getattr(base, '__name__', base)}, got {value!r}") from None
+    if base in (int, float, bool, str) and not isinstance(value, base if base is not float else (int, float)):
+        raise ValueError(f"config key {key} expects {base.__name__}, got {value!r}")
+    return value
+
+
+def _from_dict(cls, d: dict, prefix: str = ""):
+    if not isinstance(d, dict):
+        raise ValueError(f"config section {prefix or '<root>'} must be a mapping, got {type(d).__name__}")
+    names = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(d) - names)
+    if unknown:
+        raise ValueError(f"unknown config key(s) {[prefix + k for k in unknown]}; known: {sorted(names)}")
+    kwargs = {}
+    types = _field_types(cls)
+    for k, v in d.items():
+        if dataclasses.is_dataclass(types[k]):
+            base = getattr(cls(), k)
+            merged = {**dataclasses.asdict(base), **(v or {})}
+            kwargs[k] = _from_dict(types[k], merged, prefix + k + ".")
+        elif k == "split" and isinstance(v, list):
+            kwargs[k] = tuple(float(x) for x in v)
+        else:
+            kwargs[k] = _coerce(v, types[k], prefix + k)
+    return cls(**kwargs)
+
+
+def _set_dotted(d: dict, key: str, value: Any) -> None:
+    parts = key.split(".")
+    for p in parts[:-1]:
+        d = d.setdefault(p, {})
+        if not isinstance(d, dict):
+            raise ValueError(f"--set {key}: {p} is not a section")
+    d[parts[-1]] = value
+
+
+def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> TrainConfig:
+    """Defaults, then the YAML file, then ``key=value`` overrides (values parsed as YAML: 1e-3, true, [1], null)."""
+    raw: dict = dataclasses.asdict(TrainConfig())
+    if path is not None:
+        p = Path(path)
+        if not p.is_file():
+            raise ValueError(f"config file not found: {p}")
+        loaded = yaml.safe_load(p.read_text()) or {}
+        if not isinstance(loaded, dict):
+            raise ValueError(f"config file {p} must hold a mapping, got {type(loaded).__name__}")
+        for k, v in loaded.items():
+            if k == "data" and isinstance(v, dict):
+                raw["data"] = {**raw["data"], **v}
+            else:
+                raw[k] = v
+    for item in overrides or []:
+        if "=" not in item:
+            raise ValueError(f"--set expects key=value, got {item!r}")
+        k, v = item.split("=", 1)
+        _set_dotted(raw, k.strip(), yaml.safe_load(v))
+    cfg = _from_dict(TrainConfig, raw)
+    validate(cfg)
+    return cfg
+
+
+def validate(cfg: TrainConfig) -> None:
+    from .model import PRESETS
+    from pixelrl_env.env import ACTION_SETS
+
+    cfg.data.validate()
+    checks = [
+        (cfg.model in ("pixeldrl", "unet"), f"model must be 'pixeldrl' or 'unet', got {cfg.model!r}"),
+        (cfg.norm in ("group", "none"), f"norm must be 'group' or 'none', got {cfg.norm!r}"),
+        (cfg.preset in PRESETS, f"preset must be one of {sorted(PRESETS)}, got {cfg.preset!r}"),
+        (cfg.action_set in ACTION_SETS, f"action_set must be one of {sorted(ACTION_SETS)}, got {cfg.action_set!r}"),
+        (cfg.bootstrap in ("terminal", "value"), f"bootstrap must be 'terminal' or 'value', got {cfg.bootstrap!r}"),
+        (cfg.t_max >= 1, f"t_max must be >= 1, got {cfg.t_max}"),
+        (0 < cfg.gamma <= 1, f"gamma must be in (0, 1], got {cfg.gamma}"),
+        (cfg.reward_kernel >= 1 and cfg.reward_kernel % 2 == 1, f"reward_kernel must be odd, got {cfg.reward_kernel}"),
+        (cfg.batch_size >= 1, f"batch_size must be >= 1, got {cfg.batch_size}"),
+        (cfg.lr > 0, f"lr must be > 0, got {cfg.lr}"),
+        (cfg.epochs >= 1, f"epochs must be >= 1, got {cfg.epochs}"),
+        (cfg.device in ("auto", "cpu", "cuda"), f"device must be auto, cpu or cuda, got {cfg.device!r}"),
+        (cfg.data.size is None or cfg.data.size % 4 == 0, f"data.size must be divisible by 4, got {cfg.data.size}"),
+    ]
+    for ok, msg in checks:
+        if not ok:
+            raise ValueError(msg)
+
+
+def to_dict(cfg: TrainConfig) -> dict:
+    return dataclasses.asdict(cfg)
+
+
+def flatten(d: dict, prefix: str = "") -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for k, v in d.items():
+        if isinstance(v, dict):
+            out.update(flatten(v, f"{prefix}{k}."))
+        else:
+            out[f"{prefix}{k}"] = v
+    return out

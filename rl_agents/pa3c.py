@@ -1,0 +1,144 @@
+"""The pixel-level A3C (PA3C) loss as a pure function, with per-pixel n-step returns and the reward-map convolution.
+
+Returns (PixelRL, Furuta et al. 2019; used by the paper):
+
+    R_T = V(s_T)                              (bootstrap from the value of the state after the last step)
+    R_t = r_t + gamma * (w * R_{t+1})         (w: a learnable k x k kernel, '*' a 2-D convolution, zero padding)
+
+``w`` starts as the identity (a 1 at the centre), which gives ordinary per-pixel n-step returns; it lets a pixel's
+return include its neighbours' future rewards. ``w`` receives gradient only through the value loss, because the
+advantage in the policy loss is detached (as in PixelRL).
+
+Loss terms, each averaged over time steps, images and pixels:
+
+    losses/policy  = -mean(log pi(a_t|s_t) * A_t),  A_t = (R_t - V(s_t)) detached
+    losses/value   = value_coef * mean((R_t - V(s_t))^2)          (value_coef = 0.5 as PixelRL)
+    losses/entropy = -entropy_coef * mean(H(pi(.|s_t)))            (a bonus, so it enters with a minus sign)
+    losses/aux     = aux_coef * mean(-log pi(a*_t|s_t))             (optional, NOT in the paper: a supervised term
+                                                                     towards the oracle action a*; off by default)
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+class RewardMapConv(nn.Module):
+    """The learnable ``k x k`` kernel ``w`` of the reward-map convolution, initialised to the identity."""
+
+    def __init__(self, kernel_size: int = 5):
+        super().__init__()
+        if kernel_size < 1 or kernel_size % 2 == 0:
+            raise ValueError(f"reward-map kernel size must be a positive odd number, got {kernel_size}")
+        w = torch.zeros(kernel_size, kernel_size)
+        w[kernel_size // 2, kernel_size // 2] = 1.0
+        self.weight = nn.Parameter(w)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Convolve ``(B, H, W)`` maps with ``w``; output has the same shape."""
+        k = self.weight.shape[-1]
+        return F.conv2d(x[:, None], self.weight[None, None], padding=k // 2)[:, 0]
+
+
+def pixel_returns(
+    rewards: torch.Tensor, bootstrap: torch.Tensor, gamma: float, reward_conv: nn.Module | None = None
+) -> torch.Tensor:
+    """Per-pixel discounted returns with the reward-map convolution.
+
+    Args:
+        rewards: ``(T, B, H, W)`` per-pixel rewards r_0 .. r_{T-1}.
+        bootstrap: ``(B, H, W)`` value of the final state (detached by the caller if it should not be trained).
+        gamma: discount.
+        reward_conv: the kernel ``w`` (None: identity, i.e. plain per-pixel returns).
+
+    Returns:
+        ``(T, B, H, W)`` returns R_0 .. R_{T-1}; differentiable in ``w``.
+    """
+    if rewards.dim() != 4 or bootstrap.shape != rewards.shape[1:]:
+        raise ValueError(
+            f"rewards must be (T, B, H, W) and bootstrap (B, H, W); got {tuple(rewards.shape)} and "
+            f"{tuple(bootstrap.shape)}"
+        )
+    out = []
+    R = bootstrap
+    for t in range(rewards.shape[0] - 1, -1, -1):
+        R = rewards[t] + gamma * (reward_conv(R) if reward_conv is not None else R)
+        out.append(R)
+    return torch.stack(out[::-1])
+
+
+@dataclass
+class PA3CLoss:
+    total: torch.Tensor
+    policy: torch.Tensor
+    value: torch.Tensor
+    entropy: torch.Tensor
+    aux: torch.Tensor
+    advantage_mean: torch.Tensor
+    returns_mean: torch.Tensor
+
+    def scalars(self) -> dict[str, float]:
+        return {
+            "losses/total": float(self.total.detach()),
+            "losses/policy": float(self.policy.detach()),
+            "losses/value": float(self.value.detach()),
+            "losses/entropy": float(self.entropy.detach()),
+            "losses/aux": float(self.aux.detach()),
+            "charts/advantage_mean": float(self.advantage_mean),
+            "charts/returns_mean": float(self.returns_mean),
+        }
+
+
+def pa3c_loss(
+    log_probs: torch.Tensor,
+    entropies: torch.Tensor,
+    values: torch.Tensor,
+    rewards: torch.Tensor,
+    bootstrap: torch.Tensor,
+    *,
+    gamma: float = 0.95,
+    reward_conv: nn.Module | None = None,
+    value_coef: float = 0.5,
+    entropy_coef: float = 0.01,
+    aux_log_probs: torch.Tensor | None = None,
+    aux_coef: float = 0.0,
+) -> PA3CLoss:
+    """PA3C loss over a rollout (see the module docstring for the terms).
+
+    Args:
+        log_probs: ``(T, B, H, W)`` log pi(a_t|s_t) of the actions taken.
+        entropies: ``(T, B, H, W)`` policy entropy per pixel.
+        values: ``(T, B, H, W)`` V(s_t).
+        rewards: ``(T, B, H, W)``.
+        bootstrap: ``(B, H, W)`` V(s_T); detached here.
+        aux_log_probs: ``(T, B, H, W)`` log pi(a*_t|s_t) of the oracle actions, for the optional supervised term.
+    """
+    shape = rewards.shape
+    for name, t in (("log_probs", log_probs), ("entropies", entropies), ("values", values)):
+        if t.shape != shape:
+            raise ValueError(f"{name} must match rewards {tuple(shape)}, got {tuple(t.shape)}")
+    returns = pixel_returns(rewards, bootstrap.detach(), gamma, reward_conv)
+    delta = returns - values
+    advantage = delta.detach()
+    policy = -(log_probs * advantage).mean()
+    value = value_coef * delta.pow(2).mean()
+    entropy = -entropy_coef * entropies.mean()
+    if aux_coef > 0:
+        if aux_log_probs is None:
+            raise ValueError("aux_coef > 0 needs aux_log_probs (log-probabilities of the oracle actions)")
+        aux = aux_coef * (-aux_log_probs).mean()
+    else:
+        aux = torch.zeros((), device=rewards.device)
+    return PA3CLoss(
+        total=policy + value + entropy + aux,
+        policy=policy,
+        value=value,
+        entropy=entropy,
+        aux=aux,
+        advantage_mean=advantage.mean(),
+        returns_mean=returns.detach().mean(),
+    )

@@ -1,0 +1,92 @@
+"""Collecting a PA3C rollout: t_max steps of every pixel agent through the environment.
+
+Kept apart from the update (as Stable-Baselines3 keeps ``collect_rollouts`` apart from ``train``): this module only
+acts and records; :mod:`rl_agents.pa3c` turns the record into a loss. The record keeps the autograd graph of the
+per-step log-probabilities and values, so the update needs no second forward pass (a third of the compute on CPU).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from pixelrl_env.env import PixelSegEnv
+from pixelrl_env.policies import oracle_actions
+
+
+def sample_actions(logits: torch.Tensor, generator: torch.Generator | None = None):
+    """Sample one action per pixel from ``(B, A, H, W)`` logits by inverse CDF (seedable, unlike Categorical).
+
+    Returns actions ``(B, H, W)`` int64, their log-probabilities and the per-pixel entropy, both ``(B, H, W)``.
+    """
+    logp = F.log_softmax(logits, dim=1)
+    p = logp.exp()
+    b, a, h, w = logits.shape
+    u = torch.rand((b, 1, h, w), generator=generator, device=logits.device)
+    cdf = p.detach().cumsum(dim=1)
+    actions = (u > cdf[:, :-1]).sum(dim=1).clamp_(max=a - 1)
+    log_prob = logp.gather(1, actions[:, None])[:, 0]
+    entropy = -(p * logp).sum(dim=1)
+    return actions, log_prob, entropy
+
+
+@dataclass
+class Rollout:
+    """One rollout of ``T`` steps over ``B`` images; per-pixel tensors are ``(T, B, H, W)``."""
+
+    log_probs: torch.Tensor
+    entropies: torch.Tensor
+    values: torch.Tensor
+    rewards: torch.Tensor
+    bootstrap: torch.Tensor  # (B, H, W) V(s_T), no graph
+    aux_log_probs: torch.Tensor | None  # log pi(a*|s) of oracle actions, when asked for
+    final_state: np.ndarray  # (B, H, W) uint8
+    ground_truth: np.ndarray  # (B, H, W) uint8
+
+    @property
+    def pixel_agent_steps(self) -> int:
+        return int(self.rewards.numel())
+
+    def mean_return(self) -> float:
+        """Mean over images of the summed per-pixel rewards (the number of pixels the episode fixed, net)."""
+        return float(self.rewards.sum(dim=(0, 2, 3)).mean())
+
+
+def collect_rollout(
+    model: torch.nn.Module,
+    env: PixelSegEnv,
+    device: torch.device,
+    generator: torch.Generator | None = None,
+    with_aux: bool = False,
+) -> Rollout:
+    """Reset ``env`` (batched) and run ``env.t_max`` sampled steps with ``model``."""
+    obs, _ = env.reset()
+    logps, ents, vals, rews, aux = [], [], [], [], []
+    for _ in range(env.t_max):
+        x = torch.from_numpy(obs).to(device)
+        logits, value = model(x)
+        actions, logp, ent = sample_actions(logits, generator)
+        if with_aux:
+            star = oracle_actions(env._state.view(np.uint8), env._gt.view(np.uint8), env.n_actions)
+            star_t = torch.from_numpy(star).to(device)
+            aux.append(F.log_softmax(logits, dim=1).gather(1, star_t[:, None])[:, 0])
+        obs, _, _, _, info = env.step(actions.cpu().numpy())
+        logps.append(logp)
+        ents.append(ent)
+        vals.append(value)
+        rews.append(torch.from_numpy(info["reward_map"]).to(device))
+    with torch.no_grad():
+        _, bootstrap = model(torch.from_numpy(obs).to(device))
+    return Rollout(
+        log_probs=torch.stack(logps),
+        entropies=torch.stack(ents),
+        values=torch.stack(vals),
+        rewards=torch.stack(rews),
+        bootstrap=bootstrap,
+        aux_log_probs=torch.stack(aux) if with_aux else None,
+        final_state=env._state.view(np.uint8).copy(),
+        ground_truth=env._gt.view(np.uint8).copy(),
+    )
