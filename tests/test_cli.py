@@ -32,10 +32,16 @@ def test_env_demo_three_actions(tmp_path: Path):
     assert json.loads(out.read_text())["results"]["oracle"]["dice"] == 1.0
 
 
-def test_train_py_runs_the_main_job():
+def test_train_py_trains_by_default_and_runs_other_commands(tmp_path: Path):
     env = {**os.environ, "COLUMNS": "120"}
-    r = subprocess.run([sys.executable, "train.py", "--size", "48", "--n-patients", "6"], cwd=ROOT, env=env,
-                       capture_output=True, text=True, timeout=120)
+    r = subprocess.run([sys.executable, "train.py", "--config", "tune_configs/smoke.yaml", "--set", "epochs=1",
+                        "--output-dir", str(tmp_path / "run"), "--quiet"], cwd=ROOT, env=env,
+                       capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr
+    metrics = json.loads((tmp_path / "run" / "metrics.json").read_text())
+    assert metrics["updates"] >= 1 and "val/dice" in metrics and "Dice" in r.stdout
+    r = subprocess.run([sys.executable, "train.py", "env-demo", "--size", "48", "--n-patients", "6"], cwd=ROOT,
+                       env=env, capture_output=True, text=True, timeout=120)
     assert r.returncode == 0, r.stderr
     assert "oracle" in r.stdout and "1.000" in r.stdout
 
