@@ -17,7 +17,6 @@ import torch
 import yaml
 from rich.console import Console
 
-from pixelrl_env.dataset import load_splits
 from pixelrl_env.metrics import compute_all
 
 from .checkpoint import load_checkpoint, save_checkpoint
@@ -54,16 +53,9 @@ def train_unet(cfg: TrainConfig, output_dir: str | Path, resume: bool = False, q
     """Supervised U-Net training; ``epochs``, ``batch_size``, ``lr``, ``max_minutes``, ``seed`` from ``cfg``."""
     from monai.losses import DiceCELoss
 
-    from .trainer import pick_device
+    from .trainer import prepare_run
 
-    out = Path(output_dir)
-    ckpt_dir = out / "checkpoints"
-    out.mkdir(parents=True, exist_ok=True)
-    if cfg.threads:
-        torch.set_num_threads(cfg.threads)
-    torch.manual_seed(cfg.seed)
-    device = pick_device(cfg.device)
-    splits = load_splits(cfg.data)
+    out, ckpt_dir, device, splits = prepare_run(cfg, output_dir)
     tr, va = splits.train, splits.val
     in_channels = tr.images.shape[1]
     model = build_unet(in_channels).to(device)

@@ -142,7 +142,8 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
     from .evaluate import evaluate_checkpoint
 
     res = evaluate_checkpoint(args.checkpoint, args.format, args.data, split=args.split, json_out=args.json,
-                              csv_out=args.csv, device=args.device, skip_bad=args.skip_bad)
+                              csv_out=args.csv, device=args.device, skip_bad=args.skip_bad,
+                              overlays=args.overlays, max_overlays=args.max_overlays)
     table = Table(title=f"{args.split} split, slices with foreground (n={res['n_images']}); "
                         f"all slices n={res['all_slices']['n_images']}")
     for col in ("slices", "Dice", "IoU", "PPV", "Sens", "BIoU", "HD95", "ASSD"):
@@ -195,6 +196,8 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--csv", default=None)
     ev.add_argument("--device", default="cpu")
     ev.add_argument("--skip-bad", action="store_true")
+    ev.add_argument("--overlays", default=None, help="write image/truth/prediction/uncertainty PNGs to this folder")
+    ev.add_argument("--max-overlays", type=int, default=8)
     ev.set_defaults(func=_cmd_evaluate)
 
     info = sub.add_parser("data-info", help="show the patient-level split of a data set")

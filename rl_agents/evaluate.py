@@ -64,6 +64,8 @@ def evaluate_checkpoint(
     device: str = "cpu",
     skip_bad: bool = False,
     batch_size: int = 16,
+    overlays: str | Path | None = None,
+    max_overlays: int = 8,
 ) -> dict[str, Any]:
     """Evaluate ``checkpoint`` on ``split`` of a data set (default: the one it was trained on)."""
     if split not in SPLITS:
@@ -85,9 +87,14 @@ def evaluate_checkpoint(
     for i in range(0, len(samples), batch_size):
         chunk = samples[i : i + batch_size]
         images = np.stack([prepare_image(s.image, data, s.source) for s in chunk])
-        masks, _ = predict(model, cfg, images, device)
-        for s, m in zip(chunk, masks):
+        masks, uncertainty = predict(model, cfg, images, device)
+        for s, img, m, unc in zip(chunk, images, masks, uncertainty):
             pred = resize_mask(m, s.mask.shape)
+            if overlays and len(rows) < max_overlays:
+                from .visualize import save_overlay
+
+                gt_small = resize_mask(s.mask, m.shape)
+                save_overlay(Path(overlays) / f"{len(rows):03d}_{Path(s.source).stem}.png", img, gt_small, m, unc)
             vals = {k: float(v[0]) for k, v in compute_all(pred, s.mask).items()}
             rows.append({"source": s.source, "group": s.group, "has_foreground": bool(s.mask.any()),
                          "height": s.mask.shape[0], "width": s.mask.shape[1], **vals})

@@ -86,17 +86,20 @@ def _payload(cfg, model, reward_conv, opt, sched, env, gen, state: RunState, in_
     }
 
 
-def train(cfg: TrainConfig, output_dir: str | Path, resume: bool = False, quiet: bool = False) -> dict[str, Any]:
-    """Train PixelDRL-MG as configured; returns the final metrics (also written to ``output_dir/metrics.json``)."""
+def prepare_run(cfg: TrainConfig, output_dir: str | Path):
+    """Output folders, threads, seed, device and data, shared by PA3C training and the U-Net baseline."""
     out = Path(output_dir)
-    ckpt_dir = out / "checkpoints"
     out.mkdir(parents=True, exist_ok=True)
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     torch.manual_seed(cfg.seed)
-    device = pick_device(cfg.device)
-
     splits = load_splits(cfg.data)
+    return out, out / "checkpoints", pick_device(cfg.device), splits
+
+
+def train(cfg: TrainConfig, output_dir: str | Path, resume: bool = False, quiet: bool = False) -> dict[str, Any]:
+    """Train PixelDRL-MG as configured; returns the final metrics (also written to ``output_dir/metrics.json``)."""
+    out, ckpt_dir, device, splits = prepare_run(cfg, output_dir)
     train_set, val_set = splits.train, splits.val
     if len(train_set) == 0:
         raise ValueError("the training split is empty; check data.split, data.k_shot and data.drop_empty")

@@ -96,7 +96,13 @@ def test_evaluate_native_resolution_json_and_csv(tmp_path: Path):
     src = write_lgg_layout(tmp_path / "lgg", patients=4, slices=4, size=48, seed=3)
     cfg = load_config(SMOKE, [f"data.path={src}", "data.format=lgg", "data.size=32", "epochs=1"])
     train(cfg, tmp_path / "r", quiet=True)
-    res = evaluate_checkpoint(tmp_path / "r" / "checkpoints" / "best.pt", split="all", json_out=tmp_path / "e.json")
+    res = evaluate_checkpoint(tmp_path / "r" / "checkpoints" / "best.pt", split="all", json_out=tmp_path / "e.json",
+                              overlays=tmp_path / "ov", max_overlays=3)
+    pngs = sorted((tmp_path / "ov").glob("*.png"))
+    assert len(pngs) == 3
+    from PIL import Image
+
+    assert Image.open(pngs[0]).size == (4 * 32, 32)  # four panels at the model's resolution
     assert res["all_slices"]["n_images"] == 16 and res["n_images"] == 12  # 4 empty first slices
     for k in ("dice", "iou", "ppv", "sensitivity", "biou", "hd95", "n_images"):
         assert k in res
