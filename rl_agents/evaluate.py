@@ -84,17 +84,19 @@ def evaluate_checkpoint(
         raise ValueError(f"no slices in split {split!r} of {data.path or data.format}")
 
     rows = []
+    n_overlays = 0
     for i in range(0, len(samples), batch_size):
         chunk = samples[i : i + batch_size]
         images = np.stack([prepare_image(s.image, data, s.source) for s in chunk])
         masks, uncertainty = predict(model, cfg, images, device)
         for s, img, m, unc in zip(chunk, images, masks, uncertainty):
             pred = resize_mask(m, s.mask.shape)
-            if overlays and len(rows) < max_overlays:
+            if overlays and s.mask.any() and n_overlays < max_overlays:  # slices with something to see
                 from .visualize import save_overlay
 
                 gt_small = resize_mask(s.mask, m.shape)
                 save_overlay(Path(overlays) / f"{len(rows):03d}_{Path(s.source).stem}.png", img, gt_small, m, unc)
+                n_overlays += 1
             vals = {k: float(v[0]) for k, v in compute_all(pred, s.mask).items()}
             rows.append({"source": s.source, "group": s.group, "has_foreground": bool(s.mask.any()),
                          "height": s.mask.shape[0], "width": s.mask.shape[1], **vals})
