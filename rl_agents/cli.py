@@ -230,8 +230,13 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None, default_command: str | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     parser = build_parser()
-    if default_command and (not argv or (argv[0].startswith("-") and argv[0] not in ("-h", "--help"))):
-        argv = [default_command, *argv]
+    if default_command:  # `python train.py [-v] [options]` means `pixeldrl [-v] train [options]`
+        i = 0
+        while i < len(argv) and argv[i] in ("-v", "--verbose"):
+            i += 1
+        rest = argv[i:]
+        if not rest or (rest[0].startswith("-") and rest[0] not in ("-h", "--help")):
+            argv = [*argv[:i], default_command, *rest]
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO, format="%(levelname)s %(message)s")
     if not getattr(args, "func", None):
