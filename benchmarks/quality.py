@@ -24,7 +24,7 @@ ROWS: dict[str, tuple[str, list[str], str]] = {
         "tune_configs/lgg_cpu.yaml", ["model=unet", "batch_size=8", "max_minutes=30"], "runs/lgg_unet"
     ),
     "PixelDRL-MG small + supervised aux (ours)": (
-        "tune_configs/lgg_cpu.yaml", ["aux_coef=1.0", "max_minutes=30"], "runs/lgg_small_aux"
+        "tune_configs/lgg_cpu.yaml", ["aux_coef=1.0", "max_minutes=20"], "runs/lgg_small_aux"
     ),
 }
 
