@@ -133,8 +133,7 @@ def resize_sample(image: np.ndarray, mask: np.ndarray, size: int | None) -> tupl
     if size is None or image.shape[:2] == (size, size):
         return image, mask
     out = np.stack([_resize_channel(image[..., c], size) for c in range(image.shape[2])], axis=-1)
-    m = _resize_channel(mask.astype(np.float32), size) >= 0.5
-    return out, m.astype(np.uint8)
+    return out, resize_mask(mask, (size, size))
 
 
 def normalize_image(image: np.ndarray, method: str, dtype_max: float) -> np.ndarray:
@@ -158,7 +157,9 @@ def prepare_image(image: np.ndarray, cfg: DataConfig, source: str = "image") -> 
             raise DataError(f"data.channels {cfg.channels} out of range for {source}, which has {img.shape[2]} channel(s)")
         img = img[..., list(cfg.channels)]
     dtype_max = 65535.0 if img.dtype == np.uint16 else 255.0
-    img_f, _ = resize_sample(img, np.zeros(img.shape[:2], np.uint8), cfg.size)
+    img_f = img.astype(np.float32)
+    if cfg.size is not None and img_f.shape[:2] != (cfg.size, cfg.size):
+        img_f = np.stack([_resize_channel(img_f[..., c], cfg.size) for c in range(img_f.shape[2])], axis=-1)
     return normalize_image(img_f, cfg.normalize, dtype_max).transpose(2, 0, 1).astype(np.float32)
 
 

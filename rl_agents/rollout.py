@@ -63,6 +63,8 @@ def collect_rollout(
     with_aux: bool = False,
 ) -> Rollout:
     """Reset ``env`` (batched) and run ``env.t_max`` sampled steps with ``model``."""
+    if env.batch_size is None:
+        raise ValueError("collect_rollout needs a batched PixelSegEnv (batch_size=B)")
     obs, _ = env.reset()
     logps, ents, vals, rews, aux = [], [], [], [], []
     for _ in range(env.t_max):
@@ -70,7 +72,7 @@ def collect_rollout(
         logits, value = model(x)
         actions, logp, ent = sample_actions(logits, generator)
         if with_aux:
-            star = oracle_actions(env._state.view(np.uint8), env._gt.view(np.uint8), env.n_actions)
+            star = oracle_actions(env.state, env.ground_truth, env.n_actions)
             star_t = torch.from_numpy(star).to(device)
             aux.append(F.log_softmax(logits, dim=1).gather(1, star_t[:, None])[:, 0])
         obs, _, _, _, info = env.step(actions.cpu().numpy())
@@ -87,6 +89,6 @@ def collect_rollout(
         rewards=torch.stack(rews),
         bootstrap=bootstrap,
         aux_log_probs=torch.stack(aux) if with_aux else None,
-        final_state=env._state.view(np.uint8).copy(),
-        ground_truth=env._gt.view(np.uint8).copy(),
+        final_state=env.state.copy(),
+        ground_truth=env.ground_truth.copy(),
     )
