@@ -31,30 +31,29 @@ class DemoConfig:
 
 
 def run_policy(env: PixelSegEnv, policy: str, seed: int) -> dict[str, float]:
-    """Run ``policy`` over every image of ``env``'s pool once (in batches); return mean metrics and return."""
+    """Run ``policy`` over every image of a batched ``env``'s pool once; return mean metrics and return."""
     rng = np.random.default_rng(seed)
-    n, b = len(env.images), env._b
+    n, b = len(env.images), env.batch_size
+    shape = env.action_space.shape
     per_image: dict[str, list[np.ndarray]] = {}
     returns = []
     for start in range(0, n, b):
         idx = np.arange(start, start + b) % n  # the last batch wraps; its repeats are dropped below
         keep = min(b, n - start)
         env.reset(seed=seed, options={"indices": idx})
-        total = np.zeros(env._act_shape, np.float32)
+        total = np.zeros(shape, np.float32)
         for _ in range(env.t_max):
-            state = env._state.view(np.uint8)
             if policy == "oracle":
-                a = oracle_actions(state, env._gt.view(np.uint8), env.n_actions)
+                a = oracle_actions(env.state, env.ground_truth, env.n_actions)
             elif policy == "random":
-                a = random_actions(rng, env._act_shape, env.n_actions)
+                a = random_actions(rng, shape, env.n_actions)
             else:
-                a = np.full(env._act_shape, KEEP, np.int64)
-            _, _, done, _, info = env.step(a if env.batch_size else a[0])
-            total += info["reward_map"].reshape(env._act_shape)
+                a = np.full(shape, KEEP, np.int64)
+            _, _, done, _, info = env.step(a)
+            total += info["reward_map"]
             if done:
                 break
-        m = compute_all(env._state[:keep], env._gt[:keep])
-        for k, v in m.items():
+        for k, v in compute_all(env.state[:keep], env.ground_truth[:keep]).items():
             per_image.setdefault(k, []).append(v)
         returns.append(total[:keep].sum(axis=(1, 2)))
     out = {k: float(np.concatenate(v).mean()) for k, v in per_image.items()}
