@@ -138,7 +138,8 @@ def mask_from_image(im: Image.Image, name: str) -> np.ndarray:
         arr = np.asarray(im)
         if not set(np.unique(arr).tolist()) <= {0, 1, 255, 65535}:
             raise DataError(f"mask {name} is not binary: mode {im.mode} with values outside 0/1/255/65535")
-        arr = arr.astype(np.uint16)
+        # judge 0/255 by the 8-bit rule and 0/65535 by the 16-bit one
+        arr = arr.astype(np.uint8 if arr.max() <= 255 else np.uint16)
     else:
         arr = np.asarray(im.convert("L"))
     return binarize_mask(arr, lossy=lossy, name=name)

@@ -141,6 +141,11 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
     return cfg
 
 
+def config_from_dict(d: dict) -> TrainConfig:
+    """Rebuild a config saved as a dict (e.g. in a checkpoint); keys it lacks take today's defaults."""
+    return _from_dict(TrainConfig, d)
+
+
 def validate(cfg: TrainConfig) -> None:
     from .model import PRESETS
     from pixelrl_env.env import ACTION_SETS

@@ -23,7 +23,7 @@ from pixelrl_env.metrics import ALL_METRICS, compute_all
 from pixelrl_env.sources import iter_source
 
 from .checkpoint import load_checkpoint
-from .config import TrainConfig, _from_dict
+from .config import TrainConfig, config_from_dict
 from .inference import segment
 
 SPLITS = ("train", "val", "test", "all")
@@ -32,7 +32,7 @@ SPLITS = ("train", "val", "test", "all")
 def load_model(checkpoint: str | Path, device: str | torch.device = "cpu") -> tuple[torch.nn.Module, TrainConfig]:
     """Rebuild the model stored in a checkpoint (PixelDRL-MG or the U-Net baseline) with its training config."""
     payload = load_checkpoint(checkpoint, map_location=device)
-    cfg = _from_dict(TrainConfig, payload["config"])
+    cfg = config_from_dict(payload["config"])
     if payload.get("kind") == "unet":
         from .baseline import build_unet
 

@@ -55,8 +55,7 @@ def evaluate_arrays(model, data: ArraySet, cfg: TrainConfig, device, max_images:
     n = len(data) if max_images is None else min(len(data), max_images)
     if n == 0:
         return {}
-    start = "foreground"
-    pred, _ = segment(model, data.images[:n], cfg.t_max, start=start, batch_size=16, device=device)
+    pred, _ = segment(model, data.images[:n], cfg.t_max, batch_size=16, device=device)
     per = compute_all(pred, data.masks[:n])
     return {k: float(np.mean(v)) for k, v in per.items()}
 

@@ -107,6 +107,7 @@ def test_non_binary_lossless_mask_rejected(tmp_path: Path):
         ([[0, 255], [0, 255]], "L", "BMP", [[0, 1], [0, 1]]),
         ([[0, 255], [0, 255]], "L", "GIF", [[0, 1], [0, 1]]),
         ([[0, 255], [255, 255]], "L", "TIFF", [[0, 1], [1, 1]]),
+        ([[0, 255], [255, 0]], "I", "TIFF", [[0, 1], [1, 0]]),  # 32-bit integer image holding 8-bit levels
     ],
 )
 def test_mask_rule_per_format(tmp_path: Path, values, mode, fmt, expected):
