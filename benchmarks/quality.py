@@ -5,47 +5,65 @@ with its config (on this machine that takes its ``max_minutes``). Every checkpoi
 ``pixeldrl evaluate`` at the native 256x256 resolution, on the validation patients (the split used to pick the best
 checkpoint) and on the test patients (never used for any choice).
 
-    python benchmarks/quality.py [--json benchmarks/results/quality_lgg.json] [--only NAME ...]
+    python benchmarks/quality.py [--suite main|ablation] [--train | --train-only] [--only NAME ...] [--json F]
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import platform
 from pathlib import Path
+
+from machine import describe
 
 ROOT = Path(__file__).resolve().parents[1]
 
 # name -> (config, overrides, run directory)
-ROWS: dict[str, tuple[str, list[str], str]] = {
+MAIN: dict[str, tuple[str, list[str], str]] = {
     "PixelDRL-MG small, PA3C (paper actions)": ("tune_configs/lgg_cpu.yaml", [], "runs/lgg_small"),
     "U-Net (MONAI, Dice+BCE)": (
         "tune_configs/lgg_cpu.yaml", ["model=unet", "batch_size=8", "max_minutes=30"], "runs/lgg_unet"
     ),
-    "PixelDRL-MG small + supervised aux (ours)": (
-        "tune_configs/lgg_cpu.yaml", ["aux_coef=1.0", "max_minutes=20"], "runs/lgg_small_aux"
-    ),
 }
+
+# Ablation and extension rows at equal work: 800 updates at 64 px (a quarter of the 128 px cost, so five rows fit in
+# about half an hour with two rows training side by side, 1 thread each, on 2 cores). Compare them with each other,
+# not with the 55-minute rows above.
+_EQ = ["max_updates=800", "max_minutes=null", "threads=1", "data.size=64"]
+ABLATION: dict[str, tuple[str, list[str], str]] = {
+    "small, PA3C (paper)": ("tune_configs/lgg_cpu.yaml", _EQ, "runs/abl_base"),
+    "small, no self-attention (paper ablation)": (
+        "tune_configs/lgg_cpu.yaml", _EQ + ["attention=false"], "runs/abl_no_attention"),
+    "small, no dilation (paper ablation)": ("tune_configs/lgg_cpu.yaml", _EQ + ["dilation=false"], "runs/abl_no_dilation"),
+    "small, three actions (ours)": ("tune_configs/lgg_cpu.yaml", _EQ + ["action_set=three"], "runs/abl_three"),
+    "small, + balanced supervised aux (ours)": ("tune_configs/lgg_cpu.yaml", _EQ + ["aux_coef=1.0"], "runs/abl_aux"),
+}
+SUITES = {"main": (MAIN, "benchmarks/results/quality_lgg.json"),
+          "ablation": (ABLATION, "benchmarks/results/ablation_lgg.json")}
+
+
+def _train(config: str, overrides: list[str], run_dir: Path) -> None:
+    from rl_agents.config import load_config
+
+    cfg = load_config(ROOT / config, overrides)
+    if cfg.model == "unet":
+        from rl_agents.baseline import train_unet
+
+        train_unet(cfg, run_dir)
+    else:
+        from rl_agents.trainer import train
+
+        train(cfg, run_dir)
 
 
 def run_row(name: str, config: str, overrides: list[str], run_dir: Path, train_missing: bool) -> dict | None:
-    from rl_agents.config import load_config
     from rl_agents.evaluate import evaluate_checkpoint
 
     if not (run_dir / "metrics.json").exists():
         if not train_missing:
             print(f"skip {name}: no run in {run_dir} (use --train to train it)")
             return None
-        cfg = load_config(ROOT / config, overrides)
-        if cfg.model == "unet":
-            from rl_agents.baseline import train_unet
-
-            train_unet(cfg, run_dir)
-        else:
-            from rl_agents.trainer import train
-
-            train(cfg, run_dir)
+        _train(config, overrides, run_dir)
     m = json.loads((run_dir / "metrics.json").read_text())
     ckpt = run_dir / "checkpoints" / "best.pt"
     val = evaluate_checkpoint(ckpt, split="val", json_out=run_dir / "eval_val.json")
@@ -66,17 +84,28 @@ def run_row(name: str, config: str, overrides: list[str], run_dir: Path, train_m
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--json", default="benchmarks/results/quality_lgg.json")
+    ap.add_argument("--suite", choices=sorted(SUITES), default="main")
+    ap.add_argument("--json", default=None, help="default: the suite's file under benchmarks/results/")
     ap.add_argument("--only", nargs="*", default=None, help="row names (substrings) to include")
     ap.add_argument("--train", action="store_true", help="train rows whose run directory is missing")
+    ap.add_argument("--train-only", action="store_true", help="train missing rows, evaluate nothing (run rows "
+                    "side by side in separate processes, then evaluate all in one)")
     args = ap.parse_args()
+    table, default_json = SUITES[args.suite]
+    json_path = args.json or default_json
     rows = []
-    for name, (config, overrides, run_dir) in ROWS.items():
+    for name, (config, overrides, run_dir) in table.items():
         if args.only and not any(s.lower() in name.lower() for s in args.only):
+            continue
+        if args.train_only:
+            if not (ROOT / run_dir / "metrics.json").exists():
+                _train(config, overrides, ROOT / run_dir)
             continue
         r = run_row(name, config, overrides, ROOT / run_dir, args.train)
         if r:
             rows.append(r)
+    if args.train_only:
+        return
     header = f"{'model':44s} {'params':>10s} {'train s':>8s} | {'Dice':>6s} {'IoU':>6s} {'BIoU':>6s} {'HD95':>6s} | test Dice"
     print(header)
     print("-" * len(header))
@@ -87,20 +116,12 @@ def main() -> None:
     out = {
         "data": "../shared/data/lgg_kaggle_3m (20 patients; patient split 70/10/20, seed 0; foreground slices)",
         "evaluation": "native 256x256; model at 128 (FLAIR); masks resized back; means over slices with foreground",
-        "machine": {"cpu": _cpu(), "cores": 2, "python": platform.python_version()},
+        "machine": describe(),
         "rows": rows,
     }
-    Path(args.json).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.json).write_text(json.dumps(out, indent=2))
-    print(f"wrote {args.json}")
-
-
-def _cpu() -> str:
-    try:
-        with open("/proc/cpuinfo") as f:
-            return next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
-    except (OSError, StopIteration):
-        return platform.machine()
+    Path(json_path).parent.mkdir(parents=True, exist_ok=True)
+    Path(json_path).write_text(json.dumps(out, indent=2))
+    print(f"wrote {json_path}")
 
 
 if __name__ == "__main__":

@@ -49,7 +49,8 @@ def _evaluate(model, images: np.ndarray, masks: np.ndarray, device) -> dict[str,
     return {k: float(np.mean(v)) for k, v in compute_all(np.concatenate(preds), masks).items()}
 
 
-def train_unet(cfg: TrainConfig, output_dir: str | Path, resume: bool = False, quiet: bool = False) -> dict[str, Any]:
+def train_unet(cfg: TrainConfig, output_dir: str | Path, resume: bool = False, quiet: bool = False,
+               on_eval=None) -> dict[str, Any]:
     """Supervised U-Net training; ``epochs``, ``batch_size``, ``lr``, ``max_minutes``, ``seed`` from ``cfg``."""
     from monai.losses import DiceCELoss
 
@@ -106,6 +107,8 @@ def train_unet(cfg: TrainConfig, output_dir: str | Path, resume: bool = False, q
             if ev and ev["val/dice"] > state["best_dice"]:
                 state["best_dice"] = ev["val/dice"]
                 save("best.pt")
+            if on_eval is not None:
+                on_eval(state["history"][-1])
             if not quiet:
                 console.print(f"update {state['update']:5d}  {state['wall_time_s']:7.1f}s  loss {last_loss:.4f}  "
                               f"val dice {ev.get('val/dice', float('nan')):.3f}")

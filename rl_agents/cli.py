@@ -117,19 +117,54 @@ def _print_metrics(title: str, metrics: dict) -> None:
     console.print(table)
 
 
+def _cmd_tune(args: argparse.Namespace) -> int:
+    from .sweep import run_sweep
+
+    summary = run_sweep(args.tune, resume=args.resume)
+    console.print(f"{summary['n_trials']} trials ({summary['n_errors']} errored); results in {summary['storage']}; "
+                  f"MLflow parent run {summary['parent_run_id']}")
+    console.print(f"best config: {summary['best_config']}", highlight=False)
+    console.print(f"best metrics: {summary['best_metrics']}", highlight=False)
+    return 0 if summary["n_errors"] == 0 else 1
+
+
 def _cmd_train(args: argparse.Namespace) -> int:
     from .config import load_config
 
+    if getattr(args, "tune", None):
+        return _cmd_tune(args)
+    from .tracking import log_run
+
     cfg = load_config(args.config, args.set)
-    if cfg.model == "unet":
-        from .baseline import train_unet
-
-        metrics = train_unet(cfg, args.output_dir, resume=args.resume, quiet=args.quiet)
-    else:
-        from .trainer import train
-
-        metrics = train(cfg, args.output_dir, resume=args.resume, quiet=args.quiet)
+    try:
+        if cfg.model == "unet":
+            from .baseline import train_unet as run
+        elif cfg.num_workers > 0:
+            from .distributed import train_distributed as run
+        else:
+            from .trainer import train as run
+        metrics = run(cfg, args.output_dir, resume=args.resume, quiet=args.quiet)
+    except KeyboardInterrupt:
+        log_run(cfg, args.output_dir, None, status="KILLED")
+        raise
+    log_run(cfg, args.output_dir, metrics)
     _print_metrics(f"validation ({metrics['n_val']} slices, best checkpoint) -> {args.output_dir}", metrics)
+    return 0
+
+
+def _cmd_compare(args: argparse.Namespace) -> int:
+    from .tracking import compare, tracking_uri
+
+    header, rows = compare(args.experiment, args.metric, args.max_runs)
+    table = Table(title=f"MLflow experiment {args.experiment!r} ({tracking_uri()}), best {args.metric} first")
+    for col in header:
+        table.add_column(col)
+    for r in rows:
+        table.add_row(*(f"{v:.4g}" if isinstance(v, float) else str(v) for v in r))
+    # never squeeze the table into a narrow terminal: run names and values must stay readable
+    Console(width=max(console.width, 24 + 16 * len(header))).print(table)
+    if not rows:
+        console.print("no runs yet")
     return 0
 
 
@@ -181,6 +216,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     tr = sub.add_parser("train", help="train PixelDRL-MG (PA3C); the default command of train.py")
     _add_train_args(tr, "runs/main")
+    tr.add_argument("--tune", default=None, metavar="SWEEP",
+                    help="run a Ray Tune sweep from this YAML instead (same as `pixeldrl tune SWEEP`)")
     tr.set_defaults(func=_cmd_train)
 
     bl = sub.add_parser("baseline", help="train the supervised MONAI U-Net on the same split and resolution")
@@ -224,6 +261,17 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--seed", type=int, default=0)
     demo.add_argument("--json", default=None, help="also write the results to this JSON file")
     demo.set_defaults(func=_cmd_env_demo)
+
+    tu = sub.add_parser("tune", help="a Ray Tune sweep (ASHA, random or Optuna search), each trial an MLflow run")
+    tu.add_argument("tune", metavar="SWEEP", help="sweep YAML, e.g. tune_configs/sweep_asha.yaml")
+    tu.add_argument("--resume", action="store_true", help="continue an interrupted sweep")
+    tu.set_defaults(func=_cmd_tune)
+
+    cmp_ = sub.add_parser("compare", help="MLflow runs side by side: the params that differ and the metrics")
+    cmp_.add_argument("--experiment", default="pixeldrl")
+    cmp_.add_argument("--metric", default="val/dice", help="sort by this metric, best first")
+    cmp_.add_argument("--max-runs", type=int, default=50)
+    cmp_.set_defaults(func=_cmd_compare)
     return p
 
 
@@ -247,6 +295,9 @@ def main(argv: list[str] | None = None, default_command: str | None = None) -> i
     except (DataError, ValueError, FileNotFoundError) as e:
         err_console.print(f"[bold red]error:[/] {e}", highlight=False, soft_wrap=True)
         return 2
+    except KeyboardInterrupt:  # training has already written checkpoints/last.pt; --resume continues
+        err_console.print("interrupted: stopped with a checkpoint (continue with --resume)")
+        return 130
 
 
 if __name__ == "__main__":

@@ -50,10 +50,28 @@ class TrainConfig:
     lr_decay_epochs: int = 25  # ... every this many epochs (the paper: 0.9 every 25)
     epochs: int = 50  # the paper: 200 (see tune_configs/paper_brain.yaml)
     max_minutes: float | None = 10.0  # stop earlier when this wall-clock budget is spent (null: no limit)
+    max_updates: int | None = None  # stop after this many updates (equal-work comparisons, e.g. ablation rows)
+    stop_at_val_dice: float | None = None  # stop once a validation pass reaches this Dice (time-to-accuracy runs)
     grad_clip: float = 1.0
     seed: int = 0
     threads: int | None = None  # torch CPU threads (None: all cores)
     device: str = "auto"  # auto | cpu | cuda
+    # distribution on Ray (rl_agents/distributed.py): 0 workers = one process trains alone (rl_agents/trainer.py)
+    num_workers: int = 0  # N >= 1: asynchronous A3C, one learner actor and N worker actors, no barrier
+    worker_cpus: float = 1.0  # Ray CPUs per worker; its torch threads = max(1, round(worker_cpus))
+    learner_cpus: float = 0.5
+    learner_gpus: float | None = None  # null: 1 when the cluster has a GPU, else 0; the learner uses CPU if torch sees none
+    staleness_bound: int | None = None  # gradients computed on weights older than this many updates are ...
+    stale_policy: str = "drop"  # ... dropped, or "downweight"ed by 1 / (1 + staleness - bound); both counted
+    rollouts_per_call: int = 4  # rollouts a worker runs (pushing each) before it reports to the driver
+    worker_max_restarts: int = 5  # a dead worker is restarted by Ray this many times, then the run fails
+    ray_address: str | None = None  # null: RAY_ADDRESS if set (as under `ray job submit`), else a local Ray
+    report_every_s: float = 10.0  # seconds between throughput lines and history entries
+    worker_slowdown: list[float] | None = None  # benchmarks only: worker i sleeps so a rollout takes factor[i] x
+    # tracking (rl_agents/tracking.py)
+    mlflow: bool = True  # record the run in MLflow (MLFLOW_TRACKING_URI, else sqlite:///<cwd>/mlflow.db)
+    experiment: str = "pixeldrl"
+    run_name: str | None = None  # null: the output directory's name
     # evaluation and checkpoints
     eval_every: int = 50  # updates between validation passes
     eval_max_images: int | None = 64
@@ -116,17 +134,22 @@ def _set_dotted(d: dict, key: str, value: Any) -> None:
     d[parts[-1]] = value
 
 
+def read_yaml_mapping(path: str | Path, what: str) -> dict:
+    """A YAML file that must hold a mapping; errors name the file and what it is (``what``: "config", "sweep")."""
+    p = Path(path)
+    if not p.is_file():
+        raise ValueError(f"{what} file not found: {p}")
+    loaded = yaml.safe_load(p.read_text()) or {}
+    if not isinstance(loaded, dict):
+        raise ValueError(f"{what} file {p} must hold a mapping, got {type(loaded).__name__}")
+    return loaded
+
+
 def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> TrainConfig:
     """Defaults, then the YAML file, then ``key=value`` overrides (values parsed as YAML: 1e-3, true, [1], null)."""
     raw: dict = dataclasses.asdict(TrainConfig())
     if path is not None:
-        p = Path(path)
-        if not p.is_file():
-            raise ValueError(f"config file not found: {p}")
-        loaded = yaml.safe_load(p.read_text()) or {}
-        if not isinstance(loaded, dict):
-            raise ValueError(f"config file {p} must hold a mapping, got {type(loaded).__name__}")
-        for k, v in loaded.items():
+        for k, v in read_yaml_mapping(path, "config").items():
             if k == "data" and isinstance(v, dict):
                 raw["data"] = {**raw["data"], **v}
             else:
@@ -163,7 +186,19 @@ def validate(cfg: TrainConfig) -> None:
         (cfg.batch_size >= 1, f"batch_size must be >= 1, got {cfg.batch_size}"),
         (cfg.lr > 0, f"lr must be > 0, got {cfg.lr}"),
         (cfg.epochs >= 1, f"epochs must be >= 1, got {cfg.epochs}"),
+        (cfg.max_updates is None or cfg.max_updates >= 1, f"max_updates must be >= 1 or null, got {cfg.max_updates}"),
         (cfg.device in ("auto", "cpu", "cuda"), f"device must be auto, cpu or cuda, got {cfg.device!r}"),
+        (cfg.num_workers >= 0, f"num_workers must be >= 0, got {cfg.num_workers}"),
+        (cfg.worker_cpus > 0, f"worker_cpus must be > 0, got {cfg.worker_cpus}"),
+        (cfg.learner_cpus >= 0, f"learner_cpus must be >= 0, got {cfg.learner_cpus}"),
+        (cfg.learner_gpus is None or cfg.learner_gpus >= 0, f"learner_gpus must be >= 0 or null, got {cfg.learner_gpus}"),
+        (cfg.staleness_bound is None or cfg.staleness_bound >= 0,
+         f"staleness_bound must be >= 0 or null, got {cfg.staleness_bound}"),
+        (cfg.stale_policy in ("drop", "downweight"), f"stale_policy must be drop or downweight, got {cfg.stale_policy!r}"),
+        (cfg.rollouts_per_call >= 1, f"rollouts_per_call must be >= 1, got {cfg.rollouts_per_call}"),
+        (cfg.worker_slowdown is None or (len(cfg.worker_slowdown) <= max(cfg.num_workers, 0)
+                                         and all(float(f) >= 1 for f in cfg.worker_slowdown)),
+         f"worker_slowdown needs at most num_workers factors, each >= 1, got {cfg.worker_slowdown}"),
         (cfg.data.size is None or cfg.data.size % 4 == 0, f"data.size must be divisible by 4, got {cfg.data.size}"),
     ]
     for ok, msg in checks:

@@ -56,3 +56,21 @@ def segment(
         uncert.append((ent / (t_max * math.log(n_actions))).clamp_(0, 1).cpu().numpy())
     model.train()
     return np.concatenate(masks), np.concatenate(uncert).astype(np.float32)
+
+
+class GreedySegmenter(torch.nn.Module):
+    """The whole greedy ``t_max``-step segmentation as one module: images ``(B, C, H, W)`` -> masks ``(B, H, W)``
+    float32 in {0, 1}. What ``mlflow.pytorch.log_model`` stores, so a loaded model segments in one call."""
+
+    def __init__(self, net: torch.nn.Module, t_max: int):
+        super().__init__()
+        self.net = net
+        self.t_max = t_max
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        state = torch.ones((images.shape[0], images.shape[2], images.shape[3]), dtype=torch.bool,
+                           device=images.device)
+        for _ in range(self.t_max):
+            logits, _ = self.net(images * state[:, None])
+            state = apply_actions(state, logits.argmax(dim=1), self.net.n_actions)
+        return state.float()

@@ -16,6 +16,8 @@ import torch.nn.functional as F
 from pixelrl_env.env import PixelSegEnv
 from pixelrl_env.policies import oracle_actions
 
+from .pa3c import class_balanced_weights
+
 
 def sample_actions(logits: torch.Tensor, generator: torch.Generator | None = None):
     """Sample one action per pixel from ``(B, A, H, W)`` logits by inverse CDF (seedable, unlike Categorical).
@@ -43,6 +45,7 @@ class Rollout:
     rewards: torch.Tensor
     bootstrap: torch.Tensor  # (B, H, W) V(s_T), no graph
     aux_log_probs: torch.Tensor | None  # log pi(a*|s) of oracle actions, when asked for
+    aux_weights: torch.Tensor | None  # (B, H, W) class-balanced weights for the aux term, when asked for
     final_state: np.ndarray  # (B, H, W) uint8
     ground_truth: np.ndarray  # (B, H, W) uint8
 
@@ -89,6 +92,7 @@ def collect_rollout(
         rewards=torch.stack(rews),
         bootstrap=bootstrap,
         aux_log_probs=torch.stack(aux) if with_aux else None,
+        aux_weights=class_balanced_weights(torch.from_numpy(env.ground_truth).to(device)) if with_aux else None,
         final_state=env.state.copy(),
         ground_truth=env.ground_truth.copy(),
     )

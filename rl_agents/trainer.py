@@ -60,6 +60,46 @@ def evaluate_arrays(model, data: ArraySet, cfg: TrainConfig, device, max_images:
     return {k: float(np.mean(v)) for k, v in per.items()}
 
 
+def rollout_and_loss(cfg: TrainConfig, model, reward_conv, env: PixelSegEnv, device, gen):
+    """One rollout of ``cfg.t_max`` steps and its PA3C loss (graph kept, not yet backpropagated).
+
+    Shared by the single-process trainer and the Ray workers, so both optimise exactly the same objective.
+    """
+    roll = collect_rollout(model, env, device, gen, with_aux=cfg.aux_coef > 0)
+    bootstrap = roll.bootstrap if cfg.bootstrap == "value" else torch.zeros_like(roll.bootstrap)
+    loss = pa3c_loss(
+        roll.log_probs, roll.entropies, roll.values, roll.rewards, bootstrap,
+        gamma=cfg.gamma, reward_conv=reward_conv, value_coef=cfg.value_coef, entropy_coef=cfg.entropy_coef,
+        aux_log_probs=roll.aux_log_probs, aux_coef=cfg.aux_coef, aux_weights=roll.aux_weights,
+    )
+    return roll, loss
+
+
+def update_stats(roll, loss) -> dict[str, float]:
+    """Scalars of one update: the named loss terms, the mean return and the Dice of the rollout's final masks."""
+    return {
+        **loss.scalars(),
+        "train/return": roll.mean_return(),
+        "train/dice": float(np.mean(compute_all(roll.final_state, roll.ground_truth)["dice"])),
+    }
+
+
+def make_train_env(cfg: TrainConfig, images: np.ndarray, masks: np.ndarray, seed: int) -> PixelSegEnv:
+    env = PixelSegEnv(images, masks, batch_size=cfg.batch_size, t_max=cfg.t_max, action_set=cfg.action_set)
+    env.reset(seed=seed)
+    return env
+
+
+def make_scheduler(cfg: TrainConfig, opt, n_train: int):
+    """The paper's step schedule counted in updates; returns (scheduler, total updates planned)."""
+    updates_per_epoch = max(1, math.ceil(n_train / cfg.batch_size))
+    total_updates = cfg.epochs * updates_per_epoch
+    if cfg.max_updates is not None:
+        total_updates = min(total_updates, cfg.max_updates)
+    sched = torch.optim.lr_scheduler.StepLR(opt, step_size=cfg.lr_decay_epochs * updates_per_epoch, gamma=cfg.lr_decay)
+    return sched, total_updates
+
+
 @dataclass
 class RunState:
     update: int = 0
@@ -96,23 +136,23 @@ def prepare_run(cfg: TrainConfig, output_dir: str | Path):
     return out, out / "checkpoints", pick_device(cfg.device), splits
 
 
-def train(cfg: TrainConfig, output_dir: str | Path, resume: bool = False, quiet: bool = False) -> dict[str, Any]:
-    """Train PixelDRL-MG as configured; returns the final metrics (also written to ``output_dir/metrics.json``)."""
+def train(cfg: TrainConfig, output_dir: str | Path, resume: bool = False, quiet: bool = False,
+          on_eval=None) -> dict[str, Any]:
+    """Train PixelDRL-MG as configured; returns the final metrics (also written to ``output_dir/metrics.json``).
+
+    ``on_eval(entry)`` is called with each history entry after a validation pass (Tune reports through it).
+    """
     out, ckpt_dir, device, splits = prepare_run(cfg, output_dir)
     train_set, val_set = splits.train, splits.val
     if len(train_set) == 0:
         raise ValueError("the training split is empty; check data.split, data.k_shot and data.drop_empty")
     in_channels = train_set.images.shape[1]
-    env = PixelSegEnv(train_set.images, train_set.masks, batch_size=cfg.batch_size, t_max=cfg.t_max,
-                      action_set=cfg.action_set)
-    env.reset(seed=cfg.seed)
+    env = make_train_env(cfg, train_set.images, train_set.masks, cfg.seed)
     model = build_model(cfg, in_channels).to(device)
     reward_conv = RewardMapConv(cfg.reward_kernel).to(device)
     params = list(model.parameters()) + list(reward_conv.parameters())
     opt = torch.optim.Adam(params, lr=cfg.lr)
-    updates_per_epoch = max(1, math.ceil(len(train_set) / cfg.batch_size))
-    total_updates = cfg.epochs * updates_per_epoch
-    sched = torch.optim.lr_scheduler.StepLR(opt, step_size=cfg.lr_decay_epochs * updates_per_epoch, gamma=cfg.lr_decay)
+    sched, total_updates = make_scheduler(cfg, opt, len(train_set))
     gen = torch.Generator(device=device)
     gen.manual_seed(cfg.seed)
     state = RunState(history=[])
@@ -155,13 +195,7 @@ def train(cfg: TrainConfig, output_dir: str | Path, resume: bool = False, quiet:
         task = progress.add_task("train", total=total_updates, completed=state.update, info="")
         try:
             while state.update < total_updates:
-                roll = collect_rollout(model, env, device, gen, with_aux=cfg.aux_coef > 0)
-                bootstrap = roll.bootstrap if cfg.bootstrap == "value" else torch.zeros_like(roll.bootstrap)
-                loss = pa3c_loss(
-                    roll.log_probs, roll.entropies, roll.values, roll.rewards, bootstrap,
-                    gamma=cfg.gamma, reward_conv=reward_conv, value_coef=cfg.value_coef,
-                    entropy_coef=cfg.entropy_coef, aux_log_probs=roll.aux_log_probs, aux_coef=cfg.aux_coef,
-                )
+                roll, loss = rollout_and_loss(cfg, model, reward_conv, env, device, gen)
                 opt.zero_grad(set_to_none=True)
                 loss.total.backward()
                 grad_norm = torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip)
@@ -170,13 +204,8 @@ def train(cfg: TrainConfig, output_dir: str | Path, resume: bool = False, quiet:
                 state.update += 1
                 state.pixel_agent_steps += roll.pixel_agent_steps
                 state.wall_time_s = time.perf_counter() - t_start
-                train_stats = {
-                    **loss.scalars(),
-                    "train/return": roll.mean_return(),
-                    "train/dice": float(np.mean(compute_all(roll.final_state, roll.ground_truth)["dice"])),
-                    "charts/grad_norm": float(grad_norm),
-                    "charts/lr": float(sched.get_last_lr()[0]),
-                }
+                train_stats = {**update_stats(roll, loss), "charts/grad_norm": float(grad_norm),
+                               "charts/lr": float(sched.get_last_lr()[0])}
                 out_of_time = deadline is not None and state.wall_time_s >= deadline
                 if state.update % cfg.eval_every == 0 or state.update == total_updates or out_of_time:
                     last_eval = {f"val/{k}": v for k, v in
@@ -186,23 +215,30 @@ def train(cfg: TrainConfig, output_dir: str | Path, resume: bool = False, quiet:
                     if last_eval and last_eval["val/dice"] > state.best_dice:
                         state.best_dice = last_eval["val/dice"]
                         save("best.pt")
+                    if on_eval is not None:
+                        on_eval(state.history[-1])
                     if not quiet:
                         progress.console.print(
                             f"update {state.update:5d}  {state.wall_time_s:7.1f}s  return {train_stats['train/return']:9.1f}"
                             f"  train dice {train_stats['train/dice']:.3f}  val dice {last_eval.get('val/dice', float('nan')):.3f}"
                             f"  biou {last_eval.get('val/biou', float('nan')):.3f}  hd95 {last_eval.get('val/hd95', float('nan')):.2f}"
                         )
+                reached = (cfg.stop_at_val_dice is not None and last_eval
+                           and state.history[-1]["update"] == state.update
+                           and last_eval["val/dice"] >= cfg.stop_at_val_dice)
                 if state.update % cfg.checkpoint_every == 0:
                     save("last.pt")
                 progress.update(task, completed=state.update, info=(
                     f"return {train_stats['train/return']:.0f}  loss {train_stats['losses/total']:.4f}  "
                     f"val dice {last_eval.get('val/dice', float('nan')):.3f}"))
-                if out_of_time:
-                    stopped_by = "max_minutes"
+                if out_of_time or reached:
+                    stopped_by = "max_minutes" if out_of_time else "stop_at_val_dice"
                     break
         except KeyboardInterrupt:
             stopped_by = "interrupted"
             console.print("interrupted: writing checkpoints/last.pt")
+    if stopped_by == "epochs" and cfg.max_updates is not None and state.update >= cfg.max_updates:
+        stopped_by = "max_updates"
     save("last.pt")
     if not (ckpt_dir / "best.pt").exists():
         save("best.pt")

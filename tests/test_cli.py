@@ -34,7 +34,7 @@ def test_env_demo_three_actions(tmp_path: Path):
 
 def test_train_py_trains_by_default_and_runs_other_commands(tmp_path: Path):
     env = {**os.environ, "COLUMNS": "120"}
-    r = subprocess.run([sys.executable, "train.py", "--config", "tune_configs/smoke.yaml", "--set", "epochs=1",
+    r = subprocess.run([sys.executable, "train.py", "--config", "tune_configs/smoke.yaml", "--set", "epochs=1", "--set", "num_workers=0",
                         "--output-dir", str(tmp_path / "run"), "--quiet"], cwd=ROOT, env=env,
                        capture_output=True, text=True, timeout=300)
     assert r.returncode == 0, r.stderr

@@ -7,7 +7,7 @@ import torch
 from pixelrl_env.env import PixelSegEnv
 from rl_agents.inference import apply_actions, segment
 from rl_agents.model import PRESETS, PixelDRLNet, count_parameters, forward_flops
-from rl_agents.pa3c import RewardMapConv, pa3c_loss, pixel_returns
+from rl_agents.pa3c import RewardMapConv, class_balanced_weights, pa3c_loss, pixel_returns
 from rl_agents.rollout import collect_rollout, sample_actions
 
 R0 = torch.tensor([[[1.0, 0.0], [0.0, -1.0]]])  # (B=1, 2, 2)
@@ -124,6 +124,22 @@ def test_no_dilation_ablation_changes_receptive_field_not_parameters():
     assert all(m.dilation == (1, 1) for m in b.modules() if isinstance(m, torch.nn.Conv2d))
 
 
+def test_class_balanced_aux_term_hand_computed():
+    # one foreground pixel of four: it weighs 0.5 / 0.25 = 2, each background pixel 0.5 / 0.75 = 2/3
+    gt = torch.tensor([[[1, 0], [0, 0]]])
+    w = class_balanced_weights(gt)
+    torch.testing.assert_close(w, torch.tensor([[[2.0, 2 / 3], [2 / 3, 2 / 3]]]))
+    assert w.mean().item() == pytest.approx(1.0)
+    torch.testing.assert_close(class_balanced_weights(torch.zeros(1, 2, 2)), torch.ones(1, 2, 2))  # one class only
+    # the foreground pixel's oracle action is unlikely (log p = -2), the background's likely (log p = -0.1)
+    aux_logp = torch.tensor([[[-2.0, -0.1], [-0.1, -0.1]]]).expand(2, 1, 2, 2)
+    zeros = torch.zeros(2, 1, 2, 2)
+    plain = pa3c_loss(zeros, zeros, zeros, REWARDS, V_T, aux_log_probs=aux_logp, aux_coef=1.0)
+    balanced = pa3c_loss(zeros, zeros, zeros, REWARDS, V_T, aux_log_probs=aux_logp, aux_coef=1.0, aux_weights=w)
+    assert plain.aux.item() == pytest.approx((2.0 + 3 * 0.1) / 4)  # 0.575: the rare class barely counts
+    assert balanced.aux.item() == pytest.approx((2 * 2.0 + 3 * (2 / 3) * 0.1) / 4)  # 1.05: half the weight each
+
+
 def test_rollout_shapes_and_segment():
     torch.manual_seed(0)
     env = PixelSegEnv(batch_size=2, t_max=3)
@@ -133,6 +149,7 @@ def test_rollout_shapes_and_segment():
     assert roll.log_probs.shape == roll.values.shape == roll.rewards.shape == (3, 2, 64, 64)
     assert roll.bootstrap.shape == (2, 64, 64) and not roll.bootstrap.requires_grad
     assert roll.aux_log_probs.shape == (3, 2, 64, 64)
+    assert roll.aux_weights.shape == (2, 64, 64)
     assert roll.log_probs.requires_grad and roll.values.requires_grad
     # the recorded rewards sum to the net number of pixels fixed
     start_wrong = (roll.ground_truth != 1).sum()

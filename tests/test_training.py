@@ -6,6 +6,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+import yaml
 
 from rl_agents.checkpoint import load_checkpoint, previous_path, save_checkpoint
 from rl_agents.cli import main
@@ -15,23 +16,26 @@ from rl_agents.trainer import train
 
 ROOT = Path(__file__).resolve().parents[1]
 SMOKE = ROOT / "tune_configs" / "smoke.yaml"
+LOCAL = ["num_workers=0"]  # the single-process trainer; tests/test_distributed.py covers Ray
 
 
 def test_config_yaml_and_overrides(tmp_path: Path):
-    cfg = load_config(SMOKE, ["lr=3e-4", "data.size=16", "data.channels=[1]", "max_minutes=null"])
+    cfg = load_config(SMOKE, LOCAL + ["lr=3e-4", "data.size=16", "data.channels=[1]", "max_minutes=null"])
     assert cfg.lr == 3e-4 and isinstance(cfg.lr, float)
     assert cfg.data.size == 16 and cfg.data.channels == [1] and cfg.data.synthetic["size"] == 32
     assert cfg.t_max == 3 and cfg.max_minutes is None
     with pytest.raises(ValueError, match=r"unknown config key\(s\) \['data.sise'\]"):
-        load_config(SMOKE, ["data.sise=3"])
+        load_config(SMOKE, LOCAL + ["data.sise=3"])
     with pytest.raises(ValueError, match="config key lr expects float, got 'fast'"):
         load_config(None, ["lr=fast"])
     with pytest.raises(ValueError, match="preset must be one of"):
         load_config(None, ["preset=huge"])
     with pytest.raises(ValueError, match="config file not found"):
         load_config(tmp_path / "nope.yaml")
-    for f in sorted((ROOT / "tune_configs").glob("*.yaml")):
-        load_config(f)  # every shipped config is valid
+    from rl_agents.sweep import load_sweep
+
+    for f in sorted((ROOT / "tune_configs").glob("*.yaml")):  # every shipped config and sweep is valid
+        load_sweep(f) if "search_space" in yaml.safe_load(f.read_text()) else load_config(f)
 
 
 def test_checkpoint_is_atomic_and_keeps_the_previous(tmp_path: Path):
@@ -47,7 +51,7 @@ def test_checkpoint_is_atomic_and_keeps_the_previous(tmp_path: Path):
 
 
 def test_smoke_training_writes_metrics_checkpoints_and_resumes(tmp_path: Path):
-    cfg = load_config(SMOKE)
+    cfg = load_config(SMOKE, LOCAL)
     out = tmp_path / "run"
     m = train(cfg, out, quiet=True)
     for k in ("val/dice", "val/iou", "val/biou", "val/hd95", "params", "wall_time_s"):
@@ -58,16 +62,16 @@ def test_smoke_training_writes_metrics_checkpoints_and_resumes(tmp_path: Path):
     last = load_checkpoint(out / "checkpoints" / "last.pt")
     assert last["state"]["update"] == m["updates"] and "optimizer" in last and "env_rng" in last
     # resume with more epochs continues from the saved update count
-    cfg2 = load_config(SMOKE, ["epochs=3"])
+    cfg2 = load_config(SMOKE, LOCAL + ["epochs=3"])
     m2 = train(cfg2, out, resume=True, quiet=True)
     assert m2["updates"] == 3 * int(np.ceil(m["n_train"] / 4))
     assert load_checkpoint(out / "checkpoints" / "last.pt")["state"]["update"] == m2["updates"]
 
 
 def test_resume_reproduces_an_uninterrupted_run(tmp_path: Path):
-    cfg4 = load_config(SMOKE, ["epochs=4"])
+    cfg4 = load_config(SMOKE, LOCAL + ["epochs=4"])
     full = train(cfg4, tmp_path / "full", quiet=True)
-    train(load_config(SMOKE, ["epochs=2"]), tmp_path / "split", quiet=True)
+    train(load_config(SMOKE, LOCAL + ["epochs=2"]), tmp_path / "split", quiet=True)
     resumed = train(cfg4, tmp_path / "split", resume=True, quiet=True)
     a = load_checkpoint(tmp_path / "full" / "checkpoints" / "last.pt")["model"]
     b = load_checkpoint(tmp_path / "split" / "checkpoints" / "last.pt")["model"]
@@ -79,7 +83,7 @@ def test_resume_reproduces_an_uninterrupted_run(tmp_path: Path):
 @pytest.mark.slow
 def test_pa3c_learns_on_easy_synthetic_data(tmp_path: Path):
     """Pure PA3C (no auxiliary term) beats the all-foreground start on validation Dice by at least 0.5."""
-    cfg = load_config(SMOKE, ["data.size=32", "t_max=3", "batch_size=8", "epochs=80", "eval_every=50"])
+    cfg = load_config(SMOKE, LOCAL + ["data.size=32", "t_max=3", "batch_size=8", "epochs=80", "eval_every=50"])
     m = train(cfg, tmp_path / "learn", quiet=True)
     from pixelrl_env.dataset import load_splits
     from pixelrl_env.metrics import dice
@@ -94,7 +98,7 @@ def test_evaluate_native_resolution_json_and_csv(tmp_path: Path):
     from tests.conftest import write_lgg_layout
 
     src = write_lgg_layout(tmp_path / "lgg", patients=4, slices=4, size=48, seed=3)
-    cfg = load_config(SMOKE, [f"data.path={src}", "data.format=lgg", "data.size=32", "epochs=1"])
+    cfg = load_config(SMOKE, LOCAL + [f"data.path={src}", "data.format=lgg", "data.size=32", "epochs=1"])
     train(cfg, tmp_path / "r", quiet=True)
     res = evaluate_checkpoint(tmp_path / "r" / "checkpoints" / "best.pt", split="all", json_out=tmp_path / "e.json",
                               overlays=tmp_path / "ov", max_overlays=3)

@@ -1,0 +1,166 @@
+"""Scaling of the asynchronous Ray A3C, side by side with a torch.multiprocessing Hogwild peer, in one run.
+
+Measured in a steady-state window (from the moment every worker has pushed once, to the end), same model, loss,
+rollout and environment, 1 CPU thread per worker:
+
+* Ray, 1 and 2 workers: updates/s and pixel-agent steps/s; target 2 workers >= 1.7x one.
+* Hogwild (``rl_agents/hogwild.py``), 1 and 2 processes at equal cores; target Ray / Hogwild >= 0.9.
+* Asynchrony: 2 Ray workers with worker 1 slowed 5x (it sleeps 4x its compute time after each rollout); worker 0's
+  rate stays within 10 % of a worker's rate in the unslowed 2-worker run.
+* ``--lgg``: wall time for 1 and 2 Ray workers to reach a fixed validation Dice on LGG (64 px; stops at the target).
+
+    python benchmarks/scaling.py [--seconds 90] [--size 128] [--lgg] [--json benchmarks/results/scaling.json]
+    python benchmarks/scaling.py --asynchrony-repeats 3 --seconds 120     # the asynchrony check alone, repeated
+
+The learner reserves no CPU here (``learner_cpus=0``) so that 2 workers x 1 CPU fit 2 cores; its share of the
+machine is reported as ``learner_busy_fraction``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from dataclasses import replace
+from pathlib import Path
+
+from machine import describe
+
+import ray
+
+from rl_agents.config import load_config
+from rl_agents.distributed import train_distributed
+from rl_agents.hogwild import run_hogwild
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _cfg(size: int, **kw):
+    cfg = load_config(None, [
+        f"data.size={size}", f"data.synthetic.size={size}", "data.synthetic.n_patients=40", "batch_size=4",
+        "t_max=10", "learner_cpus=0", "worker_cpus=1", "epochs=100000", "max_updates=null", "eval_every=1000000",
+        "checkpoint_every=1000000", "report_every_s=2", "rollouts_per_call=2",
+    ])
+    return replace(cfg, **kw)
+
+
+def ray_run(size: int, n: int, seconds: float, slowdown=None) -> dict:
+    cfg = _cfg(size, num_workers=n, max_minutes=seconds / 60, worker_slowdown=slowdown)
+    px_per_update = cfg.batch_size * cfg.t_max * size * size
+    samples = []
+    ray.init(num_cpus=2, include_dashboard=False, _node_ip_address="127.0.0.1", log_to_driver=False)
+    try:
+        m = train_distributed(cfg, ROOT / "runs" / f"scaling_ray{n}", quiet=True,
+                              on_report=lambda st: samples.append(
+                                  (time.perf_counter(), st["stats"]["update"], dict(st["stats"]["per_worker_updates"]))))
+    finally:
+        ray.shutdown()
+    start = next(i for i, s in enumerate(samples) if len(s[2]) == n)
+    (t0, u0, w0), (t1, u1, w1) = samples[start], samples[-1]
+    dt = t1 - t0
+    return {
+        "system": "ray", "workers": n, "slowdown": slowdown, "window_s": round(dt, 1),
+        "updates_per_s": (u1 - u0) / dt, "pixel_agent_steps_per_s": (u1 - u0) * px_per_update / dt,
+        "per_worker_updates_per_s": [(w1.get(i, 0) - w0.get(i, 0)) / dt for i in range(n)],
+        "staleness_mean": m["perf/staleness_mean"], "staleness_max": m["perf/staleness_max"],
+        "learner_busy_fraction": m["perf/learner_busy_fraction"],
+    }
+
+
+def hogwild_run(size: int, n: int, seconds: float) -> dict:
+    cfg = _cfg(size)
+    px_per_update = cfg.batch_size * cfg.t_max * size * size
+    out = run_hogwild(cfg, n, seconds)
+    t0 = max(min(ts) for ts in out["times"].values())  # every process has finished one update
+    t1 = min(max(ts) for ts in out["times"].values())
+    per = [sum(t0 < t <= t1 for t in ts) / (t1 - t0) for _, ts in sorted(out["times"].items())]
+    return {"system": "hogwild", "workers": n, "window_s": round(t1 - t0, 1), "updates_per_s": sum(per),
+            "pixel_agent_steps_per_s": sum(per) * px_per_update, "per_worker_updates_per_s": per}
+
+
+def lgg_time_to_dice(n: int, target: float, minutes: float) -> dict:
+    cfg = load_config(ROOT / "tune_configs" / "lgg_cpu.yaml", [
+        "data.size=64", f"num_workers={n}", "worker_cpus=1", "learner_cpus=0", f"stop_at_val_dice={target}",
+        f"max_minutes={minutes}", "eval_every=25", "eval_max_images=null", "checkpoint_every=100",
+    ])
+    ray.init(num_cpus=2, include_dashboard=False, _node_ip_address="127.0.0.1", log_to_driver=False)
+    try:
+        m = train_distributed(cfg, ROOT / "runs" / f"scaling_lgg{n}", quiet=True)
+    finally:
+        ray.shutdown()
+    hit = next((h for h in m["history"] if h.get("val/dice", -1) >= target), None)
+    return {"workers": n, "target_val_dice": target, "reached": hit is not None,
+            "wall_time_s": hit["wall_time_s"] if hit else None, "updates": hit["update"] if hit else m["updates"],
+            "best_val_dice": max(h.get("val/dice", 0) for h in m["history"]), "budget_min": minutes}
+
+
+def asynchrony(size: int, seconds: float, repeats: int) -> None:
+    """Interleaved pairs, so that drift of the shared machine hits both sides alike; ratio of medians."""
+    import statistics
+
+    pairs = []
+    for _ in range(repeats):
+        slowed = ray_run(size, 2, seconds, slowdown=[1.0, 5.0])
+        unslowed = ray_run(size, 2, seconds)
+        pairs.append({"slowed": slowed, "unslowed": unslowed,
+                      "ratio": slowed["per_worker_updates_per_s"][0] / statistics.mean(unslowed["per_worker_updates_per_s"])})
+        print(f"fast worker {slowed['per_worker_updates_per_s'][0]:.3f} upd/s (other slowed 5x: "
+              f"{slowed['per_worker_updates_per_s'][1]:.3f}) vs unslowed {unslowed['per_worker_updates_per_s']}: "
+              f"ratio {pairs[-1]['ratio']:.3f}", flush=True)
+    fast = statistics.median(p["slowed"]["per_worker_updates_per_s"][0] for p in pairs)
+    base = statistics.median(statistics.mean(p["unslowed"]["per_worker_updates_per_s"]) for p in pairs)
+    out = {"machine": describe(), "size": size, "seconds": seconds, "pairs": pairs,
+           "median_fast_worker_over_unslowed": fast / base}
+    print(f"median ratio {fast / base:.3f} (target: within 10 %)")
+    Path("benchmarks/results/scaling_asynchrony.json").write_text(json.dumps(out, indent=2))
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--seconds", type=float, default=90)
+    ap.add_argument("--size", type=int, default=128)
+    ap.add_argument("--lgg", action="store_true", help="also time 1 vs 2 workers to a validation Dice on LGG")
+    ap.add_argument("--lgg-target", type=float, default=0.5)
+    ap.add_argument("--lgg-minutes", type=float, default=12)
+    ap.add_argument("--asynchrony-repeats", type=int, default=0, metavar="K",
+                    help="only the asynchrony check: K interleaved (slowed, unslowed) pairs of 2-worker runs, "
+                         "written to benchmarks/results/scaling_asynchrony.json")
+    ap.add_argument("--json", default="benchmarks/results/scaling.json")
+    args = ap.parse_args()
+    if args.asynchrony_repeats:
+        return asynchrony(args.size, args.seconds, args.asynchrony_repeats)
+    runs = {
+        "ray1": ray_run(args.size, 1, args.seconds),
+        "ray2": ray_run(args.size, 2, args.seconds),
+        "hogwild1": hogwild_run(args.size, 1, args.seconds),
+        "hogwild2": hogwild_run(args.size, 2, args.seconds),
+        "ray2_slow1": ray_run(args.size, 2, args.seconds, slowdown=[1.0, 5.0]),
+    }
+    for k, r in runs.items():
+        print(f"{k:11s} {r['updates_per_s']:6.3f} upd/s  {r['pixel_agent_steps_per_s'] / 1e6:6.2f} M px-steps/s  "
+              f"per worker {[round(x, 3) for x in r['per_worker_updates_per_s']]}  window {r['window_s']} s")
+    unslowed = sum(runs["ray2"]["per_worker_updates_per_s"]) / 2
+    summary = {
+        "ray_2_over_1": runs["ray2"]["updates_per_s"] / runs["ray1"]["updates_per_s"],
+        "hogwild_2_over_1": runs["hogwild2"]["updates_per_s"] / runs["hogwild1"]["updates_per_s"],
+        "ray_over_hogwild_1": runs["ray1"]["updates_per_s"] / runs["hogwild1"]["updates_per_s"],
+        "ray_over_hogwild_2": runs["ray2"]["updates_per_s"] / runs["hogwild2"]["updates_per_s"],
+        "slowed_run_fast_worker_over_unslowed": runs["ray2_slow1"]["per_worker_updates_per_s"][0] / unslowed,
+        "slowed_run_slow_worker_over_unslowed": runs["ray2_slow1"]["per_worker_updates_per_s"][1] / unslowed,
+    }
+    if args.lgg:
+        summary["lgg_time_to_dice"] = [lgg_time_to_dice(n, args.lgg_target, args.lgg_minutes) for n in (1, 2)]
+    for k, v in summary.items():
+        print(f"{k:40s} {v if isinstance(v, list) else round(v, 3)}")
+    out = {"machine": {**describe(),
+                       "gpu": "none (no GPU machine was lent; the GPU learner with 14 workers was not run)"},
+           "setup": {"size": args.size, "batch_size": 4, "t_max": 10, "preset": "small", "threads_per_worker": 1,
+                     "seconds": args.seconds},
+           "runs": runs, "summary": summary}
+    Path(args.json).parent.mkdir(parents=True, exist_ok=True)
+    Path(args.json).write_text(json.dumps(out, indent=2))
+    print(f"wrote {args.json}")
+
+
+if __name__ == "__main__":
+    main()

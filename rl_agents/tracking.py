@@ -1,0 +1,204 @@
+"""MLflow tracking: every training run (PA3C, Ray A3C or the U-Net) becomes one MLflow run.
+
+What a run records: params = the full flattened config; metrics = the evaluation history per update (``step`` =
+update, or epoch for the U-Net) and the final metrics; tags = git commit, dataset, preset, model; artifacts = the
+config, ``metrics.json``, a learning-curve plot, overlays (image, ground truth, prediction, uncertainty) of a fixed
+set of validation slices, the best checkpoint, and the model via ``mlflow.pytorch.log_model`` with an input example.
+
+The store defaults to SQLite at an absolute path in the working directory (``sqlite:///<cwd>/mlflow.db``; an
+absolute URI because Ray trials run in other directories); ``MLFLOW_TRACKING_URI`` overrides it (a tracking server on
+the head node for clusters). Tracking never fails a training run: errors are logged as warnings.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import subprocess
+import tempfile
+from pathlib import Path
+from typing import Any
+
+from .config import TrainConfig, flatten, to_dict
+
+log = logging.getLogger(__name__)
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def tracking_uri() -> str:
+    return os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{(Path.cwd() / 'mlflow.db').resolve()}"
+
+
+def ensure_experiment(name: str) -> str:
+    """The experiment's id, creating it if needed. With a SQLite store its artifacts go beside the database
+    (``<db dir>/mlartifacts``, absolute) rather than into whatever directory the first run happened to start in."""
+    import mlflow
+
+    mlflow.set_tracking_uri(tracking_uri())
+    exp = mlflow.get_experiment_by_name(name)
+    if exp is not None:
+        return exp.experiment_id
+    location = None
+    uri = tracking_uri()
+    if uri.startswith("sqlite:///"):
+        location = (Path(uri[len("sqlite:///"):]).parent / "mlartifacts").resolve().as_uri()
+    try:
+        return mlflow.create_experiment(name, artifact_location=location)
+    except Exception:  # noqa: BLE001 - created meanwhile by a concurrent trial: use that one
+        exp = mlflow.get_experiment_by_name(name)
+        if exp is None:
+            raise
+        return exp.experiment_id
+
+
+def git_commit() -> str:
+    try:
+        r = subprocess.run(["git", "rev-parse", "HEAD"], cwd=ROOT, capture_output=True, text=True, timeout=10)
+        return r.stdout.strip() if r.returncode == 0 else "unknown"
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+
+
+def _numeric(d: dict[str, Any]) -> dict[str, float]:
+    return {k: float(v) for k, v in d.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
+
+
+def learning_curve(history: list[dict], path: Path) -> Path | None:
+    """Validation Dice / Boundary IoU and training return against the update, as a PNG."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    pts = [h for h in history if "val/dice" in h]
+    if not pts:
+        return None
+    step = "update" if "update" in pts[0] else "epoch"
+    fig, ax = plt.subplots(1, 2, figsize=(9, 3.2))
+    for key in ("val/dice", "val/biou"):
+        ax[0].plot([h[step] for h in pts if key in h], [h[key] for h in pts if key in h], label=key)
+    ax[0].set_xlabel(step)
+    ax[0].legend()
+    train_key = "train/return" if "train/return" in pts[0] else "train/loss"
+    if train_key in pts[0]:
+        ax[1].plot([h[step] for h in pts], [h.get(train_key, float("nan")) for h in pts])
+        ax[1].set_title(train_key)
+        ax[1].set_xlabel(step)
+    fig.tight_layout()
+    fig.savefig(path, dpi=80)
+    plt.close(fig)
+    return path
+
+
+def log_run(cfg: TrainConfig, output_dir: str | Path, metrics: dict[str, Any] | None, status: str = "FINISHED",
+            n_overlays: int = 4, run_id: str | None = None, history_logged: bool = False) -> str | None:
+    """Record a finished (or interrupted: ``status="KILLED"``) run in MLflow; returns the run id.
+
+    ``run_id``: complete a run created earlier (a Tune trial logs its params and per-step metrics live, then this
+    adds the final metrics and artifacts; ``history_logged`` skips the history it already sent).
+    """
+    if not cfg.mlflow:
+        return None
+    try:
+        return _log_run(cfg, Path(output_dir), metrics, status, n_overlays, run_id, history_logged)
+    except Exception as e:  # noqa: BLE001 - a tracking failure must not cost the user the trained model
+        log.warning("MLflow tracking failed (%s: %s); the run's files in %s are intact", type(e).__name__, e,
+                    output_dir)
+        return None
+
+
+def _log_run(cfg: TrainConfig, out: Path, metrics: dict | None, status: str, n_overlays: int, run_id: str | None,
+             history_logged: bool) -> str:
+    import mlflow
+
+    mlflow.set_tracking_uri(tracking_uri())
+    if run_id is None and not os.environ.get("MLFLOW_EXPERIMENT_ID"):
+        mlflow.set_experiment(experiment_id=ensure_experiment(cfg.experiment))
+    params = {k: str(v) for k, v in flatten(to_dict(cfg)).items()}
+    tags = {"git_commit": git_commit(), "dataset": f"{cfg.data.format}:{cfg.data.path or 'built-in'}",
+            "preset": cfg.preset if cfg.model == "pixeldrl" else "unet", "model": cfg.model,
+            "output_dir": str(out.resolve())}
+    nested = mlflow.active_run() is not None
+    if run_id is not None:
+        run = mlflow.start_run(run_id=run_id)
+    else:
+        run = mlflow.start_run(run_name=cfg.run_name or out.name, nested=nested)
+    try:
+        if run_id is None:
+            mlflow.log_params(params)
+        mlflow.set_tags(tags)
+        for h in [] if history_logged else (metrics or {}).get("history", []):
+            step = int(h.get("update", h.get("epoch", 0)))
+            mlflow.log_metrics(_numeric({k: v for k, v in h.items() if k not in ("update", "epoch")}), step=step)
+        if metrics:
+            mlflow.log_metrics(_numeric({k: v for k, v in metrics.items() if k != "history"}))
+        for name in ("config.yaml", "metrics.json"):
+            if (out / name).exists():
+                mlflow.log_artifact(str(out / name))
+        best = out / "checkpoints" / "best.pt"
+        if best.exists():
+            mlflow.log_artifact(str(best), artifact_path="checkpoints")
+            _log_model_and_overlays(best, n_overlays)
+        with tempfile.TemporaryDirectory() as tmp:
+            png = learning_curve((metrics or {}).get("history", []), Path(tmp) / "learning_curve.png")
+            if png:
+                mlflow.log_artifact(str(png))
+    except BaseException:
+        mlflow.end_run(status="FAILED")
+        raise
+    mlflow.end_run(status=status)
+    return run.info.run_id
+
+
+def _log_model_and_overlays(best: Path, n_overlays: int) -> None:
+    import mlflow
+    import mlflow.pytorch
+    import numpy as np
+
+    from .checkpoint import load_checkpoint
+    from .evaluate import evaluate_checkpoint, load_model
+
+    model, cfg = load_model(best)
+    in_ch = int(load_checkpoint(best)["in_channels"])
+    size = int(cfg.data.size or 64)  # native-size data: any size divisible by 4 works; 64 keeps the example small
+    example = np.zeros((1, in_ch, size, size), np.float32)
+    if cfg.model == "pixeldrl":  # the network alone returns (logits, value); log the t_max-step segmenter
+        from .inference import GreedySegmenter
+
+        model = GreedySegmenter(model, cfg.t_max).eval()
+    import torch
+    from mlflow.models import infer_signature
+
+    with torch.no_grad():
+        output = model(torch.from_numpy(example)).numpy()
+    mlflow.pytorch.log_model(model, name="model", input_example=example, signature=infer_signature(example, output))
+    if n_overlays > 0:
+        with tempfile.TemporaryDirectory() as tmp:
+            evaluate_checkpoint(best, split="val", overlays=Path(tmp) / "overlays", max_overlays=n_overlays,
+                                json_out=Path(tmp) / "eval_val.json")
+            if (Path(tmp) / "overlays").exists():
+                mlflow.log_artifacts(str(Path(tmp) / "overlays"), artifact_path="overlays")
+            mlflow.log_artifact(str(Path(tmp) / "eval_val.json"))
+
+
+def compare(experiment: str = "pixeldrl", metric: str = "val/dice", max_runs: int = 50) -> tuple[list[str], list[list]]:
+    """Runs of ``experiment`` best first by ``metric``: the params that differ between them, and key metrics."""
+    import mlflow
+
+    mlflow.set_tracking_uri(tracking_uri())
+    if mlflow.get_experiment_by_name(experiment) is None:
+        raise ValueError(f"no MLflow experiment named {experiment!r} at {tracking_uri()}")
+    df = mlflow.search_runs(experiment_names=[experiment], max_results=max_runs,
+                            order_by=[f"metrics.`{metric}` DESC"])
+    if df.empty:
+        return [], []
+    pcols = [c for c in df.columns if c.startswith("params.") and df[c].astype(str).nunique(dropna=False) > 1]
+    mcols = [f"metrics.{m}" for m in dict.fromkeys([metric, "val/dice", "val/biou", "val/hd95", "params",
+                                                    "wall_time_s"]) if f"metrics.{m}" in df.columns]
+    header = ["run", "status", *[c[len("params."):] for c in pcols], *[c[len("metrics."):] for c in mcols]]
+    rows = []
+    for _, r in df.iterrows():
+        rows.append([r.get("tags.mlflow.runName", r["run_id"][:8]), r["status"], *[str(r[c]) for c in pcols],
+                     *[r[c] for c in mcols]])
+    return header, rows
+

@@ -1,0 +1,69 @@
+"""Cluster launcher configs, checked offline with Ray's own validator and for the settings that matter."""
+
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+
+import jsonschema
+import pytest
+import yaml
+from ray.autoscaler._private.util import prepare_config, validate_config
+
+ROOT = Path(__file__).resolve().parents[1]
+CLOUDS = ["aws", "gcp"]
+
+
+def _load(cloud: str) -> dict:
+    return yaml.safe_load((ROOT / "cluster" / f"{cloud}.yaml").read_text())
+
+
+@pytest.mark.parametrize("cloud", CLOUDS)
+def test_cluster_yaml_passes_rays_validator(cloud):
+    validate_config(prepare_config(copy.deepcopy(_load(cloud))))
+    broken = _load(cloud)
+    broken["available_node_types"]["gpu_learner"]["min_workrs"] = 0  # a typo Ray must reject
+    with pytest.raises(jsonschema.ValidationError):
+        validate_config(prepare_config(broken))
+
+
+@pytest.mark.parametrize("cloud", CLOUDS)
+def test_cluster_yaml_settings_that_matter(cloud):
+    c = _load(cloud)
+    types = c["available_node_types"]
+    assert types[c["head_node_type"]]["resources"] == {"CPU": 0}  # the head runs no training work
+    for name in ("gpu_learner", "cpu_worker"):
+        assert types[name]["min_workers"] == 0 and types[name]["max_workers"] >= 1
+    spot = yaml.safe_dump(types["gpu_learner"]["node_config"]) + yaml.safe_dump(types["cpu_worker"]["node_config"])
+    assert spot.count("spot") + spot.count("SPOT") + spot.count("preemptible") >= 2
+    assert 0 < c["idle_timeout_minutes"] <= 10
+    head = " ".join(c["head_start_ray_commands"])
+    assert "--dashboard-host=127.0.0.1" in head and "RAY_AUTH_MODE=token" in head and "mlflow server" in head
+    assert "RAY_AUTH_MODE=token" in " ".join(c["worker_start_ray_commands"])
+    assert c["file_mounts"]["/home/ray/.ray/auth_token"] == "~/.ray/auth_token"
+    assert any("pip install" in s and "/home/ray/pixeldrl" in s for s in c["setup_commands"])
+    assert "2.60.0" in c["docker"]["image"]  # the Ray version this project pins
+    if cloud == "aws":
+        perms = c["provider"]["security_group"]["IpPermissions"]
+        assert [(p["FromPort"], p["ToPort"]) for p in perms] == [(22, 22)]  # SSH only
+
+
+def test_kuberay_manifests_have_what_matters():
+    cluster = yaml.safe_load((ROOT / "cluster" / "kuberay" / "raycluster.yaml").read_text())
+    job = yaml.safe_load((ROOT / "cluster" / "kuberay" / "rayjob.yaml").read_text())
+    spec = cluster["spec"]
+    assert cluster["kind"] == "RayCluster" and spec["enableInTreeAutoscaling"] is True
+    assert spec["authOptions"]["mode"] == "token" and spec["rayVersion"] == "2.60.0"
+    assert spec["headGroupSpec"]["rayStartParams"]["num-cpus"] == "0"
+    groups = {g["groupName"]: g for g in spec["workerGroupSpecs"]}
+    assert set(groups) == {"gpu-learner", "cpu-worker"}
+    for g in groups.values():
+        assert g["minReplicas"] == 0 and g["replicas"] == 0 and g["maxReplicas"] >= 1
+    gpu = groups["gpu-learner"]["template"]["spec"]["containers"][0]["resources"]["limits"]
+    assert gpu["nvidia.com/gpu"] == "1"
+    assert "nvidia.com/gpu" not in groups["cpu-worker"]["template"]["spec"]["containers"][0]["resources"]["limits"]
+    assert job["kind"] == "RayJob" and job["spec"]["clusterSelector"]["ray.io/cluster"] == cluster["metadata"]["name"]
+    entry = job["spec"]["entrypoint"]
+    assert entry.startswith("python /home/ray/pixeldrl/train.py --config ") and "learner_gpus=1" in entry
+    config = entry.split("--config ")[1].split()[0].replace("/home/ray/pixeldrl/", "")
+    assert (ROOT / config).is_file()

@@ -1,0 +1,135 @@
+"""Asynchronous A3C on Ray: the learner's staleness rule (no Ray needed), a 2-worker run that trains, checkpoints
+and resumes, and a worker killed mid-run that Ray restarts while training goes on. Ray binds to 127.0.0.1 only."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import ray
+
+from rl_agents.config import load_config, to_dict
+from rl_agents.distributed import Learner, train_distributed
+from rl_agents.evaluate import load_model
+
+ROOT = Path(__file__).resolve().parents[1]
+SMOKE = ROOT / "tune_configs" / "smoke.yaml"
+
+
+@pytest.fixture(scope="module")
+def ray_local():
+    ray.init(num_cpus=2, include_dashboard=False, _node_ip_address="127.0.0.1", log_to_driver=False)
+    yield
+    ray.shutdown()
+
+
+def _grads(learner: Learner, value: float) -> list[np.ndarray]:
+    return [np.full(tuple(p.shape), value, np.float32) for p in learner.params]
+
+
+@pytest.mark.parametrize("policy", ["drop", "downweight"])
+def test_learner_bounds_staleness(policy):
+    cfg = load_config(SMOKE, ["staleness_bound=1", f"stale_policy={policy}", "grad_clip=1e9"])
+    learner = Learner(to_dict(cfg), in_channels=3, n_train=40)
+    g = _grads(learner, 1e-3)
+    assert learner.push(0, 0, g, {"pixel_agent_steps": 10})[0] == 1  # fresh: applied
+    assert learner.push(1, 0, g, {"pixel_agent_steps": 10})[0] == 2  # staleness 1 = bound: applied
+    version, weights, done = learner.push(1, 0, g, {"pixel_agent_steps": 10})  # staleness 2 > bound
+    s = learner.stats()
+    assert s["staleness_max"] == 2 and s["staleness_mean"] == pytest.approx(1.0)
+    if policy == "drop":
+        assert version == 2 and s["dropped"] == 1 and s["downweighted"] == 0
+        assert s["pixel_agent_steps"] == 20
+    else:
+        assert version == 3 and s["dropped"] == 0 and s["downweighted"] == 1
+        # scaled by 1 / (1 + staleness - bound) = 1/2 before Adam
+        np.testing.assert_allclose(learner.params[0].grad.numpy(), 0.5e-3, rtol=1e-6)
+        assert s["pixel_agent_steps"] == 30
+    assert s["per_worker_updates"][0] == 1 and not done
+    assert set(weights[0]) == set(learner.model.state_dict())
+
+
+def test_learner_stops_at_the_planned_updates():
+    cfg = load_config(SMOKE, ["max_updates=2"])
+    learner = Learner(to_dict(cfg), in_channels=3, n_train=40)
+    g = _grads(learner, 1e-3)
+    learner.push(0, 0, g, {})
+    assert learner.push(0, 1, g, {})[2] is True
+    assert learner.push(0, 2, g, {})[0] == 2  # nothing applied past the end
+
+
+def test_two_workers_train_checkpoint_and_resume(ray_local, tmp_path: Path):
+    cfg = load_config(SMOKE, ["max_minutes=null"])
+    m = train_distributed(cfg, tmp_path, quiet=True)
+    planned = m["updates"]
+    assert planned == 2 * -(-m["n_train"] // cfg.batch_size)  # epochs x updates per epoch, no more
+    assert m["stopped_by"] == "epochs" and m["workers/n"] == 2 and m["workers/restarts"] == 0
+    assert len(m["perf/worker_updates_per_s"]) == 2 and min(m["perf/worker_updates_per_s"]) > 0  # both pushed
+    assert m["perf/updates_per_s"] > 0 and m["pixel_agent_steps"] == planned * 4 * 3 * 32 * 32
+    assert 0 <= m["perf/staleness_mean"] <= m["perf/staleness_max"] <= 2 * cfg.num_workers
+    assert 0 < m["perf/learner_busy_fraction"] < 1
+    assert "val/dice" in m and "losses/policy" in m and m["learner_device"] == "cpu"
+    assert (tmp_path / "checkpoints" / "last.pt").exists() and (tmp_path / "checkpoints" / "best.pt").exists()
+    model, saved_cfg = load_model(tmp_path / "checkpoints" / "best.pt")
+    assert saved_cfg.num_workers == 2 and sum(p.numel() for p in model.parameters()) == m["params"]
+    # resume: the learner continues from last.pt's update count and optimiser state up to the new plan
+    m2 = train_distributed(load_config(SMOKE, ["max_minutes=null", "epochs=3"]), tmp_path, resume=True, quiet=True)
+    assert m2["updates"] == planned * 3 // 2
+    assert m2["pixel_agent_steps"] == m2["updates"] * 4 * 3 * 32 * 32
+    assert len(m2["history"]) > len(m["history"])
+
+
+def test_a_killed_worker_is_restarted_and_training_goes_on(ray_local, tmp_path: Path):
+    cfg = load_config(SMOKE, ["max_minutes=null", "epochs=4", "report_every_s=0.5"])
+    killed = []
+
+    def kill_once(state):
+        if not killed and state["stats"]["update"] >= 4:
+            ray.kill(state["workers"][0], no_restart=False)  # the process dies; Ray restarts the actor
+            killed.append(state["stats"]["update"])
+
+    m = train_distributed(cfg, tmp_path, quiet=True, on_report=kill_once)
+    assert killed, "the run ended before the worker could be killed"
+    assert m["workers/restarts"] >= 1
+    assert m["updates"] == 4 * -(-m["n_train"] // cfg.batch_size) and m["stopped_by"] == "epochs"
+    assert min(m["perf/worker_updates_per_s"]) > 0
+
+
+def test_hogwild_peer_updates_the_shared_model():
+    from rl_agents.hogwild import run_hogwild
+
+    out = run_hogwild(load_config(SMOKE, ["num_workers=0"]), n_processes=2, seconds=3)
+    assert sorted(out["times"]) == [0, 1] and all(len(ts) >= 1 for ts in out["times"].values())
+    assert out["updates"] == sum(len(ts) for ts in out["times"].values())
+    assert out["weight_change"] > 0  # the children's steps landed in the parent's shared-memory weights
+
+
+def test_ctrl_c_stops_a_ray_run_with_a_checkpoint(tmp_path: Path):
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    from rl_agents.checkpoint import load_checkpoint
+
+    out = tmp_path / "run"
+    proc = subprocess.Popen(
+        [sys.executable, "train.py", "--config", "tune_configs/smoke.yaml", "--set", "epochs=500",
+         "--set", "checkpoint_every=4", "--output-dir", str(out), "--quiet"],
+        cwd=ROOT, env={**os.environ, "RAY_ADDRESS": ""}, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        deadline = time.time() + 300
+        while not (out / "checkpoints" / "last.pt").exists() and time.time() < deadline and proc.poll() is None:
+            time.sleep(1)
+        assert (out / "checkpoints" / "last.pt").exists(), "no checkpoint before the deadline"
+        proc.send_signal(signal.SIGINT)
+        stdout, _ = proc.communicate(timeout=180)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 130, stdout[-3000:]
+    assert "interrupted" in stdout
+    payload = load_checkpoint(out / "checkpoints" / "last.pt")
+    assert payload["state"]["update"] >= 4 and "optimizer" in payload

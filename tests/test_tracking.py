@@ -1,0 +1,56 @@
+"""MLflow tracking of training runs and `pixeldrl compare` (store: the session's throwaway SQLite, see conftest)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import mlflow
+from mlflow.tracking import MlflowClient
+
+from rl_agents.cli import main
+
+ROOT = Path(__file__).resolve().parents[1]
+SMOKE = str(ROOT / "tune_configs" / "smoke.yaml")
+
+
+def _artifacts(client: MlflowClient, run_id: str, path: str | None = None) -> set[str]:
+    out = set()
+    for a in client.list_artifacts(run_id, path):
+        out.add(a.path)
+        if a.is_dir:
+            out |= _artifacts(client, run_id, a.path)
+    return out
+
+
+def test_training_runs_are_tracked_and_compared(tmp_path: Path, capsys):
+    for lr in ("1e-3", "5e-4"):
+        assert main(["train", "--config", SMOKE, "--set", "num_workers=0", "--set", "epochs=2", "--set", f"lr={lr}",
+                     "--set", "experiment=test-tracking", "--set", f"run_name=lr-{lr}",
+                     "--output-dir", str(tmp_path / lr), "--quiet"]) == 0
+    client = MlflowClient(mlflow.get_tracking_uri())
+    runs = mlflow.search_runs(experiment_names=["test-tracking"], output_format="list")
+    assert sorted(r.info.run_name for r in runs) == ["lr-1e-3", "lr-5e-4"]
+    run = next(r for r in runs if r.info.run_name == "lr-5e-4")
+    assert run.info.status == "FINISHED"
+    assert run.data.params["lr"] == "0.0005" and run.data.params["data.format"] == "synthetic"
+    assert run.data.params["num_workers"] == "0" and "preset" in run.data.params
+    assert run.data.tags["preset"] == "small" and len(run.data.tags["git_commit"]) in (7, 40) or \
+        run.data.tags["git_commit"] == "unknown"
+    assert 0.0 <= run.data.metrics["val/dice"] <= 1.0 and run.data.metrics["params"] > 0
+    history = client.get_metric_history(run.info.run_id, "val/dice")
+    assert len(history) >= 2 and len({m.step for m in history}) >= 2  # per step, plus the final value
+    arts = _artifacts(client, run.info.run_id)
+    for name in ("config.yaml", "metrics.json", "learning_curve.png", "checkpoints/best.pt", "eval_val.json"):
+        assert name in arts, (name, arts)
+    assert any(a.startswith("overlays/") and a.endswith(".png") for a in arts)
+    assert any(a.startswith("model") for a in arts) or client.search_logged_models(
+        experiment_ids=[run.info.experiment_id])
+    capsys.readouterr()
+    assert main(["compare", "--experiment", "test-tracking"]) == 0
+    out = capsys.readouterr().out
+    assert "lr-1e-3" in out and "lr-5e-4" in out and "run_name" in out and "val/dice" in out
+
+
+def test_compare_names_a_missing_experiment(capsys):
+    assert main(["compare", "--experiment", "no-such-experiment"]) == 2
+    assert "no MLflow experiment named 'no-such-experiment'" in capsys.readouterr().err
