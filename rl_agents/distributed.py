@@ -307,6 +307,23 @@ def _learner_gpus(cfg: TrainConfig) -> float:
     return 1.0 if ray.cluster_resources().get("GPU", 0) >= 1 and cfg.device != "cpu" else 0.0
 
 
+def _bundle(cfg: TrainConfig, index: int) -> dict[str, Any]:
+    """Actor options that pin an actor to bundle ``index`` of the placement group this code runs in, if any.
+
+    A Tune trial reserves ``[driver, learner, worker 0, worker 1, ...]`` (see :mod:`rl_agents.sweep`) and its child
+    actors land in that group. Left to "any bundle", the learner (0.25 CPU) can take half of a worker's bundle
+    (0.5 CPU) and leave the last worker with no bundle that fits: the trial then waits forever. Pinning each actor
+    to its own bundle makes the fit exact. Outside a placement group, or in one laid out differently, no constraint.
+    """
+    from ray.util import get_current_placement_group
+    from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
+
+    pg = get_current_placement_group()
+    if pg is None or pg.bundle_count != cfg.num_workers + 2:
+        return {}
+    return {"scheduling_strategy": PlacementGroupSchedulingStrategy(pg, placement_group_bundle_index=index)}
+
+
 def train_distributed(cfg: TrainConfig, output_dir: str | Path, resume: bool = False, quiet: bool = False,
                       on_report=None, on_eval=None) -> dict[str, Any]:
     """Asynchronous A3C with ``cfg.num_workers`` Ray workers; writes what :func:`rl_agents.trainer.train` writes.
@@ -324,18 +341,20 @@ def train_distributed(cfg: TrainConfig, output_dir: str | Path, resume: bool = F
     started = _connect(cfg)
     cfg_dict = to_dict(cfg)
     try:
-        evaluator = ray.remote(Evaluator).options(num_cpus=0).remote(cfg_dict, cfg.eval_max_images)
+        # the evaluator shares the driver's bundle: it runs while the driver only waits
+        evaluator = ray.remote(Evaluator).options(num_cpus=0, **_bundle(cfg, 0)).remote(cfg_dict, cfg.eval_max_images)
         info = ray.get(evaluator.info.remote())
         if info["n_train"] == 0:
             raise ValueError("the training split is empty; check data.split, data.k_shot and data.drop_empty")
         payload = load_checkpoint(ckpt_dir / "last.pt") if resume else None
         gpus = _learner_gpus(cfg)
-        learner = ray.remote(Learner).options(num_cpus=cfg.learner_cpus, num_gpus=gpus).remote(
+        learner = ray.remote(Learner).options(num_cpus=cfg.learner_cpus, num_gpus=gpus, **_bundle(cfg, 1)).remote(
             cfg_dict, info["in_channels"], info["n_train"], ray.put(payload) if payload else None)
         slow = list(cfg.worker_slowdown or [])
-        worker_cls = ray.remote(Worker).options(num_cpus=cfg.worker_cpus, max_restarts=cfg.worker_max_restarts,
-                                                max_task_retries=0)
-        workers = [worker_cls.remote(cfg_dict, i, cfg.num_workers, float(slow[i]) if i < len(slow) else 1.0)
+        worker_cls = ray.remote(Worker)
+        workers = [worker_cls.options(num_cpus=cfg.worker_cpus, max_restarts=cfg.worker_max_restarts,
+                                      max_task_retries=0, **_bundle(cfg, 2 + i)).remote(
+                       cfg_dict, i, cfg.num_workers, float(slow[i]) if i < len(slow) else 1.0)
                    for i in range(cfg.num_workers)]
         return _drive(cfg, cfg_dict, out, ckpt_dir, info, learner, workers, evaluator, gpus, payload, quiet,
                       on_report, on_eval)

@@ -133,10 +133,20 @@ def _trainable(config: dict[str, Any]) -> None:
     name = f"{ctx.get_trial_name()}"
     cfg.run_name = name
     client = MlflowClient(tracking_uri())
+    trial_id = ctx.get_trial_id()
+    # A trial runs again after a failure (FailureConfig) or when a resumed sweep restarts it; a trial that ended just
+    # as the sweep was interrupted can run again too. Each attempt is its own run; earlier ones are tagged so that
+    # "the trial's run" is the one without `superseded_by`.
+    earlier = client.search_runs([config["_experiment_id"]], f"tags.mlflow.parentRunId = '{config['_parent_run_id']}'"
+                                 f" and tags.trial_id = '{trial_id}'")
     run = client.create_run(config["_experiment_id"], run_name=name,
-                            tags={"mlflow.parentRunId": config["_parent_run_id"], "trial_id": ctx.get_trial_id(),
+                            tags={"mlflow.parentRunId": config["_parent_run_id"], "trial_id": trial_id,
+                                  "attempt": str(len(earlier) + 1),
                                   "variant": str((sampled.get("variant") or {}).get("name", ""))})
     run_id = run.info.run_id
+    for r in earlier:
+        if "superseded_by" not in r.data.tags:
+            client.set_tag(r.info.run_id, "superseded_by", run_id)
     client.log_batch(run_id, params=[mlflow.entities.Param(k, str(v)[:6000])
                                      for k, v in flatten(to_dict(cfg)).items()])
 

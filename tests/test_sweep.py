@@ -79,8 +79,15 @@ def test_a_failing_trial_is_retried_and_the_sweep_completes_with_optuna(tmp_path
     summary = run_sweep(_sweep_file(tmp_path, "t-fail", num_samples=2, inject_failure=True, search="optuna",
                                     scheduler={"type": "fifo"}))
     assert summary["n_trials"] == 2 and summary["n_errors"] == 0
-    statuses = sorted(r.info.status for r in _children("t-fail", summary["parent_run_id"]))
-    assert statuses == ["FAILED", "FAILED", "FINISHED", "FINISHED"]  # each trial failed once, then passed
+    runs = _children("t-fail", summary["parent_run_id"])
+    # each trial failed once, then passed; the failed attempt points to its retry
+    assert sorted((r.info.status, r.data.tags["attempt"]) for r in runs) == [("FAILED", "1"), ("FAILED", "1"),
+                                                                            ("FINISHED", "2"), ("FINISHED", "2")]
+    by_id = {r.info.run_id: r for r in runs}
+    for r in runs:
+        if r.info.status == "FAILED":
+            retry = by_id[r.data.tags["superseded_by"]]
+            assert retry.info.status == "FINISHED" and retry.data.tags["trial_id"] == r.data.tags["trial_id"]
 
 
 def test_an_interrupted_sweep_resumes(tmp_path: Path):
@@ -109,6 +116,24 @@ def test_an_interrupted_sweep_resumes(tmp_path: Path):
                        capture_output=True, text=True, timeout=600)
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
     assert "3 trials (0 errored)" in r.stdout
-    finished = [r for r in _children("t-resume", parent) if r.info.status == "FINISHED"]
-    assert len(finished) == 3  # the resumed sweep ran the rest, under the same parent run
+    current = [r for r in _children("t-resume", parent) if "superseded_by" not in r.data.tags]
+    # the resumed sweep ran the rest under the same parent run: one current, finished run per trial
+    assert sorted(r.info.status for r in current) == ["FINISHED"] * 3
+    assert len({r.data.tags["trial_id"] for r in current}) == 3
 
+
+
+@pytest.mark.timeout(300)  # unpinned actors used to fragment the bundles and wait forever
+def test_a_trial_trains_with_ray_workers_inside_its_placement_group(tmp_path: Path, ray_2cpu):
+    # bundles [driver 0.01, learner 0.25, worker 0.5, worker 0.5] on 2 CPUs: each actor pinned to its own bundle
+    sweep = _sweep_file(tmp_path, "t-ray", num_samples=2, max_concurrent_trials=1, scheduler={"type": "fifo"},
+                        search_space={"lr": {"choice": [1e-3, 2e-3]}})
+    spec = yaml.safe_load(sweep.read_text())
+    spec["set"] = {**spec["set"], "num_workers": 2, "max_updates": 12, "epochs": 100}
+    sweep.write_text(yaml.safe_dump(spec))
+    summary = run_sweep(sweep)
+    assert summary["n_trials"] == 2 and summary["n_errors"] == 0
+    for r in _children("t-ray", summary["parent_run_id"]):
+        assert r.info.status == "FINISHED"
+        assert r.data.params["num_workers"] == "2" and r.data.metrics["updates"] >= 12
+        assert r.data.metrics["perf/updates_per_s"] > 0 and "perf/staleness_mean" in r.data.metrics
