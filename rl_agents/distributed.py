@@ -99,8 +99,12 @@ class Learner:
         self._cache: tuple[int, list[Weights]] | None = None
         self.t0 = time.perf_counter()
 
-    def device_name(self) -> str:
-        return str(self.device) + (f" ({torch.cuda.get_device_name()})" if self.device.type == "cuda" else "")
+    def placement(self) -> tuple[str, str]:
+        """``(device, Ray node id)``: where the learner computes, and on which node (metrics, autoscaling test)."""
+        import ray
+
+        device = str(self.device) + (f" ({torch.cuda.get_device_name()})" if self.device.type == "cuda" else "")
+        return device, ray.get_runtime_context().get_node_id()
 
     def weights(self) -> tuple[int, list[Weights], bool]:
         """``(version, [model weights, reward-kernel weights], done)`` as CPU arrays."""
@@ -248,7 +252,7 @@ class Worker:
             self._set(version, weights)
             n += 1
             steps += roll.pixel_agent_steps
-        return {"worker": self.index, "rollouts": n, "pixel_agent_steps": steps, "wall_s": time.perf_counter() - t0,
+        return {"worker": self.index, "node": ray.get_runtime_context().get_node_id(), "rollouts": n, "pixel_agent_steps": steps, "wall_s": time.perf_counter() - t0,
                 "compute_s": compute_s, "done": done, "version": self.version}
 
 
@@ -356,15 +360,16 @@ def train_distributed(cfg: TrainConfig, output_dir: str | Path, resume: bool = F
                                       max_task_retries=0, **_bundle(cfg, 2 + i)).remote(
                        cfg_dict, i, cfg.num_workers, float(slow[i]) if i < len(slow) else 1.0)
                    for i in range(cfg.num_workers)]
-        return _drive(cfg, cfg_dict, out, ckpt_dir, info, learner, workers, evaluator, gpus, payload, quiet,
-                      on_report, on_eval)
+        placement = ray.get(learner.placement.remote())
+        return _drive(cfg, cfg_dict, out, ckpt_dir, info, learner, placement, workers, evaluator, gpus, payload,
+                      quiet, on_report, on_eval)
     finally:
         if started:
             ray.shutdown()
 
 
-def _drive(cfg, cfg_dict, out, ckpt_dir, info, learner, workers, evaluator, gpus, payload, quiet, on_report,
-           on_eval):
+def _drive(cfg, cfg_dict, out, ckpt_dir, info, learner, placement, workers, evaluator, gpus, payload, quiet,
+           on_report, on_eval):
     import ray
     from ray.exceptions import ActorDiedError, RayActorError
 
@@ -378,7 +383,8 @@ def _drive(cfg, cfg_dict, out, ckpt_dir, info, learner, workers, evaluator, gpus
     best_dice = float(state.get("best_dice", -1.0))
     wall_before = float(state.get("wall_time_s", 0.0))
     (out / "config.yaml").write_text(yaml.safe_dump(cfg_dict, sort_keys=False))
-    learner_device = ray.get(learner.device_name.remote())
+    learner_device, learner_node = placement
+    worker_nodes: list[str | None] = [None] * len(workers)  # where each worker last ran (a restart may move it)
     if not quiet:
         console.print(f"config: {cfg_dict}", highlight=False)
         console.print(f"Ray A3C: {cfg.num_workers} workers x {cfg.worker_cpus} CPU, learner on {learner_device} "
@@ -446,6 +452,7 @@ def _drive(cfg, cfg_dict, out, ckpt_dir, info, learner, workers, evaluator, gpus
                     restarting.pop(i, None)
                     worker_rollouts[i] += res["rollouts"]
                     worker_busy_s[i] += res["compute_s"]
+                    worker_nodes[i] = res["node"]
                     if res["done"]:
                         continue  # the learner has finished; this worker rests
                 except RayActorError as e:  # died, or is being restarted by Ray: count once, retry shortly
@@ -519,6 +526,7 @@ def _drive(cfg, cfg_dict, out, ckpt_dir, info, learner, workers, evaluator, gpus
         "pixel_agent_steps": stats["pixel_agent_steps"],
         **_throughput(stats, wall, worker_rollouts, worker_busy_s, restarts, cfg),
         "learner_device": learner_device,
+        **_cluster_placement(learner_node, worker_nodes),
         "stopped_by": stopped_by,
         "n_train": info["n_train"],
         "n_val": info["n_val"],
@@ -529,6 +537,16 @@ def _drive(cfg, cfg_dict, out, ckpt_dir, info, learner, workers, evaluator, gpus
     if not quiet:
         console.print(_report_line(stats, last_eval, restarts), highlight=False)
     return metrics
+
+
+def _cluster_placement(learner_node: str, worker_nodes: list[str | None]) -> dict[str, Any]:
+    """Which nodes the learner and each worker ran on, with each node's resources (an autoscaler's doing shows)."""
+    import ray
+
+    used = {learner_node, *(n for n in worker_nodes if n)}
+    nodes = {n["NodeID"]: {"address": n["NodeManagerAddress"], "resources": n["Resources"]}
+             for n in ray.nodes() if n["NodeID"] in used}
+    return {"cluster/learner_node": learner_node, "cluster/worker_nodes": worker_nodes, "cluster/nodes": nodes}
 
 
 def _throughput(stats, wall, worker_rollouts, worker_busy_s, restarts, cfg) -> dict[str, Any]:
