@@ -119,15 +119,19 @@ def trial_config(base: dict, sampled: dict[str, Any]) -> TrainConfig:
     return cfg
 
 
-def _trainable(config: dict[str, Any]) -> None:
-    """One trial: train with the sampled config, report each validation pass to Tune and MLflow."""
+def _trainable(config: dict[str, Any], sweep: dict[str, Any]) -> None:
+    """One trial: train with the sampled ``config``, report each validation pass to Tune and MLflow.
+
+    ``sweep`` (bound with ``tune.with_parameters``, so that Tune's tables show only what was sampled) holds the base
+    config, the MLflow parent run and experiment, and the tracking URI.
+    """
     import mlflow
     from mlflow.tracking import MlflowClient
     from ray import tune
 
-    os.environ["MLFLOW_TRACKING_URI"] = config["_tracking_uri"]  # the driver's store, not one in the trial dir
-    sampled = {k: v for k, v in config.items() if not k.startswith("_")}
-    cfg = trial_config(config["_base"], sampled)
+    os.environ["MLFLOW_TRACKING_URI"] = sweep["tracking_uri"]  # the driver's store, not one in the trial dir
+    sampled = {k: v for k, v in config.items() if not k.startswith("_")}  # "_" keys: sweeps started before 0.1.0
+    cfg = trial_config(sweep["base"], sampled)
     ctx = tune.get_context()
     out = Path(ctx.get_trial_dir()) / "run"
     name = f"{ctx.get_trial_name()}"
@@ -137,10 +141,10 @@ def _trainable(config: dict[str, Any]) -> None:
     # A trial runs again after a failure (FailureConfig) or when a resumed sweep restarts it; a trial that ended just
     # as the sweep was interrupted can run again too. Each attempt is its own run; earlier ones are tagged so that
     # "the trial's run" is the one without `superseded_by`.
-    earlier = client.search_runs([config["_experiment_id"]], f"tags.mlflow.parentRunId = '{config['_parent_run_id']}'"
+    earlier = client.search_runs([sweep["experiment_id"]], f"tags.mlflow.parentRunId = '{sweep['parent_run_id']}'"
                                  f" and tags.trial_id = '{trial_id}'")
-    run = client.create_run(config["_experiment_id"], run_name=name,
-                            tags={"mlflow.parentRunId": config["_parent_run_id"], "trial_id": trial_id,
+    run = client.create_run(sweep["experiment_id"], run_name=name,
+                            tags={"mlflow.parentRunId": sweep["parent_run_id"], "trial_id": trial_id,
                                   "attempt": str(len(earlier) + 1),
                                   "variant": str((sampled.get("variant") or {}).get("name", ""))})
     run_id = run.info.run_id
@@ -155,7 +159,7 @@ def _trainable(config: dict[str, Any]) -> None:
         nums = {k: float(v) for k, v in entry.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
         client.log_batch(run_id, metrics=[mlflow.entities.Metric(k, v, 0, step) for k, v in nums.items()
                                           if k != "update"])
-        if config.get("_inject_failure") and not (out / ".failed_once").exists():
+        if sweep["inject_failure"] and not (out / ".failed_once").exists():
             (out / ".failed_once").write_text("injected")  # the retry of this trial passes
             raise RuntimeError("injected failure (sweep inject_failure: true)")
         tune.report(nums)
@@ -221,10 +225,10 @@ def run_sweep(path: str | Path, resume: bool = False) -> dict[str, Any]:
         address = os.environ.get("RAY_ADDRESS")
         ray.init(address=address) if address else ray.init(include_dashboard=False)
     try:
-        param_space = {**_space(spec["search_space"]), "_base": spec["base"], "_parent_run_id": parent_id,
-                       "_experiment_id": exp.experiment_id, "_inject_failure": spec["inject_failure"],
-                       "_tracking_uri": tracking_uri()}
-        trainable = tune.with_resources(_trainable, _resources(spec))
+        param_space = _space(spec["search_space"])
+        sweep = {"base": spec["base"], "parent_run_id": parent_id, "experiment_id": exp.experiment_id,
+                 "inject_failure": spec["inject_failure"], "tracking_uri": tracking_uri()}
+        trainable = tune.with_resources(tune.with_parameters(_trainable, sweep=sweep), _resources(spec))
         storage_dir = Path(spec["storage"]) / spec["experiment"]
         if resume and tune.Tuner.can_restore(str(storage_dir)):
             tuner = tune.Tuner.restore(str(storage_dir), trainable, resume_unfinished=True, restart_errored=True,

@@ -131,7 +131,11 @@ def _log_run(cfg: TrainConfig, out: Path, metrics: dict | None, status: str, n_o
             step = int(h.get("update", h.get("epoch", 0)))
             mlflow.log_metrics(_numeric({k: v for k, v in h.items() if k not in ("update", "epoch")}), step=step)
         if metrics:
-            mlflow.log_metrics(_numeric({k: v for k, v in metrics.items() if k != "history"}))
+            # at the last step, logged after the history: MLflow's "latest" value (what `compare` and the UI show)
+            # is then the final one (best checkpoint on the whole validation split), not the last evaluation
+            steps = [int(h.get("update", h.get("epoch", 0))) for h in metrics.get("history", [])]
+            final_step = max([*steps, int(metrics.get("updates", 0) or 0)])
+            mlflow.log_metrics(_numeric({k: v for k, v in metrics.items() if k != "history"}), step=final_step)
         for name in ("config.yaml", "metrics.json"):
             if (out / name).exists():
                 mlflow.log_artifact(str(out / name))
@@ -182,7 +186,11 @@ def _log_model_and_overlays(best: Path, n_overlays: int) -> None:
 
 
 def compare(experiment: str = "pixeldrl", metric: str = "val/dice", max_runs: int = 50) -> tuple[list[str], list[list]]:
-    """Runs of ``experiment`` best first by ``metric``: the params that differ between them, and key metrics."""
+    """Runs of ``experiment`` best first by ``metric``: the params that differ between them, and key metrics.
+
+    Training runs and sweep trials only: a sweep's parent run (its params describe the sweep, not a config) and
+    trial attempts superseded by a retry are left out, so that every param shown really varies between configs.
+    """
     import mlflow
 
     mlflow.set_tracking_uri(tracking_uri())
@@ -190,9 +198,13 @@ def compare(experiment: str = "pixeldrl", metric: str = "val/dice", max_runs: in
         raise ValueError(f"no MLflow experiment named {experiment!r} at {tracking_uri()}")
     df = mlflow.search_runs(experiment_names=[experiment], max_results=max_runs,
                             order_by=[f"metrics.`{metric}` DESC"])
+    for tag in ("tags.sweep_file", "tags.superseded_by"):
+        if tag in df.columns:
+            df = df[df[tag].isna()]
     if df.empty:
         return [], []
-    pcols = [c for c in df.columns if c.startswith("params.") and df[c].astype(str).nunique(dropna=False) > 1]
+    pcols = [c for c in df.columns if c.startswith("params.") and c != "params.run_name"
+             and df[c].astype(str).nunique(dropna=False) > 1]
     mcols = [f"metrics.{m}" for m in dict.fromkeys([metric, "val/dice", "val/biou", "val/hd95", "params",
                                                     "wall_time_s"]) if f"metrics.{m}" in df.columns]
     header = ["run", "status", *[c[len("params."):] for c in pcols], *[c[len("metrics."):] for c in mcols]]

@@ -17,6 +17,7 @@ import yaml
 from mlflow.tracking import MlflowClient
 
 from rl_agents.sweep import load_sweep, run_sweep
+from rl_agents.tracking import compare
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -73,6 +74,9 @@ def test_asha_sweep_leaves_nested_mlflow_runs(tmp_path: Path, ray_2cpu):
     assert {"config.yaml", "metrics.json", "learning_curve.png", "overlays", "checkpoints"} <= arts
     parent = client.get_run(summary["parent_run_id"])
     assert parent.info.status == "FINISHED" and "best/val/dice" in parent.data.metrics
+    header, rows = compare("t-asha")  # the trials only: the parent's sweep.* params would make every column differ
+    assert len(rows) == 4 and "lr" in header and "gamma" in header
+    assert not any(h.startswith("sweep.") for h in header) and "preset" not in header
 
 
 def test_a_failing_trial_is_retried_and_the_sweep_completes_with_optuna(tmp_path: Path, ray_2cpu):
