@@ -67,3 +67,28 @@ def test_kuberay_manifests_have_what_matters():
     assert entry.startswith("python /home/ray/pixeldrl/train.py --config ") and "learner_gpus=1" in entry
     config = entry.split("--config ")[1].split()[0].replace("/home/ray/pixeldrl/", "")
     assert (ROOT / config).is_file()
+
+
+def test_kuberay_image_matches_ray_and_project_versions():
+    # the Dockerfile's Ray base image must match the RayCluster's rayVersion, and the image tag the project version
+    import re
+    import tomllib
+
+    docker = (ROOT / "cluster" / "kuberay" / "Dockerfile").read_text()
+    version = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["version"]
+    cluster = yaml.safe_load((ROOT / "cluster" / "kuberay" / "raycluster.yaml").read_text())
+    base = re.search(r"^FROM rayproject/ray:(\S+?)-", docker, re.M)
+    assert base and base.group(1) == cluster["spec"]["rayVersion"]
+    images = {c["image"] for g in [cluster["spec"]["headGroupSpec"], *cluster["spec"]["workerGroupSpecs"]]
+              for c in g["template"]["spec"]["containers"]}
+    assert images == {f"pixeldrl-mg:{version}"}
+    assert f"pixeldrl-mg:{version}" in docker and "pip install" in docker
+
+
+def test_fake_multinode_config_mirrors_the_cloud_node_types():
+    fake = yaml.safe_load((ROOT / "cluster" / "fake_multinode.yaml").read_text())
+    assert fake["provider"]["type"] == "fake_multinode"
+    types = fake["available_node_types"]
+    assert types["gpu_learner"]["resources"]["GPU"] == 1 and types["gpu_learner"]["min_workers"] == 0
+    assert "GPU" not in types["cpu_worker"]["resources"] and types["cpu_worker"]["min_workers"] == 0
+    assert "GPU" not in types[fake["head_node_type"]]["resources"]
