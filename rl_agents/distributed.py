@@ -252,8 +252,9 @@ class Worker:
             self._set(version, weights)
             n += 1
             steps += roll.pixel_agent_steps
-        return {"worker": self.index, "node": ray.get_runtime_context().get_node_id(), "rollouts": n, "pixel_agent_steps": steps, "wall_s": time.perf_counter() - t0,
-                "compute_s": compute_s, "done": done, "version": self.version}
+        return {"worker": self.index, "node": ray.get_runtime_context().get_node_id(), "rollouts": n,
+                "pixel_agent_steps": steps, "wall_s": time.perf_counter() - t0, "compute_s": compute_s, "done": done,
+                "version": self.version}
 
 
 class Evaluator:

@@ -80,8 +80,8 @@ def test_fake_cluster_scales_up_for_a_gpu_learner_and_workers_then_down(tmp_path
         nodes = metrics["cluster/nodes"]
         learner_node = nodes[metrics["cluster/learner_node"]]
         assert learner_node["resources"].get("GPU") == 1  # the scaled-up gpu_learner node (the head has no GPU)
-        worker_nodes = {nodes[n]["resources"].get("CPU") for n in metrics["cluster/worker_nodes"]}
-        assert 2 in worker_nodes  # at least one worker ran on a scaled-up cpu_worker node (2 CPUs; the head has 1)
+        worker_node_cpus = {nodes[n]["resources"].get("CPU") for n in metrics["cluster/worker_nodes"]}
+        assert 2 in worker_node_cpus  # at least one worker ran on a scaled-up cpu_worker node (2 CPUs; the head has 1)
         assert len(set(metrics["cluster/worker_nodes"])) >= 2
         t_job = time.time() - t0
         deadline = time.time() + 240  # idle_timeout_minutes 0.25, then the autoscaler's next pass
