@@ -45,19 +45,13 @@ SUITES = {"main": (MAIN, "benchmarks/results/quality_lgg.json"),
 def _train(config: str, overrides: list[str], run_dir: Path) -> None:
     from rl_agents.config import load_config
 
-    cfg = load_config(ROOT / config, overrides)
-    if cfg.model == "unet":
-        from rl_agents.baseline import train_unet
+    from rl_agents.experiment.lifecycle import train
 
-        train_unet(cfg, run_dir)
-    else:
-        from rl_agents.trainer import train
-
-        train(cfg, run_dir)
+    train(load_config(ROOT / config, overrides), run_dir)
 
 
 def run_row(name: str, config: str, overrides: list[str], run_dir: Path, train_missing: bool) -> dict | None:
-    from rl_agents.evaluate import evaluate_checkpoint
+    from rl_agents.experiment.evaluate import evaluate_checkpoint
 
     if not (run_dir / "metrics.json").exists():
         if not train_missing:

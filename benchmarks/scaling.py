@@ -4,7 +4,7 @@ Measured in a steady-state window (from the moment every worker has pushed once,
 rollout and environment, 1 CPU thread per worker:
 
 * Ray, 1 and 2 workers: updates/s and pixel-agent steps/s; target 2 workers >= 1.7x one.
-* Hogwild (``rl_agents/hogwild.py``), 1 and 2 processes at equal cores; target Ray / Hogwild >= 0.9.
+* Hogwild (``rl_agents/engines/hogwild.py``), 1 and 2 processes at equal cores; target Ray / Hogwild >= 0.9.
 * Asynchrony: 2 Ray workers with worker 1 slowed 5x (it sleeps 4x its compute time after each rollout); worker 0's
   rate stays within 10 % of a worker's rate in the unslowed 2-worker run.
 * ``--lgg``: wall time for 1 and 2 Ray workers to reach a fixed validation Dice on LGG (64 px; stops at the target).
@@ -29,8 +29,8 @@ from machine import describe
 import ray
 
 from rl_agents.config import load_config
-from rl_agents.distributed import train_distributed
-from rl_agents.hogwild import run_hogwild
+from rl_agents.engines.ray_a3c import train_distributed
+from rl_agents.engines.hogwild import run_hogwild
 
 ROOT = Path(__file__).resolve().parents[1]
 

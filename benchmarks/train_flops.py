@@ -19,9 +19,9 @@ import numpy as np
 import torch
 
 from pixelrl_env.env import PixelSegEnv
-from rl_agents.model import PixelDRLNet, count_parameters, forward_flops
-from rl_agents.pa3c import RewardMapConv, pa3c_loss
-from rl_agents.rollout import collect_rollout
+from rl_agents.algo.model import PixelDRLNet, count_parameters, forward_flops
+from rl_agents.algo.pa3c import RewardMapConv, pa3c_loss
+from rl_agents.algo.rollout import collect_rollout
 
 
 def matmul_peak(n: int = 4096, reps: int = 5) -> float:

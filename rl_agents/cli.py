@@ -75,7 +75,7 @@ def _cmd_data_info(args: argparse.Namespace) -> int:
 
 
 def _cmd_env_demo(args: argparse.Namespace) -> int:
-    from .env_demo import DemoConfig, env_demo
+    from rl_agents.experiment.env_demo import DemoConfig, env_demo
 
     cfg = DemoConfig(
         size=args.size,
@@ -118,7 +118,7 @@ def _print_metrics(title: str, metrics: dict) -> None:
 
 
 def _cmd_tune(args: argparse.Namespace) -> int:
-    from .sweep import run_sweep
+    from rl_agents.experiment.sweep import run_sweep
 
     summary = run_sweep(args.tune, resume=args.resume)
     console.print(f"{summary['n_trials']} trials ({summary['n_errors']} errored); results in {summary['storage']}; "
@@ -129,31 +129,20 @@ def _cmd_tune(args: argparse.Namespace) -> int:
 
 
 def _cmd_train(args: argparse.Namespace) -> int:
-    from .config import load_config
+    from rl_agents.config import load_config
 
     if getattr(args, "tune", None):
         return _cmd_tune(args)
-    from .tracking import log_run
+    from rl_agents.experiment.lifecycle import run_training
 
     cfg = load_config(args.config, args.set)
-    try:
-        if cfg.model == "unet":
-            from .baseline import train_unet as run
-        elif cfg.num_workers > 0:
-            from .distributed import train_distributed as run
-        else:
-            from .trainer import train as run
-        metrics = run(cfg, args.output_dir, resume=args.resume, quiet=args.quiet)
-    except KeyboardInterrupt:
-        log_run(cfg, args.output_dir, None, status="KILLED")
-        raise
-    log_run(cfg, args.output_dir, metrics)
+    metrics = run_training(cfg, args.output_dir, resume=args.resume, quiet=args.quiet)
     _print_metrics(f"validation ({metrics['n_val']} slices, best checkpoint) -> {args.output_dir}", metrics)
     return 0
 
 
 def _cmd_compare(args: argparse.Namespace) -> int:
-    from .tracking import compare, tracking_uri
+    from rl_agents.experiment.tracking import compare, tracking_uri
 
     header, rows = compare(args.experiment, args.metric, args.max_runs)
     table = Table(title=f"MLflow experiment {args.experiment!r} ({tracking_uri()}), best {args.metric} first")
@@ -174,7 +163,7 @@ def _cmd_baseline(args: argparse.Namespace) -> int:
 
 
 def _cmd_evaluate(args: argparse.Namespace) -> int:
-    from .evaluate import evaluate_checkpoint
+    from rl_agents.experiment.evaluate import evaluate_checkpoint
 
     res = evaluate_checkpoint(args.checkpoint, args.format, args.data, split=args.split, json_out=args.json,
                               csv_out=args.csv, device=args.device, skip_bad=args.skip_bad,

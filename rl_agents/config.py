@@ -56,7 +56,7 @@ class TrainConfig:
     seed: int = 0
     threads: int | None = None  # torch CPU threads (None: all cores)
     device: str = "auto"  # auto | cpu | cuda
-    # distribution on Ray (rl_agents/distributed.py): 0 workers = one process trains alone (rl_agents/trainer.py)
+    # distribution on Ray (rl_agents/engines/ray_a3c.py): 0 workers = one process trains alone (rl_agents/engines/local.py)
     num_workers: int = 0  # N >= 1: asynchronous A3C, one learner actor and N worker actors, no barrier
     worker_cpus: float = 1.0  # Ray CPUs per worker; its torch threads = max(1, round(worker_cpus))
     learner_cpus: float = 0.5
@@ -68,7 +68,7 @@ class TrainConfig:
     ray_address: str | None = None  # null: RAY_ADDRESS if set (as under `ray job submit`), else a local Ray
     report_every_s: float = 10.0  # seconds between throughput lines and history entries
     worker_slowdown: list[float] | None = None  # benchmarks only: worker i sleeps so a rollout takes factor[i] x
-    # tracking (rl_agents/tracking.py)
+    # tracking (rl_agents/experiment/tracking.py)
     mlflow: bool = True  # record the run in MLflow (MLFLOW_TRACKING_URI, else sqlite:///<cwd>/mlflow.db)
     experiment: str = "pixeldrl"
     run_name: str | None = None  # null: the output directory's name
@@ -170,7 +170,7 @@ def config_from_dict(d: dict) -> TrainConfig:
 
 
 def validate(cfg: TrainConfig) -> None:
-    from .model import PRESETS
+    from rl_agents.algo.model import PRESETS
     from pixelrl_env.env import ACTION_SETS
 
     cfg.data.validate()

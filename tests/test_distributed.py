@@ -10,8 +10,8 @@ import pytest
 import ray
 
 from rl_agents.config import load_config, to_dict
-from rl_agents.distributed import Learner, train_distributed
-from rl_agents.evaluate import load_model
+from rl_agents.engines.ray_a3c import Learner, train_distributed
+from rl_agents.experiment.evaluate import load_model
 
 ROOT = Path(__file__).resolve().parents[1]
 SMOKE = ROOT / "tune_configs" / "smoke.yaml"
@@ -25,7 +25,7 @@ def ray_local():
 
 
 def _grads(learner: Learner, value: float) -> list[np.ndarray]:
-    return [np.full(tuple(p.shape), value, np.float32) for p in learner.params]
+    return [np.full(tuple(p.shape), value, np.float32) for p in learner.agent.params]
 
 
 @pytest.mark.parametrize("policy", ["drop", "downweight"])
@@ -35,7 +35,7 @@ def test_learner_bounds_staleness(policy):
     g = _grads(learner, 1e-3)
     assert learner.push(0, 0, g, {"pixel_agent_steps": 10})[0] == 1  # fresh: applied
     assert learner.push(1, 0, g, {"pixel_agent_steps": 10})[0] == 2  # staleness 1 = bound: applied
-    version, weights, done = learner.push(1, 0, g, {"pixel_agent_steps": 10})  # staleness 2 > bound
+    version, weights, done, _ = learner.push(1, 0, g, {"pixel_agent_steps": 10})  # staleness 2 > bound
     s = learner.stats()
     assert s["staleness_max"] == 2 and s["staleness_mean"] == pytest.approx(1.0)
     if policy == "drop":
@@ -44,10 +44,10 @@ def test_learner_bounds_staleness(policy):
     else:
         assert version == 3 and s["dropped"] == 0 and s["downweighted"] == 1
         # scaled by 1 / (1 + staleness - bound) = 1/2 before Adam
-        np.testing.assert_allclose(learner.params[0].grad.numpy(), 0.5e-3, rtol=1e-6)
+        np.testing.assert_allclose(learner.agent.params[0].grad.numpy(), 0.5e-3, rtol=1e-6)
         assert s["pixel_agent_steps"] == 30
     assert s["per_worker_updates"][0] == 1 and not done
-    assert set(weights[0]) == set(learner.model.state_dict())
+    assert set(weights[0]) == set(learner.agent.model.state_dict())
 
 
 def test_learner_stops_at_the_planned_updates():
@@ -97,7 +97,7 @@ def test_a_killed_worker_is_restarted_and_training_goes_on(ray_local, tmp_path: 
 
 
 def test_hogwild_peer_updates_the_shared_model():
-    from rl_agents.hogwild import run_hogwild
+    from rl_agents.engines.hogwild import run_hogwild
 
     out = run_hogwild(load_config(SMOKE, ["num_workers=0"]), n_processes=2, seconds=3)
     assert sorted(out["times"]) == [0, 1] and all(len(ts) >= 1 for ts in out["times"].values())
@@ -112,7 +112,7 @@ def test_ctrl_c_stops_a_ray_run_with_a_checkpoint(tmp_path: Path):
     import sys
     import time
 
-    from rl_agents.checkpoint import load_checkpoint
+    from rl_agents.experiment.checkpoint import read_checkpoint
 
     out = tmp_path / "run"
     proc = subprocess.Popen(
@@ -131,5 +131,5 @@ def test_ctrl_c_stops_a_ray_run_with_a_checkpoint(tmp_path: Path):
             proc.kill()
     assert proc.returncode == 130, stdout[-3000:]
     assert "interrupted" in stdout
-    payload = load_checkpoint(out / "checkpoints" / "last.pt")
-    assert payload["state"]["update"] >= 4 and "optimizer" in payload
+    ckpt = read_checkpoint(out / "checkpoints" / "last.pt")
+    assert ckpt.run["update"] >= 4 and ckpt.agent["optimizer"] is not None and ckpt.engine == "ray"

@@ -8,11 +8,11 @@ import pytest
 import torch
 import yaml
 
-from rl_agents.checkpoint import load_checkpoint, previous_path, save_checkpoint
+from rl_agents.experiment.checkpoint import previous_path, read_checkpoint
 from rl_agents.cli import main
 from rl_agents.config import load_config
-from rl_agents.evaluate import evaluate_checkpoint
-from rl_agents.trainer import train
+from rl_agents.experiment.evaluate import evaluate_checkpoint
+from rl_agents.experiment.lifecycle import train
 
 ROOT = Path(__file__).resolve().parents[1]
 SMOKE = ROOT / "tune_configs" / "smoke.yaml"
@@ -32,22 +32,10 @@ def test_config_yaml_and_overrides(tmp_path: Path):
         load_config(None, ["preset=huge"])
     with pytest.raises(ValueError, match="config file not found"):
         load_config(tmp_path / "nope.yaml")
-    from rl_agents.sweep import load_sweep
+    from rl_agents.experiment.sweep import load_sweep
 
     for f in sorted((ROOT / "tune_configs").glob("*.yaml")):  # every shipped config and sweep is valid
         load_sweep(f) if "search_space" in yaml.safe_load(f.read_text()) else load_config(f)
-
-
-def test_checkpoint_is_atomic_and_keeps_the_previous(tmp_path: Path):
-    p = tmp_path / "ck" / "last.pt"
-    save_checkpoint(p, {"v": 1})
-    save_checkpoint(p, {"v": 2})
-    assert load_checkpoint(p)["v"] == 2 and torch.load(previous_path(p))["v"] == 1
-    p.write_bytes(b"torn")  # a damaged file falls back to the previous one
-    assert load_checkpoint(p)["v"] == 1
-    assert not list(p.parent.glob(".*tmp*"))
-    with pytest.raises(FileNotFoundError, match="no usable checkpoint"):
-        load_checkpoint(tmp_path / "none.pt")
 
 
 def test_smoke_training_writes_metrics_checkpoints_and_resumes(tmp_path: Path):
@@ -59,13 +47,13 @@ def test_smoke_training_writes_metrics_checkpoints_and_resumes(tmp_path: Path):
     assert m["updates"] == 2 * int(np.ceil(m["n_train"] / 4))
     saved = json.loads((out / "metrics.json").read_text())
     assert saved["params"] == m["params"] and (out / "checkpoints" / "best.pt").exists()
-    last = load_checkpoint(out / "checkpoints" / "last.pt")
-    assert last["state"]["update"] == m["updates"] and "optimizer" in last and "env_rng" in last
+    last = read_checkpoint(out / "checkpoints" / "last.pt")
+    assert last.run["update"] == m["updates"] and last.agent["optimizer"] is not None and "env" in last.rng
     # resume with more epochs continues from the saved update count
     cfg2 = load_config(SMOKE, LOCAL + ["epochs=3"])
     m2 = train(cfg2, out, resume=True, quiet=True)
     assert m2["updates"] == 3 * int(np.ceil(m["n_train"] / 4))
-    assert load_checkpoint(out / "checkpoints" / "last.pt")["state"]["update"] == m2["updates"]
+    assert read_checkpoint(out / "checkpoints" / "last.pt").run["update"] == m2["updates"]
 
 
 def test_resume_reproduces_an_uninterrupted_run(tmp_path: Path):
@@ -73,8 +61,8 @@ def test_resume_reproduces_an_uninterrupted_run(tmp_path: Path):
     full = train(cfg4, tmp_path / "full", quiet=True)
     train(load_config(SMOKE, LOCAL + ["epochs=2"]), tmp_path / "split", quiet=True)
     resumed = train(cfg4, tmp_path / "split", resume=True, quiet=True)
-    a = load_checkpoint(tmp_path / "full" / "checkpoints" / "last.pt")["model"]
-    b = load_checkpoint(tmp_path / "split" / "checkpoints" / "last.pt")["model"]
+    a = read_checkpoint(tmp_path / "full" / "checkpoints" / "last.pt").agent["model"]
+    b = read_checkpoint(tmp_path / "split" / "checkpoints" / "last.pt").agent["model"]
     for k in a:
         torch.testing.assert_close(a[k], b[k], rtol=1e-4, atol=1e-5)
     assert full["updates"] == resumed["updates"]

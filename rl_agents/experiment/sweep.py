@@ -22,8 +22,9 @@ A sweep file (``tune_configs/sweep_asha.yaml`` is an example)::
     storage: runs/tune            # Tune's results (resolved to an absolute path)
 
 Each validation pass of a trial is one Tune report (``training_iteration``), so ASHA's ``grace_period`` counts
-validation passes. A trial with ``num_workers >= 1`` reserves its learner and workers with a placement group
-(bundle 0: the trial's driver and learner, then one bundle per worker); the actors it starts land in it.
+validation passes. A trial with ``num_workers >= 1`` reserves its actors with a placement group laid out by
+:func:`rl_agents.engines.ray_a3c.ray_bundles` (bundle 0: the trial's driver and the evaluator, bundle 1: the
+learner, then one bundle per worker); the engine pins each actor to its own bundle.
 """
 
 from __future__ import annotations
@@ -34,8 +35,8 @@ from typing import Any
 
 import yaml
 
-from .config import TrainConfig, config_from_dict, flatten, to_dict
-from .tracking import ensure_experiment, log_run, tracking_uri
+from rl_agents.config import TrainConfig, config_from_dict, flatten, to_dict
+from rl_agents.experiment.tracking import tracking_uri
 
 SWEEP_KEYS = {"base", "set", "search_space", "num_samples", "max_concurrent_trials", "search", "scheduler", "metric",
               "mode", "max_failures", "cpus_per_trial", "experiment", "storage", "inject_failure"}
@@ -44,7 +45,7 @@ DISTRIBUTIONS = ("loguniform", "uniform", "choice", "randint", "grid")
 
 def load_sweep(path: str | Path) -> dict[str, Any]:
     """Read and check a sweep file; ``base`` resolved to a full config dict."""
-    from .config import load_config, read_yaml_mapping
+    from rl_agents.config import load_config, read_yaml_mapping
 
     p = Path(path)
     spec = read_yaml_mapping(p, "sweep")
@@ -107,7 +108,7 @@ def _space(space: dict[str, dict]) -> dict[str, Any]:
 
 def trial_config(base: dict, sampled: dict[str, Any]) -> TrainConfig:
     """The base config with the trial's dotted keys set, type-checked like ``--set``."""
-    from .config import _set_dotted, validate
+    from rl_agents.config import _set_dotted, validate
 
     raw = {**base, "data": dict(base["data"])}
     sampled = dict(sampled)
@@ -120,159 +121,118 @@ def trial_config(base: dict, sampled: dict[str, Any]) -> TrainConfig:
 
 
 def _trainable(config: dict[str, Any], sweep: dict[str, Any]) -> None:
-    """One trial: train with the sampled ``config``, report each validation pass to Tune and MLflow.
+    """One trial: train with the sampled ``config`` through the shared run lifecycle, reporting each validation pass
+    to Tune and MLflow.
 
     ``sweep`` (bound with ``tune.with_parameters``, so that Tune's tables show only what was sampled) holds the base
     config, the MLflow parent run and experiment, and the tracking URI.
     """
-    import mlflow
-    from mlflow.tracking import MlflowClient
     from ray import tune
+
+    from rl_agents.experiment.lifecycle import run_training
+    from rl_agents.experiment.tracking import end_run, log_step, start_trial_run
 
     os.environ["MLFLOW_TRACKING_URI"] = sweep["tracking_uri"]  # the driver's store, not one in the trial dir
     sampled = {k: v for k, v in config.items() if not k.startswith("_")}  # "_" keys: sweeps started before 0.1.0
     cfg = trial_config(sweep["base"], sampled)
     ctx = tune.get_context()
     out = Path(ctx.get_trial_dir()) / "run"
-    name = f"{ctx.get_trial_name()}"
-    cfg.run_name = name
-    client = MlflowClient(tracking_uri())
-    trial_id = ctx.get_trial_id()
-    # A trial runs again after a failure (FailureConfig) or when a resumed sweep restarts it; a trial that ended just
-    # as the sweep was interrupted can run again too. Each attempt is its own run; earlier ones are tagged so that
-    # "the trial's run" is the one without `superseded_by`.
-    earlier = client.search_runs([sweep["experiment_id"]], f"tags.mlflow.parentRunId = '{sweep['parent_run_id']}'"
-                                 f" and tags.trial_id = '{trial_id}'")
-    run = client.create_run(sweep["experiment_id"], run_name=name,
-                            tags={"mlflow.parentRunId": sweep["parent_run_id"], "trial_id": trial_id,
-                                  "attempt": str(len(earlier) + 1),
-                                  "variant": str((sampled.get("variant") or {}).get("name", ""))})
-    run_id = run.info.run_id
-    for r in earlier:
-        if "superseded_by" not in r.data.tags:
-            client.set_tag(r.info.run_id, "superseded_by", run_id)
-    client.log_batch(run_id, params=[mlflow.entities.Param(k, str(v)[:6000])
-                                     for k, v in flatten(to_dict(cfg)).items()])
+    cfg.run_name = ctx.get_trial_name()
+    run_id = start_trial_run(sweep["experiment_id"], sweep["parent_run_id"], ctx.get_trial_id(), cfg.run_name,
+                             str((sampled.get("variant") or {}).get("name", "")), cfg)
 
     def on_eval(entry: dict) -> None:
-        step = int(entry.get("update", 0))
-        nums = {k: float(v) for k, v in entry.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
-        client.log_batch(run_id, metrics=[mlflow.entities.Metric(k, v, 0, step) for k, v in nums.items()
-                                          if k != "update"])
+        nums = log_step(run_id, entry)
         if sweep["inject_failure"] and not (out / ".failed_once").exists():
             (out / ".failed_once").write_text("injected")  # the retry of this trial passes
             raise RuntimeError("injected failure (sweep inject_failure: true)")
         tune.report(nums)
 
-    if cfg.model == "unet":
-        from .baseline import train_unet as run_fn
-    elif cfg.num_workers > 0:
-        from .distributed import train_distributed as run_fn
-    else:
-        from .trainer import train as run_fn
     try:
-        metrics = run_fn(cfg, out, quiet=True, on_eval=on_eval)
+        run_training(cfg, out, quiet=True, on_eval=on_eval, mlflow_run_id=run_id)
     except SystemExit:  # Tune stops a trial (ASHA) by exiting its thread at a report
-        client.set_tag(run_id, "stopped_by", "scheduler")
-        client.set_terminated(run_id, "KILLED")
+        end_run(run_id, "KILLED", "scheduler")
         raise
     except BaseException:
-        client.set_terminated(run_id, "FAILED")
+        end_run(run_id, "FAILED")
         raise
-    log_run(cfg, out, metrics, run_id=run_id, history_logged=True)
 
 
 def _trial_dirname(trial) -> str:
     return f"trial_{trial.trial_id}"  # Tune's default lists every param, and the base config is one of them
 
 
-def _resources(spec: dict):
+def trial_resources(spec: dict):
+    """What a trial reserves: a Ray A3C trial the engine's own bundle layout, a single-process trial its CPUs."""
     from ray import tune
 
-    base = spec["base"]
-    if base["num_workers"] > 0:
-        # bundle 0: the trial's driver (it only waits); then the learner; then one bundle per worker
-        learner = {"CPU": max(base["learner_cpus"], 0.01)}
-        if base["learner_gpus"]:
-            learner["GPU"] = base["learner_gpus"]
-        return tune.PlacementGroupFactory([{"CPU": 0.01}, learner] + [{"CPU": base["worker_cpus"]}] * base["num_workers"])
+    from rl_agents.engines.ray_a3c import ray_bundles
+
+    cfg = config_from_dict(spec["base"])
+    if cfg.num_workers > 0 and cfg.model == "pixeldrl":
+        return tune.PlacementGroupFactory(ray_bundles(cfg))
     return tune.PlacementGroupFactory([{"CPU": spec["cpus_per_trial"]}])
+
+
+def _tuner(spec: dict[str, Any], trainable, param_space: dict, storage_dir: Path, resume: bool):
+    """A new Tuner for ``spec``, or the interrupted one restored from ``storage_dir`` (``resume``)."""
+    from ray import tune
+    from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
+
+    if resume and tune.Tuner.can_restore(str(storage_dir)):
+        return tune.Tuner.restore(str(storage_dir), trainable, resume_unfinished=True, restart_errored=True,
+                                  param_space=param_space)
+    sched = spec["scheduler"]
+    scheduler = (ASHAScheduler(time_attr="training_iteration", grace_period=int(sched.get("grace_period", 1)),
+                               reduction_factor=float(sched.get("reduction_factor", 2)),
+                               max_t=int(sched.get("max_t", 1000)))
+                 if sched.get("type", "asha") == "asha" else FIFOScheduler())
+    search_alg = None
+    if spec["search"] == "optuna":
+        from ray.tune.search.optuna import OptunaSearch
+
+        search_alg = OptunaSearch()
+    return tune.Tuner(
+        trainable, param_space=param_space,
+        tune_config=tune.TuneConfig(metric=spec["metric"], mode=spec["mode"], scheduler=scheduler,
+                                    search_alg=search_alg, num_samples=spec["num_samples"],
+                                    max_concurrent_trials=spec["max_concurrent_trials"],
+                                    trial_dirname_creator=_trial_dirname),
+        run_config=tune.RunConfig(name=spec["experiment"], storage_path=spec["storage"],
+                                  failure_config=tune.FailureConfig(max_failures=spec["max_failures"]), verbose=1),
+    )
 
 
 def run_sweep(path: str | Path, resume: bool = False) -> dict[str, Any]:
     """Run (or with ``resume``, continue) the sweep in ``path``; returns the best trial's config and metrics."""
-    import mlflow
     import ray
-    from mlflow.tracking import MlflowClient
     from ray import tune
-    from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
+
+    from rl_agents.engines.ray_a3c import connect
+    from rl_agents.experiment.tracking import end_sweep_run, start_sweep_run
 
     spec = load_sweep(path)
-    mlflow.set_tracking_uri(tracking_uri())
-    exp = mlflow.get_experiment(ensure_experiment(spec["experiment"]))
-    client = MlflowClient(tracking_uri())
-    marker = Path(spec["storage"]) / spec["experiment"] / "mlflow_parent_run_id"
-    if resume and marker.exists():
-        parent_id = marker.read_text().strip()
-    else:
-        parent = client.create_run(exp.experiment_id, run_name=f"sweep {spec['experiment']}",
-                                   tags={"sweep_file": str(Path(path).resolve())})
-        parent_id = parent.info.run_id
-        client.log_batch(parent_id, params=[mlflow.entities.Param(f"sweep.{k}", str(v)[:6000]) for k, v in
-                                            spec.items() if k != "base"])
-    started = not ray.is_initialized()
-    if started:
-        address = os.environ.get("RAY_ADDRESS")
-        ray.init(address=address) if address else ray.init(include_dashboard=False)
+    storage_dir = Path(spec["storage"]) / spec["experiment"]
+    marker = storage_dir / "mlflow_parent_run_id"
+    exp_id, parent_id = start_sweep_run(spec["experiment"], str(Path(path).resolve()), spec,
+                                        marker.read_text().strip() if resume and marker.exists() else None)
+    started = connect(None)
     try:
         param_space = _space(spec["search_space"])
-        sweep = {"base": spec["base"], "parent_run_id": parent_id, "experiment_id": exp.experiment_id,
+        sweep = {"base": spec["base"], "parent_run_id": parent_id, "experiment_id": exp_id,
                  "inject_failure": spec["inject_failure"], "tracking_uri": tracking_uri()}
-        trainable = tune.with_resources(tune.with_parameters(_trainable, sweep=sweep), _resources(spec))
-        storage_dir = Path(spec["storage"]) / spec["experiment"]
-        if resume and tune.Tuner.can_restore(str(storage_dir)):
-            tuner = tune.Tuner.restore(str(storage_dir), trainable, resume_unfinished=True, restart_errored=True,
-                                       param_space=param_space)
-        else:
-            sched = spec["scheduler"]
-            scheduler = (ASHAScheduler(time_attr="training_iteration",
-                                       grace_period=int(sched.get("grace_period", 1)),
-                                       reduction_factor=float(sched.get("reduction_factor", 2)),
-                                       max_t=int(sched.get("max_t", 1000)))
-                         if sched.get("type", "asha") == "asha" else FIFOScheduler())
-            search_alg = None
-            if spec["search"] == "optuna":
-                from ray.tune.search.optuna import OptunaSearch
-
-                search_alg = OptunaSearch()
-            tuner = tune.Tuner(
-                trainable, param_space=param_space,
-                tune_config=tune.TuneConfig(metric=spec["metric"], mode=spec["mode"], scheduler=scheduler,
-                                            search_alg=search_alg, num_samples=spec["num_samples"],
-                                            max_concurrent_trials=spec["max_concurrent_trials"],
-                                            trial_dirname_creator=_trial_dirname),
-                run_config=tune.RunConfig(name=spec["experiment"], storage_path=spec["storage"],
-                                          failure_config=tune.FailureConfig(max_failures=spec["max_failures"]),
-                                          verbose=1),
-            )
-            storage_dir.mkdir(parents=True, exist_ok=True)
-            marker.write_text(parent_id)
+        trainable = tune.with_resources(tune.with_parameters(_trainable, sweep=sweep), trial_resources(spec))
+        tuner = _tuner(spec, trainable, param_space, storage_dir, resume)
+        storage_dir.mkdir(parents=True, exist_ok=True)
+        marker.write_text(parent_id)
         results = tuner.fit()
     finally:
         if started:
             ray.shutdown()
-    # trials whose process was stopped from outside (an interrupted sweep) never reach their end: close them here
-    for r in client.search_runs([exp.experiment_id], f"tags.mlflow.parentRunId = '{parent_id}'"):
-        if r.info.status == "RUNNING":
-            client.set_tag(r.info.run_id, "stopped_by", "sweep ended or interrupted")
-            client.set_terminated(r.info.run_id, "KILLED")
     best = results.get_best_result(metric=spec["metric"], mode=spec["mode"])
     summary = {"best_config": {k: v for k, v in best.config.items() if not k.startswith("_")},
                "best_metrics": {k: v for k, v in (best.metrics or {}).items() if "/" in k},
                "n_trials": len(results), "n_errors": results.num_errors, "parent_run_id": parent_id,
                "storage": str(storage_dir)}
-    client.log_batch(parent_id, metrics=[mlflow.entities.Metric(f"best/{k}", float(v), 0, 0)
-                                         for k, v in summary["best_metrics"].items()
-                                         if isinstance(v, (int, float))])
-    client.set_terminated(parent_id, "FINISHED" if results.num_errors == 0 else "FAILED")
+    end_sweep_run(exp_id, parent_id, summary["best_metrics"], failed=results.num_errors > 0)
     return summary

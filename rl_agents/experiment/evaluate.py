@@ -22,27 +22,34 @@ from pixelrl_env.io import BadFiles
 from pixelrl_env.metrics import ALL_METRICS, compute_all
 from pixelrl_env.sources import iter_source
 
-from .checkpoint import load_checkpoint
-from .config import TrainConfig, config_from_dict
-from .inference import segment
+from rl_agents.experiment.checkpoint import read_checkpoint
+from rl_agents.config import TrainConfig, config_from_dict
+from rl_agents.algo.inference import segment
 
 SPLITS = ("train", "val", "test", "all")
 
 
 def load_model(checkpoint: str | Path, device: str | torch.device = "cpu") -> tuple[torch.nn.Module, TrainConfig]:
-    """Rebuild the model stored in a checkpoint (PixelDRL-MG or the U-Net baseline) with its training config."""
-    payload = load_checkpoint(checkpoint, map_location=device)
-    cfg = config_from_dict(payload["config"])
-    if payload.get("kind") == "unet":
-        from .baseline import build_unet
+    """Rebuild the model stored in a checkpoint (PixelDRL-MG or the U-Net baseline) with its training config.
 
-        model = build_unet(payload["in_channels"])
+    Reads through :func:`rl_agents.experiment.checkpoint.read_checkpoint` (safe loading, format checked), so a
+    checkpoint from any engine (single process, Ray, supervised) loads here.
+    """
+    ckpt = read_checkpoint(checkpoint, map_location="cpu", fallback=False)
+    state = ckpt.agent
+    if ckpt.kind == "unet":
+        from rl_agents.engines.supervised import build_unet
+
+        model = build_unet(int(state["in_channels"]))
     else:
-        from .trainer import build_model
+        from rl_agents.algo.agent import build_network
 
-        model = build_model(cfg, payload["in_channels"])
-    model.load_state_dict(payload["model"])
-    return model.to(device).eval(), cfg
+        model = build_network(ckpt.config, int(state["in_channels"]))
+        if model.n_actions != int(state["n_actions"]):
+            raise ValueError(f"{checkpoint}: {state['n_actions']} actions stored, but its config builds "
+                             f"{model.n_actions}")
+    model.load_state_dict(state["model"])
+    return model.to(device).eval(), ckpt.config
 
 
 @torch.no_grad()
@@ -92,7 +99,7 @@ def evaluate_checkpoint(
         for s, img, m, unc in zip(chunk, images, masks, uncertainty):
             pred = resize_mask(m, s.mask.shape)
             if overlays and s.mask.any() and n_overlays < max_overlays:  # slices with something to see
-                from .visualize import save_overlay
+                from rl_agents.experiment.visualize import save_overlay
 
                 gt_small = resize_mask(s.mask, m.shape)
                 save_overlay(Path(overlays) / f"{len(rows):03d}_{Path(s.source).stem}.png", img, gt_small, m, unc)

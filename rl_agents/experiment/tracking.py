@@ -1,7 +1,7 @@
 """MLflow tracking: every training run (PA3C, Ray A3C or the U-Net) becomes one MLflow run.
 
 What a run records: params = the full flattened config; metrics = the evaluation history per update (``step`` =
-update, or epoch for the U-Net) and the final metrics; tags = git commit, dataset, preset, model; artifacts = the
+update, for every engine) and the final metrics; tags = git commit, dataset, preset, model; artifacts = the
 config, ``metrics.json``, a learning-curve plot, overlays (image, ground truth, prediction, uncertainty) of a fixed
 set of validation slices, the best checkpoint, and the model via ``mlflow.pytorch.log_model`` with an input example.
 
@@ -19,7 +19,7 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from .config import TrainConfig, flatten, to_dict
+from rl_agents.config import TrainConfig, flatten, to_dict
 
 log = logging.getLogger(__name__)
 ROOT = Path(__file__).resolve().parents[1]
@@ -73,7 +73,7 @@ def learning_curve(history: list[dict], path: Path) -> Path | None:
     pts = [h for h in history if "val/dice" in h]
     if not pts:
         return None
-    step = "update" if "update" in pts[0] else "epoch"
+    step = "update"
     fig, ax = plt.subplots(1, 2, figsize=(9, 3.2))
     for key in ("val/dice", "val/biou"):
         ax[0].plot([h[step] for h in pts if key in h], [h[key] for h in pts if key in h], label=key)
@@ -128,12 +128,11 @@ def _log_run(cfg: TrainConfig, out: Path, metrics: dict | None, status: str, n_o
             mlflow.log_params(params)
         mlflow.set_tags(tags)
         for h in [] if history_logged else (metrics or {}).get("history", []):
-            step = int(h.get("update", h.get("epoch", 0)))
-            mlflow.log_metrics(_numeric({k: v for k, v in h.items() if k not in ("update", "epoch")}), step=step)
+            mlflow.log_metrics(_numeric({k: v for k, v in h.items() if k != "update"}), step=int(h["update"]))
         if metrics:
             # at the last step, logged after the history: MLflow's "latest" value (what `compare` and the UI show)
             # is then the final one (best checkpoint on the whole validation split), not the last evaluation
-            steps = [int(h.get("update", h.get("epoch", 0))) for h in metrics.get("history", [])]
+            steps = [int(h["update"]) for h in metrics.get("history", [])]
             final_step = max([*steps, int(metrics.get("updates", 0) or 0)])
             mlflow.log_metrics(_numeric({k: v for k, v in metrics.items() if k != "history"}), step=final_step)
         for name in ("config.yaml", "metrics.json"):
@@ -159,15 +158,14 @@ def _log_model_and_overlays(best: Path, n_overlays: int) -> None:
     import mlflow.pytorch
     import numpy as np
 
-    from .checkpoint import load_checkpoint
-    from .evaluate import evaluate_checkpoint, load_model
+    from rl_agents.experiment.evaluate import evaluate_checkpoint, load_model
 
     model, cfg = load_model(best)
-    in_ch = int(load_checkpoint(best)["in_channels"])
+    in_ch = int(model.in_channels)  # PixelDRLNet and MONAI's UNet both keep it
     size = int(cfg.data.size or 64)  # native-size data: any size divisible by 4 works; 64 keeps the example small
     example = np.zeros((1, in_ch, size, size), np.float32)
     if cfg.model == "pixeldrl":  # the network alone returns (logits, value); log the t_max-step segmenter
-        from .inference import GreedySegmenter
+        from rl_agents.algo.inference import GreedySegmenter
 
         model = GreedySegmenter(model, cfg.t_max).eval()
     import torch
@@ -183,6 +181,81 @@ def _log_model_and_overlays(best: Path, n_overlays: int) -> None:
             if (Path(tmp) / "overlays").exists():
                 mlflow.log_artifacts(str(Path(tmp) / "overlays"), artifact_path="overlays")
             mlflow.log_artifact(str(Path(tmp) / "eval_val.json"))
+
+
+# Sweeps: a parent run per sweep, one child run per trial attempt, history logged live as Tune reports arrive.
+def _client():
+    from mlflow.tracking import MlflowClient
+
+    return MlflowClient(tracking_uri())
+
+
+def start_sweep_run(experiment: str, sweep_file: str, spec: dict[str, Any], parent_run_id: str | None = None):
+    """``(experiment_id, parent_run_id)``: the sweep's parent run, new unless ``parent_run_id`` (a resumed sweep)."""
+    import mlflow
+
+    exp_id = ensure_experiment(experiment)
+    if parent_run_id:
+        return exp_id, parent_run_id
+    client = _client()
+    parent = client.create_run(exp_id, run_name=f"sweep {experiment}", tags={"sweep_file": sweep_file})
+    client.log_batch(parent.info.run_id, params=[mlflow.entities.Param(f"sweep.{k}", str(v)[:6000])
+                                                 for k, v in spec.items() if k != "base"])
+    return exp_id, parent.info.run_id
+
+
+def start_trial_run(experiment_id: str, parent_run_id: str, trial_id: str, name: str, variant: str,
+                    cfg: TrainConfig) -> str:
+    """A new MLflow run for this attempt of a trial (its params logged); earlier attempts get ``superseded_by``.
+
+    A trial runs again after a failure (FailureConfig) or when a resumed sweep restarts it: each attempt is its own
+    run, and "the trial's run" is the one without ``superseded_by``.
+    """
+    import mlflow
+
+    client = _client()
+    earlier = client.search_runs([experiment_id], f"tags.mlflow.parentRunId = '{parent_run_id}'"
+                                 f" and tags.trial_id = '{trial_id}'")
+    run = client.create_run(experiment_id, run_name=name,
+                            tags={"mlflow.parentRunId": parent_run_id, "trial_id": trial_id,
+                                  "attempt": str(len(earlier) + 1), "variant": variant})
+    run_id = run.info.run_id
+    for r in earlier:
+        if "superseded_by" not in r.data.tags:
+            client.set_tag(r.info.run_id, "superseded_by", run_id)
+    client.log_batch(run_id, params=[mlflow.entities.Param(k, str(v)[:6000]) for k, v in flatten(to_dict(cfg)).items()])
+    return run_id
+
+
+def log_step(run_id: str, entry: dict[str, Any]) -> dict[str, float]:
+    """One history entry (a validation pass) as metrics at ``step = update``; returns the numeric values."""
+    import mlflow
+
+    nums = _numeric(entry)
+    step = int(entry.get("update", 0))
+    _client().log_batch(run_id, metrics=[mlflow.entities.Metric(k, v, 0, step) for k, v in nums.items()
+                                         if k != "update"])
+    return nums
+
+
+def end_run(run_id: str, status: str, stopped_by: str | None = None) -> None:
+    client = _client()
+    if stopped_by:
+        client.set_tag(run_id, "stopped_by", stopped_by)
+    client.set_terminated(run_id, status)
+
+
+def end_sweep_run(experiment_id: str, parent_run_id: str, best_metrics: dict[str, Any], failed: bool) -> None:
+    """Close trial runs left RUNNING (their process was stopped from outside), log the best, close the parent."""
+    import mlflow
+
+    client = _client()
+    for r in client.search_runs([experiment_id], f"tags.mlflow.parentRunId = '{parent_run_id}'"):
+        if r.info.status == "RUNNING":
+            end_run(r.info.run_id, "KILLED", "sweep ended or interrupted")
+    client.log_batch(parent_run_id, metrics=[mlflow.entities.Metric(f"best/{k}", float(v), 0, 0)
+                                             for k, v in best_metrics.items() if isinstance(v, (int, float))])
+    client.set_terminated(parent_run_id, "FAILED" if failed else "FINISHED")
 
 
 def compare(experiment: str = "pixeldrl", metric: str = "val/dice", max_runs: int = 50) -> tuple[list[str], list[list]]:

@@ -1,0 +1,193 @@
+"""The PA3C agent: the network, the reward-map kernel, Adam and the step schedule, owned by one object.
+
+Every engine trains this same object: the single process computes a gradient and applies it here; a Ray worker
+computes a gradient on its local agent and the learner's agent applies it; Hogwild processes apply into a shared one.
+So clipping, Adam and the schedule are written once (:meth:`PA3CAgent.apply_gradients`), and the agent's
+:meth:`state_dict` is the checkpoint's content whichever engine wrote it (see :mod:`rl_agents.experiment.checkpoint`).
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import numpy as np
+import torch
+
+from pixelrl_env.env import PixelSegEnv
+from pixelrl_env.metrics import compute_all
+
+from rl_agents.algo.model import PixelDRLNet
+from rl_agents.algo.pa3c import RewardMapConv, pa3c_loss
+from rl_agents.algo.rollout import collect_rollout
+from rl_agents.config import TrainConfig
+
+Weights = dict[str, np.ndarray]
+
+
+def n_actions_of(cfg: TrainConfig) -> int:
+    return 3 if cfg.action_set == "three" else 2
+
+
+def build_network(cfg: TrainConfig, in_channels: int) -> PixelDRLNet:
+    return PixelDRLNet(in_channels, n_actions_of(cfg), cfg.preset, attention=cfg.attention, dilation=cfg.dilation,
+                       init_keep_prob=cfg.init_keep_prob, norm=cfg.norm)
+
+
+def updates_per_epoch(cfg: TrainConfig, n_train: int) -> int:
+    return max(1, math.ceil(n_train / cfg.batch_size))
+
+
+def planned_updates(cfg: TrainConfig, n_train: int) -> int:
+    """``epochs`` in updates (one update = one rollout of ``batch_size`` images), capped by ``max_updates``."""
+    total = cfg.epochs * updates_per_epoch(cfg, n_train)
+    return total if cfg.max_updates is None else min(total, cfg.max_updates)
+
+
+def to_numpy(module: torch.nn.Module) -> Weights:
+    return {k: v.detach().cpu().numpy().copy() for k, v in module.state_dict().items()}
+
+
+def cpu_state(obj: Any) -> Any:
+    """A state dict with every tensor moved to the CPU (checkpoints and Ray messages never carry CUDA tensors)."""
+    if isinstance(obj, torch.Tensor):
+        return obj.detach().cpu()
+    if isinstance(obj, dict):
+        return {k: cpu_state(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return type(obj)(cpu_state(v) for v in obj)
+    return obj
+
+
+def make_train_env(cfg: TrainConfig, images: np.ndarray, masks: np.ndarray, seed: int) -> PixelSegEnv:
+    env = PixelSegEnv(images, masks, batch_size=cfg.batch_size, t_max=cfg.t_max, action_set=cfg.action_set)
+    env.reset(seed=seed)
+    return env
+
+
+class PA3CAgent:
+    """Network + reward-map kernel + Adam + StepLR, and the count of updates applied (the learner's version).
+
+    Args:
+        cfg: the training config (network preset, PA3C coefficients, optimiser settings).
+        in_channels: image channels.
+        n_train: training slices; the paper's schedule (x``lr_decay`` every ``lr_decay_epochs`` epochs) is counted
+            in updates, so it needs the epoch length.
+        device: where the network and optimiser live.
+        optimizer: False for an agent that only acts and computes gradients (a Ray worker, an evaluator).
+        modules: ``(network, reward kernel)`` to use instead of new ones (Hogwild: modules in shared memory).
+    """
+
+    kind = "pixeldrl"
+
+    def __init__(self, cfg: TrainConfig, in_channels: int, n_train: int, device: torch.device | str = "cpu",
+                 optimizer: bool = True, modules: tuple[torch.nn.Module, torch.nn.Module] | None = None):
+        self.cfg = cfg
+        self.in_channels = int(in_channels)
+        self.n_train = int(n_train)
+        self.device = torch.device(device)
+        if modules is None:
+            modules = (build_network(cfg, in_channels), RewardMapConv(cfg.reward_kernel))
+        self.model, self.reward_conv = (m.to(self.device) for m in modules)
+        self.params = list(self.model.parameters()) + list(self.reward_conv.parameters())
+        self.total_updates = planned_updates(cfg, n_train)
+        self.update = 0
+        self.opt = self.sched = None
+        if optimizer:
+            self.opt = torch.optim.Adam(self.params, lr=cfg.lr)
+            step = cfg.lr_decay_epochs * updates_per_epoch(cfg, n_train)
+            self.sched = torch.optim.lr_scheduler.StepLR(self.opt, step_size=step, gamma=cfg.lr_decay)
+
+    @property
+    def n_actions(self) -> int:
+        return self.model.n_actions
+
+    # acting and learning -------------------------------------------------------------------------------------
+    def rollout_and_loss(self, env: PixelSegEnv, gen: torch.Generator):
+        """One rollout of ``t_max`` steps and its PA3C loss (graph kept, not yet backpropagated)."""
+        cfg = self.cfg
+        roll = collect_rollout(self.model, env, self.device, gen, with_aux=cfg.aux_coef > 0)
+        bootstrap = roll.bootstrap if cfg.bootstrap == "value" else torch.zeros_like(roll.bootstrap)
+        loss = pa3c_loss(
+            roll.log_probs, roll.entropies, roll.values, roll.rewards, bootstrap,
+            gamma=cfg.gamma, reward_conv=self.reward_conv, value_coef=cfg.value_coef, entropy_coef=cfg.entropy_coef,
+            aux_log_probs=roll.aux_log_probs, aux_coef=cfg.aux_coef, aux_weights=roll.aux_weights,
+        )
+        return roll, loss
+
+    def compute_gradients(self, env: PixelSegEnv, gen: torch.Generator) -> tuple[list[torch.Tensor], dict]:
+        """Run one rollout, backpropagate its loss; returns the gradients (one per parameter) and the update's scalars."""
+        roll, loss = self.rollout_and_loss(env, gen)
+        for p in self.params:
+            p.grad = None
+        loss.total.backward()
+        grads = [p.grad if p.grad is not None else torch.zeros_like(p) for p in self.params]
+        stats = {
+            **loss.scalars(),
+            "train/return": roll.mean_return(),
+            "train/dice": float(np.mean(compute_all(roll.final_state, roll.ground_truth)["dice"])),
+            "pixel_agent_steps": roll.pixel_agent_steps,
+        }
+        return grads, stats
+
+    def apply_gradients(self, grads: list[torch.Tensor | np.ndarray] | None, scale: float = 1.0) -> dict[str, float]:
+        """Clip, one Adam step, one schedule step; ``grads=None`` uses the gradients already in ``.grad``.
+
+        ``scale`` down-weights a stale gradient before clipping (the Ray learner's ``stale_policy: downweight``).
+        Returns ``charts/grad_norm`` (before clipping) and ``charts/lr``.
+        """
+        if self.opt is None:
+            raise RuntimeError("this agent was built without an optimiser (optimizer=False)")
+        if grads is not None:
+            for p, g in zip(self.params, grads):
+                g = torch.as_tensor(g)
+                p.grad = g.to(self.device, dtype=p.dtype).reshape(p.shape)
+        if scale != 1.0:
+            for p in self.params:
+                if p.grad is not None:
+                    p.grad.mul_(scale)
+        grad_norm = torch.nn.utils.clip_grad_norm_(self.params, self.cfg.grad_clip)
+        self.opt.step()
+        self.sched.step()
+        self.update += 1
+        return {"charts/grad_norm": float(grad_norm), "charts/lr": float(self.sched.get_last_lr()[0])}
+
+    # weights between processes -------------------------------------------------------------------------------
+    def weights(self) -> list[Weights]:
+        """``[network, reward kernel]`` weights as CPU arrays (what travels through Ray's object store)."""
+        return [to_numpy(self.model), to_numpy(self.reward_conv)]
+
+    def set_weights(self, weights: list[Weights]) -> None:
+        self.model.load_state_dict({k: torch.as_tensor(v) for k, v in weights[0].items()})
+        if len(weights) > 1:
+            self.reward_conv.load_state_dict({k: torch.as_tensor(v) for k, v in weights[1].items()})
+
+    # checkpoints ---------------------------------------------------------------------------------------------
+    def state_dict(self) -> dict[str, Any]:
+        """Everything that defines the agent, as CPU tensors and plain types (loadable with ``weights_only=True``)."""
+        return {
+            "kind": self.kind,
+            "in_channels": self.in_channels,
+            "n_actions": self.n_actions,
+            "update": self.update,
+            "model": cpu_state(self.model.state_dict()),
+            "reward_conv": cpu_state(self.reward_conv.state_dict()),
+            "optimizer": cpu_state(self.opt.state_dict()) if self.opt is not None else None,
+            "scheduler": dict(self.sched.state_dict()) if self.sched is not None else None,
+        }
+
+    def load_state_dict(self, state: dict[str, Any], weights_only: bool = False) -> None:
+        """Restore from :meth:`state_dict`; ``weights_only`` keeps this agent's fresh optimiser (evaluation)."""
+        if state.get("kind") != self.kind:
+            raise ValueError(f"checkpoint holds a {state.get('kind')!r} model, not {self.kind!r}")
+        if int(state["in_channels"]) != self.in_channels or int(state["n_actions"]) != self.n_actions:
+            raise ValueError(f"checkpoint is for {state['in_channels']} input channel(s) and {state['n_actions']} "
+                             f"actions; this run has {self.in_channels} and {self.n_actions}")
+        self.model.load_state_dict(state["model"])
+        self.reward_conv.load_state_dict(state["reward_conv"])
+        if weights_only:
+            return
+        self.update = int(state["update"])
+        if self.opt is not None and state.get("optimizer") is not None:
+            self.opt.load_state_dict(state["optimizer"])
+            self.sched.load_state_dict(state["scheduler"])

@@ -1,0 +1,510 @@
+"""Asynchronous A3C on Ray: one learner actor, N worker actors, an evaluator actor; no barrier anywhere.
+
+The shape follows Ray's parameter-server example: small actors with one verb each, plain CPU arrays between them,
+``ray.wait`` in the driver.
+
+* :class:`Learner` holds the global :class:`~rl_agents.algo.agent.PA3CAgent` (on a GPU when the node has one).
+  ``push`` applies one worker's gradient the moment it arrives (an actor runs its calls one at a time, so gradients
+  are applied in arrival order) and answers with the newest weights.
+* :class:`Worker` holds a local agent, its own environment and its own part of the training split, which it reads
+  itself (only its part: :func:`pixelrl_env.dataset.load_part`; images never pass through the driver). ``work``
+  runs rollouts of ``t_max`` steps, computes the PA3C gradient, pushes it, and carries on with the weights it gets.
+* :class:`Evaluator` reads only the validation split and scores a set of weights.
+* :class:`RayA3CEngine` is the driver side: it keeps workers busy (:meth:`~RayA3CEngine.step`), restarts the ones
+  that die, and hands evaluations and checkpoints to the shared run lifecycle, which writes them on the driver's
+  disk (under ``ray job submit`` the learner may sit on a GPU node that does not share it).
+
+Staleness: every gradient carries the learner version its weights came from; ``staleness = version_now - version``.
+Above ``staleness_bound`` a gradient is dropped or down-weighted by ``1 / (1 + staleness - bound)`` and counted.
+
+Reproducibility: the order in which gradients arrive depends on timing, so two asynchronous runs with the same seed
+differ (as in any A3C); each actor's own randomness is seeded from ``(seed, worker index, starting update)``.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import time
+from collections import defaultdict
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from rich.console import Console
+
+from rl_agents.algo.agent import PA3CAgent, Weights, make_train_env
+from rl_agents.algo.model import count_parameters, forward_flops
+from rl_agents.config import TrainConfig, config_from_dict, to_dict
+
+console = Console()
+
+
+def _threads(cpus: float) -> int:
+    return max(1, int(round(cpus)))
+
+
+def actor_seed(seed: int, index: int, start_update: int) -> int:
+    """Seed of worker ``index`` (index -1: the learner) in a run that starts (or resumes) at ``start_update``."""
+    return int(np.random.SeedSequence([seed, index + 1, start_update]).generate_state(1)[0])
+
+
+class Learner:
+    """The global agent. One verb: :meth:`push` (apply a gradient, answer with the newest weights)."""
+
+    def __init__(self, cfg_dict: dict, in_channels: int, n_train: int, resume: dict | None = None,
+                 pixel_agent_steps: int = 0):
+        self.cfg = cfg = config_from_dict(cfg_dict)
+        torch.set_num_threads(_threads(cfg.learner_cpus))
+        # fake GPU nodes (and CPU-only torch) report a GPU torch cannot use: fall back to the CPU
+        device = torch.device("cuda" if torch.cuda.is_available() and cfg.device != "cpu" else "cpu")
+        torch.manual_seed(cfg.seed)
+        self.agent = PA3CAgent(cfg, in_channels, n_train, device)
+        if resume is not None:
+            self.agent.load_state_dict(resume)
+        self.counters: dict[str, Any] = {"pixel_agent_steps": int(pixel_agent_steps), "dropped": 0,
+                                         "downweighted": 0, "busy_s": 0.0, "staleness_sum": 0, "staleness_max": 0,
+                                         "pushes": 0}
+        self.per_worker: dict[int, int] = defaultdict(int)
+        self.last_stats: dict[str, float] = {}
+        self.stopped = False
+        self._cache: tuple[int, list[Weights]] | None = None
+        self.t0 = time.perf_counter()
+
+    def placement(self) -> tuple[str, str]:
+        """``(device, Ray node id)``: where the learner computes, and on which node (metrics, autoscaling test)."""
+        import ray
+
+        d = self.agent.device
+        device = str(d) + (f" ({torch.cuda.get_device_name()})" if d.type == "cuda" else "")
+        return device, ray.get_runtime_context().get_node_id()
+
+    def weights(self) -> tuple[int, list[Weights], bool, int]:
+        """``(version, [network, reward kernel] as CPU arrays, done, pixel-agent steps applied so far)``."""
+        if self._cache is None or self._cache[0] != self.agent.update:
+            self._cache = (self.agent.update, self.agent.weights())
+        return self.agent.update, self._cache[1], self.done(), self.counters["pixel_agent_steps"]
+
+    def done(self) -> bool:
+        return self.stopped or self.agent.update >= self.agent.total_updates
+
+    def _scale(self, staleness: int) -> float | None:
+        """1.0, a down-weighting factor, or None (drop), by the staleness rule; counted."""
+        c, bound = self.counters, self.cfg.staleness_bound
+        c["pushes"] += 1
+        c["staleness_sum"] += staleness
+        c["staleness_max"] = max(c["staleness_max"], staleness)
+        if bound is None or staleness <= bound:
+            return 1.0
+        if self.cfg.stale_policy == "drop":
+            c["dropped"] += 1
+            return None
+        c["downweighted"] += 1
+        return 1.0 / (1 + staleness - bound)
+
+    def push(self, worker: int, version: int, grads: list[np.ndarray], stats: dict[str, float]):
+        """Apply one gradient (computed on weights of ``version``) unless it is too stale; return :meth:`weights`."""
+        t = time.perf_counter()
+        if self.done():
+            return self.weights()
+        staleness = self.agent.update - version
+        scale = self._scale(staleness)
+        if scale is not None:
+            charts = self.agent.apply_gradients(grads, scale)
+            self.counters["pixel_agent_steps"] += int(stats.get("pixel_agent_steps", 0))
+            self.per_worker[worker] += 1
+            self.last_stats = {**{k: v for k, v in stats.items() if k != "pixel_agent_steps"}, **charts,
+                               "charts/staleness": float(staleness)}
+        self.counters["busy_s"] += time.perf_counter() - t
+        return self.weights()
+
+    def stop(self) -> int:
+        self.stopped = True
+        return self.agent.update
+
+    def stats(self) -> dict[str, Any]:
+        c = self.counters
+        return {
+            "update": self.agent.update,
+            "pixel_agent_steps": c["pixel_agent_steps"],
+            "staleness_mean": c["staleness_sum"] / max(c["pushes"], 1),
+            "staleness_max": c["staleness_max"],
+            "dropped": c["dropped"],
+            "downweighted": c["downweighted"],
+            "busy_s": c["busy_s"],
+            "wall_s": time.perf_counter() - self.t0,
+            "per_worker_updates": dict(self.per_worker),
+            "last": dict(self.last_stats),
+        }
+
+    def state_dict(self) -> dict[str, Any]:
+        """The agent's state (the checkpoint's ``agent`` part), every tensor on the CPU."""
+        return self.agent.state_dict()
+
+
+class Worker:
+    """A local agent and an environment over this worker's part of the data. One verb: :meth:`work`."""
+
+    def __init__(self, cfg_dict: dict, index: int, n_workers: int, start_update: int = 0, slowdown: float = 1.0):
+        from pixelrl_env.dataset import load_part
+
+        self.cfg = cfg = config_from_dict(cfg_dict)
+        self.index = index
+        self.slowdown = slowdown
+        torch.set_num_threads(_threads(cfg.worker_cpus))
+        seed = actor_seed(cfg.seed, index, start_update)
+        torch.manual_seed(seed)
+        self.read_stats: dict[str, Any] = {}
+        part = load_part(cfg.data, "train", index, n_workers, stats=self.read_stats)
+        self.env = make_train_env(cfg, part.images, part.masks, seed)
+        self.agent = PA3CAgent(cfg, part.images.shape[1], len(part), optimizer=False)
+        self.gen = torch.Generator().manual_seed(seed)
+        self.version: int | None = None
+
+    def _set(self, version: int, weights: list[Weights]) -> None:
+        self.agent.set_weights(weights)
+        self.version = version
+
+    def work(self, learner, n_rollouts: int) -> dict[str, Any]:
+        """Run up to ``n_rollouts`` rollouts, pushing each gradient to ``learner``; stop early when it is done."""
+        import ray
+
+        t0 = time.perf_counter()
+        done = False
+        applied = 0
+        if self.version is None:
+            version, weights, done, applied = ray.get(learner.weights.remote())
+            self._set(version, weights)
+        n = steps = 0
+        compute_s = 0.0
+        stats: dict[str, float] = {}
+        while n < n_rollouts and not done:
+            t = time.perf_counter()
+            grads, stats = self.agent.compute_gradients(self.env, self.gen)
+            grads = [g.numpy() for g in grads]
+            dt = time.perf_counter() - t
+            compute_s += dt
+            if self.slowdown > 1:
+                time.sleep((self.slowdown - 1) * dt)
+            version, weights, done, applied = ray.get(learner.push.remote(self.index, self.version, grads, stats))
+            self._set(version, weights)
+            n += 1
+            steps += int(stats["pixel_agent_steps"])
+        return {"worker": self.index, "node": ray.get_runtime_context().get_node_id(), "rollouts": n,
+                "pixel_agent_steps": steps, "wall_s": time.perf_counter() - t0, "compute_s": compute_s, "done": done,
+                "version": self.version, "applied_pixel_agent_steps": applied, "stats": stats,
+                "read": dict(self.read_stats)}
+
+
+class Evaluator:
+    """Reads only the validation split. One verb: :meth:`evaluate` (greedy segmentation, mean metrics)."""
+
+    def __init__(self, cfg_dict: dict):
+        from pixelrl_env.dataset import describe, load_part
+
+        self.cfg = cfg = config_from_dict(cfg_dict)
+        torch.set_num_threads(1)
+        self.desc = describe(cfg.data)
+        self.val = load_part(cfg.data, "val") if self.desc["n_val"] else None
+        self.agent = PA3CAgent(cfg, self.desc["in_channels"], max(self.desc["n_train"], 1), optimizer=False)
+
+    def info(self) -> dict[str, int]:
+        return dict(self.desc)
+
+    def evaluate(self, versioned: tuple, max_images: int | None) -> dict[str, Any]:
+        from rl_agents.engines.local import evaluate_arrays
+
+        version, weights = versioned[0], versioned[1]
+        self.agent.set_weights(weights)
+        if self.val is None:
+            return {"update": version}
+        metrics = evaluate_arrays(self.agent.model, self.val, self.cfg, torch.device("cpu"), max_images)
+        return {"update": version, **metrics}
+
+    def evaluate_state(self, state: dict[str, Any]) -> dict[str, Any]:
+        self.agent.load_state_dict(state, weights_only=True)
+        return self.evaluate((int(state["update"]), self.agent.weights()), None)
+
+
+def connect(address: str | None, num_cpus: float | None = None) -> bool:
+    """Connect to Ray (``address``, else ``RAY_ADDRESS``, else a local Ray on 127.0.0.1); True when this call
+    started it (and so must shut it down). The one ``ray.init`` of the project: training and sweeps use it."""
+    import ray
+
+    if ray.is_initialized():
+        return False
+    address = address or os.environ.get("RAY_ADDRESS")
+    if address:
+        ray.init(address=address, log_to_driver=True)
+    else:
+        cpus = max(os.cpu_count() or 1, math.ceil(num_cpus or 0))
+        ray.init(num_cpus=cpus, include_dashboard=False, _node_ip_address="127.0.0.1")
+    return True
+
+
+def ray_bundles(cfg: TrainConfig) -> list[dict[str, float]]:
+    """The placement-group layout of a Ray A3C run: ``[driver + evaluator, learner, worker 0, worker 1, ...]``.
+
+    Sweeps reserve exactly this (:func:`rl_agents.experiment.sweep.trial_resources`) and the engine pins each actor
+    to its own bundle of it (:func:`_pin`): one definition, so the two cannot drift apart.
+    """
+    learner = {"CPU": max(cfg.learner_cpus, 0.01)}
+    if cfg.learner_gpus:
+        learner["GPU"] = cfg.learner_gpus
+    return [{"CPU": 0.01}, learner] + [{"CPU": cfg.worker_cpus}] * cfg.num_workers
+
+
+def _pin(cfg: TrainConfig, index: int) -> dict[str, Any]:
+    """Actor options that pin an actor to bundle ``index`` of the placement group this code runs in, if any.
+
+    Left to "any bundle", the learner (0.25 CPU) can take half of a worker's bundle (0.5 CPU) and leave the last
+    worker with no bundle that fits: the trial then waits forever. Outside a placement group of our layout, none.
+    """
+    from ray.util import get_current_placement_group
+    from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
+
+    pg = get_current_placement_group()
+    if pg is None or pg.bundle_specs != ray_bundles(cfg):
+        return {}
+    return {"scheduling_strategy": PlacementGroupSchedulingStrategy(pg, placement_group_bundle_index=index)}
+
+
+class RayEval:
+    """A validation pass running on the evaluator actor while training goes on."""
+
+    def __init__(self, weights_ref, result_ref, cfg: TrainConfig, in_channels: int, n_actions: int):
+        self.weights_ref, self.result_ref = weights_ref, result_ref
+        self.cfg, self.in_channels, self.n_actions = cfg, in_channels, n_actions
+
+    def result(self, block: bool) -> dict[str, Any] | None:
+        import ray
+
+        done, _ = ray.wait([self.result_ref], timeout=None if block else 0)
+        return ray.get(self.result_ref) if done else None
+
+    def snapshot(self) -> dict[str, Any]:
+        """The evaluated weights as an agent state (no optimiser: a best checkpoint is for use, not for resuming)."""
+        import ray
+
+        version, weights = ray.get(self.weights_ref)[:2]
+        tensors = [{k: torch.tensor(v) for k, v in w.items()} for w in weights]
+        return {"kind": "pixeldrl", "in_channels": self.in_channels, "n_actions": self.n_actions, "update": version,
+                "model": tensors[0], "reward_conv": tensors[1], "optimizer": None, "scheduler": None}
+
+
+class RayA3CEngine:
+    """The driver side of Ray A3C: starts the actors, keeps the workers busy, restarts the ones that die.
+
+    ``on_report(state)`` is called after each report line (tests use it to kill a worker mid-run).
+    """
+
+    name = "ray"
+
+    def __init__(self, cfg: TrainConfig, quiet: bool = False, on_report=None):
+        if cfg.num_workers < 1:
+            raise ValueError(f"the Ray engine needs num_workers >= 1, got {cfg.num_workers}")
+        self.cfg, self.quiet, self.on_report = cfg, quiet, on_report
+        self.started = False
+        self.running: dict[Any, int] = {}
+        self.retry_at: dict[int, float] = {}
+        self.restarting: dict[int, float] = {}
+        n = cfg.num_workers
+        self.restarts, self.rollouts, self.busy_s = [0] * n, [0] * n, [0.0] * n
+        self.nodes: list[str | None] = [None] * n
+        self.update = self.pixel_agent_steps = 0
+        self.stopped = False
+        self.t0 = time.perf_counter()
+
+    def setup(self, resume=None) -> dict[str, Any]:
+        import ray
+
+        cfg = self.cfg
+        self.started = connect(cfg.ray_address, cfg.num_workers * cfg.worker_cpus + cfg.learner_cpus)
+        cfg_dict = to_dict(cfg)
+        # the evaluator shares the driver's bundle: it runs while the driver only waits
+        self.evaluator = ray.remote(Evaluator).options(num_cpus=0, **_pin(cfg, 0)).remote(cfg_dict)
+        self.info = info = ray.get(self.evaluator.info.remote())
+        if info["n_train"] == 0:
+            raise ValueError("the training split is empty; check data.split, data.k_shot and data.drop_empty")
+        if resume is not None:
+            self.update, self.pixel_agent_steps = resume.update, int(resume.run.get("pixel_agent_steps", 0))
+        self.gpus = self._learner_gpus()
+        self.learner = ray.remote(Learner).options(num_cpus=cfg.learner_cpus, num_gpus=self.gpus, **_pin(cfg, 1)).remote(
+            cfg_dict, info["in_channels"], info["n_train"], ray.put(resume.agent) if resume else None,
+            self.pixel_agent_steps)
+        slow = list(cfg.worker_slowdown or [])
+        self.workers = [ray.remote(Worker).options(num_cpus=cfg.worker_cpus, max_restarts=cfg.worker_max_restarts,
+                                                   max_task_retries=0, **_pin(cfg, 2 + i)).remote(
+                            cfg_dict, i, cfg.num_workers, self.update, float(slow[i]) if i < len(slow) else 1.0)
+                        for i in range(cfg.num_workers)]
+        self.learner_device, self.learner_node = ray.get(self.learner.placement.remote())
+        probe = PA3CAgent(cfg, info["in_channels"], info["n_train"], optimizer=False)
+        self.n_actions, self.total_updates = probe.n_actions, probe.total_updates
+        self.flops = forward_flops(probe.model, info["in_channels"], info["image_size"])
+        n_params = count_parameters(probe.model)
+        self.running = {w.work.remote(self.learner, cfg.rollouts_per_call): i for i, w in enumerate(self.workers)}
+        self.t0 = time.perf_counter()
+        return {"n_train": info["n_train"], "n_val": info["n_val"], "params": n_params,
+                "gflop_per_image_step": self.flops / 1e9,
+                "banner": f"Ray A3C: {cfg.num_workers} workers x {cfg.worker_cpus} CPU, learner on "
+                          f"{self.learner_device} (num_gpus={self.gpus}); data: {info['n_train']} train / "
+                          f"{info['n_val']} val slices; model {cfg.preset}: {n_params:,} parameters, "
+                          f"{self.flops / 1e9:.3f} GFLOP per image-step; {self.total_updates} updates planned"}
+
+    def _learner_gpus(self) -> float:
+        import ray
+
+        cfg = self.cfg
+        if cfg.learner_gpus is not None:
+            return cfg.learner_gpus
+        return 1.0 if ray.cluster_resources().get("GPU", 0) >= 1 and cfg.device != "cpu" else 0.0
+
+    # keeping workers busy -------------------------------------------------------------------------------------
+    @property
+    def finished(self) -> bool:
+        return not self.running and not self.retry_at
+
+    def _dispatch(self, i: int) -> None:
+        self.running[self.workers[i].work.remote(self.learner, self.cfg.rollouts_per_call)] = i
+
+    def step(self) -> dict[str, float]:
+        """Wait (at most 1 s) for a worker's batch of rollouts, hand it more work; returns its last update's scalars."""
+        import ray
+
+        stats: dict[str, float] = {}
+        ready, _ = ray.wait(list(self.running), num_returns=1, timeout=1.0) if self.running else ([], [])
+        if not self.running:
+            time.sleep(0.2)
+        for ref in ready:
+            i = self.running.pop(ref)
+            res = self._collect(ref, i)
+            if res is None:
+                continue
+            stats = {k: v for k, v in res["stats"].items() if k != "pixel_agent_steps"}
+            if not res["done"]:
+                self._dispatch(i)  # when the learner is done, this worker rests
+        for i, t in list(self.retry_at.items()):
+            if time.perf_counter() >= t:
+                del self.retry_at[i]
+                self._dispatch(i)
+        return stats
+
+    def _collect(self, ref, i: int) -> dict | None:
+        """A worker's result, or None if it died (Ray restarts it; it is retried shortly, up to the restart limit)."""
+        import ray
+        from ray.exceptions import ActorDiedError, RayActorError
+
+        try:
+            res = ray.get(ref)
+        except RayActorError as e:
+            if isinstance(e, ActorDiedError) and self.restarts[i] >= self.cfg.worker_max_restarts:
+                raise RuntimeError(f"worker {i} is dead after {self.restarts[i]} restart(s) (worker_max_restarts="
+                                   f"{self.cfg.worker_max_restarts}): {e}") from e
+            if i not in self.restarting:
+                self.restarting[i] = time.perf_counter()
+                self.restarts[i] += 1
+                console.print(f"worker {i} died ({type(e).__name__}); Ray restarts it (restart {self.restarts[i]})")
+            elif time.perf_counter() - self.restarting[i] > 600:
+                raise RuntimeError(f"worker {i} has not come back within 600 s of dying: {e}") from e
+            self.retry_at[i] = time.perf_counter() + 0.5
+            return None
+        self.restarting.pop(i, None)
+        self.rollouts[i] += res["rollouts"]
+        self.busy_s[i] += res["compute_s"]
+        self.nodes[i] = res["node"]
+        # every push answers with the learner's counts after it, so the largest seen is the learner's newest
+        self.update = max(self.update, int(res["version"] or 0))
+        self.pixel_agent_steps = max(self.pixel_agent_steps, int(res["applied_pixel_agent_steps"]))
+        return res
+
+    def stop(self) -> None:
+        import ray
+
+        if not self.stopped:
+            self.stopped = True
+            ray.get(self.learner.stop.remote())
+
+    def close(self) -> None:
+        import ray
+
+        if self.started:
+            ray.shutdown()
+            self.started = False
+
+    # evaluation, state, figures --------------------------------------------------------------------------------
+    def start_eval(self, max_images: int | None) -> RayEval:
+        weights = self.learner.weights.remote()
+        return RayEval(weights, self.evaluator.evaluate.remote(weights, max_images), self.cfg,
+                       self.info["in_channels"], self.n_actions)
+
+    def evaluate_state(self, state: dict[str, Any]) -> dict[str, float]:
+        import ray
+
+        return ray.get(self.evaluator.evaluate_state.remote(state))
+
+    def agent_state(self) -> dict[str, Any]:
+        import ray
+
+        return ray.get(self.learner.state_dict.remote())
+
+    def rng_state(self) -> dict[str, Any]:
+        return {}  # one RNG per worker; a resumed run reseeds them from (seed, worker, update)
+
+    def report_line(self, last_eval: dict) -> str:
+        import ray
+
+        stats = ray.get(self.learner.stats.remote())
+        if self.on_report is not None:
+            self.on_report({"stats": stats, "workers": self.workers, "restarts": self.restarts})
+        wall = max(stats["wall_s"], 1e-9)
+        per = " ".join(f"{k}:{v}" for k, v in sorted(stats["per_worker_updates"].items()))
+        return (f"update {stats['update']:6d}  {stats['update'] / wall:6.2f} upd/s  "
+                f"{stats['pixel_agent_steps'] / wall / 1e6:7.2f} M px-steps/s  staleness "
+                f"{stats['staleness_mean']:.2f} (max {stats['staleness_max']})  learner busy "
+                f"{stats['busy_s'] / wall:5.1%}  dropped {stats['dropped']}  restarts {sum(self.restarts)}  "
+                f"val dice {last_eval.get('val/dice', float('nan')):.3f}  per worker [{per}]")
+
+    def perf(self, wall: float) -> dict[str, Any]:
+        import ray
+
+        s = ray.get(self.learner.stats.remote())
+        lw = max(s["wall_s"], 1e-9)
+        run_wall = max(time.perf_counter() - self.t0, 1e-9)
+        return {
+            "perf/updates_per_s": s["update"] / lw,
+            "perf/pixel_agent_steps_per_s": s["pixel_agent_steps"] / lw,
+            "perf/staleness_mean": s["staleness_mean"],
+            "perf/staleness_max": s["staleness_max"],
+            "perf/learner_busy_fraction": s["busy_s"] / lw,
+            "perf/dropped_gradients": s["dropped"],
+            "perf/downweighted_gradients": s["downweighted"],
+            "perf/worker_updates_per_s": [r / run_wall for r in self.rollouts],
+            "perf/worker_busy_fraction": [b / run_wall for b in self.busy_s],
+            "workers/restarts": sum(self.restarts),
+            "workers/n": self.cfg.num_workers,
+            "learner_device": self.learner_device,
+            **self._placement(),
+            **s["last"],
+        }
+
+    def _placement(self) -> dict[str, Any]:
+        """Which nodes the learner and each worker ran on, with each node's resources (an autoscaler's doing shows)."""
+        import ray
+
+        used = {self.learner_node, *(n for n in self.nodes if n)}
+        nodes = {n["NodeID"]: {"address": n["NodeManagerAddress"], "resources": n["Resources"]}
+                 for n in ray.nodes() if n["NodeID"] in used}
+        return {"cluster/learner_node": self.learner_node, "cluster/worker_nodes": self.nodes, "cluster/nodes": nodes}
+
+
+def train_distributed(cfg: TrainConfig, output_dir: str | Path, resume: bool = False, quiet: bool = False,
+                      on_report=None, on_eval=None) -> dict[str, Any]:
+    """Ray A3C through the shared run lifecycle, without MLflow, with a report hook (tests, benchmarks)."""
+    from rl_agents.experiment.lifecycle import Run
+
+    engine = RayA3CEngine(cfg, quiet=quiet, on_report=on_report)
+    try:
+        return Run(cfg, output_dir, engine, quiet=quiet, on_eval=on_eval).execute(resume)
+    finally:
+        engine.close()

@@ -1,0 +1,1 @@
+"""Experiment tooling: the run lifecycle, checkpoints, tracking (MLflow), sweeps (Tune), evaluation, plots."""

@@ -1,0 +1,162 @@
+"""The checkpoint format: one writer (:func:`write_checkpoint`), one reader (:func:`read_checkpoint`), versioned.
+
+A checkpoint is a dict of tensors and plain types only, so that it loads with ``torch.load(weights_only=True)``: a
+crafted file whose pickle would call a function is refused, never run (``weights_only=False`` executes any
+``__reduce__`` payload). The config, the run's history and NumPy RNG states are stored as JSON strings for the same
+reason. Layout (``version`` 2)::
+
+    format: "pixeldrl-mg-checkpoint"   version: 2   engine: local | ray | supervised | hogwild
+    config: JSON of the TrainConfig
+    agent:  the agent's state_dict (kind, in_channels, n_actions, update, model, [reward_conv], optimizer, scheduler)
+    run:    update, best_dice, wall_time_s, pixel_agent_steps, history (JSON)
+    rng:    engine-specific RNG state (may be empty: an engine that resumes another's checkpoint reseeds)
+
+Writes are atomic: a temporary file is written and fsynced, the previous checkpoint is kept as ``*.prev.pt``, then
+the new one is renamed into place, so a crash at any moment leaves a readable checkpoint. A damaged file (torn,
+truncated) falls back to ``*.prev.pt`` with a warning; a file refused for security reasons does not.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import pickle
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from rl_agents.config import TrainConfig, config_from_dict, to_dict
+
+log = logging.getLogger(__name__)
+
+FORMAT = "pixeldrl-mg-checkpoint"
+VERSION = 2
+
+
+class CheckpointError(ValueError):
+    """A checkpoint that cannot be used: missing, damaged, refused, foreign or from another format version."""
+
+
+@dataclass
+class Checkpoint:
+    path: Path
+    engine: str
+    config: TrainConfig
+    agent: dict[str, Any]
+    run: dict[str, Any] = field(default_factory=dict)
+    rng: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def kind(self) -> str:
+        return self.agent["kind"]
+
+    @property
+    def update(self) -> int:
+        return int(self.run.get("update", self.agent.get("update", 0)))
+
+
+def make_payload(engine: str, cfg: TrainConfig, agent: dict[str, Any], run: dict[str, Any] | None = None,
+                 rng: dict[str, Any] | None = None) -> dict[str, Any]:
+    run = dict(run or {})
+    history = run.pop("history", [])
+    return {
+        "format": FORMAT,
+        "version": VERSION,
+        "engine": engine,
+        "config": json.dumps(to_dict(cfg)),
+        "agent": agent,
+        "run": {"update": int(run.get("update", agent.get("update", 0))),
+                "best_dice": float(run.get("best_dice", -1.0)),
+                "wall_time_s": float(run.get("wall_time_s", 0.0)),
+                "pixel_agent_steps": int(run.get("pixel_agent_steps", 0)),
+                "history": json.dumps(history)},
+        "rng": dict(rng or {}),
+    }
+
+
+def write_checkpoint(path: str | Path, payload: dict[str, Any], keep_previous: bool = True) -> Path:
+    """Atomically write ``payload`` to ``path`` (keeping the former file as ``*.prev.pt``)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    with open(tmp, "wb") as f:
+        torch.save(payload, f)
+        f.flush()
+        os.fsync(f.fileno())
+    if keep_previous and path.exists():
+        os.replace(path, previous_path(path))
+    os.replace(tmp, path)
+    return path
+
+
+def previous_path(path: str | Path) -> Path:
+    path = Path(path)
+    return path.with_name(path.stem + ".prev" + path.suffix)
+
+
+def _load(path: Path, map_location) -> dict[str, Any]:
+    """``torch.load`` with ``weights_only=True`` and nothing else; refusals and damage raise distinct errors."""
+    try:
+        payload = torch.load(path, map_location=map_location, weights_only=True)
+    except pickle.UnpicklingError as e:
+        if "weights only" not in str(e).lower():
+            raise  # garbage bytes ("invalid load key"): damage, handled by the caller
+        # weights_only refuses globals and callables: a crafted (or pre-format-2) file. Never retry unsafely.
+        raise CheckpointError(
+            f"refused checkpoint {path}: it holds pickled Python objects that safe loading (weights_only=True) does "
+            f"not allow, so loading it could run code. PixelDRL-MG checkpoints (format {VERSION}) hold only tensors "
+            f"and plain values. Detail: {str(e).splitlines()[0]}") from None
+    if not isinstance(payload, dict):
+        raise CheckpointError(f"{path} is not a PixelDRL-MG checkpoint (a {type(payload).__name__}, not a dict)")
+    return payload
+
+
+def _check(path: Path, payload: dict[str, Any]) -> None:
+    if payload.get("format") != FORMAT:
+        if "kind" in payload and "model" in payload:
+            raise CheckpointError(f"{path} was written by an older PixelDRL-MG (format 1, before versioned "
+                                  f"checkpoints); this version reads format {VERSION} only: train again")
+        raise CheckpointError(f"{path} is not a PixelDRL-MG checkpoint (keys {sorted(payload)[:8]}; expected "
+                              f"'format': {FORMAT!r})")
+    if payload.get("version") != VERSION:
+        raise CheckpointError(f"{path} is checkpoint format version {payload.get('version')!r}; this PixelDRL-MG "
+                              f"reads version {VERSION}")
+
+
+def _parse(path: Path, payload: dict[str, Any]) -> Checkpoint:
+    _check(path, payload)
+    try:
+        cfg = config_from_dict(json.loads(payload["config"]))
+        run = dict(payload["run"])
+        run["history"] = json.loads(run.get("history") or "[]")
+        return Checkpoint(path, payload["engine"], cfg, payload["agent"], run, dict(payload.get("rng") or {}))
+    except (KeyError, TypeError, ValueError) as e:
+        raise CheckpointError(f"{path}: malformed checkpoint ({type(e).__name__}: {e})") from None
+
+
+def read_checkpoint(path: str | Path, map_location: str | torch.device = "cpu", fallback: bool = True) -> Checkpoint:
+    """Read a checkpoint; if it is missing or damaged, fall back to its ``*.prev.pt`` (``fallback``) and say so.
+
+    A refused file (unsafe pickle) or one of another format is reported at once: the previous file is not used
+    silently in its place, because that would hide an attack or a mix-up of folders.
+    """
+    path = Path(path)
+    errors = []
+    for candidate in (path, previous_path(path)) if fallback else (path,):
+        if not candidate.exists():
+            errors.append(f"{candidate}: not found")
+            continue
+        try:
+            payload = _load(candidate, map_location)
+        except CheckpointError:
+            raise
+        except Exception as e:  # noqa: BLE001 - torn or truncated file: try the previous one
+            errors.append(f"{candidate}: damaged ({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''})")
+            continue
+        if candidate != path:
+            log.warning("checkpoint %s unusable (%s); using %s", path, errors[-1], candidate)
+        return _parse(candidate, payload)
+    raise CheckpointError("no usable checkpoint: " + "; ".join(errors))
