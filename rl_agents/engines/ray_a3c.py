@@ -273,21 +273,19 @@ def _pin(cfg: TrainConfig, index: int) -> dict[str, Any]:
 class RayEval:
     """A validation pass running on the evaluator actor while training goes on."""
 
-    def __init__(self, weights_ref, result_ref, cfg: TrainConfig, in_channels: int, n_actions: int):
-        self.weights_ref, self.result_ref = weights_ref, result_ref
-        self.cfg, self.in_channels, self.n_actions = cfg, in_channels, n_actions
+    def __init__(self, weights_ref, result_ref, get, in_channels: int, n_actions: int):
+        self.weights_ref, self.result_ref, self.get = weights_ref, result_ref, get
+        self.in_channels, self.n_actions = in_channels, n_actions
 
     def result(self, block: bool) -> dict[str, Any] | None:
         import ray
 
         done, _ = ray.wait([self.result_ref], timeout=None if block else 0)
-        return ray.get(self.result_ref) if done else None
+        return self.get(self.result_ref) if done else None
 
     def snapshot(self) -> dict[str, Any]:
         """The evaluated weights as an agent state (no optimiser: a best checkpoint is for use, not for resuming)."""
-        import ray
-
-        version, weights = ray.get(self.weights_ref)[:2]
+        version, weights = self.get(self.weights_ref)[:2]
         tensors = [{k: torch.tensor(v) for k, v in w.items()} for w in weights]
         return {"kind": "pixeldrl", "in_channels": self.in_channels, "n_actions": self.n_actions, "update": version,
                 "model": tensors[0], "reward_conv": tensors[1], "optimizer": None, "scheduler": None}
@@ -296,15 +294,17 @@ class RayEval:
 class RayA3CEngine:
     """The driver side of Ray A3C: starts the actors, keeps the workers busy, restarts the ones that die.
 
-    ``on_report(state)`` is called after each report line (tests use it to kill a worker mid-run).
+    ``on_report(state)`` is called after each report line (tests use it to kill a worker or the learner mid-run);
+    ``worker_cls`` replaces :class:`Worker` (fault-injection tests).
     """
 
     name = "ray"
 
-    def __init__(self, cfg: TrainConfig, quiet: bool = False, on_report=None):
+    def __init__(self, cfg: TrainConfig, quiet: bool = False, on_report=None, worker_cls=None):
         if cfg.num_workers < 1:
             raise ValueError(f"the Ray engine needs num_workers >= 1, got {cfg.num_workers}")
         self.cfg, self.quiet, self.on_report = cfg, quiet, on_report
+        self.worker_cls = worker_cls or Worker
         self.started = False
         self.running: dict[Any, int] = {}
         self.retry_at: dict[int, float] = {}
@@ -334,7 +334,7 @@ class RayA3CEngine:
             cfg_dict, info["in_channels"], info["n_train"], ray.put(resume.agent) if resume else None,
             self.pixel_agent_steps)
         slow = list(cfg.worker_slowdown or [])
-        self.workers = [ray.remote(Worker).options(num_cpus=cfg.worker_cpus, max_restarts=cfg.worker_max_restarts,
+        self.workers = [ray.remote(self.worker_cls).options(num_cpus=cfg.worker_cpus, max_restarts=cfg.worker_max_restarts,
                                                    max_task_retries=0, **_pin(cfg, 2 + i)).remote(
                             cfg_dict, i, cfg.num_workers, self.update, float(slow[i]) if i < len(slow) else 1.0)
                         for i in range(cfg.num_workers)]
@@ -393,10 +393,13 @@ class RayA3CEngine:
     def _collect(self, ref, i: int) -> dict | None:
         """A worker's result, or None if it died (Ray restarts it; it is retried shortly, up to the restart limit)."""
         import ray
-        from ray.exceptions import ActorDiedError, RayActorError
+        from ray.exceptions import ActorDiedError, RayActorError, RayTaskError
 
         try:
             res = ray.get(ref)
+        except RayTaskError as e:  # the work call raised: a bug in the worker, or the learner it pushes to died
+            self._check_learner(e)
+            raise
         except RayActorError as e:
             if isinstance(e, ActorDiedError) and self.restarts[i] >= self.cfg.worker_max_restarts:
                 raise RuntimeError(f"worker {i} is dead after {self.restarts[i]} restart(s) (worker_max_restarts="
@@ -418,12 +421,35 @@ class RayA3CEngine:
         self.pixel_agent_steps = max(self.pixel_agent_steps, int(res["applied_pixel_agent_steps"]))
         return res
 
+    def _get(self, ref, timeout: float | None = None):
+        """``ray.get`` of a learner or evaluator call; a dead learner becomes the clear error of :meth:`_check_learner`."""
+        import ray
+        from ray.exceptions import RayActorError, RayTaskError
+
+        try:
+            return ray.get(ref, timeout=timeout)
+        except (RayActorError, RayTaskError) as e:
+            self._check_learner(e)
+            raise
+
+    def _check_learner(self, cause: Exception) -> None:
+        """Turn a dead learner into a clear error (training cannot go on without it; ``last.pt`` is intact)."""
+        import ray
+        from ray.exceptions import GetTimeoutError, RayActorError
+
+        try:
+            ray.get(self.learner.stats.remote(), timeout=60)
+        except (RayActorError, GetTimeoutError) as e:
+            raise RuntimeError(
+                f"the learner actor died ({type(e).__name__}) at about update {self.update}; workers cannot go on. "
+                "The last checkpoint (checkpoints/last.pt) is intact: continue with --resume") from cause
+
     def stop(self) -> None:
         import ray
 
         if not self.stopped:
             self.stopped = True
-            ray.get(self.learner.stop.remote())
+            self._get(self.learner.stop.remote())
 
     def close(self) -> None:
         import ray
@@ -435,18 +461,18 @@ class RayA3CEngine:
     # evaluation, state, figures --------------------------------------------------------------------------------
     def start_eval(self, max_images: int | None) -> RayEval:
         weights = self.learner.weights.remote()
-        return RayEval(weights, self.evaluator.evaluate.remote(weights, max_images), self.cfg,
+        return RayEval(weights, self.evaluator.evaluate.remote(weights, max_images), self._get,
                        self.info["in_channels"], self.n_actions)
 
     def evaluate_state(self, state: dict[str, Any]) -> dict[str, float]:
         import ray
 
-        return ray.get(self.evaluator.evaluate_state.remote(state))
+        return self._get(self.evaluator.evaluate_state.remote(state))
 
     def agent_state(self) -> dict[str, Any]:
         import ray
 
-        return ray.get(self.learner.state_dict.remote())
+        return self._get(self.learner.state_dict.remote())
 
     def rng_state(self) -> dict[str, Any]:
         return {}  # one RNG per worker; a resumed run reseeds them from (seed, worker, update)
@@ -454,9 +480,10 @@ class RayA3CEngine:
     def report_line(self, last_eval: dict) -> str:
         import ray
 
-        stats = ray.get(self.learner.stats.remote())
+        stats = self._get(self.learner.stats.remote())
         if self.on_report is not None:
-            self.on_report({"stats": stats, "workers": self.workers, "restarts": self.restarts})
+            self.on_report({"stats": stats, "workers": self.workers, "restarts": self.restarts,
+                            "learner": self.learner})
         wall = max(stats["wall_s"], 1e-9)
         per = " ".join(f"{k}:{v}" for k, v in sorted(stats["per_worker_updates"].items()))
         return (f"update {stats['update']:6d}  {stats['update'] / wall:6.2f} upd/s  "
@@ -468,7 +495,7 @@ class RayA3CEngine:
     def perf(self, wall: float) -> dict[str, Any]:
         import ray
 
-        s = ray.get(self.learner.stats.remote())
+        s = self._get(self.learner.stats.remote())
         lw = max(s["wall_s"], 1e-9)
         run_wall = max(time.perf_counter() - self.t0, 1e-9)
         return {
@@ -499,11 +526,11 @@ class RayA3CEngine:
 
 
 def train_distributed(cfg: TrainConfig, output_dir: str | Path, resume: bool = False, quiet: bool = False,
-                      on_report=None, on_eval=None) -> dict[str, Any]:
-    """Ray A3C through the shared run lifecycle, without MLflow, with a report hook (tests, benchmarks)."""
+                      on_report=None, on_eval=None, worker_cls=None) -> dict[str, Any]:
+    """Ray A3C through the shared run lifecycle, without MLflow, with test and benchmark hooks."""
     from rl_agents.experiment.lifecycle import Run
 
-    engine = RayA3CEngine(cfg, quiet=quiet, on_report=on_report)
+    engine = RayA3CEngine(cfg, quiet=quiet, on_report=on_report, worker_cls=worker_cls)
     try:
         return Run(cfg, output_dir, engine, quiet=quiet, on_eval=on_eval).execute(resume)
     finally:

@@ -262,5 +262,9 @@ def run_training(cfg: TrainConfig, output_dir: str | Path, resume: bool = False,
     except KeyboardInterrupt:
         log_run(cfg, output_dir, None, status="KILLED", run_id=mlflow_run_id)
         raise
+    except Exception:
+        if mlflow_run_id is None:  # a sweep trial's run is ended by the sweep (it may be retried)
+            log_run(cfg, output_dir, None, status="FAILED")
+        raise
     log_run(cfg, output_dir, metrics, run_id=mlflow_run_id, history_logged=mlflow_run_id is not None)
     return metrics

@@ -1,0 +1,239 @@
+"""One checkpoint format and one run lifecycle for every engine.
+
+A checkpoint from any engine loads through the one reader and resumes under any other; crafted, damaged, old and
+foreign files are refused or fall back as documented; the U-Net honours every budget; budgets stop PA3C runs; a dead
+learner and used-up worker restarts end a Ray run with a clear error. Ray runs on 127.0.0.1 with 2 CPUs.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import ray
+import torch
+
+from rl_agents.config import load_config
+from rl_agents.engines.ray_a3c import Worker, train_distributed
+from rl_agents.experiment.checkpoint import (CheckpointError, make_payload, previous_path, read_checkpoint,
+                                             write_checkpoint)
+from rl_agents.experiment.evaluate import evaluate_checkpoint, load_model
+from rl_agents.experiment.lifecycle import train
+
+ROOT = Path(__file__).resolve().parents[1]
+SMOKE = ROOT / "tune_configs" / "smoke.yaml"
+LOCAL = ["num_workers=0", "max_minutes=null"]
+RAY = ["max_minutes=null"]
+
+
+@pytest.fixture(scope="module")
+def ray_local():
+    ray.init(num_cpus=2, include_dashboard=False, _node_ip_address="127.0.0.1", log_to_driver=False)
+    yield
+    ray.shutdown()
+
+
+def _updates_per_epoch(m: dict, batch: int = 4) -> int:
+    return -(-m["n_train"] // batch)
+
+
+# --- the one format ---------------------------------------------------------------------------------------------
+def test_checkpoint_is_atomic_keeps_the_previous_and_falls_back_when_damaged(tmp_path: Path, caplog):
+    cfg = load_config(SMOKE, LOCAL)
+    p = tmp_path / "ck" / "last.pt"
+    write_checkpoint(p, make_payload("local", cfg, {"kind": "pixeldrl", "update": 1}, {"update": 1}))
+    write_checkpoint(p, make_payload("local", cfg, {"kind": "pixeldrl", "update": 2}, {"update": 2}))
+    assert read_checkpoint(p).update == 2 and read_checkpoint(previous_path(p)).update == 1
+    assert not list(p.parent.glob(".*tmp*"))
+    for damage in (b"torn", p.read_bytes()[: len(p.read_bytes()) // 2]):  # garbage, then a truncated file
+        p.write_bytes(damage)
+        assert read_checkpoint(p).update == 1  # the previous one, with a warning naming the damaged file
+        assert str(p) in caplog.text
+    with pytest.raises(CheckpointError, match="no usable checkpoint"):
+        read_checkpoint(tmp_path / "none.pt")
+
+
+def test_old_and_foreign_checkpoints_are_refused_with_a_clear_message(tmp_path: Path):
+    old = tmp_path / "old.pt"  # what pixeldrl-mg 0.1 wrote: no format key
+    torch.save({"kind": "pixeldrl", "config": {}, "model": {}, "state": {"update": 3}}, old)
+    with pytest.raises(CheckpointError, match=r"older PixelDRL-MG \(format 1"):
+        read_checkpoint(old, fallback=False)
+    foreign = tmp_path / "resnet.pt"
+    torch.save({"conv1.weight": torch.zeros(2)}, foreign)
+    with pytest.raises(CheckpointError, match="is not a PixelDRL-MG checkpoint"):
+        read_checkpoint(foreign)
+    future = tmp_path / "future.pt"
+    payload = make_payload("local", load_config(SMOKE, LOCAL), {"kind": "pixeldrl"})
+    torch.save({**payload, "version": 99}, future)
+    with pytest.raises(CheckpointError, match="format version 99"):
+        read_checkpoint(future)
+
+
+class _Payload:
+    """Unpickling this calls os.system: what an attacker's ``last.pt`` would hold."""
+
+    def __init__(self, marker: Path):
+        self.marker = marker
+
+    def __reduce__(self):
+        return os.system, (f"touch {self.marker}",)
+
+
+def test_a_crafted_checkpoint_never_runs_its_code(tmp_path: Path):
+    """The exact attack: a ``last.pt`` whose pickle runs a shell command, under ``evaluate`` and ``--resume``."""
+    run = tmp_path / "run"
+    assert subprocess.run([sys.executable, "train.py", "--config", str(SMOKE), "--set", "num_workers=0",
+                           "--set", "epochs=1", "--set", "mlflow=false", "--output-dir", str(run), "--quiet"],
+                          cwd=ROOT, capture_output=True, timeout=300).returncode == 0
+    marker = tmp_path / "pwned"
+    last = run / "checkpoints" / "last.pt"
+    torch.save({"format": "pixeldrl-mg-checkpoint", "version": 2, "agent": _Payload(marker)}, last)
+    for cmd in (["pixeldrl", "evaluate", "--checkpoint", str(last), "--split", "val"],
+                ["train.py", "--config", str(SMOKE), "--set", "num_workers=0", "--set", "epochs=2",
+                 "--set", "mlflow=false", "--output-dir", str(run), "--resume", "--quiet"]):
+        exe = [str(Path(sys.executable).with_name("pixeldrl"))] if cmd[0] == "pixeldrl" else [sys.executable, cmd[0]]
+        r = subprocess.run(exe + cmd[1:], cwd=ROOT, capture_output=True, text=True, timeout=300)
+        assert r.returncode == 2, r.stdout + r.stderr
+        assert f"refused checkpoint {last}" in " ".join(r.stderr.split()) and "could run code" in r.stderr
+        assert not marker.exists(), "the crafted checkpoint ran its payload"
+
+
+def test_every_torch_load_in_the_project_is_weights_only():
+    calls = []
+    for f in [*(ROOT / "rl_agents").rglob("*.py"), *(ROOT / "pixelrl_env").rglob("*.py"),
+              *(ROOT / "benchmarks").rglob("*.py"), ROOT / "train.py"]:
+        for m in re.finditer(r"torch\.load\(([^)]*)\)", f.read_text()):
+            calls.append((f.name, m.group(1)))
+    assert calls, "no torch.load found: the scan is broken"
+    assert all("weights_only=True" in args for _, args in calls), calls
+    assert {name for name, _ in calls} == {"checkpoint.py"}  # one reader
+
+
+# --- one lifecycle, every engine --------------------------------------------------------------------------------
+def test_checkpoints_of_every_engine_load_through_the_one_reader(ray_local, tmp_path: Path):
+    runs = {"local": train(load_config(SMOKE, LOCAL + ["epochs=1"]), tmp_path / "local", quiet=True),
+            "ray": train_distributed(load_config(SMOKE, RAY + ["epochs=1"]), tmp_path / "ray", quiet=True),
+            "supervised": train(load_config(SMOKE, LOCAL + ["model=unet", "epochs=1"]), tmp_path / "sup", quiet=True)}
+    for (engine, m), d in zip(runs.items(), ("local", "ray", "sup")):
+        for name in ("last.pt", "best.pt"):
+            ck = read_checkpoint(tmp_path / d / "checkpoints" / name, fallback=False)
+            assert ck.engine == engine and ck.kind == ("unet" if engine == "supervised" else "pixeldrl")
+            model, cfg = load_model(ck.path)
+            assert sum(p.numel() for p in model.parameters()) == m["params"]
+        assert read_checkpoint(tmp_path / d / "checkpoints" / "last.pt").update == m["updates"]
+        # the final figures are the best checkpoint's, re-evaluated by `evaluate` the same way
+        res = evaluate_checkpoint(tmp_path / d / "checkpoints" / "best.pt", split="val")
+        assert res["n_images"] == m["n_val"] and m["engine"] == engine
+
+
+def test_a_ray_checkpoint_resumes_in_one_process_and_back(ray_local, tmp_path: Path, caplog):
+    out = tmp_path / "run"
+    m1 = train_distributed(load_config(SMOKE, RAY + ["epochs=1"]), out, quiet=True)
+    per_epoch = _updates_per_epoch(m1)
+    assert m1["updates"] == per_epoch
+    w_ray = read_checkpoint(out / "checkpoints" / "last.pt").agent["model"]
+    # Ray -> single process: continues from the Ray learner's update count, weights and optimiser
+    m2 = train(load_config(SMOKE, LOCAL + ["epochs=2"]), out, resume=True, quiet=True)
+    assert m2["updates"] == 2 * per_epoch and m2["engine"] == "local"
+    assert "reseeded" in caplog.text  # Ray keeps per-worker RNGs; the single process says it reseeded
+    ck2 = read_checkpoint(out / "checkpoints" / "last.pt")
+    assert ck2.engine == "local" and ck2.run["pixel_agent_steps"] == m2["pixel_agent_steps"]
+    assert any(not torch.equal(w_ray[k], ck2.agent["model"][k]) for k in w_ray)  # it trained on
+    assert len(m2["history"]) > len(m1["history"])
+    # single process -> Ray
+    m3 = train_distributed(load_config(SMOKE, RAY + ["epochs=3"]), out, resume=True, quiet=True)
+    assert m3["updates"] == 3 * per_epoch and m3["engine"] == "ray"
+    assert m3["pixel_agent_steps"] == m3["updates"] * 4 * 3 * 32 * 32  # counts carried over, none lost or doubled
+    assert [h["update"] for h in m3["history"]] == sorted(h["update"] for h in m3["history"])
+
+
+def test_budgets_stop_a_pa3c_run(tmp_path: Path):
+    m = train(load_config(SMOKE, LOCAL + ["epochs=50", "max_updates=7", "eval_every=5"]), tmp_path / "a", quiet=True)
+    assert m["updates"] == 7 and m["stopped_by"] == "max_updates" and [h["update"] for h in m["history"]] == [5, 7]
+    m = train(load_config(SMOKE, LOCAL + ["epochs=500", "max_minutes=0.05", "eval_every=1000"]), tmp_path / "b",
+              quiet=True)
+    assert m["stopped_by"] == "max_minutes" and 3.0 <= m["wall_time_s"] < 30 and m["updates"] < 500 * 15
+    assert m["history"][-1]["update"] == m["updates"]  # evaluated where it stopped
+    m = train(load_config(SMOKE, LOCAL + ["epochs=50", "eval_every=2", "stop_at_val_dice=0.0"]), tmp_path / "c",
+              quiet=True)
+    assert m["stopped_by"] == "stop_at_val_dice" and m["updates"] == 2
+
+
+def test_the_unet_honours_every_budget(tmp_path: Path):
+    base = LOCAL + ["model=unet", "eval_every=2"]
+    m = train(load_config(SMOKE, base + ["epochs=50", "max_updates=5"]), tmp_path / "a", quiet=True)
+    assert m["updates"] == 5 and m["stopped_by"] == "max_updates" and m["engine"] == "supervised"
+    m = train(load_config(SMOKE, base + ["epochs=50", "stop_at_val_dice=0.0"]), tmp_path / "b", quiet=True)
+    assert m["updates"] == 2 and m["stopped_by"] == "stop_at_val_dice"
+    m = train(load_config(SMOKE, base + ["epochs=5000", "max_minutes=0.05", "eval_every=100000"]), tmp_path / "c",
+              quiet=True)
+    assert m["stopped_by"] == "max_minutes" and m["wall_time_s"] < 30 and m["updates"] < 5000
+    # resume continues the count and the sampler state
+    m2 = train(load_config(SMOKE, base + ["epochs=50", "max_updates=9"]), tmp_path / "a", resume=True, quiet=True)
+    assert m2["updates"] == 9 and [h["update"] for h in m2["history"]] == [2, 4, 5, 6, 8, 9]
+
+
+def test_the_unet_learns_the_easy_synthetic_task(tmp_path: Path):
+    """A quality floor for the baseline: 100 updates on 32 px easy synthetic data reach val Dice >= 0.4 (0.50
+    measured; the all-background start scores 0; the smoke set's blobs are small at 32 px)."""
+    m = train(load_config(SMOKE, LOCAL + ["model=unet", "epochs=1000", "max_updates=100", "eval_every=25",
+                                          "batch_size=8", "lr=3e-3"]), tmp_path / "u", quiet=True)
+    assert m["history"][0]["val/dice"] < 0.2 and m["val/dice"] >= 0.4, m["history"]
+
+
+def test_ctrl_c_stops_a_unet_run_with_a_checkpoint(tmp_path: Path):
+    out = tmp_path / "run"
+    proc = subprocess.Popen(
+        [sys.executable, "train.py", "--config", str(SMOKE), "--set", "model=unet", "--set", "num_workers=0",
+         "--set", "epochs=100000", "--set", "checkpoint_every=2", "--set", "mlflow=false", "--output-dir", str(out)],
+        cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        deadline = time.time() + 240
+        while not (out / "checkpoints" / "last.pt").exists() and time.time() < deadline and proc.poll() is None:
+            time.sleep(0.5)
+        assert (out / "checkpoints" / "last.pt").exists(), "no checkpoint before the deadline"
+        proc.send_signal(signal.SIGINT)
+        stdout, _ = proc.communicate(timeout=120)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 130, stdout[-3000:]
+    assert "stopped with a checkpoint" in stdout
+    ck = read_checkpoint(out / "checkpoints" / "last.pt")
+    assert ck.kind == "unet" and ck.run["update"] >= 2 and ck.agent["optimizer"] is not None
+
+
+# --- Ray failures that end a run ----------------------------------------------------------------------------------
+def test_a_dead_learner_ends_the_run_with_a_clear_error(ray_local, tmp_path: Path):
+    cfg = load_config(SMOKE, RAY + ["epochs=500", "report_every_s=0.5", "checkpoint_every=2"])
+    killed = []
+
+    def kill_learner(state):
+        if not killed and state["stats"]["update"] >= 4:
+            ray.kill(state["learner"], no_restart=True)
+            killed.append(state["stats"]["update"])
+
+    t0 = time.perf_counter()
+    with pytest.raises(RuntimeError, match=r"learner actor died .* continue with --resume"):
+        train_distributed(cfg, tmp_path, quiet=True, on_report=kill_learner)
+    assert killed and time.perf_counter() - t0 < 180
+    assert read_checkpoint(tmp_path / "checkpoints" / "last.pt").update >= 2  # intact, resumable
+
+
+def test_worker_restarts_used_up_end_the_run_with_a_clear_error(ray_local, tmp_path: Path):
+    class CrashingWorker(Worker):
+        def work(self, learner, n_rollouts):
+            os._exit(1)  # the process dies every time, as a segfault or OOM kill would
+
+    cfg = load_config(SMOKE, RAY + ["worker_max_restarts=1"])
+    t0 = time.perf_counter()
+    with pytest.raises(RuntimeError, match=r"worker \d is dead after 1 restart\(s\) \(worker_max_restarts=1\)"):
+        train_distributed(cfg, tmp_path, quiet=True, worker_cls=CrashingWorker)
+    assert time.perf_counter() - t0 < 120  # a clear end, not an endless restart loop
