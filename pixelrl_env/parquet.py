@@ -20,6 +20,10 @@ files. ``OUT``/``PATH`` may be a local path or any URI that :func:`pyarrow.fs.Fi
 (``s3://bucket/prefix``, ``gs://bucket/prefix``, ``file:///abs/path``; S3 options such as
 ``?endpoint_override=host:port&scheme=http`` go in the query string), so the same code reads local and cloud data.
 Reading verifies the SHA-256 of every row, so a round trip gives identical arrays or an error.
+
+Shards hold row groups of ``row_group_size`` rows (32 by default). A row group is the smallest unit a reader can
+fetch, so small groups let a worker that needs 1/n of the rows download about 1/n of the image bytes
+(:class:`ParquetIndex`: small columns of every row, then ``image`` of the chosen rows' groups only).
 """
 
 from __future__ import annotations
@@ -102,20 +106,33 @@ def _record(s: Sample) -> dict:
     }
 
 
-def _write_atomic(fs: pafs.FileSystem, path: str, table: pa.Table) -> None:
+def _write_atomic(fs: pafs.FileSystem, path: str, table: pa.Table, row_group_size: int) -> None:
     tmp = f"{path}.tmp-{uuid.uuid4().hex[:8]}"
-    pq.write_table(table, tmp, filesystem=fs, compression="zstd")
+    pq.write_table(table, tmp, filesystem=fs, compression="zstd", row_group_size=row_group_size)
     fs.move(tmp, path)
 
 
-def write_shards(samples: Iterable[Sample], out: str, shard_size: int = 256, bad: BadFiles | None = None) -> dict:
+def write_shards(
+    samples: Iterable[Sample],
+    out: str,
+    shard_size: int = 256,
+    bad: BadFiles | None = None,
+    row_group_size: int = 32,
+) -> dict:
     """Write ``samples`` as Parquet shards under ``out`` (path or URI); returns the manifest.
 
     Each shard is written to a temporary name and moved into place, so a crash never leaves a half-written shard
     under a final name. Existing ``part-*.parquet`` files in ``out`` are refused rather than silently mixed.
+
+    ``row_group_size`` bounds the rows per row group. A reader can skip whole row groups but not rows inside one, so
+    with one group per shard (Parquet's default here) a worker that needs a few rows downloads the whole shard. 32
+    slices of 256x256 RGB PNG are about 3-4 MB: large enough for efficient ranged GETs on object storage, small
+    enough that a worker reading 1/14 of the data fetches little more than its share.
     """
     if shard_size < 1:
         raise DataError(f"shard_size must be >= 1, got {shard_size}")
+    if row_group_size < 1:
+        raise DataError(f"row_group_size must be >= 1, got {row_group_size}")
     fs, root = resolve_fs(out)
     info = fs.get_file_info(root)
     if info.type == pafs.FileType.File:
@@ -132,7 +149,7 @@ def write_shards(samples: Iterable[Sample], out: str, shard_size: int = 256, bad
 
     def flush() -> None:
         name = f"part-{len(shards):05d}.parquet"
-        _write_atomic(fs, f"{root}/{name}", pa.Table.from_pylist(rows, schema=SCHEMA))
+        _write_atomic(fs, f"{root}/{name}", pa.Table.from_pylist(rows, schema=SCHEMA), row_group_size)
         shards.append(name)
         rows.clear()
 
@@ -151,6 +168,7 @@ def write_shards(samples: Iterable[Sample], out: str, shard_size: int = 256, bad
         "n_groups": len(groups),
         "shards": shards,
         "shard_size": shard_size,
+        "row_group_size": row_group_size,
         "skipped": [{"path": p, "error": e} for p, e in (bad.entries if bad else [])],
         "schema": [f.name for f in SCHEMA],
     }
@@ -177,18 +195,25 @@ def shard_paths(uri: str) -> tuple[pafs.FileSystem, list[str]]:
     return fs, files
 
 
-def _decode_row(row: dict, where: str) -> Sample:
+def _decode_png(data: bytes, where: str, convert) -> np.ndarray:
     try:
-        with Image.open(io.BytesIO(row["image"])) as im:
+        with Image.open(io.BytesIO(data)) as im:
             im.load()
-            image = image_to_array(im, where)
-        with Image.open(io.BytesIO(row["mask"])) as im:
-            im.load()
-            mask = mask_from_image(im, where)
+            return convert(im, where)
     except (OSError, SyntaxError, ValueError) as e:
         if isinstance(e, DataError):
             raise
         raise DataError(f"{where}: cannot decode PNG bytes ({e})") from e
+
+
+def decode_mask(data: bytes, where: str) -> np.ndarray:
+    """The ``mask`` column's PNG as ``(H, W)`` uint8 {0, 1}; errors name ``where`` as :func:`iter_parquet` does."""
+    return _decode_png(data, where, mask_from_image)
+
+
+def _decode_row(row: dict, where: str) -> Sample:
+    image = _decode_png(row["image"], where, image_to_array)
+    mask = decode_mask(row["mask"], where)
     if image.shape != (row["height"], row["width"], row["channels"]):
         raise DataError(
             f"{where}: decoded image shape {image.shape} differs from the stored "
@@ -221,3 +246,147 @@ def iter_parquet(uri: str, bad: BadFiles | None = None) -> Iterator[Sample]:
                 except DataError as e:
                     bad.handle(where, e)
 
+
+
+class _CountingFile:
+    """Python file object over ``fs.open_input_file(path)`` that adds the bytes it returns to ``stats["bytes_read"]``.
+
+    Wrapped in :class:`pyarrow.PythonFile`, every byte Parquet fetches (footer, column chunks) goes through ``read``,
+    so the count is what was actually read from storage, local or remote.
+    """
+
+    def __init__(self, raw: pa.NativeFile, stats: dict):
+        self._raw, self._stats = raw, stats
+
+    def read(self, n: int = -1) -> bytes:
+        data = self._raw.read(n)
+        self._stats["bytes_read"] = self._stats.get("bytes_read", 0) + len(data)
+        return data
+
+    def seek(self, pos: int, whence: int = 0) -> int:
+        return self._raw.seek(pos, whence)
+
+    def tell(self) -> int:
+        return self._raw.tell()
+
+    def close(self) -> None:
+        self._raw.close()
+
+    @property
+    def closed(self) -> bool:
+        return self._raw.closed
+
+    def readable(self) -> bool:
+        return True
+
+    def seekable(self) -> bool:
+        return True
+
+    def writable(self) -> bool:
+        return False
+
+
+def _open_counted(fs: pafs.FileSystem, path: str, stats: dict) -> pq.ParquetFile:
+    try:
+        raw = fs.open_input_file(path)
+        stats["files_opened"] = stats.get("files_opened", 0) + 1
+        pf = pq.ParquetFile(pa.PythonFile(_CountingFile(raw, stats), mode="r"), pre_buffer=False)
+    except (pa.ArrowInvalid, OSError) as e:
+        raise DataError(f"cannot read Parquet shard {path}: {e}") from e
+    missing = {f.name for f in SCHEMA} - set(pf.schema_arrow.names)
+    if missing:
+        raise DataError(f"Parquet shard {path} lacks columns {sorted(missing)}; expected {SCHEMA.names}")
+    return pf
+
+
+def _read_group(pf: pq.ParquetFile, path: str, rg: int, columns: list[str]) -> dict:
+    try:
+        return pf.read_row_group(rg, columns=columns).to_pydict()
+    except (pa.ArrowException, OSError) as e:
+        raise DataError(f"cannot read row group {rg} of Parquet shard {path}: {e}") from e
+
+
+class ParquetIndex:
+    """Two-pass reading of shards, so that a worker downloads the images of its own rows only.
+
+    Pass 1 (on construction) reads the small columns (:attr:`SMALL`, not ``image``) of every row: enough to split by
+    group and to judge empty masks. Pass 2 (:meth:`samples`) reads ``image`` and ``sha256`` of the row groups that
+    hold the chosen rows and verifies each row exactly as :func:`iter_parquet` does. Rows are numbered in write order,
+    the order of :func:`iter_parquet`. ``stats`` receives ``bytes_read``, ``files_opened`` and ``rows_decoded``.
+    """
+
+    SMALL = ["group", "source", "mask", "height", "width", "channels"]
+
+    def __init__(self, uri: str, stats: dict | None = None):
+        self.stats = stats if stats is not None else {}
+        fs, paths = shard_paths(uri)
+        self._paths = paths
+        self._files: list[pq.ParquetFile] = []
+        self._loc: list[tuple[int, int, int]] = []  # (file, row group, row in shard) of each row
+        self._group_first: dict[tuple[int, int], int] = {}  # (file, row group) -> index of its first row
+        self._small: dict[str, list] = {c: [] for c in self.SMALL}
+        try:
+            for f, path in enumerate(paths):
+                pf = _open_counted(fs, path, self.stats)
+                self._files.append(pf)
+                first = 0
+                for rg in range(pf.metadata.num_row_groups):
+                    cols = _read_group(pf, path, rg, self.SMALL)
+                    n = len(cols["group"])
+                    self._group_first[(f, rg)] = len(self._loc)
+                    self._loc.extend((f, rg, first + k) for k in range(n))
+                    for c in self.SMALL:
+                        self._small[c].extend(cols[c])
+                    first += n
+        except BaseException:
+            self.close()
+            raise
+
+    def __len__(self) -> int:
+        return len(self._loc)
+
+    @property
+    def groups(self) -> list[str]:
+        return self._small["group"]
+
+    @property
+    def sources(self) -> list[str]:
+        return self._small["source"]
+
+    def where(self, i: int) -> str:
+        """How errors name row ``i``: ``<shard> row <n>``, as :func:`iter_parquet` does."""
+        f, _, k = self._loc[i]
+        return f"{self._paths[f]} row {k}"
+
+    def image_shape(self, i: int) -> tuple[int, int, int]:
+        return self._small["height"][i], self._small["width"][i], self._small["channels"][i]
+
+    def mask(self, i: int) -> np.ndarray:
+        """Decoded mask of row ``i`` from the pass-1 bytes (no further reading)."""
+        return decode_mask(self._small["mask"][i], self.where(i))
+
+    def samples(self, rows: Iterable[int], bad: BadFiles | None = None) -> list[Sample]:
+        """Decode and verify ``rows`` (pass 2), reading only their row groups; returned in row order."""
+        bad = bad if bad is not None else BadFiles()
+        wanted: dict[tuple[int, int], list[int]] = {}
+        for i in sorted(set(int(r) for r in rows)):
+            f, rg, _ = self._loc[i]
+            wanted.setdefault((f, rg), []).append(i)
+        out: list[Sample] = []
+        for (f, rg), idx in wanted.items():
+            cols = _read_group(self._files[f], self._paths[f], rg, ["image", "sha256"])
+            first = self._group_first[(f, rg)]
+            for i in idx:
+                row = {c: self._small[c][i] for c in self.SMALL}
+                row["image"], row["sha256"] = cols["image"][i - first], cols["sha256"][i - first]
+                self.stats["rows_decoded"] = self.stats.get("rows_decoded", 0) + 1
+                try:
+                    out.append(_decode_row(row, self.where(i)))
+                except DataError as e:
+                    bad.handle(self.where(i), e)
+        return out
+
+    def close(self) -> None:
+        for pf in self._files:
+            pf.close()
+        self._files = []
