@@ -4,6 +4,10 @@ Measured in a steady-state window (from the moment every worker has pushed once,
 rollout and environment, 1 CPU thread per worker:
 
 * Ray, 1 and 2 workers: updates/s and pixel-agent steps/s; target 2 workers >= 1.7x one.
+* The single-process engine at equal cores, in the same run: 1 and 2 intra-op threads (one process), against Ray with
+  1 and 2 one-thread workers; target Ray >= 0.9x the single process at equal cores. Both run the same lifecycle,
+  agent and rollout; the difference is one process splitting each convolution over 2 threads (intra-op) versus two
+  processes each running whole rollouts on 1 thread (the small preset's convolutions are too small to split well).
 * Hogwild (``rl_agents/engines/hogwild.py``), 1 and 2 processes at equal cores; target Ray / Hogwild >= 0.9.
 * Asynchrony: 2 Ray workers with worker 1 slowed 5x (it sleeps 4x its compute time after each rollout); worker 0's
   rate stays within 10 % of a worker's rate in the unslowed 2-worker run.
@@ -20,6 +24,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 import time
 from dataclasses import replace
 from pathlib import Path
@@ -44,8 +49,9 @@ def _cfg(size: int, **kw):
     return replace(cfg, **kw)
 
 
-def ray_run(size: int, n: int, seconds: float, slowdown=None) -> dict:
-    cfg = _cfg(size, num_workers=n, max_minutes=seconds / 60, worker_slowdown=slowdown)
+def ray_run(size: int, n: int, seconds: float, slowdown=None, cfg=None) -> dict:
+    cfg = replace(cfg or _cfg(size), num_workers=n, max_minutes=seconds / 60, worker_slowdown=slowdown)
+    size = cfg.data.size
     px_per_update = cfg.batch_size * cfg.t_max * size * size
     samples = []
     ray.init(num_cpus=2, include_dashboard=False, _node_ip_address="127.0.0.1", log_to_driver=False)
@@ -65,6 +71,32 @@ def ray_run(size: int, n: int, seconds: float, slowdown=None) -> dict:
         "staleness_mean": m["perf/staleness_mean"], "staleness_max": m["perf/staleness_max"],
         "learner_busy_fraction": m["perf/learner_busy_fraction"],
     }
+
+
+def local_run(size: int, threads: int, seconds: float, cfg=None) -> dict:
+    """The single-process engine with ``threads`` intra-op threads; rate from the 2nd update to the last."""
+    import torch
+
+    from rl_agents.engines.local import LocalEngine
+    from rl_agents.experiment.lifecycle import Run
+
+    cfg = replace(cfg or _cfg(size), num_workers=0, threads=threads, max_minutes=seconds / 60)
+    size = cfg.data.size
+    times: list[float] = []
+
+    class Timed(LocalEngine):
+        def step(self):
+            out = super().step()
+            times.append(time.perf_counter())
+            return out
+
+    Run(cfg, ROOT / "runs" / f"scaling_local{threads}", Timed(cfg, quiet=True), quiet=True).execute()
+    dt = times[-1] - times[0]
+    rate = (len(times) - 1) / dt
+    return {"system": "local", "threads": threads, "interop_threads": torch.get_num_interop_threads(),
+            "window_s": round(dt, 1), "updates_per_s": rate,
+            "pixel_agent_steps_per_s": rate * cfg.batch_size * cfg.t_max * size * size,
+            "per_worker_updates_per_s": [rate]}
 
 
 def hogwild_run(size: int, n: int, seconds: float) -> dict:
@@ -125,11 +157,15 @@ def main() -> None:
     ap.add_argument("--asynchrony-repeats", type=int, default=0, metavar="K",
                     help="only the asynchrony check: K interleaved (slowed, unslowed) pairs of 2-worker runs, "
                          "written to benchmarks/results/scaling_asynchrony.json")
+    ap.add_argument("--equal-cores-lgg", action="store_true",
+                    help="also compare the single process and Ray at equal cores on tune_configs/lgg_cpu.yaml")
     ap.add_argument("--json", default="benchmarks/results/scaling.json")
     args = ap.parse_args()
     if args.asynchrony_repeats:
         return asynchrony(args.size, args.seconds, args.asynchrony_repeats)
     runs = {
+        "local1": local_run(args.size, 1, args.seconds),
+        "local2": local_run(args.size, 2, args.seconds),
         "ray1": ray_run(args.size, 1, args.seconds),
         "ray2": ray_run(args.size, 2, args.seconds),
         "hogwild1": hogwild_run(args.size, 1, args.seconds),
@@ -145,9 +181,21 @@ def main() -> None:
         "hogwild_2_over_1": runs["hogwild2"]["updates_per_s"] / runs["hogwild1"]["updates_per_s"],
         "ray_over_hogwild_1": runs["ray1"]["updates_per_s"] / runs["hogwild1"]["updates_per_s"],
         "ray_over_hogwild_2": runs["ray2"]["updates_per_s"] / runs["hogwild2"]["updates_per_s"],
+        "ray_1_over_local_1_thread": runs["ray1"]["updates_per_s"] / runs["local1"]["updates_per_s"],
+        "ray_2_over_local_2_threads": runs["ray2"]["updates_per_s"] / runs["local2"]["updates_per_s"],
+        "local_2_threads_over_1": runs["local2"]["updates_per_s"] / runs["local1"]["updates_per_s"],
         "slowed_run_fast_worker_over_unslowed": runs["ray2_slow1"]["per_worker_updates_per_s"][0] / unslowed,
         "slowed_run_slow_worker_over_unslowed": runs["ray2_slow1"]["per_worker_updates_per_s"][1] / unslowed,
     }
+    if args.equal_cores_lgg:
+        lgg = load_config(ROOT / "tune_configs" / "lgg_cpu.yaml", [
+            "worker_cpus=1", "learner_cpus=0", "eval_every=1000000", "checkpoint_every=1000000", "report_every_s=2",
+            "rollouts_per_call=2", "epochs=100000"])
+        runs["lgg_local2"] = local_run(lgg.data.size, 2, args.seconds, cfg=lgg)
+        runs["lgg_ray2"] = ray_run(lgg.data.size, 2, args.seconds, cfg=lgg)
+        summary["lgg_ray_2_over_local_2_threads"] = runs["lgg_ray2"]["updates_per_s"] / runs["lgg_local2"]["updates_per_s"]
+        for k in ("lgg_local2", "lgg_ray2"):
+            print(f"{k:11s} {runs[k]['updates_per_s']:6.3f} upd/s")
     if args.lgg:
         summary["lgg_time_to_dice"] = [lgg_time_to_dice(n, args.lgg_target, args.lgg_minutes) for n in (1, 2)]
     for k, v in summary.items():
@@ -155,7 +203,11 @@ def main() -> None:
     out = {"machine": {**describe(),
                        "gpu": "none (no GPU machine was lent; the GPU learner with 14 workers was not run)"},
            "setup": {"size": args.size, "batch_size": 4, "t_max": 10, "preset": "small", "threads_per_worker": 1,
-                     "seconds": args.seconds},
+                     "seconds": args.seconds, "learner_cpus": 0,
+                     "threads": "Ray workers and Hogwild processes: 1 intra-op thread each (torch.set_num_threads(1)); "
+                                "local1/local2: one process with 1 / 2 intra-op threads; inter-op threads: torch's "
+                                "default (reported per local run)",
+                     "command": "python benchmarks/scaling.py " + " ".join(sys.argv[1:])},
            "runs": runs, "summary": summary}
     Path(args.json).parent.mkdir(parents=True, exist_ok=True)
     Path(args.json).write_text(json.dumps(out, indent=2))

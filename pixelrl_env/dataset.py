@@ -30,7 +30,6 @@ from .sources import FORMATS, Sample, folder_pairs, group_of, iter_source, lgg_p
 
 NORMALIZATIONS = ("minmax", "zscore", "none")
 SPLITS = ("train", "val", "test")
-LGG_CHANNELS = {"pre": 0, "flair": 1, "post": 2}
 
 
 @dataclass
@@ -132,15 +131,6 @@ def split_groups(groups: Sequence[str], fractions: Sequence[float], seed: int) -
 
 def _resize_channel(ch: np.ndarray, size: int) -> np.ndarray:
     return np.asarray(Image.fromarray(np.ascontiguousarray(ch, dtype=np.float32)).resize((size, size), Image.BILINEAR))
-
-
-def resize_sample(image: np.ndarray, mask: np.ndarray, size: int | None) -> tuple[np.ndarray, np.ndarray]:
-    """Resize ``(H, W, C)`` image (float32 out) and ``(H, W)`` mask to ``size`` x ``size``."""
-    image = image.astype(np.float32)
-    if size is None or image.shape[:2] == (size, size):
-        return image, mask
-    out = np.stack([_resize_channel(image[..., c], size) for c in range(image.shape[2])], axis=-1)
-    return out, resize_mask(mask, (size, size))
 
 
 def normalize_image(image: np.ndarray, method: str, dtype_max: float) -> np.ndarray:

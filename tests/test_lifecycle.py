@@ -237,3 +237,22 @@ def test_worker_restarts_used_up_end_the_run_with_a_clear_error(ray_local, tmp_p
     with pytest.raises(RuntimeError, match=r"worker \d is dead after 1 restart\(s\) \(worker_max_restarts=1\)"):
         train_distributed(cfg, tmp_path, quiet=True, worker_cls=CrashingWorker)
     assert time.perf_counter() - t0 < 120  # a clear end, not an endless restart loop
+
+
+def test_the_architecture_keeps_one_place_for_each_concern():
+    """MLflow is written by tracking.py only, Ray is started by ray_a3c.connect only, the engine is chosen by
+    lifecycle.make_engine only, gradients are applied by the agents only; pixelrl_env imports no Ray or rl_agents."""
+    src = {f.relative_to(ROOT).as_posix(): f.read_text() for f in (ROOT / "rl_agents").rglob("*.py")}
+    env_src = {f.relative_to(ROOT).as_posix(): f.read_text() for f in (ROOT / "pixelrl_env").rglob("*.py")}
+
+    def where(pattern: str, files=src) -> set[str]:
+        return {name for name, text in files.items() if re.search(pattern, text, re.M)}
+
+    assert where(r"^\s*(import mlflow|from mlflow)") == {"rl_agents/experiment/tracking.py"}
+    assert where(r"ray\.init\(") == {"rl_agents/engines/ray_a3c.py"}
+    assert where(r"(LocalEngine|RayA3CEngine|SupervisedEngine)\(cfg") == {"rl_agents/experiment/lifecycle.py"} | \
+        where(r"RayA3CEngine\(cfg, quiet=quiet, on_report")  # train_distributed: the test/benchmark hook
+    assert where(r"\.step\(\)\s*$") - {"rl_agents/experiment/lifecycle.py"} <= {
+        "rl_agents/algo/agent.py", "rl_agents/engines/supervised.py"}  # optimiser steps live in the agents
+    assert where(r"clip_grad_norm_") == {"rl_agents/algo/agent.py", "rl_agents/engines/supervised.py"}
+    assert not where(r"^\s*(import ray|from ray|from rl_agents|import torch\.optim)", env_src)
