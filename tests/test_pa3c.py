@@ -5,10 +5,10 @@ import pytest
 import torch
 
 from pixelrl_env.env import PixelSegEnv
-from rl_agents.inference import apply_actions, segment
-from rl_agents.model import PRESETS, PixelDRLNet, count_parameters, forward_flops
-from rl_agents.pa3c import RewardMapConv, class_balanced_weights, pa3c_loss, pixel_returns
-from rl_agents.rollout import collect_rollout, sample_actions
+from rl_agents.algo.inference import apply_actions, segment
+from rl_agents.algo.model import PRESETS, PixelDRLNet, count_parameters, forward_flops
+from rl_agents.algo.pa3c import RewardMapConv, class_balanced_weights, pa3c_loss, pixel_returns
+from rl_agents.algo.rollout import collect_rollout, sample_actions
 
 R0 = torch.tensor([[[1.0, 0.0], [0.0, -1.0]]])  # (B=1, 2, 2)
 R1 = torch.tensor([[[0.0, 1.0], [1.0, 0.0]]])
