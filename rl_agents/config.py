@@ -57,6 +57,9 @@ class TrainConfig:
     threads: int | None = None  # torch CPU threads (None: all cores)
     device: str = "auto"  # auto | cpu | cuda
     # distribution on Ray (rl_agents/engines/ray_a3c.py): 0 workers = one process trains alone (rl_agents/engines/local.py)
+    # engine (rl_agents/experiment/lifecycle.py::make_engine): auto = supervised for the U-Net, ray when num_workers
+    # >= 1, else local; hogwild = num_workers torch.multiprocessing processes on this machine (the classic A3C)
+    engine: str = "auto"  # auto | local | ray | hogwild
     num_workers: int = 0  # N >= 1: asynchronous A3C, one learner actor and N worker actors, no barrier
     worker_cpus: float = 1.0  # Ray CPUs per worker; its torch threads = max(1, round(worker_cpus))
     learner_cpus: float = 0.5
@@ -76,6 +79,9 @@ class TrainConfig:
     eval_every: int = 50  # updates between validation passes
     eval_max_images: int | None = 64
     checkpoint_every: int = 50  # updates between last.pt writes
+
+
+ENGINES = ("auto", "local", "ray", "hogwild")
 
 
 def _field_types(cls) -> dict[str, Any]:
@@ -176,6 +182,11 @@ def validate(cfg: TrainConfig) -> None:
     cfg.data.validate()
     checks = [
         (cfg.model in ("pixeldrl", "unet"), f"model must be 'pixeldrl' or 'unet', got {cfg.model!r}"),
+        (cfg.engine in ENGINES, f"engine must be one of {ENGINES}, got {cfg.engine!r}"),
+        (cfg.engine not in ("ray", "hogwild") or cfg.num_workers >= 1,
+         f"engine {cfg.engine} needs num_workers >= 1, got {cfg.num_workers}"),
+        (cfg.model == "pixeldrl" or cfg.engine in ("auto", "local"),
+         f"the U-Net baseline trains in one process (engine auto or local), got engine {cfg.engine!r}"),
         (cfg.norm in ("group", "none"), f"norm must be 'group' or 'none', got {cfg.norm!r}"),
         (cfg.preset in PRESETS, f"preset must be one of {sorted(PRESETS)}, got {cfg.preset!r}"),
         (cfg.action_set in ACTION_SETS, f"action_set must be one of {sorted(ACTION_SETS)}, got {cfg.action_set!r}"),

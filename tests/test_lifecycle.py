@@ -250,9 +250,22 @@ def test_the_architecture_keeps_one_place_for_each_concern():
 
     assert where(r"^\s*(import mlflow|from mlflow)") == {"rl_agents/experiment/tracking.py"}
     assert where(r"ray\.init\(") == {"rl_agents/engines/ray_a3c.py"}
-    assert where(r"(LocalEngine|RayA3CEngine|SupervisedEngine)\(cfg") == {"rl_agents/experiment/lifecycle.py"} | \
-        where(r"RayA3CEngine\(cfg, quiet=quiet, on_report")  # train_distributed: the test/benchmark hook
+    assert where(r"(LocalEngine|RayA3CEngine|SupervisedEngine|HogwildEngine)\(cfg|as Engine") == {
+        "rl_agents/experiment/lifecycle.py", "rl_agents/engines/ray_a3c.py"}  # ray_a3c: train_distributed's hooks
     assert where(r"\.step\(\)\s*$") - {"rl_agents/experiment/lifecycle.py"} <= {
         "rl_agents/algo/agent.py", "rl_agents/engines/supervised.py"}  # optimiser steps live in the agents
     assert where(r"clip_grad_norm_") == {"rl_agents/algo/agent.py", "rl_agents/engines/supervised.py"}
     assert not where(r"^\s*(import ray|from ray|from rl_agents|import torch\.optim)", env_src)
+
+
+def test_hogwild_trains_under_the_lifecycle_and_hands_over_to_one_process(tmp_path: Path):
+    m = train(load_config(SMOKE, LOCAL + ["engine=hogwild", "num_workers=2", "epochs=2"]), tmp_path, quiet=True)
+    planned = 2 * _updates_per_epoch(m)
+    assert m["engine"] == "hogwild" and m["updates"] == planned and m["stopped_by"] == "epochs"
+    assert m["pixel_agent_steps"] == planned * 4 * 3 * 32 * 32 and m["history"][-1]["update"] == planned
+    ck = read_checkpoint(tmp_path / "checkpoints" / "last.pt")
+    assert ck.engine == "hogwild" and ck.update == planned and ck.agent["optimizer"] is None
+    m2 = train(load_config(SMOKE, LOCAL + ["epochs=3"]), tmp_path, resume=True, quiet=True)  # one process goes on
+    assert m2["updates"] == 3 * _updates_per_epoch(m) and m2["engine"] == "local"
+    with pytest.raises(ValueError, match="engine hogwild needs num_workers >= 1"):
+        load_config(SMOKE, LOCAL + ["engine=hogwild"])

@@ -35,19 +35,27 @@ from rl_agents.experiment.checkpoint import Checkpoint, CheckpointError, make_pa
 console = Console()
 
 
+def engine_name(cfg: TrainConfig) -> str:
+    """``supervised`` (the U-Net), ``hogwild``, ``ray`` or ``local``: ``cfg.engine``, with ``auto`` resolved."""
+    if cfg.model == "unet":
+        return "supervised"
+    if cfg.engine == "auto":
+        return "ray" if cfg.num_workers > 0 else "local"
+    return cfg.engine
+
+
 def make_engine(cfg: TrainConfig, quiet: bool = False):
     """The engine ``cfg`` asks for: the single place where the CLI and sweep trials choose how to train."""
-    if cfg.model == "unet":
-        from rl_agents.engines.supervised import SupervisedEngine
-
-        return SupervisedEngine(cfg, quiet=quiet)
-    if cfg.num_workers > 0:
-        from rl_agents.engines.ray_a3c import RayA3CEngine
-
-        return RayA3CEngine(cfg, quiet=quiet)
-    from rl_agents.engines.local import LocalEngine
-
-    return LocalEngine(cfg, quiet=quiet)
+    name = engine_name(cfg)
+    if name == "supervised":
+        from rl_agents.engines.supervised import SupervisedEngine as Engine
+    elif name == "hogwild":
+        from rl_agents.engines.hogwild import HogwildEngine as Engine
+    elif name == "ray":
+        from rl_agents.engines.ray_a3c import RayA3CEngine as Engine
+    else:
+        from rl_agents.engines.local import LocalEngine as Engine
+    return Engine(cfg, quiet=quiet)
 
 
 @dataclass

@@ -167,10 +167,13 @@ def trial_resources(spec: dict):
     from ray import tune
 
     from rl_agents.engines.ray_a3c import ray_bundles
+    from rl_agents.experiment.lifecycle import engine_name
 
     cfg = config_from_dict(spec["base"])
-    if cfg.num_workers > 0 and cfg.model == "pixeldrl":
+    if engine_name(cfg) == "ray":
         return tune.PlacementGroupFactory(ray_bundles(cfg))
+    if engine_name(cfg) == "hogwild":
+        return tune.PlacementGroupFactory([{"CPU": cfg.num_workers * cfg.worker_cpus}])
     return tune.PlacementGroupFactory([{"CPU": spec["cpus_per_trial"]}])
 
 
