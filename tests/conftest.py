@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import os
 from pathlib import Path
 
@@ -80,3 +81,50 @@ def write_folder_layout(root: Path, n: int = 6, size: int = 24, ext: str = ".png
 @pytest.fixture
 def folder_dir(tmp_path: Path) -> Path:
     return write_folder_layout(tmp_path / "folder")
+
+
+# --- what the real data sets hold, counted from the files on disk (never hard-coded: the data sets grow) -----------
+
+def lgg_on_disk(root: Path) -> dict:
+    """Patients, slice pairs and slices with foreground of a kaggle_3m folder, read with Pillow alone.
+
+    ``patients``: folders holding at least one ``*_mask.tif``; ``pairs``: ``*_mask.tif`` files; ``foreground``: masks
+    with any non-zero pixel; ``solid``: masks holding a 5x5 all-foreground block (such a lesion survives any 2x
+    bilinear downscale thresholded at 0.5, so it bounds the foreground count at half resolution from below).
+    """
+    return _lgg_on_disk(str(root))
+
+
+@functools.lru_cache(maxsize=None)
+def _lgg_on_disk(root: str) -> dict:
+    masks = sorted(Path(root).glob("*/*_mask.tif"))
+    fg = solid = 0
+    for p in masks:
+        m = np.asarray(Image.open(p)) > 0
+        if m.ndim == 3:
+            m = m.any(axis=-1)
+        if m.any():
+            fg += 1
+            c = np.pad(m.astype(np.int32).cumsum(0).cumsum(1), ((1, 0), (1, 0)))
+            box = c[5:, 5:] - c[:-5, 5:] - c[5:, :-5] + c[:-5, :-5]
+            solid += bool((box == 25).any())
+    return {"patients": sorted({p.parent.name for p in masks}), "pairs": len(masks), "foreground": fg, "solid": solid}
+
+
+def kvasir_on_disk(root: Path) -> int:
+    """Image files in ``images/`` with a same-stem file in ``masks/``."""
+    suffixes = {".jpg", ".jpeg", ".png", ".tif", ".tiff", ".bmp", ".gif"}
+    stems = lambda d: {f.stem for f in (root / d).iterdir() if f.is_file() and f.suffix.lower() in suffixes}  # noqa: E731
+    return len(stems("images") & stems("masks"))
+
+
+def assert_patient_split(train: set, val: set, test: set, patients: set, fractions=(0.7, 0.1, 0.2)) -> None:
+    """A split by patient: disjoint, covering every patient, each positive fraction with >= 1 patient, and the val
+    and test sizes within one patient of their fraction (rounding and the at-least-one rule)."""
+    assert not (train & val or train & test or val & test), "a patient is in two splits"
+    assert train | val | test == patients
+    n = len(patients)
+    for part, frac in zip((train, val, test), fractions):
+        if frac > 0:
+            assert len(part) >= 1
+    assert abs(len(val) - fractions[1] * n) <= 1 and abs(len(test) - fractions[2] * n) <= 1, (len(val), len(test), n)

@@ -2,12 +2,15 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 from rl_agents.cli import main
-from tests.conftest import need_shared
+from tests.conftest import lgg_on_disk, need_shared
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -40,10 +43,35 @@ def test_train_py_trains_by_default_and_runs_other_commands(tmp_path: Path):
     assert r.returncode == 0, r.stderr
     metrics = json.loads((tmp_path / "run" / "metrics.json").read_text())
     assert metrics["updates"] >= 1 and "val/dice" in metrics and "Dice" in r.stdout
-    r = subprocess.run([sys.executable, "train.py", "env-demo", "--size", "48", "--n-patients", "6"], cwd=ROOT,
-                       env=env, capture_output=True, text=True, timeout=120)
+    demo = tmp_path / "demo.json"
+    r = subprocess.run([sys.executable, "train.py", "env-demo", "--size", "48", "--n-patients", "6", "--json",
+                        str(demo)], cwd=ROOT, env=env, capture_output=True, text=True, timeout=120)
     assert r.returncode == 0, r.stderr
-    assert "oracle" in r.stdout and "1.000" in r.stdout
+    dice = _table_column(r.stdout, "Dice")
+    assert dice["oracle"] == 1.0, r.stdout
+    assert dice["keep"] < 1.0 and dice["random"] < 1.0, r.stdout
+    results = json.loads(demo.read_text())["results"]
+    assert results["oracle"]["dice"] == 1.0 and results["keep"]["dice"] < 1.0
+    assert dice["keep"] == pytest.approx(results["keep"]["dice"], abs=5e-4)  # the table shows 3 decimals
+
+
+def _table_column(text: str, column: str) -> dict[str, float]:
+    """``{first cell: value of column}`` for the rows of a table printed by rich (box drawn in Unicode or ASCII)."""
+    header, out = None, {}
+    for line in text.splitlines():
+        cells = [c.strip() for c in re.split(r"[│┃|]", line)]
+        if len(cells) < 3:
+            continue
+        cells = cells[1:-1]  # the text before the first and after the last border
+        if column in cells and header is None:
+            header = cells
+        elif header is not None and len(cells) == len(header) and cells[0]:
+            try:
+                out[cells[0]] = float(cells[header.index(column)])
+            except ValueError:
+                pass
+    assert header is not None, f"no table with a {column!r} column in:\n{text}"
+    return out
 
 
 def test_pixeldrl_console_script_reports_bad_path(tmp_path: Path):
@@ -58,6 +86,14 @@ def test_pixeldrl_console_script_reports_bad_path(tmp_path: Path):
 def test_data_info_on_real_lgg(tmp_path: Path):
     root = need_shared("lgg_kaggle_3m")
     out = tmp_path / "info.json"
-    assert main(["data-info", "--format", "lgg", "--path", str(root), "--channels", "1", "--json", str(out)]) == 0
+    disk = lgg_on_disk(root)
+    n_patients = len(disk["patients"])
+    assert main(["data-info", "--format", "lgg", "--path", str(root), "--channels", "1", "--keep-empty",
+                 "--json", str(out)]) == 0
     s = json.loads(out.read_text())
-    assert s["n_read"] == 738 and s["train"]["groups"] == 14 and s["val"]["groups"] == 2 and s["test"]["groups"] == 4
+    parts = [s[k] for k in ("train", "val", "test")]
+    assert s["n_read"] == disk["pairs"] and sum(p["slices"] for p in parts) == disk["pairs"]
+    # every patient in exactly one split (slices of a patient are never divided: the group counts add up)
+    assert sum(p["groups"] for p in parts) == n_patients
+    assert all(p["groups"] >= 1 for p in parts)
+    assert abs(s["val"]["groups"] - 0.1 * n_patients) <= 1 and abs(s["test"]["groups"] - 0.2 * n_patients) <= 1

@@ -1,13 +1,14 @@
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 
 import numpy as np
 import pytest
 
-from pixelrl_env.dataset import DataConfig, load_splits, normalize_image, resize_sample, split_groups
+from pixelrl_env.dataset import DataConfig, load_splits, normalize_image, prepare_image, resize_mask, split_groups
 from pixelrl_env.io import DataError
-from tests.conftest import need_shared
+from tests.conftest import assert_patient_split, lgg_on_disk, need_shared
 
 
 def test_split_groups_70_10_20_deterministic_disjoint():
@@ -63,7 +64,9 @@ def test_resize_image_bilinear_mask_by_area():
     img[:, 4:] = 200
     mask = np.zeros((8, 8), np.uint8)
     mask[2:6, 2:6] = 1
-    out, m = resize_sample(img, mask, 4)
+    out = prepare_image(img, DataConfig(format="synthetic", size=4, normalize="none"))  # (C, S, S), / 255
+    out = out.transpose(1, 2, 0) * 255
+    m = resize_mask(mask, (4, 4))
     assert out.shape == (4, 4, 1) and m.shape == (4, 4)
     # antialiased bilinear: the outer columns keep their values, the inner ones blend symmetrically
     np.testing.assert_allclose(out[:, 0, 0], 0, atol=1e-3)
@@ -99,13 +102,22 @@ def test_native_size_requires_equal_sizes(tmp_path: Path):
 
 def test_real_lgg_patient_split_flair_only():
     root = need_shared("lgg_kaggle_3m")
-    cfg = DataConfig(format="lgg", path=str(root), size=128, channels=[1], seed=0)
-    s = load_splits(cfg)
-    summary = s.summary()
-    assert summary["n_read"] == 738
-    assert (summary["train"]["groups"], summary["val"]["groups"], summary["test"]["groups"]) == (14, 2, 4)
-    assert len(s.train) + len(s.val) + len(s.test) == 243  # foreground slices only
+    disk = lgg_on_disk(root)
+    patients = set(disk["patients"])
+    cfg = DataConfig(format="lgg", path=str(root), size=128, channels=[1], seed=0, drop_empty=False)
+    every = load_splits(cfg)
+    assert every.n_read == disk["pairs"] and len(every.train) + len(every.val) + len(every.test) == disk["pairs"]
+    split = tuple(set(a.groups) for a in (every.train, every.val, every.test))
+    assert_patient_split(*split, patients)
+    # only slices with foreground (at 128x128: a lesion can vanish when halved, one holding a 5x5 block cannot)
+    s = load_splits(dataclasses.replace(cfg, drop_empty=True))
+    n_fg = len(s.train) + len(s.val) + len(s.test)
+    assert disk["solid"] <= n_fg <= disk["foreground"], (disk, n_fg)
+    assert s.summary()["n_read"] == disk["pairs"]
+    for part, full in zip((s.train, s.val, s.test), (every.train, every.val, every.test)):
+        assert set(part.sources) <= set(full.sources) and all(m.any() for m in part.masks)
+        assert len(part) == int(full.masks.any(axis=(1, 2)).sum())
     assert s.train.images.shape[1:] == (1, 128, 128)
-    assert all(m.any() for m in s.val.masks)
-    again = load_splits(cfg)
-    assert again.val.sources == s.val.sources
+    again = load_splits(cfg)  # deterministic for a seed
+    assert [again.train.sources, again.val.sources, again.test.sources] == \
+        [every.train.sources, every.val.sources, every.test.sources]

@@ -86,6 +86,7 @@ class _Payload:
         return os.system, (f"touch {self.marker}",)
 
 
+@pytest.mark.timeout(960)  # three subprocesses of at most 300 s each
 def test_a_crafted_checkpoint_never_runs_its_code(tmp_path: Path):
     """The exact attack: a ``last.pt`` whose pickle runs a shell command, under ``evaluate`` and ``--resume``."""
     run = tmp_path / "run"

@@ -1,55 +1,126 @@
-"""`ray job submit` end to end: a local Ray cluster on 127.0.0.1 with token authentication, the smoke config
-submitted with ``--working-dir .``, status SUCCEEDED (`ray job status`), a checkpoint and metrics written; the cluster is always stopped."""
+"""`ray job submit` end to end on a Ray cluster of the test's own (127.0.0.1, token authentication, its own temp dir
+and ports, see ``tests/ray_head.py``): the smoke config submitted with ``--working-dir .``, status SUCCEEDED
+(`ray job status`), the checkpoints it wrote loaded and evaluated; and a submission with a missing or wrong token
+refused, by `ray job submit` and by the dashboard's Jobs API. The cluster is stopped by signalling its own process
+group, never with `ray stop` (which would stop every Ray cluster on the machine), and no process of it may survive.
+"""
 
 from __future__ import annotations
 
 import json
 import os
 import secrets
-import socket
 import subprocess
 import sys
+import urllib.error
+import urllib.request
 from pathlib import Path
 
+import pytest
+
+from tests.ray_head import BIN, RAY, RayHead, http_get
+
 ROOT = Path(__file__).resolve().parents[1]
+PIXELDRL = str(BIN / "pixeldrl") if (BIN / "pixeldrl").exists() else None
+
+# subprocess budgets (s); each test's timeout is larger than the sum of what it may spend
+START, SUBMIT, STATUS, EVALUATE, REFUSED, STOP = 180, 420, 60, 120, 60, 100
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def test_ray_job_submit_smoke(tmp_path: Path):
-    bin_dir = str(Path(sys.executable).parent)
-    env = {**os.environ, "PATH": bin_dir + os.pathsep + os.environ.get("PATH", ""),
+@pytest.fixture(scope="module")
+def token_cluster():
+    """One head node (2 CPUs) with token authentication for the tests of this module."""
+    token = secrets.token_hex(16)
+    env = {**os.environ, "PATH": str(BIN) + os.pathsep + os.environ.get("PATH", ""),
            # token auth on, the same for `ray start` and `ray job submit` (as the cluster configs use it)
-           "RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": secrets.token_hex(16), "RAY_USAGE_STATS_ENABLED": "0"}
-    env.pop("RAY_ADDRESS", None)
-    ray = [str(Path(bin_dir) / "ray")]
-    gcs, dash = _free_port(), _free_port()
-    subprocess.run(ray + ["stop", "--force"], env=env, capture_output=True, timeout=120)
+           "RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": token}
+    env.pop("RAY_AUTH_TOKEN_PATH", None)
+    head = RayHead(env, ["--num-cpus=2"])
+    head.token, head.client_env, head.succeeded = token, {**head.env}, set()
     try:
-        start = subprocess.run(
-            ray + ["start", "--head", "--node-ip-address=127.0.0.1", f"--port={gcs}", "--num-cpus=2",
-                   "--include-dashboard=true", "--dashboard-host=127.0.0.1", f"--dashboard-port={dash}",
-                   "--disable-usage-stats"],
-            env=env, capture_output=True, text=True, timeout=300)
-        assert start.returncode == 0, start.stdout + start.stderr
-        out = tmp_path / "run"
-        job_id = "pixeldrl-smoke-" + secrets.token_hex(4)
-        job = subprocess.run(
-            ray + ["job", "submit", "--address", f"http://127.0.0.1:{dash}", "--submission-id", job_id,
-                   "--working-dir", str(ROOT), "--",
-                   "python", "train.py", "--config", "tune_configs/smoke.yaml", "--output-dir", str(out), "--quiet"],
-            cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
-        assert job.returncode == 0, job.stdout[-4000:] + job.stderr[-4000:]
-        status = subprocess.run(ray + ["job", "status", "--address", f"http://127.0.0.1:{dash}", job_id],
-                                env=env, capture_output=True, text=True, timeout=120)
-        assert f"Job '{job_id}' succeeded" in status.stdout, status.stdout + status.stderr  # status SUCCEEDED
-        metrics = json.loads((out / "metrics.json").read_text())
-        assert metrics["workers/n"] == 2 and metrics["updates"] >= 1 and "val/dice" in metrics
-        assert metrics["perf/updates_per_s"] > 0
-        assert (out / "checkpoints" / "last.pt").exists() and (out / "checkpoints" / "best.pt").exists()
+        head.start(timeout=START)
+        yield head
     finally:
-        subprocess.run(ray + ["stop", "--force"], env=env, capture_output=True, timeout=120)
+        stray = head.stop(timeout=STOP - 40)
+        left = head.survivors()
+        head.cleanup()
+    assert not stray, f"processes of the test cluster outlived its process group: {stray}"
+    assert not left, f"processes of the test cluster survived: {left}"
+
+
+def _evaluate(checkpoint: Path, out: Path) -> dict:
+    cmd = [PIXELDRL] if PIXELDRL else [sys.executable, "-m", "rl_agents.cli"]
+    r = subprocess.run([*cmd, "evaluate", "--checkpoint", str(checkpoint), "--split", "val", "--json", str(out)],
+                       capture_output=True, text=True, timeout=EVALUATE)
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    return json.loads(out.read_text())
+
+
+@pytest.mark.timeout(START + SUBMIT + STATUS + 2 * EVALUATE + 60)
+def test_ray_job_submit_smoke(token_cluster: RayHead, tmp_path: Path):
+    head = token_cluster
+    out = tmp_path / "run"
+    job_id = "pixeldrl-smoke-" + secrets.token_hex(4)
+    job = subprocess.run(
+        RAY + ["job", "submit", "--address", head.dashboard_url, "--submission-id", job_id,
+               "--working-dir", str(ROOT), "--",
+               "python", "train.py", "--config", "tune_configs/smoke.yaml", "--output-dir", str(out), "--quiet"],
+        cwd=ROOT, env=head.client_env, capture_output=True, text=True, timeout=SUBMIT)
+    assert job.returncode == 0, job.stdout[-4000:] + job.stderr[-4000:] + head.output()
+    status = subprocess.run(RAY + ["job", "status", "--address", head.dashboard_url, job_id],
+                            env=head.client_env, capture_output=True, text=True, timeout=STATUS)
+    assert f"Job '{job_id}' succeeded" in status.stdout, status.stdout + status.stderr  # status SUCCEEDED
+    head.succeeded.add(job_id)
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["workers/n"] == 2 and metrics["updates"] >= 1 and "val/dice" in metrics
+    assert metrics["perf/updates_per_s"] > 0
+    # the checkpoints load and give what the run reported: best.pt is the model behind metrics.json's val/dice
+    best = _evaluate(out / "checkpoints" / "best.pt", tmp_path / "eval_best.json")
+    assert best["n_images"] > 0 and best["n_images"] == metrics["n_val"]
+    assert best["dice"] == pytest.approx(metrics["val/dice"], abs=1e-6)
+    last = _evaluate(out / "checkpoints" / "last.pt", tmp_path / "eval_last.json")
+    assert last["n_images"] == best["n_images"] and 0.0 <= last["dice"] <= 1.0
+    final = [h for h in metrics["history"] if "val/dice" in h and h.get("update") == metrics["updates"]]
+    assert final, "no validation pass at the last update"
+    assert last["dice"] == pytest.approx(final[-1]["val/dice"], abs=1e-6)  # last.pt: the weights at the end
+
+
+@pytest.mark.timeout(START + 3 * REFUSED + 60 + STOP)
+def test_a_missing_or_wrong_token_is_refused(token_cluster: RayHead, tmp_path: Path):
+    head = token_cluster
+    home = tmp_path / "home"  # no ~/.ray/auth_token to fall back on
+    home.mkdir()
+    no_token = {k: v for k, v in head.client_env.items() if k not in ("RAY_AUTH_TOKEN", "RAY_AUTH_TOKEN_PATH")}
+    cases = {
+        "missing": {**no_token, "HOME": str(home)},  # the client knows auth is on, but has no token: never sends
+        "missing-no-mode": {**{k: v for k, v in no_token.items() if k != "RAY_AUTH_MODE"}, "HOME": str(home)},
+        "wrong": {**head.client_env, "RAY_AUTH_TOKEN": secrets.token_hex(16)},
+    }
+    refused = set()
+    for name, env in cases.items():
+        job_id = f"refused-{name}-{secrets.token_hex(4)}"
+        refused.add(job_id)
+        r = subprocess.run(RAY + ["job", "submit", "--address", head.dashboard_url, "--submission-id", job_id,
+                                  "--", "python", "-c", "print('should never run')"],
+                           env=env, capture_output=True, text=True, timeout=REFUSED)
+        text = r.stdout + r.stderr
+        assert r.returncode != 0, (name, text[-3000:])
+        assert "AuthenticationError" in text and "token" in text.lower(), (name, text[-3000:])
+    jobs = head.dashboard_url + "/api/jobs/"
+    assert http_get(jobs)[0] == 401  # no Authorization header
+    assert http_get(jobs, {"Authorization": f"Bearer {secrets.token_hex(16)}"})[0] == 403
+    assert http_get(jobs, {"Authorization": head.token})[0] == 403  # the token without "Bearer "
+    # a submission straight to the Jobs API without / with a wrong token
+    body = json.dumps({"entrypoint": "python -c \"print('should never run')\"", "submission_id": "refused-http"})
+    for headers in ({}, {"Authorization": f"Bearer {secrets.token_hex(16)}"}):
+        req = urllib.request.Request(jobs, data=body.encode(), method="POST",
+                                     headers={"Content-Type": "application/json", **headers})
+        with pytest.raises(urllib.error.HTTPError) as err:
+            urllib.request.urlopen(req, timeout=10)
+        assert err.value.code in (401, 403)
+    refused.add("refused-http")
+    status, listing = http_get(jobs, {"Authorization": f"Bearer {head.token}"})
+    assert status == 200, listing
+    ran = {j.get("submission_id") for j in json.loads(listing)}
+    assert not ran & refused, ran
+    assert ran <= head.succeeded, f"jobs on the cluster besides the smoke job: {ran - head.succeeded}"

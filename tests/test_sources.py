@@ -9,7 +9,7 @@ from PIL import Image
 
 from pixelrl_env.io import BadFiles, DataError, read_mask
 from pixelrl_env.sources import iter_folder, iter_lgg, iter_source, iter_synthetic
-from tests.conftest import need_shared, write_folder_layout
+from tests.conftest import kvasir_on_disk, lgg_on_disk, need_shared, write_folder_layout
 
 
 def test_lgg_layout_reads_in_patient_and_slice_order(lgg_dir: Path):
@@ -189,17 +189,24 @@ def test_unknown_format():
 
 def test_real_lgg_data():
     root = need_shared("lgg_kaggle_3m")
+    disk = lgg_on_disk(root)  # counted from the files with Pillow, not through pixelrl_env
     samples = list(iter_lgg(root))
-    assert len(samples) == 738
-    assert len({s.group for s in samples}) == 20
+    assert len(samples) == disk["pairs"] > 0
+    assert sorted({s.group for s in samples}) == disk["patients"]
     assert all(s.image.shape == (256, 256, 3) for s in samples)
-    assert sum(bool(s.mask.any()) for s in samples) == 243
+    assert sum(bool(s.mask.any()) for s in samples) == disk["foreground"]
+    # every slice of a patient comes with its mask, in slice-number order
+    assert all(Path(s.source).with_name(Path(s.source).stem + "_mask.tif").is_file() for s in samples)
+    numbers: dict[str, list[int]] = {}
+    for s in samples:
+        numbers.setdefault(s.group, []).append(int(Path(s.source).stem.rsplit("_", 1)[1]))
+    assert all(v == sorted(v) for v in numbers.values())
 
 
 def test_real_kvasir_folder(tmp_path: Path):
     root = need_shared("kvasir_seg")
     samples = list(iter_folder(root))
-    assert len(samples) == 200
+    assert len(samples) == kvasir_on_disk(root) > 0
     assert all(s.image.shape[:2] == s.mask.shape and s.image.shape[2] == 3 for s in samples)
     fg = np.mean([s.mask.mean() for s in samples])
     assert 0.05 < fg < 0.4  # polyps cover a minority of each frame

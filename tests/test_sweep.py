@@ -11,13 +11,14 @@ import time
 from pathlib import Path
 
 import mlflow
+import numpy as np
 import pytest
 import ray
 import yaml
 from mlflow.tracking import MlflowClient
 
-from rl_agents.sweep import load_sweep, run_sweep
-from rl_agents.tracking import compare
+from rl_agents.experiment.sweep import load_sweep, run_sweep
+from rl_agents.experiment.tracking import compare
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -55,25 +56,78 @@ def _children(name: str, parent: str):
     return MlflowClient().search_runs([exp.experiment_id], f"tags.mlflow.parentRunId = '{parent}'")
 
 
-def test_asha_sweep_leaves_nested_mlflow_runs(tmp_path: Path, ray_2cpu):
+# ASHA made to stop trials, deterministically: the trials run one at a time in the order of the grid below (no random
+# search), each trained with seed 0. The first learns fast (the supervised aux term, lr 1e-3) and sets every rung's
+# bar; the others barely move from their start (lr 1e-6 / 1e-5), fall below the bar at the first rung (grace_period
+# 1 = the first validation pass, every 4 updates) or the second, and are stopped. Only the first runs its 2 epochs.
+ASHA_VARIANTS = [
+    {"name": "fast", "lr": 1.0e-3, "gamma": 0.95},
+    {"name": "frozen", "lr": 1.0e-6, "gamma": 0.95},
+    {"name": "frozen-g90", "lr": 1.0e-6, "gamma": 0.9},
+    {"name": "slow-g90", "lr": 1.0e-5, "gamma": 0.9},
+]
+ASHA_DICE_FLOOR = 0.2  # the fast trial passes ~0.3 at its first validation pass; the all-foreground start is ~0.04
+
+
+def _all_foreground_dice(base: dict) -> float:
+    """Validation Dice of the all-foreground start (the environment's initial state), from the data itself."""
+    from pixelrl_env.dataset import DataConfig, load_splits
+
+    data = {**base["data"], "split": tuple(base["data"]["split"])}
+    gt = load_splits(DataConfig(**data)).val.masks.astype(bool)
+    g = gt.sum(axis=(1, 2))
+    return float(np.mean(2 * g / (g + gt[0].size)))
+
+
+@pytest.mark.timeout(600)
+def test_asha_sweep_stops_weak_trials_and_leaves_nested_mlflow_runs(tmp_path: Path, ray_2cpu):
+    sweep = _sweep_file(tmp_path, "t-asha", search_space={"variant": {"grid": ASHA_VARIANTS}}, num_samples=1,
+                        max_concurrent_trials=1, cpus_per_trial=2,
+                        scheduler={"type": "asha", "grace_period": 1, "reduction_factor": 2})
+    spec = yaml.safe_load(sweep.read_text())
+    spec["set"] = {**spec["set"], "aux_coef": 0.5, "epochs": 2, "eval_every": 4}
+    sweep.write_text(yaml.safe_dump(spec))
     t0 = time.perf_counter()
-    summary = run_sweep(_sweep_file(tmp_path, "t-asha"))
+    summary = run_sweep(sweep)
     print(f"4-trial ASHA sweep: {time.perf_counter() - t0:.0f} s")
     assert summary["n_trials"] == 4 and summary["n_errors"] == 0
-    assert 0.0 <= summary["best_metrics"]["val/dice"] <= 1.0 and "lr" in summary["best_config"]
     children = _children("t-asha", summary["parent_run_id"])
     assert len(children) == 4
     client = MlflowClient()
+    history = {r.info.run_id: client.get_metric_history(r.info.run_id, "val/dice") for r in children}
+    steps = {rid: {m.step for m in h} for rid, h in history.items()}
     for r in children:
-        assert r.info.status in ("FINISHED", "KILLED")  # KILLED: stopped early by ASHA
-        assert "lr" in r.data.params and "val/dice" in r.data.metrics
-        assert len(client.get_metric_history(r.info.run_id, "val/dice")) >= 1
-    finished = [r for r in children if r.info.status == "FINISHED"]
-    assert finished, "no trial ran to its end"
-    arts = {a.path for a in client.list_artifacts(finished[0].info.run_id)}
+        assert r.info.status in ("FINISHED", "KILLED"), r.info.status
+        assert "lr" in r.data.params and "val/dice" in r.data.metrics and history[r.info.run_id]
+    by_variant = {r.data.tags["variant"]: r for r in children}
+    assert set(by_variant) == {v["name"] for v in ASHA_VARIANTS}
+    # ASHA stopped something: runs ended by the scheduler, with fewer validation passes than the trial that ran on
+    stopped = [r for r in children if r.info.status == "KILLED"]
+    assert stopped, {r.data.tags["variant"]: (r.info.status, len(steps[r.info.run_id])) for r in children}
+    longest = max(len(v) for v in steps.values())
+    for r in stopped:
+        assert len(steps[r.info.run_id]) < longest
+        # the last trial's stop can race the end of the sweep, which then closes its run with its own label
+        assert r.data.tags.get("stopped_by") in ("scheduler", "sweep ended or interrupted"), r.data.tags
+    assert any(r.data.tags.get("stopped_by") == "scheduler" for r in stopped), [r.data.tags for r in stopped]
+    fast = by_variant["fast"]
+    assert fast.info.status == "FINISHED" and len(steps[fast.info.run_id]) == longest >= 3
+    assert by_variant["frozen"].info.status == "KILLED"  # below the fast trial's bar at the first rung
+    # the best trial is the best of the children as MLflow has them, and it learned well above the start
+    best = summary["best_metrics"]["val/dice"]
+    assert summary["best_config"]["variant"]["name"] == "fast"
+    top = max(children, key=lambda r: r.data.metrics["val/dice"])
+    assert top.info.run_id == fast.info.run_id
+    assert top.data.metrics["val/dice"] == pytest.approx(max(m.value for h in history.values() for m in h))
+    assert any(m.value == pytest.approx(best) for m in history[fast.info.run_id])  # Tune's figure is one MLflow has
+    start = _all_foreground_dice(load_sweep(sweep)["base"])
+    assert start < ASHA_DICE_FLOOR / 2, start
+    assert best > ASHA_DICE_FLOOR, (best, start)
+    assert max(r.data.metrics["val/dice"] for r in stopped) < best
+    arts = {a.path for a in client.list_artifacts(fast.info.run_id)}
     assert {"config.yaml", "metrics.json", "learning_curve.png", "overlays", "checkpoints"} <= arts
     parent = client.get_run(summary["parent_run_id"])
-    assert parent.info.status == "FINISHED" and "best/val/dice" in parent.data.metrics
+    assert parent.info.status == "FINISHED" and parent.data.metrics["best/val/dice"] == pytest.approx(best)
     header, rows = compare("t-asha")  # the trials only: the parent's sweep.* params would make every column differ
     assert len(rows) == 4 and "lr" in header and "gamma" in header
     assert not any(h.startswith("sweep.") for h in header) and "preset" not in header
