@@ -15,6 +15,7 @@ rollout and environment, 1 CPU thread per worker:
 
     python benchmarks/scaling.py [--seconds 90] [--size 128] [--lgg] [--json benchmarks/results/scaling.json]
     python benchmarks/scaling.py --asynchrony-repeats 3 --seconds 120     # the asynchrony check alone, repeated
+    python benchmarks/scaling.py --equal-cores-repeats 3 --seconds 60     # one process vs Ray at 2 cores, repeated
 
 The learner reserves no CPU here (``learner_cpus=0``) so that 2 workers x 1 CPU fit 2 cores; its share of the
 machine is reported as ``learner_busy_fraction``.
@@ -147,6 +148,25 @@ def asynchrony(size: int, seconds: float, repeats: int) -> None:
     Path("benchmarks/results/scaling_asynchrony.json").write_text(json.dumps(out, indent=2))
 
 
+def equal_cores(size: int, seconds: float, repeats: int, json_path: str) -> None:
+    """Interleaved (single process with 2 threads, Ray with 2 one-thread workers) pairs: drift of the shared machine
+    hits both sides alike; the ratio of medians is the figure."""
+    import statistics
+
+    pairs = []
+    for _ in range(repeats):
+        local, ray2 = local_run(size, 2, seconds), ray_run(size, 2, seconds)
+        pairs.append({"local2": local, "ray2": ray2, "ratio": ray2["updates_per_s"] / local["updates_per_s"]})
+        print(f"local 2 threads {local['updates_per_s']:.3f} upd/s, Ray 2 workers {ray2['updates_per_s']:.3f}: "
+              f"ratio {pairs[-1]['ratio']:.3f}", flush=True)
+    med = (statistics.median(p["ray2"]["updates_per_s"] for p in pairs)
+           / statistics.median(p["local2"]["updates_per_s"] for p in pairs))
+    print(f"Ray 2 workers / one process with 2 threads, ratio of medians: {med:.3f} (target >= 0.9)")
+    out = {"machine": describe(), "size": size, "seconds": seconds, "pairs": pairs,
+           "median_ray2_over_local2": med, "command": "python benchmarks/scaling.py " + " ".join(sys.argv[1:])}
+    Path(json_path).write_text(json.dumps(out, indent=2))
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--seconds", type=float, default=90)
@@ -159,10 +179,16 @@ def main() -> None:
                          "written to benchmarks/results/scaling_asynchrony.json")
     ap.add_argument("--equal-cores-lgg", action="store_true",
                     help="also compare the single process and Ray at equal cores on tune_configs/lgg_cpu.yaml")
+    ap.add_argument("--equal-cores-repeats", type=int, default=0, metavar="K",
+                    help="only: K interleaved (one process 2 threads, Ray 2 workers) pairs, written to "
+                         "benchmarks/results/scaling_equal_cores.json")
     ap.add_argument("--json", default="benchmarks/results/scaling.json")
     args = ap.parse_args()
     if args.asynchrony_repeats:
         return asynchrony(args.size, args.seconds, args.asynchrony_repeats)
+    if args.equal_cores_repeats:
+        return equal_cores(args.size, args.seconds, args.equal_cores_repeats,
+                           "benchmarks/results/scaling_equal_cores.json")
     runs = {
         "local1": local_run(args.size, 1, args.seconds),
         "local2": local_run(args.size, 2, args.seconds),

@@ -107,9 +107,8 @@ def test_asha_sweep_stops_weak_trials_and_leaves_nested_mlflow_runs(tmp_path: Pa
     longest = max(len(v) for v in steps.values())
     for r in stopped:
         assert len(steps[r.info.run_id]) < longest
-        # the last trial's stop can race the end of the sweep, which then closes its run with its own label
-        assert r.data.tags.get("stopped_by") in ("scheduler", "sweep ended or interrupted"), r.data.tags
-    assert any(r.data.tags.get("stopped_by") == "scheduler" for r in stopped), [r.data.tags for r in stopped]
+        # also the last one, whose stop can race the end of the sweep (the sweep then labels it from Tune's results)
+        assert r.data.tags.get("stopped_by") == "scheduler", r.data.tags
     fast = by_variant["fast"]
     assert fast.info.status == "FINISHED" and len(steps[fast.info.run_id]) == longest >= 3
     assert by_variant["frozen"].info.status == "KILLED"  # below the fast trial's bar at the first rung

@@ -1,7 +1,7 @@
 """Collecting a PA3C rollout: t_max steps of every pixel agent through the environment.
 
 Kept apart from the update (as Stable-Baselines3 keeps ``collect_rollouts`` apart from ``train``): this module only
-acts and records; :mod:`rl_agents.rl_agents.algo.pa3c` turns the record into a loss. The record keeps the autograd graph of the
+acts and records; :mod:`rl_agents.algo.pa3c` turns the record into a loss. The record keeps the autograd graph of the
 per-step log-probabilities and values, so the update needs no second forward pass (a third of the compute on CPU).
 """
 

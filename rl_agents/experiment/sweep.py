@@ -237,5 +237,6 @@ def run_sweep(path: str | Path, resume: bool = False) -> dict[str, Any]:
                "best_metrics": {k: v for k, v in (best.metrics or {}).items() if "/" in k},
                "n_trials": len(results), "n_errors": results.num_errors, "parent_run_id": parent_id,
                "storage": str(storage_dir)}
-    end_sweep_run(exp_id, parent_id, summary["best_metrics"], failed=results.num_errors > 0)
+    clean = {r.metrics.get("trial_id") for r in results if r.error is None and r.metrics}
+    end_sweep_run(exp_id, parent_id, summary["best_metrics"], failed=results.num_errors > 0, ended_cleanly=clean)
     return summary

@@ -245,14 +245,21 @@ def end_run(run_id: str, status: str, stopped_by: str | None = None) -> None:
     client.set_terminated(run_id, status)
 
 
-def end_sweep_run(experiment_id: str, parent_run_id: str, best_metrics: dict[str, Any], failed: bool) -> None:
-    """Close trial runs left RUNNING (their process was stopped from outside), log the best, close the parent."""
+def end_sweep_run(experiment_id: str, parent_run_id: str, best_metrics: dict[str, Any], failed: bool,
+                  ended_cleanly: set[str] = frozenset()) -> None:
+    """Close trial runs left RUNNING, log the best, close the parent.
+
+    A run can be left RUNNING two ways: its trial was stopped by the scheduler and the sweep ended before the trial's
+    thread tagged it (``trial_id`` in ``ended_cleanly``: Tune reports it ended without error), or its process was
+    stopped from outside (an interrupted sweep).
+    """
     import mlflow
 
     client = _client()
     for r in client.search_runs([experiment_id], f"tags.mlflow.parentRunId = '{parent_run_id}'"):
         if r.info.status == "RUNNING":
-            end_run(r.info.run_id, "KILLED", "sweep ended or interrupted")
+            by = "scheduler" if r.data.tags.get("trial_id") in ended_cleanly else "sweep ended or interrupted"
+            end_run(r.info.run_id, "KILLED", by)
     client.log_batch(parent_run_id, metrics=[mlflow.entities.Metric(f"best/{k}", float(v), 0, 0)
                                              for k, v in best_metrics.items() if isinstance(v, (int, float))])
     client.set_terminated(parent_run_id, "FAILED" if failed else "FINISHED")
