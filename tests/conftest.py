@@ -128,3 +128,25 @@ def assert_patient_split(train: set, val: set, test: set, patients: set, fractio
         if frac > 0:
             assert len(part) >= 1
     assert abs(len(val) - fractions[1] * n) <= 1 and abs(len(test) - fractions[2] * n) <= 1, (len(val), len(test), n)
+
+
+def interrupt_after_checkpoint(cmd: list[str], out: Path, cwd: Path, wait_s: float = 300,
+                               exit_s: float = 180) -> tuple[int, str]:
+    """Run a training command, send Ctrl-C (SIGINT) once ``out/checkpoints/last.pt`` exists; (exit code, output)."""
+    import signal
+    import subprocess
+    import time
+
+    proc = subprocess.Popen(cmd, cwd=cwd, env={**os.environ, "RAY_ADDRESS": ""}, stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True)
+    try:
+        deadline = time.time() + wait_s
+        while not (out / "checkpoints" / "last.pt").exists() and time.time() < deadline and proc.poll() is None:
+            time.sleep(0.5)
+        assert (out / "checkpoints" / "last.pt").exists(), "no checkpoint before the deadline"
+        proc.send_signal(signal.SIGINT)
+        stdout, _ = proc.communicate(timeout=exit_s)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    return proc.returncode, stdout

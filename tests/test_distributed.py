@@ -106,30 +106,16 @@ def test_hogwild_peer_updates_the_shared_model():
 
 
 def test_ctrl_c_stops_a_ray_run_with_a_checkpoint(tmp_path: Path):
-    import os
-    import signal
-    import subprocess
     import sys
-    import time
 
     from rl_agents.experiment.checkpoint import read_checkpoint
+    from tests.conftest import interrupt_after_checkpoint
 
     out = tmp_path / "run"
-    proc = subprocess.Popen(
+    code, stdout = interrupt_after_checkpoint(
         [sys.executable, "train.py", "--config", "tune_configs/smoke.yaml", "--set", "epochs=500",
-         "--set", "checkpoint_every=4", "--output-dir", str(out), "--quiet"],
-        cwd=ROOT, env={**os.environ, "RAY_ADDRESS": ""}, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    try:
-        deadline = time.time() + 300
-        while not (out / "checkpoints" / "last.pt").exists() and time.time() < deadline and proc.poll() is None:
-            time.sleep(1)
-        assert (out / "checkpoints" / "last.pt").exists(), "no checkpoint before the deadline"
-        proc.send_signal(signal.SIGINT)
-        stdout, _ = proc.communicate(timeout=180)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-    assert proc.returncode == 130, stdout[-3000:]
+         "--set", "checkpoint_every=4", "--output-dir", str(out), "--quiet"], out, ROOT)
+    assert code == 130, stdout[-3000:]
     assert "interrupted" in stdout
     ckpt = read_checkpoint(out / "checkpoints" / "last.pt")
     assert ckpt.run["update"] >= 4 and ckpt.agent["optimizer"] is not None and ckpt.engine == "ray"

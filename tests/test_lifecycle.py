@@ -7,10 +7,8 @@ learner and used-up worker restarts end a Ray run with a clear error. Ray runs o
 
 from __future__ import annotations
 
-import json
 import os
 import re
-import signal
 import subprocess
 import sys
 import time
@@ -26,6 +24,7 @@ from rl_agents.experiment.checkpoint import (CheckpointError, make_payload, prev
                                              write_checkpoint)
 from rl_agents.experiment.evaluate import evaluate_checkpoint, load_model
 from rl_agents.experiment.lifecycle import train
+from tests.conftest import interrupt_after_checkpoint
 
 ROOT = Path(__file__).resolve().parents[1]
 SMOKE = ROOT / "tune_configs" / "smoke.yaml"
@@ -191,21 +190,11 @@ def test_the_unet_learns_the_easy_synthetic_task(tmp_path: Path):
 
 def test_ctrl_c_stops_a_unet_run_with_a_checkpoint(tmp_path: Path):
     out = tmp_path / "run"
-    proc = subprocess.Popen(
+    code, stdout = interrupt_after_checkpoint(
         [sys.executable, "train.py", "--config", str(SMOKE), "--set", "model=unet", "--set", "num_workers=0",
          "--set", "epochs=100000", "--set", "checkpoint_every=2", "--set", "mlflow=false", "--output-dir", str(out)],
-        cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    try:
-        deadline = time.time() + 240
-        while not (out / "checkpoints" / "last.pt").exists() and time.time() < deadline and proc.poll() is None:
-            time.sleep(0.5)
-        assert (out / "checkpoints" / "last.pt").exists(), "no checkpoint before the deadline"
-        proc.send_signal(signal.SIGINT)
-        stdout, _ = proc.communicate(timeout=120)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-    assert proc.returncode == 130, stdout[-3000:]
+        out, ROOT, wait_s=240, exit_s=120)
+    assert code == 130, stdout[-3000:]
     assert "stopped with a checkpoint" in stdout
     ck = read_checkpoint(out / "checkpoints" / "last.pt")
     assert ck.kind == "unet" and ck.run["update"] >= 2 and ck.agent["optimizer"] is not None

@@ -8,7 +8,7 @@ import pytest
 import torch
 import yaml
 
-from rl_agents.experiment.checkpoint import previous_path, read_checkpoint
+from rl_agents.experiment.checkpoint import read_checkpoint
 from rl_agents.cli import main
 from rl_agents.config import load_config
 from rl_agents.experiment.evaluate import evaluate_checkpoint

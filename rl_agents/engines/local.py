@@ -60,7 +60,61 @@ class DoneEval:
         return self._snapshot
 
 
-class LocalEngine:
+class InProcessEngine:
+    """What the engines that train in this process share: progress read off ``self.agent``, stop, state."""
+
+    stopped = False
+
+    def _prepare(self):
+        """Threads, seed, device and the data (all splits read here: one process trains on all of it)."""
+        cfg = self.cfg
+        if cfg.threads:
+            torch.set_num_threads(cfg.threads)
+        torch.manual_seed(cfg.seed)
+        self.device = pick_device(cfg.device)
+        splits = load_splits(cfg.data)
+        if len(splits.train) == 0:
+            raise ValueError("the training split is empty; check data.split, data.k_shot and data.drop_empty")
+        return splits.train, splits.val
+
+    @property
+    def update(self) -> int:
+        return self.agent.update
+
+    @property
+    def total_updates(self) -> int:
+        return self.agent.total_updates
+
+    @property
+    def finished(self) -> bool:
+        return self.stopped or self.agent.update >= self.agent.total_updates
+
+    def stop(self) -> None:
+        self.stopped = True
+
+    def close(self) -> None:
+        pass
+
+    def agent_state(self) -> dict[str, Any]:
+        return self.agent.state_dict()
+
+    def report_line(self, last_eval: dict) -> str | None:
+        return None  # the lifecycle prints a line per validation pass; one process has nothing more to say
+
+    def evaluate_state(self, state: dict[str, Any]) -> dict[str, float]:
+        """Score ``state`` on the whole validation split, then put the live weights back."""
+        live = self.agent.state_dict()
+        self.agent.load_state_dict(state, weights_only=True)
+        try:
+            return self._evaluate(None)
+        finally:
+            self.agent.load_state_dict(live, weights_only=True)
+
+    def start_eval(self, max_images: int | None) -> DoneEval:
+        return DoneEval({"update": self.agent.update, **self._evaluate(max_images)}, self.agent.state_dict())
+
+
+class LocalEngine(InProcessEngine):
     """PA3C in one process. One step = one rollout of ``batch_size`` images and one update."""
 
     name = "local"
@@ -68,19 +122,11 @@ class LocalEngine:
     def __init__(self, cfg: TrainConfig, quiet: bool = False):
         self.cfg = cfg
         self.quiet = quiet
-        self.stopped = False
         self.pixel_agent_steps = 0
 
     def setup(self, resume=None) -> dict[str, Any]:
         cfg = self.cfg
-        if cfg.threads:
-            torch.set_num_threads(cfg.threads)
-        torch.manual_seed(cfg.seed)
-        self.device = pick_device(cfg.device)
-        splits = load_splits(cfg.data)
-        self.train_set, self.val_set = splits.train, splits.val
-        if len(self.train_set) == 0:
-            raise ValueError("the training split is empty; check data.split, data.k_shot and data.drop_empty")
+        self.train_set, self.val_set = self._prepare()
         in_channels = self.train_set.images.shape[1]
         self.env = make_train_env(cfg, self.train_set.images, self.train_set.masks, cfg.seed)
         self.agent = PA3CAgent(cfg, in_channels, len(self.train_set), self.device)
@@ -112,53 +158,18 @@ class LocalEngine:
             self.env.reset(seed=s)
             self.gen.manual_seed(s)
 
-    # progress ------------------------------------------------------------------------------------------------
-    @property
-    def update(self) -> int:
-        return self.agent.update
-
-    @property
-    def total_updates(self) -> int:
-        return self.agent.total_updates
-
-    @property
-    def finished(self) -> bool:
-        return self.stopped or self.agent.update >= self.agent.total_updates
-
     def step(self) -> dict[str, float]:
         grads, stats = self.agent.compute_gradients(self.env, self.gen)
         self.pixel_agent_steps += int(stats.pop("pixel_agent_steps"))
         return {**stats, **self.agent.apply_gradients(grads)}
 
-    def stop(self) -> None:
-        self.stopped = True
-
-    def close(self) -> None:
-        pass
-
-    # evaluation and state ------------------------------------------------------------------------------------
-    def start_eval(self, max_images: int | None) -> DoneEval:
-        m = evaluate_arrays(self.agent.model, self.val_set, self.cfg, self.device, max_images)
-        return DoneEval({"update": self.agent.update, **m}, self.agent.state_dict())
-
-    def evaluate_state(self, state: dict[str, Any]) -> dict[str, float]:
-        live = self.agent.state_dict()
-        self.agent.load_state_dict(state, weights_only=True)
-        try:
-            return evaluate_arrays(self.agent.model, self.val_set, self.cfg, self.device, None)
-        finally:
-            self.agent.load_state_dict(live, weights_only=True)
-
-    def agent_state(self) -> dict[str, Any]:
-        return self.agent.state_dict()
+    def _evaluate(self, max_images: int | None) -> dict[str, float]:
+        return evaluate_arrays(self.agent.model, self.val_set, self.cfg, self.device, max_images)
 
     def rng_state(self) -> dict[str, Any]:
         import json
 
         return {"env": json.dumps(self.env.np_random.bit_generator.state), "torch": self.gen.get_state()}
-
-    def report_line(self, last_eval: dict) -> str | None:
-        return None  # the lifecycle prints a line per validation pass; one process has nothing more to say
 
     def perf(self, wall: float) -> dict[str, float]:
         cfg = self.cfg

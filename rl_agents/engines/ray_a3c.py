@@ -445,8 +445,6 @@ class RayA3CEngine:
                 "The last checkpoint (checkpoints/last.pt) is intact: continue with --resume") from cause
 
     def stop(self) -> None:
-        import ray
-
         if not self.stopped:
             self.stopped = True
             self._get(self.learner.stop.remote())
@@ -465,21 +463,15 @@ class RayA3CEngine:
                        self.info["in_channels"], self.n_actions)
 
     def evaluate_state(self, state: dict[str, Any]) -> dict[str, float]:
-        import ray
-
         return self._get(self.evaluator.evaluate_state.remote(state))
 
     def agent_state(self) -> dict[str, Any]:
-        import ray
-
         return self._get(self.learner.state_dict.remote())
 
     def rng_state(self) -> dict[str, Any]:
         return {}  # one RNG per worker; a resumed run reseeds them from (seed, worker, update)
 
     def report_line(self, last_eval: dict) -> str:
-        import ray
-
         stats = self._get(self.learner.stats.remote())
         if self.on_report is not None:
             self.on_report({"stats": stats, "workers": self.workers, "restarts": self.restarts,
@@ -493,8 +485,6 @@ class RayA3CEngine:
                 f"val dice {last_eval.get('val/dice', float('nan')):.3f}  per worker [{per}]")
 
     def perf(self, wall: float) -> dict[str, Any]:
-        import ray
-
         s = self._get(self.learner.stats.remote())
         lw = max(s["wall_s"], 1e-9)
         run_wall = max(time.perf_counter() - self.t0, 1e-9)

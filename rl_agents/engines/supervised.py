@@ -13,13 +13,12 @@ from typing import Any
 import numpy as np
 import torch
 
-from pixelrl_env.dataset import load_splits
 from pixelrl_env.metrics import compute_all
 
 from rl_agents.algo.agent import cpu_state, planned_updates
 from rl_agents.algo.model import count_parameters
 from rl_agents.config import TrainConfig
-from rl_agents.engines.local import DoneEval, pick_device
+from rl_agents.engines.local import InProcessEngine
 
 
 def build_unet(in_channels: int) -> torch.nn.Module:
@@ -78,27 +77,20 @@ def evaluate_unet(model, images: np.ndarray, masks: np.ndarray, device) -> dict[
     return {k: float(np.mean(v)) for k, v in compute_all(np.concatenate(preds), masks).items()}
 
 
-class SupervisedEngine:
+class SupervisedEngine(InProcessEngine):
     """One step = one minibatch of ``batch_size`` slices drawn without replacement, one Adam step."""
 
     name = "supervised"
 
     def __init__(self, cfg: TrainConfig, quiet: bool = False):
-        self.cfg, self.quiet, self.stopped = cfg, quiet, False
+        self.cfg, self.quiet = cfg, quiet
         self.pixel_agent_steps = 0  # no pixel agents; kept so every engine reports the same keys
 
     def setup(self, resume=None) -> dict[str, Any]:
         from monai.losses import DiceCELoss
 
         cfg = self.cfg
-        if cfg.threads:
-            torch.set_num_threads(cfg.threads)
-        torch.manual_seed(cfg.seed)
-        self.device = pick_device(cfg.device)
-        splits = load_splits(cfg.data)
-        self.tr, self.va = splits.train, splits.val
-        if len(self.tr) == 0:
-            raise ValueError("the training split is empty; check data.split, data.k_shot and data.drop_empty")
+        self.tr, self.va = self._prepare()
         self.agent = UNetAgent(cfg, self.tr.images.shape[1], len(self.tr), self.device)
         self.loss_fn = DiceCELoss(sigmoid=True)
         self.rng = np.random.default_rng(cfg.seed)
@@ -115,18 +107,6 @@ class SupervisedEngine:
                 "banner": f"U-Net baseline: {n_params:,} parameters; {len(self.tr)} train / {len(self.va)} val "
                           f"slices; device {self.device}; {self.agent.total_updates} updates planned"}
 
-    @property
-    def update(self) -> int:
-        return self.agent.update
-
-    @property
-    def total_updates(self) -> int:
-        return self.agent.total_updates
-
-    @property
-    def finished(self) -> bool:
-        return self.stopped or self.agent.update >= self.agent.total_updates
-
     def step(self) -> dict[str, float]:
         idx = torch.as_tensor(self.rng.choice(len(self.tr), size=min(self.cfg.batch_size, len(self.tr)),
                                               replace=False))
@@ -137,33 +117,12 @@ class SupervisedEngine:
         norm = self.agent.apply_gradients()
         return {"losses/supervised": float(loss.detach()), "charts/grad_norm": norm}
 
-    def stop(self) -> None:
-        self.stopped = True
-
-    def close(self) -> None:
-        pass
-
-    def start_eval(self, max_images: int | None) -> DoneEval:
+    def _evaluate(self, max_images: int | None) -> dict[str, float]:
         # the whole validation split every time (one forward pass per slice: cheap), as before this engine existed
-        m = evaluate_unet(self.agent.model, self.va.images, self.va.masks, self.device)
-        return DoneEval({"update": self.agent.update, **m}, self.agent.state_dict())
-
-    def evaluate_state(self, state: dict[str, Any]) -> dict[str, float]:
-        live = self.agent.state_dict()
-        self.agent.load_state_dict(state, weights_only=True)
-        try:
-            return evaluate_unet(self.agent.model, self.va.images, self.va.masks, self.device)
-        finally:
-            self.agent.load_state_dict(live, weights_only=True)
-
-    def agent_state(self) -> dict[str, Any]:
-        return self.agent.state_dict()
+        return evaluate_unet(self.agent.model, self.va.images, self.va.masks, self.device)
 
     def rng_state(self) -> dict[str, Any]:
         return {"numpy": json.dumps(self.rng.bit_generator.state)}
-
-    def report_line(self, last_eval: dict) -> str | None:
-        return None
 
     def perf(self, wall: float) -> dict[str, float]:
         return {"perf/updates_per_s": self.agent.update / max(wall, 1e-9)}

@@ -23,7 +23,7 @@ from pixelrl_env.metrics import ALL_METRICS, compute_all
 from pixelrl_env.sources import iter_source
 
 from rl_agents.experiment.checkpoint import read_checkpoint
-from rl_agents.config import TrainConfig, config_from_dict
+from rl_agents.config import TrainConfig
 from rl_agents.algo.inference import segment
 
 SPLITS = ("train", "val", "test", "all")
