@@ -79,7 +79,7 @@ def local_run(size: int, threads: int, seconds: float, cfg=None) -> dict:
     import torch
 
     from rl_agents.engines.local import LocalEngine
-    from rl_agents.experiment.lifecycle import Run
+    from rl_agents.experiment.lifecycle import train
 
     cfg = replace(cfg or _cfg(size), num_workers=0, threads=threads, max_minutes=seconds / 60)
     size = cfg.data.size
@@ -91,7 +91,7 @@ def local_run(size: int, threads: int, seconds: float, cfg=None) -> dict:
             times.append(time.perf_counter())
             return out
 
-    Run(cfg, ROOT / "runs" / f"scaling_local{threads}", Timed(cfg, quiet=True), quiet=True).execute()
+    train(cfg, ROOT / "runs" / f"scaling_local{threads}", quiet=True, engine=Timed(cfg, quiet=True))
     dt = times[-1] - times[0]
     rate = (len(times) - 1) / dt
     return {"system": "local", "threads": threads, "interop_threads": torch.get_num_interop_threads(),

@@ -89,6 +89,7 @@ class HogwildEngine:
             raise ValueError("the training split is empty; check data.split, data.k_shot and data.drop_empty")
         self.val = load_part(cfg.data, "val") if desc["n_val"] else None
         self.agent = PA3CAgent(cfg, desc["in_channels"], desc["n_train"], optimizer=False)
+        self.judge = PA3CAgent(cfg, desc["in_channels"], desc["n_train"], optimizer=False)  # scores snapshots
         start = 0
         if resume is not None:
             self.agent.load_state_dict(resume.agent, weights_only=True)
@@ -163,16 +164,15 @@ class HogwildEngine:
         from rl_agents.engines.local import DoneEval
 
         snap = self._snapshot()
-        return DoneEval({"update": snap["update"], **self._evaluate(snap, max_images)}, snap)
+        return DoneEval({"update": snap["update"], **self._evaluate(snap, max_images)}, lambda: snap)
 
     def _evaluate(self, state: dict, max_images: int | None) -> dict:
         from rl_agents.engines.local import evaluate_arrays
 
         if self.val is None:
             return {}
-        judge = PA3CAgent(self.cfg, self.agent.in_channels, 1, optimizer=False)
-        judge.load_state_dict(state, weights_only=True)
-        return evaluate_arrays(judge.model, self.val, self.cfg, torch.device("cpu"), max_images)
+        self.judge.load_state_dict(state, weights_only=True)
+        return evaluate_arrays(self.judge.model, self.val, self.cfg, torch.device("cpu"), max_images)
 
     def evaluate_state(self, state: dict) -> dict:
         return self._evaluate(state, None)

@@ -7,8 +7,9 @@ resuming it here reseeds both from ``(seed, update)`` and says so.
 
 from __future__ import annotations
 
+import json
 import logging
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 import torch
@@ -48,16 +49,17 @@ def reseed(seed: int, update: int) -> int:
 
 
 class DoneEval:
-    """An evaluation computed on the spot (the synchronous engines' kind of evaluation job)."""
+    """An evaluation computed on the spot (the synchronous engines' kind of evaluation job).
 
-    def __init__(self, metrics: dict[str, Any], snapshot: dict[str, Any]):
-        self._metrics, self._snapshot = metrics, snapshot
+    ``snapshot`` is called only when the lifecycle keeps the result as the new best, right after ``start_eval`` and
+    before the next step, so the agent has not moved: no copy of the weights and optimiser per evaluation.
+    """
+
+    def __init__(self, metrics: dict[str, Any], snapshot: Callable[[], dict[str, Any]]):
+        self._metrics, self.snapshot = metrics, snapshot
 
     def result(self, block: bool) -> dict[str, Any]:
         return dict(self._metrics)
-
-    def snapshot(self) -> dict[str, Any]:
-        return self._snapshot
 
 
 class InProcessEngine:
@@ -111,7 +113,7 @@ class InProcessEngine:
             self.agent.load_state_dict(live, weights_only=True)
 
     def start_eval(self, max_images: int | None) -> DoneEval:
-        return DoneEval({"update": self.agent.update, **self._evaluate(max_images)}, self.agent.state_dict())
+        return DoneEval({"update": self.agent.update, **self._evaluate(max_images)}, self.agent.state_dict)
 
 
 class LocalEngine(InProcessEngine):
@@ -147,8 +149,6 @@ class LocalEngine(InProcessEngine):
         self.agent.load_state_dict(ckpt.agent)
         self.pixel_agent_steps = int(ckpt.run.get("pixel_agent_steps", 0))
         if "env" in ckpt.rng and "torch" in ckpt.rng:
-            import json
-
             self.env.np_random.bit_generator.state = json.loads(ckpt.rng["env"])
             self.gen.set_state(ckpt.rng["torch"])
         else:
@@ -167,8 +167,6 @@ class LocalEngine(InProcessEngine):
         return evaluate_arrays(self.agent.model, self.val_set, self.cfg, self.device, max_images)
 
     def rng_state(self) -> dict[str, Any]:
-        import json
-
         return {"env": json.dumps(self.env.np_random.bit_generator.state), "torch": self.gen.get_state()}
 
     def perf(self, wall: float) -> dict[str, float]:

@@ -518,10 +518,7 @@ class RayA3CEngine:
 def train_distributed(cfg: TrainConfig, output_dir: str | Path, resume: bool = False, quiet: bool = False,
                       on_report=None, on_eval=None, worker_cls=None) -> dict[str, Any]:
     """Ray A3C through the shared run lifecycle, without MLflow, with test and benchmark hooks."""
-    from rl_agents.experiment.lifecycle import Run
+    from rl_agents.experiment.lifecycle import train
 
     engine = RayA3CEngine(cfg, quiet=quiet, on_report=on_report, worker_cls=worker_cls)
-    try:
-        return Run(cfg, output_dir, engine, quiet=quiet, on_eval=on_eval).execute(resume)
-    finally:
-        engine.close()
+    return train(cfg, output_dir, resume=resume, quiet=quiet, on_eval=on_eval, engine=engine)

@@ -1,7 +1,7 @@
 """The checkpoint format: one writer (:func:`write_checkpoint`), one reader (:func:`read_checkpoint`), versioned.
 
 A checkpoint is a dict of tensors and plain types only, so that it loads with ``torch.load(weights_only=True)``: a
-crafted file whose pickle would call a function is refused, never run (``weights_only=False`` executes any
+crafted file whose pickle would call a function is refused, never run (unrestricted unpickling executes any
 ``__reduce__`` payload). The config, the run's history and NumPy RNG states are stored as JSON strings for the same
 reason. Layout (``version`` 2)::
 

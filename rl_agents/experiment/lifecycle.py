@@ -247,9 +247,10 @@ class Run:
 
 
 def train(cfg: TrainConfig, output_dir: str | Path, resume: bool = False, quiet: bool = False,
-          on_eval: Callable[[dict], None] | None = None) -> dict[str, Any]:
-    """Train as ``cfg`` says with the engine it asks for; returns the final metrics (no MLflow: tests, benchmarks)."""
-    engine = make_engine(cfg, quiet=quiet)
+          on_eval: Callable[[dict], None] | None = None, engine=None) -> dict[str, Any]:
+    """Train as ``cfg`` says with the engine it asks for (or ``engine``, one built with test or benchmark hooks);
+    returns the final metrics (no MLflow: tests, benchmarks)."""
+    engine = engine or make_engine(cfg, quiet=quiet)
     try:
         return Run(cfg, output_dir, engine, quiet=quiet, on_eval=on_eval).execute(resume)
     finally:
