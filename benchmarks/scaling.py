@@ -50,19 +50,28 @@ def _cfg(size: int, **kw):
     return replace(cfg, **kw)
 
 
-def ray_run(size: int, n: int, seconds: float, slowdown=None, cfg=None) -> dict:
-    cfg = replace(cfg or _cfg(size), num_workers=n, max_minutes=seconds / 60, worker_slowdown=slowdown)
+def ray_run(size: int, n: int, seconds: float, slowdown=None, cfg=None, overrides: dict | None = None,
+            out_dir: Path | None = None) -> dict:
+    """``n`` Ray workers for ``seconds``; a local 2-CPU Ray unless one is already running (the GPU suite's)."""
+    cfg = replace(cfg or _cfg(size), num_workers=n, max_minutes=seconds / 60, worker_slowdown=slowdown,
+                  **(overrides or {}))
     size = cfg.data.size
     px_per_update = cfg.batch_size * cfg.t_max * size * size
     samples = []
-    ray.init(num_cpus=2, include_dashboard=False, _node_ip_address="127.0.0.1", log_to_driver=False)
+    started = not ray.is_initialized()
+    if started:
+        ray.init(num_cpus=2, include_dashboard=False, _node_ip_address="127.0.0.1", log_to_driver=False)
     try:
-        m = train_distributed(cfg, ROOT / "runs" / f"scaling_ray{n}", quiet=True,
+        m = train_distributed(cfg, (out_dir or ROOT / "runs") / f"scaling_ray{n}", quiet=True,
                               on_report=lambda st: samples.append(
                                   (time.perf_counter(), st["stats"]["update"], dict(st["stats"]["per_worker_updates"]))))
     finally:
-        ray.shutdown()
-    start = next(i for i, s in enumerate(samples) if len(s[2]) == n)
+        if started:
+            ray.shutdown()
+    start = next((i for i, s in enumerate(samples) if len(s[2]) == n), len(samples))
+    if start >= len(samples) - 1:
+        raise RuntimeError(f"no steady-state window: not all {n} workers had pushed a gradient before the last "
+                           f"report of a {seconds:.0f} s run ({len(samples)} reports)")
     (t0, u0, w0), (t1, u1, w1) = samples[start], samples[-1]
     dt = t1 - t0
     return {
@@ -70,7 +79,7 @@ def ray_run(size: int, n: int, seconds: float, slowdown=None, cfg=None) -> dict:
         "updates_per_s": (u1 - u0) / dt, "pixel_agent_steps_per_s": (u1 - u0) * px_per_update / dt,
         "per_worker_updates_per_s": [(w1.get(i, 0) - w0.get(i, 0)) / dt for i in range(n)],
         "staleness_mean": m["perf/staleness_mean"], "staleness_max": m["perf/staleness_max"],
-        "learner_busy_fraction": m["perf/learner_busy_fraction"],
+        "learner_busy_fraction": m["perf/learner_busy_fraction"], "learner_device": m.get("learner_device"),
     }
 
 

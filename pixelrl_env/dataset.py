@@ -4,7 +4,8 @@ channel choice and per-image normalisation.
 Order of operations (each deterministic given ``DataConfig.seed``):
 
 1. read every sample of the source (bad files raise, or are skipped and counted with ``skip_bad``);
-2. split the *groups* (patients) 70/10/20 by default: a patient's slices all land in one split;
+2. split the *groups* (patients) 70/10/20 by default, or by patient-level k-fold cross-validation (``folds``, see
+   :mod:`pixelrl_env.folds`): a patient's slices all land in one split;
 3. choose channels, resize (images bilinear with antialiasing, masks by thresholding a bilinear resize at 0.5),
    and normalise each image per channel;
 4. per split, drop slices without foreground at the working resolution if ``drop_empty`` (the paper's protocol);
@@ -25,6 +26,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from .folds import kfold_groups
 from .io import BadFiles, DataError, image_header, read_mask, read_pair
 from .sources import FORMATS, Sample, folder_pairs, group_of, iter_source, lgg_pairs
 
@@ -36,17 +38,25 @@ SPLITS = ("train", "val", "test")
 class DataConfig:
     """Where the data comes from and how it is prepared. All fields can be set from YAML or ``--set data.x=y``."""
 
-    format: str = "synthetic"  # lgg | folder | parquet | synthetic
+    format: str = "synthetic"  # lgg | folder | parquet | synthetic | nifti
     path: str | None = None  # folder, or Parquet path/URI; unused for synthetic
     size: int | None = 128  # square side after resizing; None keeps the native size (needs equal sizes)
     channels: list[int] | None = None  # channel indices to keep, e.g. [1] = FLAIR of LGG; None = all
-    normalize: str = "minmax"  # minmax (1st-99th percentile to [0, 1]) | zscore | none (divide by the dtype max)
+    # per image and channel: minmax (1st-99th percentile to [0, 1]) | zscore | none (integer images divided by their
+    # dtype max, 255 or 65535; float images, i.e. NIfTI, kept as stored)
+    normalize: str = "minmax"
     drop_empty: bool = True  # drop slices without foreground, as the paper does
     split: tuple[float, float, float] = (0.7, 0.1, 0.2)  # train/val/test fractions of groups
     seed: int = 0
+    # patient-level k-fold cross-validation: k folds of groups, fold `fold` is the test set, validation groups are
+    # split[1] / (split[0] + split[1]) of the rest (split[2] unused); null = the train/val/test split above
+    folds: int | None = None
+    fold: int = 0  # which fold (0..folds-1) is the test set
     k_shot: int | None = None  # keep only k training slices (50, 100 in the paper's low-resource study)
     skip_bad: bool = False
     group_pattern: str | None = None  # folder format: regex on the file stem giving the patient id
+    slice_axis: int = -1  # nifti: the volume axis cut into 2-D slices (-1 = last, the axial axis of MSD volumes)
+    label_value: int | None = None  # nifti: foreground = label == this value; null = any label > 0
     synthetic: dict = field(
         default_factory=lambda: {"n_patients": 20, "slices_per_patient": 8, "size": 128, "difficulty": "easy"}
     )
@@ -62,6 +72,28 @@ class DataConfig:
             raise DataError(f"data.size must be >= 8 or null, got {self.size}")
         if self.k_shot is not None and self.k_shot < 1:
             raise DataError(f"data.k_shot must be >= 1 or null, got {self.k_shot}")
+        if isinstance(self.slice_axis, bool) or not isinstance(self.slice_axis, int) or not -3 <= self.slice_axis <= 2:
+            raise DataError(
+                f"data.slice_axis must be -3..2 (an axis of a 3-D volume, -1 = last), got {self.slice_axis!r}"
+            )
+        if self.label_value is not None and (
+            isinstance(self.label_value, bool) or not isinstance(self.label_value, int) or self.label_value < 1
+        ):
+            raise DataError(
+                f"data.label_value must be a label >= 1 (0 is background) or null, got {self.label_value!r}"
+            )
+        if self.folds is None:
+            if self.fold != 0:
+                raise DataError(f"data.fold={self.fold} needs data.folds (k of k-fold cross-validation); it is null")
+        else:
+            if isinstance(self.folds, bool) or not isinstance(self.folds, int) or self.folds < 2:
+                raise DataError(f"data.folds must be an integer >= 2 or null, got {self.folds!r}")
+            if isinstance(self.fold, bool) or not isinstance(self.fold, int) or not 0 <= self.fold < self.folds:
+                raise DataError(
+                    f"data.fold must be in 0..{self.folds - 1} for data.folds={self.folds}, got {self.fold!r}"
+                )
+            if self.split[0] + self.split[1] <= 0:
+                raise DataError(f"data.folds needs data.split[0] + data.split[1] > 0 (train and val), got {self.split}")
 
 
 @dataclass
@@ -129,12 +161,22 @@ def split_groups(groups: Sequence[str], fractions: Sequence[float], seed: int) -
     )
 
 
+def config_split(groups: Sequence[str], cfg: DataConfig) -> tuple[set, set, set]:
+    """``(train, val, test)`` group sets under ``cfg``: k-fold (:func:`pixelrl_env.folds.kfold_groups`) when
+    ``cfg.folds`` is set, else :func:`split_groups` by ``cfg.split``. Every reader of a split goes through here."""
+    if cfg.folds is None:
+        return split_groups(groups, cfg.split, cfg.seed)
+    val_fraction = cfg.split[1] / (cfg.split[0] + cfg.split[1])
+    return kfold_groups(groups, cfg.folds, cfg.fold, cfg.seed, val_fraction)
+
+
 def _resize_channel(ch: np.ndarray, size: int) -> np.ndarray:
     return np.asarray(Image.fromarray(np.ascontiguousarray(ch, dtype=np.float32)).resize((size, size), Image.BILINEAR))
 
 
 def normalize_image(image: np.ndarray, method: str, dtype_max: float) -> np.ndarray:
-    """Normalise ``(H, W, C)`` per channel. ``minmax`` maps the 1st..99th percentile to [0, 1] and clips."""
+    """Normalise ``(H, W, C)`` per channel. ``minmax`` maps the 1st..99th percentile to [0, 1] and clips; ``none``
+    divides by ``dtype_max`` (1 for float images, whose values have no fixed range)."""
     if method == "none":
         return image / dtype_max
     flat = image.reshape(-1, image.shape[-1])
@@ -153,7 +195,9 @@ def prepare_image(image: np.ndarray, cfg: DataConfig, source: str = "image") -> 
         if max(cfg.channels) >= img.shape[2] or min(cfg.channels) < 0:
             raise DataError(f"data.channels {cfg.channels} out of range for {source}, which has {img.shape[2]} channel(s)")
         img = img[..., list(cfg.channels)]
-    dtype_max = 65535.0 if img.dtype == np.uint16 else 255.0
+    # integer images span their dtype; float images (NIfTI intensities, possibly negative) have no such range, so
+    # `normalize: none` leaves them as stored rather than dividing by an arbitrary 255
+    dtype_max = 1.0 if img.dtype.kind == "f" else 65535.0 if img.dtype == np.uint16 else 255.0
     img_f = img.astype(np.float32)
     if cfg.size is not None and img_f.shape[:2] != (cfg.size, cfg.size):
         img_f = np.stack([_resize_channel(img_f[..., c], cfg.size) for c in range(img_f.shape[2])], axis=-1)
@@ -208,7 +252,7 @@ def _select(a: ArraySet, idx: np.ndarray) -> ArraySet:
 
 def _split_names(groups: Sequence[str], cfg: DataConfig) -> np.ndarray:
     """The split ("train" | "val" | "test") of each row, from its group."""
-    tr, va, _ = split_groups(groups, cfg.split, cfg.seed)
+    tr, va, _ = config_split(groups, cfg)
     return np.array(["train" if g in tr else "val" if g in va else "test" for g in groups], dtype=object)
 
 
@@ -229,13 +273,24 @@ def _synthetic_args(cfg: DataConfig) -> dict:
     return synth
 
 
+def iter_samples(cfg: DataConfig, bad: BadFiles | None = None):
+    """Every sample of ``cfg``'s source in read order, with the source options of ``cfg`` (pattern, NIfTI axis...)."""
+    return iter_source(
+        cfg.format,
+        cfg.path,
+        bad=bad,
+        group_pattern=cfg.group_pattern,
+        synthetic=_synthetic_args(cfg),
+        slice_axis=cfg.slice_axis,
+        label_value=cfg.label_value,
+    )
+
+
 def load_splits(cfg: DataConfig) -> Splits:
     """Read, split by group, filter and prepare the data set described by ``cfg``."""
     cfg.validate()
     bad = BadFiles(skip_bad=cfg.skip_bad)
-    samples = list(
-        iter_source(cfg.format, cfg.path, bad=bad, group_pattern=cfg.group_pattern, synthetic=_synthetic_args(cfg))
-    )
+    samples = list(iter_samples(cfg, bad))
     if not samples:
         raise DataError(f"no readable samples in {cfg.path or cfg.format} ({len(bad)} bad files skipped)")
     which = _split_names([s.group for s in samples], cfg)
@@ -332,7 +387,106 @@ class _SampleRows:
         pass
 
 
-def _open_rows(cfg: DataConfig, stats: dict):
+class _VolumeRows:
+    """nifti rows, one per slice, listed from the volume headers (no voxels read).
+
+    A volume's labels are decompressed when one of its masks is asked (drop_empty), its image only when one of its
+    slices is in this part; the last volume read stays cached, as rows are visited in volume order. A volume found bad
+    under ``skip_bad`` loses all its rows and is counted once, as :func:`pixelrl_env.sources.iter_nifti` counts it.
+    ``stats`` counts the (compressed) size of each file read, header-only reads as opened but not as bytes.
+    """
+
+    def __init__(self, cfg: DataConfig, stats: dict, bad: BadFiles):
+        from .sources import check_label_value, nifti_header, nifti_pairs, nifti_source, slice_axis_index
+
+        self.stats, self._label_value = stats, cfg.label_value
+        self._axis = slice_axis_index(cfg.slice_axis, cfg.path)
+        pairs = nifti_pairs(cfg.path)
+        if cfg.label_value is not None:
+            n = check_label_value(pairs, cfg.label_value, cfg.path)
+            stats["files_opened"] += n
+            stats["bytes_read"] += sum(_file_size(lp) for _, _, lp in pairs[:n])
+        self._vols: list[tuple[str, Path, Path]] = []
+        self._loc: list[tuple[int, int]] = []  # (volume, slice) of each row
+        self._shapes: list[tuple[int, int]] = []  # (H, W) of each volume's slices
+        self.groups: list[str] = []
+        self.sources: list[str] = []
+        for vid, img_path, lbl_path in pairs:
+            stats["files_opened"] += 2
+            try:
+                shape = nifti_header(img_path, lbl_path)
+            except DataError as e:
+                bad.handle(img_path, e)
+                continue
+            v = len(self._vols)
+            self._vols.append((vid, img_path, lbl_path))
+            self._shapes.append(tuple(n for a, n in enumerate(shape) if a != self._axis))  # type: ignore[arg-type]
+            for k in range(shape[self._axis]):
+                self._loc.append((v, k))
+                self.groups.append(vid)
+                self.sources.append(nifti_source(img_path, self._axis, k))
+        self._failed: dict[int, DataError] = {}
+        self._mask_cache: tuple[int, np.ndarray] | None = None
+        self._volume_cache: tuple[int, np.ndarray, np.ndarray] | None = None
+
+    def _read(self, v: int, paths: tuple[Path, ...], read):
+        if v in self._failed:
+            raise self._failed[v]
+        self.stats["files_opened"] += len(paths)
+        self.stats["bytes_read"] += sum(_file_size(p) for p in paths)
+        try:
+            return read()
+        except DataError as e:
+            self._failed[v] = e
+            raise
+
+    def where(self, i: int) -> str:
+        return str(self._vols[self._loc[i][0]][1])  # the image file, as iter_nifti names a bad volume
+
+    def image_shape(self, i: int) -> tuple[int, int, int]:
+        return (*self._shapes[self._loc[i][0]], 1)
+
+    def mask(self, i: int) -> np.ndarray:
+        from .sources import read_nifti_mask
+
+        v, k = self._loc[i]
+        if self._volume_cache is not None and self._volume_cache[0] == v:
+            return self._volume_cache[2][k]
+        if self._mask_cache is None or self._mask_cache[0] != v:
+            _, img_path, lbl_path = self._vols[v]
+            read = lambda: read_nifti_mask(img_path, lbl_path, self._axis, self._label_value)  # noqa: E731
+            self._mask_cache = (v, self._read(v, (lbl_path,), read))
+        return self._mask_cache[1][k]
+
+    def samples(self, rows: Iterable[int], bad: BadFiles) -> list[Sample]:
+        from .sources import read_nifti_volume
+
+        out = []
+        for i in rows:
+            v, k = self._loc[i]
+            vid, img_path, lbl_path = self._vols[v]
+            if self._volume_cache is None or self._volume_cache[0] != v:
+                read = lambda: read_nifti_volume(img_path, lbl_path, self._axis, self._label_value)  # noqa: E731
+                try:
+                    self._volume_cache = (v, *self._read(v, (img_path, lbl_path), read))
+                except DataError as e:
+                    bad.handle(img_path, e)
+                    continue
+            _, image, mask = self._volume_cache
+            self.stats["rows_decoded"] += 1
+            out.append(Sample(np.ascontiguousarray(image[k])[..., None], np.ascontiguousarray(mask[k]), vid,
+                              self.sources[i]))
+        return out
+
+    def n_read(self, bad: BadFiles) -> int:
+        """Rows listed less those of volumes found bad after listing (a bad entry is a volume, not a row)."""
+        return len(self.groups) - sum(1 for v, _ in self._loc if v in self._failed)
+
+    def close(self) -> None:
+        self._mask_cache = self._volume_cache = None
+
+
+def _open_rows(cfg: DataConfig, stats: dict, bad: BadFiles):
     """The rows of ``cfg``'s source, in load_splits' read order, with nothing but groups and sources read."""
     if cfg.format == "synthetic":
         return _SampleRows(list(iter_source("synthetic", synthetic=_synthetic_args(cfg))), stats)
@@ -342,6 +496,8 @@ def _open_rows(cfg: DataConfig, stats: dict):
         from .parquet import ParquetIndex
 
         return ParquetIndex(str(cfg.path), stats)
+    if cfg.format == "nifti":
+        return _VolumeRows(cfg, stats, bad)
     if cfg.format == "lgg":
         return _FileRows(lgg_pairs(cfg.path), stats)
     return _FileRows([(group_of(stem, cfg.group_pattern), i, m) for stem, i, m in folder_pairs(cfg.path)], stats)
@@ -349,7 +505,7 @@ def _open_rows(cfg: DataConfig, stats: dict):
 
 @dataclass
 class _Plan:
-    rows: object  # _FileRows | _SampleRows | parquet.ParquetIndex
+    rows: object  # _FileRows | _SampleRows | _VolumeRows | parquet.ParquetIndex
     kept: dict[str, np.ndarray]  # per split: row numbers kept, in read order
     native: dict[str, tuple | None]  # per split: common (H, W) when cfg.size is None
 
@@ -393,7 +549,7 @@ def _kept_rows(rows, idx: np.ndarray, split: str, cfg: DataConfig, bad: BadFiles
 
 def _plan(cfg: DataConfig, splits: Sequence[str], bad: BadFiles, stats: dict) -> _Plan:
     """Decide membership of ``splits`` with load_splits' recipe, without decoding any image."""
-    rows = _open_rows(cfg, stats)
+    rows = _open_rows(cfg, stats, bad)
     try:
         if not rows.groups:
             raise DataError(f"no readable samples in {cfg.path or cfg.format}")
@@ -414,7 +570,9 @@ def _fresh_stats(stats: dict | None) -> dict:
 
 
 def _finish_stats(stats: dict, plan: _Plan, bad: BadFiles) -> None:
-    stats.update(n_read=len(plan.rows.groups) - len(bad), n_bad_skipped=len(bad), bad_files=list(bad.entries))
+    rows = plan.rows
+    n_read = rows.n_read(bad) if isinstance(rows, _VolumeRows) else len(rows.groups) - len(bad)
+    stats.update(n_read=n_read, n_bad_skipped=len(bad), bad_files=list(bad.entries))
 
 
 def load_part(cfg: DataConfig, split: str, part: int = 0, n_parts: int = 1, stats: dict | None = None) -> ArraySet:
@@ -423,7 +581,9 @@ def load_part(cfg: DataConfig, split: str, part: int = 0, n_parts: int = 1, stat
     Parts are contiguous runs in read order, so a worker touches few Parquet row groups; their concatenation is the
     split, row for row. Only this part's images are decoded: Parquet reads small columns of every row, then ``image``
     of this part's row groups (:class:`pixelrl_env.parquet.ParquetIndex`); lgg / folder list the files, read the
-    split's masks (for drop_empty) and this part's images; synthetic generates all and selects. ``stats``, if given,
+    split's masks (for drop_empty) and this part's images; nifti lists slices from the volume headers, then reads the
+    split's label volumes (for drop_empty) and the image volumes of this part's slices; synthetic generates all and
+    selects. ``stats``, if given,
     receives ``bytes_read``, ``rows_decoded``, ``files_opened``, ``n_read``, ``n_bad_skipped`` and ``bad_files``.
 
     With ``skip_bad``, a bad file is found only by a reader that opens it, so parts equal load_splits' split when no

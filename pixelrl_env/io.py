@@ -41,9 +41,14 @@ class BadFiles:
     entries: list[tuple[str, str]] = field(default_factory=list)
 
     def handle(self, path: str | Path, error: DataError) -> None:
-        """Raise ``error`` unless skipping bad files, in which case log and record it."""
+        """Raise ``error`` unless skipping bad files, in which case log and record it.
+
+        A file is recorded once however often it is met: a NIfTI volume holds many rows, each of which may report it.
+        """
         if not self.skip_bad:
             raise error
+        if any(p == str(path) for p, _ in self.entries):
+            return
         log.warning("skipping bad file %s: %s", path, error)
         self.entries.append((str(path), str(error)))
 

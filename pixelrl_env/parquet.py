@@ -5,7 +5,8 @@ Schema (one row per slice):
 ============  ========  =====================================================================
 column        type      meaning
 ============  ========  =====================================================================
-image         binary    PNG bytes of the image (8-bit grey/RGB, or 16-bit grey)
+image         binary    PNG bytes of the image (8-bit grey/RGB, or 16-bit grey); float32 grey images (NIfTI
+                        slices) as 32-bit float TIFF bytes, uncompressed (the column's zstd compresses them)
 mask          binary    PNG bytes of the mask, 8-bit, 0 (background) / 255 (foreground)
 group         string    patient or other split unit
 source        string    the original file (or synthetic id)
@@ -77,8 +78,15 @@ def sample_digest(image: np.ndarray, mask: np.ndarray) -> str:
 
 
 def _png(arr: np.ndarray, name: str) -> bytes:
+    """PNG bytes of an integer image; float32 grey images become 32-bit float TIFF, PNG having no float type."""
     if arr.ndim == 3 and arr.shape[2] == 1:
         arr = arr[..., 0]
+    if arr.dtype == np.float32:
+        if arr.ndim != 2:
+            raise DataError(f"{name}: float32 images with several channels cannot be stored; expected one channel")
+        buf = io.BytesIO()
+        Image.fromarray(arr).save(buf, format="TIFF")  # mode F: exact, so the SHA-256 check holds
+        return buf.getvalue()
     if arr.dtype == np.uint16:
         if arr.ndim != 2:
             raise DataError(f"{name}: 16-bit images with several channels cannot be stored as PNG")
@@ -86,7 +94,7 @@ def _png(arr: np.ndarray, name: str) -> bytes:
     elif arr.dtype == np.uint8:
         im = Image.fromarray(arr)
     else:
-        raise DataError(f"{name}: image dtype {arr.dtype} not supported; expected uint8 or uint16")
+        raise DataError(f"{name}: image dtype {arr.dtype} not supported; expected uint8, uint16 or float32")
     buf = io.BytesIO()
     im.save(buf, format="PNG", compress_level=6)
     return buf.getvalue()
@@ -211,8 +219,15 @@ def decode_mask(data: bytes, where: str) -> np.ndarray:
     return _decode_png(data, where, mask_from_image)
 
 
+def _stored_image(im: Image.Image, where: str) -> np.ndarray:
+    """The ``image`` column decoded: float TIFF (mode F, written only for float32 images) stays float32."""
+    if im.mode == "F":
+        return np.asarray(im, dtype=np.float32)[..., None].copy()
+    return image_to_array(im, where)
+
+
 def _decode_row(row: dict, where: str) -> Sample:
-    image = _decode_png(row["image"], where, image_to_array)
+    image = _decode_png(row["image"], where, _stored_image)
     mask = decode_mask(row["mask"], where)
     if image.shape != (row["height"], row["width"], row["channels"]):
         raise DataError(

@@ -7,11 +7,15 @@
   volumes), so that splits stay per patient.
 * ``synthetic``: built-in MRI-like slices, see :mod:`pixelrl_env.synthetic`.
 * ``parquet``: shards written by ``pixeldrl prepare-data``, see :mod:`pixelrl_env.parquet`.
+* ``nifti``: 3-D volumes in the Medical Segmentation Decathlon layout, ``ROOT/imagesTr/<id>.nii.gz`` with the label map
+  ``ROOT/labelsTr/<id>.nii.gz`` (same name; ``.nii`` too); every 2-D cut along ``slice_axis`` is a sample and the group
+  id is the volume ``<id>``, so a split never divides a patient. Needs nibabel (imported only for this format).
 """
 
 from __future__ import annotations
 
 import re
+import zlib
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,7 +25,7 @@ import numpy as np
 from .io import IMAGE_SUFFIXES, BadFiles, DataError, read_pair
 from .synthetic import synthetic_slice
 
-FORMATS = ("lgg", "folder", "parquet", "synthetic")
+FORMATS = ("lgg", "folder", "parquet", "synthetic", "nifti")
 
 
 @dataclass(frozen=True)
@@ -29,7 +33,8 @@ class Sample:
     """One annotated slice.
 
     Attributes:
-        image: ``(H, W, C)`` uint8 or uint16, as stored.
+        image: ``(H, W, C)`` uint8 or uint16 as stored, or float32 for NIfTI volumes (scaled by the header's
+            ``scl_slope``/``scl_inter``, otherwise unchanged: intensities can be negative, e.g. z-scored MRI or CT).
         mask: ``(H, W)`` uint8 in {0, 1}.
         group: the patient (or other unit) the slice belongs to; splits never divide a group.
         source: where it came from (file path, or ``synthetic:<seed>/<patient>/<slice>``).
@@ -149,6 +154,240 @@ def iter_folder(root: str | Path, bad: BadFiles | None = None, group_pattern: st
         yield Sample(image, mask, group_of(stem, group_pattern), str(img_path))
 
 
+# --- NIfTI volumes ------------------------------------------------------------------------------------------------
+
+NIFTI_SUFFIXES = (".nii.gz", ".nii")
+# Image and label must lie on the same voxel grid. Affines are in mm and stored as float32 in the header, which rounds
+# positions of ~100 mm at ~1e-5 mm; 1e-3 mm absorbs that and still catches any real shift, flip or spacing change.
+AFFINE_ATOL_MM = 1e-3
+_NIFTI_EXPECTED = (
+    "a folder in the Medical Segmentation Decathlon layout: imagesTr/<id>.nii.gz with labelsTr/<id>.nii.gz "
+    "(same file name; .nii also read)"
+)
+
+
+def _nibabel():
+    try:
+        import nibabel
+    except ImportError as e:  # a dependency, but other formats work without it
+        raise DataError("data.format nifti needs nibabel (pip install nibabel)") from e
+    return nibabel
+
+
+def _nifti_id(name: str) -> str | None:
+    """Volume id of a NIfTI file name; None for other files and hidden ones (MSD tarballs hold macOS ``._*`` forks)."""
+    if name.startswith("."):
+        return None
+    for suffix in NIFTI_SUFFIXES:
+        if name.lower().endswith(suffix):
+            return name[: -len(suffix)]
+    return None
+
+
+def nifti_pairs(root: str | Path) -> list[tuple[str, Path, Path]]:
+    """List ``(volume id, image_path, label_path)`` sorted by id, checking that images and labels pair one to one."""
+    root = _existing_dir(root, _NIFTI_EXPECTED)
+    img_dir, lbl_dir = root / "imagesTr", root / "labelsTr"
+    for d in (img_dir, lbl_dir):
+        if not d.is_dir():
+            raise DataError(f"missing folder {d}; expected {_NIFTI_EXPECTED}")
+
+    def by_id(d: Path) -> dict[str, Path]:
+        out: dict[str, Path] = {}
+        for f in sorted(d.iterdir()):
+            vid = _nifti_id(f.name)
+            if vid is None or not f.is_file():
+                continue
+            if vid in out:
+                raise DataError(f"two files hold volume {vid!r} in {d}: {out[vid].name} and {f.name}")
+            out[vid] = f
+        return out
+
+    images, labels = by_id(img_dir), by_id(lbl_dir)
+    if not images:
+        raise DataError(f"no NIfTI volumes (*.nii.gz, *.nii) in {img_dir}; expected {_NIFTI_EXPECTED}")
+
+    def unpaired(have: dict[str, Path], other: dict[str, Path], what: str, other_what: str, other_dir: Path) -> None:
+        missing = sorted(set(have) - set(other))
+        if missing:
+            first = have[missing[0]]
+            raise DataError(
+                f"{what} {first} has no {other_what} file; expected {other_dir / first.name}"
+                + (f"; {len(missing) - 1} more {what}s lack one" if len(missing) > 1 else "")
+            )
+
+    unpaired(images, labels, "image", "label", lbl_dir)
+    unpaired(labels, images, "label", "image", img_dir)
+    return [(vid, images[vid], labels[vid]) for vid in sorted(images)]
+
+
+def slice_axis_index(slice_axis: int, where: str | Path) -> int:
+    """``slice_axis`` as an index 0..2 of a 3-D volume (negative counts from the end, -1 = last axis)."""
+    if isinstance(slice_axis, bool) or not isinstance(slice_axis, (int, np.integer)) or not -3 <= slice_axis <= 2:
+        raise DataError(
+            f"slice_axis {slice_axis!r} is out of range for the 3-D volumes in {where}; expected -3..2 (-1 = last axis)"
+        )
+    return int(slice_axis) % 3
+
+
+def _load_nifti(path: Path, what: str):
+    nib = _nibabel()
+    try:
+        return nib.load(str(path))
+    except (nib.filebasedimages.ImageFileError, OSError, EOFError, ValueError, zlib.error) as e:
+        raise DataError(f"cannot read {what} {path}: not a NIfTI file, or its header is corrupt ({e})") from e
+
+
+def _volume_shape(img, path: Path, what: str) -> tuple[int, int, int]:
+    shape = tuple(int(n) for n in img.shape)
+    while len(shape) > 3 and shape[-1] == 1:  # (X, Y, Z, 1) is a 3-D volume with a unit 4th dimension
+        shape = shape[:-1]
+    if len(shape) != 3:
+        raise DataError(
+            f"{what} {path} has shape {tuple(img.shape)} ({len(shape)}-D); expected a 3-D volume of one channel "
+            "(4-D multi-channel or time-series images are not supported)"
+        )
+    return shape  # type: ignore[return-value]
+
+
+def _checked_pair(image_path: Path, label_path: Path):
+    """Open both headers and check they describe the same 3-D grid; returns ``(image, label, shape)``."""
+    img, lbl = _load_nifti(image_path, "image"), _load_nifti(label_path, "label")
+    shape = _volume_shape(img, image_path, "image")
+    lshape = _volume_shape(lbl, label_path, "label")
+    if shape != lshape:
+        raise DataError(
+            f"image {image_path} is {shape[0]}x{shape[1]}x{shape[2]} but its label {label_path} is "
+            f"{lshape[0]}x{lshape[1]}x{lshape[2]}; expected the same shape"
+        )
+    diff = float(np.max(np.abs(np.asarray(img.affine) - np.asarray(lbl.affine))))
+    if not np.allclose(img.affine, lbl.affine, rtol=0.0, atol=AFFINE_ATOL_MM):
+        raise DataError(
+            f"label {label_path} is not on the voxel grid of its image {image_path}: their affines differ by up to "
+            f"{diff:.4g} mm (tolerance {AFFINE_ATOL_MM} mm); expected the label map saved with the image's affine"
+        )
+    return img, lbl, shape
+
+
+def nifti_header(image_path: str | Path, label_path: str | Path) -> tuple[int, int, int]:
+    """The 3-D shape of a pair, from the headers only (no voxels decompressed), after the same checks as reading."""
+    return _checked_pair(Path(image_path), Path(label_path))[2]
+
+
+def _voxels(read, path: Path, what: str) -> np.ndarray:
+    try:
+        return read()
+    except (OSError, EOFError, ValueError, zlib.error) as e:
+        raise DataError(f"cannot read the voxels of {what} {path}: the file is truncated or corrupt ({e})") from e
+
+
+def _label_map(lbl, path: Path, shape: tuple[int, int, int]) -> np.ndarray:
+    """Integer label voxels; non-integer values (a probability map, a resampled label) are refused, not rounded."""
+    arr = _voxels(lambda: np.asanyarray(lbl.dataobj), path, "label").reshape(shape)
+    if arr.dtype.kind == "f":
+        wrong = ~np.isfinite(arr) | (arr != np.round(arr))
+        if wrong.any():
+            raise DataError(
+                f"label {path} holds non-integer values ({int(wrong.sum())} voxels, e.g. {arr[wrong][0]!r}); "
+                "expected an integer label map (0 = background)"
+            )
+        return arr.astype(np.int64)
+    if arr.dtype.kind not in "iub":
+        raise DataError(f"label {path} has voxel type {arr.dtype}; expected integer labels (0 = background)")
+    return arr
+
+
+def _mask_of(labels: np.ndarray, label_value: int | None) -> np.ndarray:
+    return (labels > 0 if label_value is None else labels == label_value).astype(np.uint8)
+
+
+def nifti_label_values(label_path: str | Path) -> list[int]:
+    """The distinct label values of a label volume, checked as :func:`read_nifti_volume` checks them."""
+    path = Path(label_path)
+    lbl = _load_nifti(path, "label")
+    return [int(v) for v in np.unique(_label_map(lbl, path, _volume_shape(lbl, path, "label")))]
+
+
+def check_label_value(pairs: list[tuple[str, Path, Path]], label_value: int, where: str | Path) -> int:
+    """Raise unless ``label_value`` occurs in some label volume; returns how many label files were read.
+
+    A value missing from some volumes only leaves their slices without foreground (a structure absent in a patient);
+    missing from all, it is a wrong value (e.g. 1 where the structure is 2), and the error lists the values found.
+    Unreadable labels are skipped here: the reader of that volume reports them.
+    """
+    found: set[int] = set()
+    for n, (_, _, label_path) in enumerate(pairs, start=1):
+        try:
+            found.update(nifti_label_values(label_path))
+        except DataError:
+            continue
+        if label_value in found:
+            return n
+    raise DataError(
+        f"data.label_value={label_value} occurs in none of the {len(pairs)} label volume(s) in {where}; "
+        f"values found: {sorted(found)}"
+    )
+
+
+def read_nifti_mask(
+    image_path: str | Path, label_path: str | Path, axis: int, label_value: int | None = None
+) -> np.ndarray:
+    """The ``(n_slices, H, W)`` uint8 {0, 1} mask of a pair, slice axis first; the image voxels are not read."""
+    _, lbl, shape = _checked_pair(Path(image_path), Path(label_path))
+    return np.moveaxis(_mask_of(_label_map(lbl, Path(label_path), shape), label_value), axis, 0)
+
+
+def read_nifti_volume(
+    image_path: str | Path, label_path: str | Path, axis: int, label_value: int | None = None
+) -> tuple[np.ndarray, np.ndarray]:
+    """Image ``(n_slices, H, W)`` float32 and mask ``(n_slices, H, W)`` uint8 {0, 1} of a pair, slice axis first.
+
+    Intensities are the header-scaled voxel values (``get_fdata``) as float32, never rescaled here: normalisation is
+    per slice, in :func:`pixelrl_env.dataset.prepare_image`. Non-finite intensities are refused.
+    """
+    image_path, label_path = Path(image_path), Path(label_path)
+    img, lbl, shape = _checked_pair(image_path, label_path)
+    labels = _label_map(lbl, label_path, shape)
+    image = _voxels(lambda: img.get_fdata(dtype=np.float32), image_path, "image").reshape(shape)
+    finite = np.isfinite(image)
+    if not finite.all():
+        raise DataError(
+            f"image {image_path} holds {int((~finite).sum())} NaN or infinite voxel(s); expected finite intensities"
+        )
+    return np.moveaxis(image, axis, 0), np.moveaxis(_mask_of(labels, label_value), axis, 0)
+
+
+def nifti_source(image_path: str | Path, axis: int, k: int) -> str:
+    """How a slice is named in ``Sample.source``: ``<image path>#axis<a>_slice<k>``."""
+    return f"{image_path}#axis{axis}_slice{k:03d}"
+
+
+def iter_nifti(
+    root: str | Path, bad: BadFiles | None = None, slice_axis: int = -1, label_value: int | None = None
+) -> Iterator[Sample]:
+    """2-D cuts along ``slice_axis`` of every volume, in volume id then slice order; group = volume id.
+
+    Images are ``(H, W, 1)`` float32, masks ``label > 0`` (``label_value`` None) or ``label == label_value``. Under
+    ``skip_bad`` an unreadable or inconsistent volume is skipped whole and counted once.
+    """
+    bad = bad if bad is not None else BadFiles()
+    axis = slice_axis_index(slice_axis, root)
+    pairs = nifti_pairs(root)
+    if label_value is not None:
+        check_label_value(pairs, label_value, root)
+    for vid, img_path, lbl_path in pairs:
+        try:
+            image, mask = read_nifti_volume(img_path, lbl_path, axis, label_value)
+        except DataError as e:
+            bad.handle(img_path, e)
+            continue
+        for k in range(image.shape[0]):
+            yield Sample(
+                np.ascontiguousarray(image[k])[..., None], np.ascontiguousarray(mask[k]), vid,
+                nifti_source(img_path, axis, k),
+            )
+
+
 def iter_synthetic(
     n_patients: int = 20, slices_per_patient: int = 8, size: int = 128, difficulty: str = "easy", seed: int = 0
 ) -> Iterator[Sample]:
@@ -168,8 +407,10 @@ def iter_source(
     bad: BadFiles | None = None,
     group_pattern: str | None = None,
     synthetic: dict | None = None,
+    slice_axis: int = -1,
+    label_value: int | None = None,
 ) -> Iterator[Sample]:
-    """Dispatch on ``fmt`` (one of :data:`FORMATS`)."""
+    """Dispatch on ``fmt`` (one of :data:`FORMATS`); ``slice_axis`` and ``label_value`` apply to ``nifti`` only."""
     if fmt == "synthetic":
         return iter_synthetic(**(synthetic or {}))
     if path is None or str(path) == "":
@@ -182,4 +423,6 @@ def iter_source(
         from .parquet import iter_parquet
 
         return iter_parquet(str(path), bad)
+    if fmt == "nifti":
+        return iter_nifti(path, bad, slice_axis, label_value)
     raise DataError(f"unknown data format {fmt!r}; expected one of {', '.join(FORMATS)}")

@@ -26,7 +26,11 @@ def _cmd_prepare_data(args: argparse.Namespace) -> int:
 
     bad = BadFiles(skip_bad=args.skip_bad)
     t0 = time.perf_counter()
-    samples = iter_source(args.format, args.src, bad=bad, group_pattern=args.group_pattern)
+    samples = iter_source(args.format, args.src, bad=bad, group_pattern=args.group_pattern,
+                          slice_axis=args.slice_axis, label_value=args.label_value)
+    if args.channels or args.foreground_only:
+        samples = _select(samples, [int(c) for c in args.channels.split(",")] if args.channels else None,
+                          args.foreground_only)
     manifest = write_shards(samples, args.out, shard_size=args.shard_size, bad=bad)
     dt = time.perf_counter() - t0
     console.print(
@@ -36,6 +40,21 @@ def _cmd_prepare_data(args: argparse.Namespace) -> int:
     if args.skip_bad:
         console.print(f"skipped {len(bad)} bad file(s)" + (": see manifest.json" if len(bad) else ""))
     return 0
+
+
+def _select(samples, channels: list[int] | None, foreground_only: bool):
+    """A smaller copy: only ``channels`` of each image, only slices with foreground (at the native resolution)."""
+    from dataclasses import replace
+
+    for s in samples:
+        if foreground_only and not s.mask.any():
+            continue
+        if channels is not None:
+            img = s.image if s.image.ndim == 3 else s.image[..., None]
+            if max(channels) >= img.shape[2]:
+                raise DataError(f"{s.source}: --channels {channels} but the image has {img.shape[2]} channel(s)")
+            s = replace(s, image=img[..., channels])
+        yield s
 
 
 def _data_config(args: argparse.Namespace):
@@ -51,6 +70,10 @@ def _data_config(args: argparse.Namespace):
         k_shot=args.k_shot,
         skip_bad=args.skip_bad,
         group_pattern=args.group_pattern,
+        slice_axis=args.slice_axis,
+        label_value=args.label_value,
+        folds=args.folds,
+        fold=args.fold,
     )
     if args.format == "synthetic":
         cfg.synthetic = {**cfg.synthetic, "size": args.size or 128, "difficulty": args.difficulty}
@@ -62,7 +85,8 @@ def _cmd_data_info(args: argparse.Namespace) -> int:
 
     splits = load_splits(_data_config(args))
     s = splits.summary()
-    table = Table(title=f"{args.format} data: {args.path or 'built-in'}")
+    fold = f", fold {args.fold} of {args.folds}" if args.folds else ""
+    table = Table(title=f"{args.format} data: {args.path or 'built-in'}{fold}")
     for col in ("split", "slices", "groups", "foreground fraction"):
         table.add_column(col, justify="right" if col != "split" else "left")
     for name in ("train", "val", "test"):
@@ -189,18 +213,31 @@ def _add_train_args(p: argparse.ArgumentParser, default_out: str) -> None:
     p.add_argument("--quiet", action="store_true", help="no progress display")
 
 
+def _add_nifti_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--slice-axis", type=int, default=-1,
+                   help="nifti: volume axis cut into 2-D slices (default -1, the last)")
+    p.add_argument("--label-value", type=int, default=None,
+                   help="nifti: foreground = label == VALUE (default: any label > 0)")
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="pixeldrl", description="PixelDRL-MG: pixel-level deep RL segmentation on Ray")
     p.add_argument("-v", "--verbose", action="store_true", help="log debug messages")
     sub = p.add_subparsers(dest="command", metavar="COMMAND")
 
-    prep = sub.add_parser("prepare-data", help="convert an LGG-layout or images/masks folder to Parquet shards")
+    prep = sub.add_parser(
+        "prepare-data", help="convert an LGG-layout, images/masks or NIfTI (imagesTr/labelsTr) folder to Parquet shards"
+    )
     prep.add_argument("src", help="source folder")
     prep.add_argument("out", help="output folder or URI (s3://bucket/prefix, gs://..., file:///...)")
-    prep.add_argument("--format", required=True, choices=("lgg", "folder", "synthetic"))
+    prep.add_argument("--format", required=True, choices=("lgg", "folder", "nifti", "synthetic"))
     prep.add_argument("--skip-bad", action="store_true", help="log and skip unreadable or invalid files")
     prep.add_argument("--shard-size", type=int, default=256, help="slices per shard (default 256)")
     prep.add_argument("--group-pattern", default=None, help="folder format: regex giving the patient id of a stem")
+    prep.add_argument("--channels", default=None, help="keep only these channels, e.g. 1 (LGG's FLAIR) or 0,2")
+    prep.add_argument("--foreground-only", action="store_true",
+                      help="keep only slices whose mask has foreground (a small copy for the paper's protocol)")
+    _add_nifti_args(prep)
     prep.set_defaults(func=_cmd_prepare_data)
 
     tr = sub.add_parser("train", help="train PixelDRL-MG (PA3C); the default command of train.py")
@@ -216,7 +253,7 @@ def build_parser() -> argparse.ArgumentParser:
     ev = sub.add_parser("evaluate", help="evaluate a checkpoint at native resolution; per-image CSV and JSON")
     ev.add_argument("--checkpoint", required=True)
     ev.add_argument("--data", default=None, help="data path (default: the checkpoint's training data)")
-    ev.add_argument("--format", default=None, choices=("lgg", "folder", "parquet", "synthetic"))
+    ev.add_argument("--format", default=None, choices=("lgg", "folder", "parquet", "nifti", "synthetic"))
     ev.add_argument("--split", default="test", choices=("train", "val", "test", "all"))
     ev.add_argument("--json", default=None, help="summary JSON (the per-image CSV goes beside it)")
     ev.add_argument("--csv", default=None)
@@ -227,7 +264,7 @@ def build_parser() -> argparse.ArgumentParser:
     ev.set_defaults(func=_cmd_evaluate)
 
     info = sub.add_parser("data-info", help="show the patient-level split of a data set")
-    info.add_argument("--format", default="synthetic", choices=("lgg", "folder", "parquet", "synthetic"))
+    info.add_argument("--format", default="synthetic", choices=("lgg", "folder", "parquet", "nifti", "synthetic"))
     info.add_argument("--path", default=None)
     info.add_argument("--size", type=int, default=128, help="resize to SIZE x SIZE (0 = native)")
     info.add_argument("--channels", default=None, help="comma-separated channel indices, e.g. 1 for LGG FLAIR")
@@ -236,6 +273,9 @@ def build_parser() -> argparse.ArgumentParser:
     info.add_argument("--seed", type=int, default=0)
     info.add_argument("--skip-bad", action="store_true")
     info.add_argument("--group-pattern", default=None)
+    _add_nifti_args(info)
+    info.add_argument("--folds", type=int, default=None, help="patient-level k-fold cross-validation: k")
+    info.add_argument("--fold", type=int, default=0, help="with --folds: the fold that is the test set (0..k-1)")
     info.add_argument("--difficulty", default="easy", choices=("easy", "medium", "hard"))
     info.add_argument("--json", default=None, help="also write the summary to this JSON file")
     info.set_defaults(func=_cmd_data_info)

@@ -56,6 +56,11 @@ class TrainConfig:
     seed: int = 0
     threads: int | None = None  # torch CPU threads (None: all cores)
     device: str = "auto"  # auto | cpu | cuda
+    # how the network runs (rl_agents/algo/accel.py): fp32 (strict) | tf32 (NVIDIA tensor cores; = fp32 on CPU) |
+    # bf16 (autocast forward, float32 loss and optimiser); NHWC layout; a torch.compile backend (inductor) or null
+    precision: str = "tf32"
+    channels_last: bool = False
+    compile: str | None = None
     # distribution on Ray (rl_agents/engines/ray_a3c.py): 0 workers = one process trains alone (rl_agents/engines/local.py)
     # engine (rl_agents/experiment/lifecycle.py::make_engine): auto = supervised for the U-Net, ray when num_workers
     # >= 1, else local; hogwild = num_workers torch.multiprocessing processes on this machine (the classic A3C)
@@ -176,6 +181,7 @@ def config_from_dict(d: dict) -> TrainConfig:
 
 
 def validate(cfg: TrainConfig) -> None:
+    from rl_agents.algo.accel import PRECISIONS
     from rl_agents.algo.model import PRESETS
     from pixelrl_env.env import ACTION_SETS
 
@@ -199,6 +205,9 @@ def validate(cfg: TrainConfig) -> None:
         (cfg.epochs >= 1, f"epochs must be >= 1, got {cfg.epochs}"),
         (cfg.max_updates is None or cfg.max_updates >= 1, f"max_updates must be >= 1 or null, got {cfg.max_updates}"),
         (cfg.device in ("auto", "cpu", "cuda"), f"device must be auto, cpu or cuda, got {cfg.device!r}"),
+        (cfg.precision in PRECISIONS, f"precision must be one of {PRECISIONS}, got {cfg.precision!r}"),
+        (cfg.engine != "hogwild" or not cfg.channels_last,
+         "engine hogwild shares its parameters in memory as they are laid out; channels_last would copy them"),
         (cfg.num_workers >= 0, f"num_workers must be >= 0, got {cfg.num_workers}"),
         (cfg.worker_cpus > 0, f"worker_cpus must be > 0, got {cfg.worker_cpus}"),
         (cfg.learner_cpus >= 0, f"learner_cpus must be >= 0, got {cfg.learner_cpus}"),

@@ -183,8 +183,8 @@ def test_synthetic_difficulty_lowers_contrast():
 
 
 def test_unknown_format():
-    with pytest.raises(DataError, match="unknown data format 'nifti'"):
-        iter_source("nifti", "x")
+    with pytest.raises(DataError, match="unknown data format 'dicom'"):
+        iter_source("dicom", "x")
 
 
 def test_real_lgg_data():

@@ -17,6 +17,7 @@ import torch
 from pixelrl_env.env import PixelSegEnv
 from pixelrl_env.metrics import compute_all
 
+from rl_agents.algo.accel import Accel
 from rl_agents.algo.model import PixelDRLNet
 from rl_agents.algo.pa3c import RewardMapConv, pa3c_loss
 from rl_agents.algo.rollout import collect_rollout
@@ -76,6 +77,10 @@ class PA3CAgent:
         device: where the network and optimiser live.
         optimizer: False for an agent that only acts and computes gradients (a Ray worker, an evaluator).
         modules: ``(network, reward kernel)`` to use instead of new ones (Hogwild: modules in shared memory).
+
+    ``self.model`` is the network (parameters, checkpoints, weights); ``self.net`` is what the rollout calls: the same
+    module, or its ``torch.compile`` wrapper sharing those parameters (``cfg.compile``). Precision and layout follow
+    ``cfg.precision`` and ``cfg.channels_last`` (:mod:`rl_agents.algo.accel`).
     """
 
     kind = "pixeldrl"
@@ -86,9 +91,11 @@ class PA3CAgent:
         self.in_channels = int(in_channels)
         self.n_train = int(n_train)
         self.device = torch.device(device)
+        self.accel = Accel.from_config(cfg, self.device)
         if modules is None:
             modules = (build_network(cfg, in_channels), RewardMapConv(cfg.reward_kernel))
-        self.model, self.reward_conv = (m.to(self.device) for m in modules)
+        self.model, self.net = self.accel.prepare(modules[0])
+        self.reward_conv = modules[1].to(self.device)
         self.params = list(self.model.parameters()) + list(self.reward_conv.parameters())
         self.total_updates = planned_updates(cfg, n_train)
         self.update = 0
@@ -106,7 +113,7 @@ class PA3CAgent:
     def rollout_and_loss(self, env: PixelSegEnv, gen: torch.Generator):
         """One rollout of ``t_max`` steps and its PA3C loss (graph kept, not yet backpropagated)."""
         cfg = self.cfg
-        roll = collect_rollout(self.model, env, self.device, gen, with_aux=cfg.aux_coef > 0)
+        roll = collect_rollout(self.net, env, self.device, gen, with_aux=cfg.aux_coef > 0, accel=self.accel)
         bootstrap = roll.bootstrap if cfg.bootstrap == "value" else torch.zeros_like(roll.bootstrap)
         loss = pa3c_loss(
             roll.log_probs, roll.entropies, roll.values, roll.rewards, bootstrap,

@@ -16,6 +16,7 @@ import torch.nn.functional as F
 from pixelrl_env.env import PixelSegEnv
 from pixelrl_env.policies import oracle_actions
 
+from rl_agents.algo.accel import Accel, as_float32
 from rl_agents.algo.pa3c import class_balanced_weights
 
 
@@ -64,27 +65,36 @@ def collect_rollout(
     device: torch.device,
     generator: torch.Generator | None = None,
     with_aux: bool = False,
+    accel: Accel | None = None,
 ) -> Rollout:
-    """Reset ``env`` (batched) and run ``env.t_max`` sampled steps with ``model``."""
+    """Reset ``env`` (batched) and run ``env.t_max`` sampled steps with ``model``.
+
+    ``accel`` (default: plain float32 on ``device``) sets precision, layout and copies; under bf16 autocast only the
+    network runs in bfloat16: sampling, log-probabilities and the loss's inputs are float32.
+    """
     if env.batch_size is None:
         raise ValueError("collect_rollout needs a batched PixelSegEnv (batch_size=B)")
+    accel = accel or Accel(device)
     obs, _ = env.reset()
     logps, ents, vals, rews, aux = [], [], [], [], []
     for _ in range(env.t_max):
-        x = torch.from_numpy(obs).to(device)
-        logits, value = model(x)
+        x = accel.to_device(obs, image=True)
+        with accel.autocast():
+            logits, value = model(x)
+        logits, value = as_float32(logits, value)
         actions, logp, ent = sample_actions(logits, generator)
         if with_aux:
             star = oracle_actions(env.state, env.ground_truth, env.n_actions)
-            star_t = torch.from_numpy(star).to(device)
+            star_t = accel.to_device(star)
             aux.append(F.log_softmax(logits, dim=1).gather(1, star_t[:, None])[:, 0])
         obs, _, _, _, info = env.step(actions.cpu().numpy())
         logps.append(logp)
         ents.append(ent)
         vals.append(value)
-        rews.append(torch.from_numpy(info["reward_map"]).to(device))
-    with torch.no_grad():
-        _, bootstrap = model(torch.from_numpy(obs).to(device))
+        rews.append(accel.to_device(info["reward_map"]))
+    with torch.no_grad(), accel.autocast():
+        _, bootstrap = model(accel.to_device(obs, image=True))
+    bootstrap = bootstrap.float()
     return Rollout(
         log_probs=torch.stack(logps),
         entropies=torch.stack(ents),
@@ -92,7 +102,7 @@ def collect_rollout(
         rewards=torch.stack(rews),
         bootstrap=bootstrap,
         aux_log_probs=torch.stack(aux) if with_aux else None,
-        aux_weights=class_balanced_weights(torch.from_numpy(env.ground_truth).to(device)) if with_aux else None,
+        aux_weights=class_balanced_weights(accel.to_device(env.ground_truth)) if with_aux else None,
         final_state=env.state.copy(),
         ground_truth=env.ground_truth.copy(),
     )

@@ -15,6 +15,7 @@ import torch
 
 from pixelrl_env.metrics import compute_all
 
+from rl_agents.algo.accel import Accel
 from rl_agents.algo.agent import cpu_state, planned_updates
 from rl_agents.algo.model import count_parameters
 from rl_agents.config import TrainConfig
@@ -32,13 +33,15 @@ def build_unet(in_channels: int) -> torch.nn.Module:
 
 
 class UNetAgent:
-    """The U-Net and its Adam: the supervised counterpart of :class:`rl_agents.algo.agent.PA3CAgent`."""
+    """The U-Net and its Adam: the supervised counterpart of :class:`rl_agents.algo.agent.PA3CAgent`, with the same
+    precision, layout and compilation settings (``self.net`` is the module to call forward on)."""
 
     kind = "unet"
 
     def __init__(self, cfg: TrainConfig, in_channels: int, n_train: int, device: torch.device | str = "cpu"):
         self.cfg, self.in_channels, self.device = cfg, int(in_channels), torch.device(device)
-        self.model = build_unet(in_channels).to(self.device)
+        self.accel = Accel.from_config(cfg, self.device)
+        self.model, self.net = self.accel.prepare(build_unet(in_channels))
         self.opt = torch.optim.Adam(self.model.parameters(), lr=cfg.lr)
         self.total_updates = planned_updates(cfg, n_train)
         self.update = 0
@@ -110,8 +113,10 @@ class SupervisedEngine(InProcessEngine):
     def step(self) -> dict[str, float]:
         idx = torch.as_tensor(self.rng.choice(len(self.tr), size=min(self.cfg.batch_size, len(self.tr)),
                                               replace=False))
-        logits = self.agent.model(self.images[idx].to(self.device))
-        loss = self.loss_fn(logits, self.masks[idx].to(self.device))
+        accel = self.agent.accel
+        with accel.autocast():
+            logits = self.agent.net(accel.to_device(self.images[idx], image=True))
+        loss = self.loss_fn(logits.float(), accel.to_device(self.masks[idx]))
         self.agent.opt.zero_grad(set_to_none=True)
         loss.backward()
         norm = self.agent.apply_gradients()

@@ -17,10 +17,9 @@ from typing import Any
 import numpy as np
 import torch
 
-from pixelrl_env.dataset import DataConfig, prepare_image, resize_mask, split_groups
+from pixelrl_env.dataset import DataConfig, config_split, iter_samples, prepare_image, resize_mask
 from pixelrl_env.io import BadFiles
 from pixelrl_env.metrics import ALL_METRICS, compute_all
-from pixelrl_env.sources import iter_source
 
 from rl_agents.experiment.checkpoint import read_checkpoint
 from rl_agents.config import TrainConfig
@@ -82,10 +81,9 @@ def evaluate_checkpoint(
     if data_format is not None:
         data = replace(data, format=data_format, path=data_path)
     bad = BadFiles(skip_bad=skip_bad)
-    synth = {**data.synthetic, "seed": data.synthetic.get("seed", data.seed)}
-    samples = list(iter_source(data.format, data.path, bad=bad, group_pattern=data.group_pattern, synthetic=synth))
-    if split != "all":
-        parts = dict(zip(("train", "val", "test"), split_groups([s.group for s in samples], data.split, data.seed)))
+    samples = list(iter_samples(data, bad))  # the source options (NIfTI axis, label value...) of the run
+    if split != "all":  # the run's own split, k-fold included: never another fold's patients
+        parts = dict(zip(("train", "val", "test"), config_split([s.group for s in samples], data)))
         samples = [s for s in samples if s.group in parts[split]]
     if not samples:
         raise ValueError(f"no slices in split {split!r} of {data.path or data.format}")
