@@ -178,3 +178,27 @@ def test_gpu_prepare_splits_within_the_limit_and_gpu_run_joins_installs_and_runs
     r = subprocess.run(["bash", script, "run", "--dry-run", "--parts", "peak"], env=env, capture_output=True,
                        text=True, timeout=300)
     assert r.returncode == 0 and "do not join to the expected wheel" in r.stderr
+
+
+def test_suite_and_training_need_no_optional_package(tmp_path: Path):
+    """The GPU machine has no MLflow, PettingZoo or Optuna, and Ray only when its wheel arrived whole: training and
+    the suite import none of them (the Ray part says it was skipped)."""
+    code = f"""
+import sys
+for name in ("mlflow", "pettingzoo", "optuna", "ray"):
+    sys.modules[name] = None  # any import of them raises ImportError
+sys.path.insert(0, {str(ROOT / 'benchmarks')!r})
+import json, gpu_suite
+from rl_agents.config import load_config
+from rl_agents.experiment.lifecycle import train
+cfg = load_config(None, ["max_updates=1", "batch_size=2", "t_max=2", "data.size=16", "data.synthetic.size=16",
+                         "data.synthetic.n_patients=6", "eval_max_images=4", "mlflow=false"])
+print("dice", train(cfg, {str(tmp_path / 'run')!r}, quiet=True)["val/dice"])
+rc = gpu_suite.main(["--dry-run", "--out", {str(tmp_path / 'out')!r}, "--parts", "peak,ray"])
+res = json.loads(open({str(tmp_path / 'out' / 'gpu_suite.json')!r}).read())
+print("ray", res["parts"]["ray"]["status"], res["parts"]["ray"]["skipped"], rc)
+"""
+    r = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert "ray ok ray is not importable here 0" in r.stdout
+    assert 0.0 <= float(r.stdout.split("dice ")[1].split()[0]) <= 1.0
