@@ -53,6 +53,8 @@ class DataConfig:
     folds: int | None = None
     fold: int = 0  # which fold (0..folds-1) is the test set
     k_shot: int | None = None  # keep only k training slices (50, 100 in the paper's low-resource study)
+    train_empty: float = 0.0  # with drop_empty: keep this fraction of the training split's empty slices (ours;
+    # a user's scan is mostly empty slices, which a model trained on foreground slices only never saw)
     skip_bad: bool = False
     group_pattern: str | None = None  # folder format: regex on the file stem giving the patient id
     slice_axis: int = -1  # nifti: the volume axis cut into 2-D slices (-1 = last, the axial axis of MSD volumes)
@@ -72,6 +74,8 @@ class DataConfig:
             raise DataError(f"data.size must be >= 8 or null, got {self.size}")
         if self.k_shot is not None and self.k_shot < 1:
             raise DataError(f"data.k_shot must be >= 1 or null, got {self.k_shot}")
+        if not 0.0 <= self.train_empty <= 1.0:
+            raise DataError(f"data.train_empty must be a fraction in [0, 1], got {self.train_empty}")
         if isinstance(self.slice_axis, bool) or not isinstance(self.slice_axis, int) or not -3 <= self.slice_axis <= 2:
             raise DataError(
                 f"data.slice_axis must be -3..2 (an axis of a 3-D volume, -1 = last), got {self.slice_axis!r}"
@@ -257,9 +261,14 @@ def _split_names(groups: Sequence[str], cfg: DataConfig) -> np.ndarray:
 
 
 def _kept(nonempty: np.ndarray, split: str, cfg: DataConfig) -> np.ndarray:
-    """Positions a split keeps, in order: drop_empty, then (train only) k_shot. Shared so parts match load_splits."""
+    """Positions a split keeps, in order: drop_empty (train: plus ``train_empty`` of the empty slices), then (train
+    only) k_shot. Shared so parts match load_splits."""
     # drop_empty is judged at the working resolution: a lesion that vanishes when resized leaves nothing to learn
     idx = np.flatnonzero(nonempty) if cfg.drop_empty else np.arange(len(nonempty))
+    if split == "train" and cfg.drop_empty and cfg.train_empty > 0:  # a fixed random share of the empty ones back
+        empty = np.flatnonzero(~np.asarray(nonempty, bool))
+        n = int(round(len(empty) * cfg.train_empty))
+        idx = np.sort(np.concatenate([idx, np.random.default_rng([cfg.seed, 2]).choice(empty, n, replace=False)]))
     if split == "train" and cfg.k_shot is not None:
         if cfg.k_shot > len(idx):
             raise DataError(f"data.k_shot={cfg.k_shot} but the training split has only {len(idx)} slices")

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Callable
 
 import gymnasium as gym
 import numpy as np
@@ -82,6 +82,9 @@ class PixelSegEnv(gym.Env):
     ``images`` ``(N, C, H, W)`` float32 and ``masks`` ``(N, H, W)`` {0, 1}, or ``data`` (a :class:`DataConfig` or a
     dict of its fields, the training split is used); with neither, a small built-in synthetic set.
     ``batch_size`` (None: unbatched), ``t_max``, ``action_set``, ``start``, ``render_mode`` (``"rgb_array"``).
+    ``transform(images, masks, rng) -> (images, masks)``: applied to each episode's images at ``reset`` with this
+    env's RNG (training augmentation, :class:`pixelrl_env.augment.Augment`); it must keep shapes, dtypes and the
+    observation range.
     """
 
     metadata = {"render_modes": ["rgb_array"], "render_fps": 4}
@@ -97,6 +100,7 @@ class PixelSegEnv(gym.Env):
         action_set: str = "paper",
         start: str = "foreground",
         render_mode: str | None = None,
+        transform: Callable[[np.ndarray, np.ndarray, np.random.Generator], tuple[np.ndarray, np.ndarray]] | None = None,
     ):
         if action_set not in ACTION_SETS:
             raise ValueError(f"action_set must be one of {sorted(ACTION_SETS)}, got {action_set!r}")
@@ -134,6 +138,7 @@ class PixelSegEnv(gym.Env):
         self.n_actions = ACTION_SETS[action_set]
         self.start = start
         self.render_mode = render_mode
+        self.transform = transform
 
         _, c, h, w = images.shape
         lead = () if batch_size is None else (batch_size,)
@@ -189,6 +194,8 @@ class PixelSegEnv(gym.Env):
         self._indices = idx
         self._img = self.images[idx]
         self._gt = self.masks[idx]
+        if self.transform is not None:  # e.g. pixelrl_env.augment.Augment, drawn from this env's RNG
+            self._img, self._gt = self.transform(self._img, self._gt, self.np_random)
         fill = self.start == "foreground"
         self._state = np.full(self._gt.shape, fill, dtype=bool)
         self._t = 0

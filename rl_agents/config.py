@@ -43,6 +43,11 @@ class TrainConfig:
     bootstrap: str = "terminal"  # terminal: R_T = 0, the episode ends at t_max (PixelRL's code) | value: R_T = V(s_T)
     reward_kernel: int = 5  # side of the learnable reward-map kernel (PixelRL: 33; the paper does not say)
     aux_coef: float = 0.0  # NOT in the paper: supervised term towards the oracle action (0 = pure PA3C)
+    # options to close the gap to the U-Net, each NOT in the paper and off by default (the paper's row)
+    adv_norm: bool = False  # advantages of the policy term scaled to mean 0, std 1 per rollout
+    entropy_coef_final: float | None = None  # entropy_coef moves linearly to this over the planned updates
+    lr_warmup_updates: int = 0  # learning rate ramps linearly from lr / N to lr over the first N updates
+    augment: bool = False  # flips, +-10 deg rotation, +-10 % scale, intensity and bias-field jitter (both models)
     # optimisation
     batch_size: int = 8  # images per rollout (the paper: 2)
     lr: float = 1e-3
@@ -198,6 +203,9 @@ def validate(cfg: TrainConfig) -> None:
         (cfg.action_set in ACTION_SETS, f"action_set must be one of {sorted(ACTION_SETS)}, got {cfg.action_set!r}"),
         (cfg.bootstrap in ("terminal", "value"), f"bootstrap must be 'terminal' or 'value', got {cfg.bootstrap!r}"),
         (cfg.t_max >= 1, f"t_max must be >= 1, got {cfg.t_max}"),
+        (cfg.entropy_coef_final is None or cfg.entropy_coef_final >= 0,
+         f"entropy_coef_final must be >= 0 or null, got {cfg.entropy_coef_final}"),
+        (cfg.lr_warmup_updates >= 0, f"lr_warmup_updates must be >= 0, got {cfg.lr_warmup_updates}"),
         (0 < cfg.gamma <= 1, f"gamma must be in (0, 1], got {cfg.gamma}"),
         (cfg.reward_kernel >= 1 and cfg.reward_kernel % 2 == 1, f"reward_kernel must be odd, got {cfg.reward_kernel}"),
         (cfg.batch_size >= 1, f"batch_size must be >= 1, got {cfg.batch_size}"),

@@ -14,6 +14,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from pixelrl_env.augment import Augment
 from pixelrl_env.env import PixelSegEnv
 from pixelrl_env.metrics import compute_all
 
@@ -60,10 +61,23 @@ def cpu_state(obj: Any) -> Any:
     return obj
 
 
+def make_augment(cfg: TrainConfig) -> Augment | None:
+    """The training augmentation ``cfg.augment`` asks for (the same for PA3C episodes and U-Net minibatches)."""
+    return Augment() if cfg.augment else None
+
+
 def make_train_env(cfg: TrainConfig, images: np.ndarray, masks: np.ndarray, seed: int) -> PixelSegEnv:
-    env = PixelSegEnv(images, masks, batch_size=cfg.batch_size, t_max=cfg.t_max, action_set=cfg.action_set)
+    env = PixelSegEnv(images, masks, batch_size=cfg.batch_size, t_max=cfg.t_max, action_set=cfg.action_set,
+                      transform=make_augment(cfg))
     env.reset(seed=seed)
     return env
+
+
+def lr_factor(cfg: TrainConfig, update: int, step: int) -> float:
+    """Learning-rate multiplier after ``update`` updates: the paper's x``lr_decay`` every ``step`` updates, times a
+    linear warm-up over the first ``lr_warmup_updates`` (ours; none by default)."""
+    warm = min(1.0, (update + 1) / cfg.lr_warmup_updates) if cfg.lr_warmup_updates else 1.0
+    return warm * cfg.lr_decay ** (update // step)
 
 
 class PA3CAgent:
@@ -103,13 +117,25 @@ class PA3CAgent:
         if optimizer:
             self.opt = torch.optim.Adam(self.params, lr=cfg.lr)
             step = cfg.lr_decay_epochs * updates_per_epoch(cfg, n_train)
-            self.sched = torch.optim.lr_scheduler.StepLR(self.opt, step_size=step, gamma=cfg.lr_decay)
+            if cfg.lr_warmup_updates:  # StepLR otherwise, so checkpoints of earlier runs keep loading
+                self.sched = torch.optim.lr_scheduler.LambdaLR(self.opt, lambda u: lr_factor(cfg, u, step))
+            else:
+                self.sched = torch.optim.lr_scheduler.StepLR(self.opt, step_size=step, gamma=cfg.lr_decay)
 
     @property
     def n_actions(self) -> int:
         return self.model.n_actions
 
     # acting and learning -------------------------------------------------------------------------------------
+    def entropy_coef(self) -> float:
+        """``entropy_coef``, or on a schedule towards ``entropy_coef_final`` by this agent's update count (a Ray
+        worker's count is the learner version of its weights)."""
+        cfg = self.cfg
+        if cfg.entropy_coef_final is None:
+            return cfg.entropy_coef
+        frac = min(1.0, self.update / max(self.total_updates, 1))
+        return cfg.entropy_coef + (cfg.entropy_coef_final - cfg.entropy_coef) * frac
+
     def rollout_and_loss(self, env: PixelSegEnv, gen: torch.Generator):
         """One rollout of ``t_max`` steps and its PA3C loss (graph kept, not yet backpropagated)."""
         cfg = self.cfg
@@ -117,8 +143,9 @@ class PA3CAgent:
         bootstrap = roll.bootstrap if cfg.bootstrap == "value" else torch.zeros_like(roll.bootstrap)
         loss = pa3c_loss(
             roll.log_probs, roll.entropies, roll.values, roll.rewards, bootstrap,
-            gamma=cfg.gamma, reward_conv=self.reward_conv, value_coef=cfg.value_coef, entropy_coef=cfg.entropy_coef,
+            gamma=cfg.gamma, reward_conv=self.reward_conv, value_coef=cfg.value_coef, entropy_coef=self.entropy_coef(),
             aux_log_probs=roll.aux_log_probs, aux_coef=cfg.aux_coef, aux_weights=roll.aux_weights,
+            normalize_advantage=cfg.adv_norm,
         )
         return roll, loss
 

@@ -56,6 +56,22 @@ PRESETS: dict[str, NetSpec] = {
         head_width=16,
         head_dilations=(2,),
     ),
+    # ours, not the paper's: 5x the small preset's parameters (356k, 22 % of the MONAI U-Net's 1.62M) for 1.9x its
+    # FLOPs, by putting the width at 1/4 and 1/8 resolution, where convolutions are cheap
+    "medium": NetSpec(
+        blocks=(
+            Block(12, (1, 1), False),
+            Block(24, (1, 1), True),
+            Block(64, (1, 2, 4), True),
+            Block(128, (2, 4), True),
+        ),
+        attn_key=16,
+        attn_value=64,
+        fuse_width=24,
+        fuse_kernel=1,
+        head_width=24,
+        head_dilations=(2,),
+    ),
     # half-width VGG16 (32-64-128-256-256, 2-2-3-3-3 convs); blocks 3-5 dilated at 1/4 resolution
     "paper": NetSpec(
         blocks=(

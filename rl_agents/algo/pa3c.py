@@ -108,6 +108,7 @@ def pa3c_loss(
     aux_log_probs: torch.Tensor | None = None,
     aux_coef: float = 0.0,
     aux_weights: torch.Tensor | None = None,
+    normalize_advantage: bool = False,
 ) -> PA3CLoss:
     """PA3C loss over a rollout (see the module docstring for the terms).
 
@@ -120,6 +121,8 @@ def pa3c_loss(
         aux_log_probs: ``(T, B, H, W)`` log pi(a*_t|s_t) of the oracle actions, for the optional supervised term.
         aux_weights: per-pixel weights broadcastable to ``(T, B, H, W)`` (see :func:`class_balanced_weights`); the
             aux term is their weighted mean. ``None``: a plain mean.
+        normalize_advantage: NOT in the paper: scale the policy term's advantages to mean 0, std 1 over the rollout
+            (most pixels' advantages are ~0 once they are right; a few wrong pixels otherwise dominate the scale).
     """
     shape = rewards.shape
     for name, t in (("log_probs", log_probs), ("entropies", entropies), ("values", values)):
@@ -128,6 +131,8 @@ def pa3c_loss(
     returns = pixel_returns(rewards, bootstrap.detach(), gamma, reward_conv)
     delta = returns - values
     advantage = delta.detach()
+    if normalize_advantage:
+        advantage = (advantage - advantage.mean()) / (advantage.std() + 1e-8)
     policy = -(log_probs * advantage).mean()
     value = value_coef * delta.pow(2).mean()
     entropy = -entropy_coef * entropies.mean()

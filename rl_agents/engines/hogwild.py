@@ -51,6 +51,7 @@ def _train_process(rank: int, n: int, cfg_dict: dict, shared: list[torch.nn.Modu
     while not stop.is_set():
         local.model.load_state_dict(shared[0].state_dict())
         local.reward_conv.load_state_dict(shared[1].state_dict())
+        local.update = applied.value  # schedules (entropy_coef_final) follow the shared update count
         grads, stats = local.compute_gradients(env, gen)
         with reserved.get_lock():
             if reserved.value >= glob.total_updates:

@@ -164,7 +164,7 @@ class Worker:
 
     def _set(self, version: int, weights: list[Weights]) -> None:
         self.agent.set_weights(weights)
-        self.version = version
+        self.version = self.agent.update = version  # schedules (entropy_coef_final) follow the learner's version
 
     def work(self, learner, n_rollouts: int) -> dict[str, Any]:
         """Run up to ``n_rollouts`` rollouts, pushing each gradient to ``learner``; stop early when it is done."""

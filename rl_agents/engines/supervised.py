@@ -16,7 +16,7 @@ import torch
 from pixelrl_env.metrics import compute_all
 
 from rl_agents.algo.accel import Accel
-from rl_agents.algo.agent import cpu_state, planned_updates
+from rl_agents.algo.agent import cpu_state, make_augment, planned_updates
 from rl_agents.algo.model import count_parameters
 from rl_agents.config import TrainConfig
 from rl_agents.engines.local import InProcessEngine
@@ -97,6 +97,7 @@ class SupervisedEngine(InProcessEngine):
         self.agent = UNetAgent(cfg, self.tr.images.shape[1], len(self.tr), self.device)
         self.loss_fn = DiceCELoss(sigmoid=True)
         self.rng = np.random.default_rng(cfg.seed)
+        self.augment = make_augment(cfg)
         self.images = torch.as_tensor(self.tr.images)
         self.masks = torch.as_tensor(self.tr.masks, dtype=torch.float32)[:, None]
         if resume is not None:
@@ -114,9 +115,13 @@ class SupervisedEngine(InProcessEngine):
         idx = torch.as_tensor(self.rng.choice(len(self.tr), size=min(self.cfg.batch_size, len(self.tr)),
                                               replace=False))
         accel = self.agent.accel
+        images, masks = self.images[idx], self.masks[idx]
+        if self.augment is not None:  # the same augmentation PA3C's episodes get, drawn from this engine's RNG
+            im, m = self.augment(images.numpy(), masks[:, 0].numpy(), self.rng)
+            images, masks = torch.from_numpy(im), torch.from_numpy(m)[:, None]
         with accel.autocast():
-            logits = self.agent.net(accel.to_device(self.images[idx], image=True))
-        loss = self.loss_fn(logits.float(), accel.to_device(self.masks[idx]))
+            logits = self.agent.net(accel.to_device(images, image=True))
+        loss = self.loss_fn(logits.float(), accel.to_device(masks))
         self.agent.opt.zero_grad(set_to_none=True)
         loss.backward()
         norm = self.agent.apply_gradients()
