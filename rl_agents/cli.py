@@ -204,6 +204,55 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
     return 0
 
 
+def _pm(stat: dict, digits: int) -> str:
+    """``mean ± sd`` of a :func:`rl_agents.experiment.cv.mean_sd` result (``-`` where undefined)."""
+    if stat["mean"] is None:
+        return "-"
+    sd = "-" if stat["sd"] is None else f"{stat['sd']:.{digits}f}"
+    return f"{stat['mean']:.{digits}f} ± {sd}"
+
+
+def _cmd_cv_report(args: argparse.Namespace) -> int:
+    from rl_agents.experiment.cv import LABELS, cv_report
+
+    r = cv_report(Path(args.storage), args.experiment, a=args.a, b=args.b, split=args.split, device=args.device,
+                  json_out=args.json)
+    a, b, n = r["a"], r["b"], len(r["folds"])
+    wide = Console(width=max(console.width, 120))  # a metric per row, each on one line
+    pts = ", ".join(f"{f}: {r['n_patients'][f]}" for f in r["folds"])
+    wide.print(f"{args.experiment}: {n} of {r['k']} folds, {args.split} patients per fold ({pts}); "
+               f"A = {a}, B = {b}", highlight=False)
+    if r["missing_folds"]:
+        wide.print(f"[yellow]folds {r['missing_folds']} are missing for both variants: the sweep is not finished",
+                   highlight=False)
+    titles = {"paper": "the paper's protocol: mean over slices with foreground",
+              "whole": "whole volumes and all slices (empty ones included)"}
+    for block, metrics in r["metrics"].items():
+        table = Table(title=f"{titles[block]}; mean ± sd over folds (sd ddof=1)")
+        for col in ("metric", f"A: {a}", f"B: {b}", "A - B (paired by fold)", "A better (folds)"):
+            table.add_column(col, justify="left" if col == "metric" else "right")
+        for m in metrics:
+            digits = 2 if m == "hd95" else 3
+            p = r["paired"][m]
+            table.add_row(LABELS[m], _pm(r["variants"][a][m], digits), _pm(r["variants"][b][m], digits),
+                          _pm(p, digits), f"{p['a_wins']}/{p['n']}" + (f" ({p['ties']} tied)" if p["ties"] else ""))
+        wide.print(table)
+    for v in (a, b):
+        folds = r["per_fold"][v]
+        upd = [folds[f]["budget"]["updates"] for f in r["folds"]]
+        wall = [folds[f]["budget"]["wall_time_s"] or 0.0 for f in r["folds"]]
+        bud = r["budgets"][v]
+        wide.print(f"{v}: max_minutes {bud['max_minutes']}, max_updates {bud['max_updates']}, threads "
+                   f"{bud['threads']}; updates done {upd}, training wall {[round(w) for w in wall]} s",
+                   highlight=False)
+    if not r["budgets_equal"]:
+        wide.print(f"[yellow]the budgets of {a} and {b} differ: not an equal-budget comparison", highlight=False)
+    m = r["machine"]
+    wide.print(f"evaluated on {m['cpu']} ({m['cores']} cores), torch {m['torch']}"
+               + (f"; JSON with every per-fold figure: {args.json}" if args.json else ""), highlight=False)
+    return 0
+
+
 def _add_train_args(p: argparse.ArgumentParser, default_out: str) -> None:
     p.add_argument("--config", default=None, help="YAML config (see tune_configs/)")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
@@ -301,6 +350,17 @@ def build_parser() -> argparse.ArgumentParser:
     cmp_.add_argument("--metric", default="val/dice", help="sort by this metric, best first")
     cmp_.add_argument("--max-runs", type=int, default=50)
     cmp_.set_defaults(func=_cmd_compare)
+
+    cv = sub.add_parser("cv-report", help="k-fold CV sweep: two variants compared fold by fold on test patients")
+    cv.add_argument("--experiment", required=True, help="the sweep's experiment, e.g. cv-heart")
+    cv.add_argument("--storage", default="runs/tune", help="the sweep's storage folder (default runs/tune)")
+    cv.add_argument("--a", default="pixeldrl", help="variant A (default pixeldrl)")
+    cv.add_argument("--b", default="unet", help="variant B, the baseline (default unet)")
+    cv.add_argument("--split", default="test", choices=("train", "val", "test"),
+                    help="each fold's patients to evaluate on (default test)")
+    cv.add_argument("--json", default=None, help="write every per-fold figure, budgets and the machine here")
+    cv.add_argument("--device", default="cpu")
+    cv.set_defaults(func=_cmd_cv_report)
     return p
 
 

@@ -5,6 +5,8 @@ a known prediction at the model's 32 px: all foreground ("keep" from the all-for
 native 48 px mask is then known too, and each slice's scores follow from the ground truth's foreground count ``k``
 out of ``N = 48 * 48`` pixels: Dice ``2k / (k + N)``, IoU and PPV ``k / N``, sensitivity 1 (all foreground); Dice,
 IoU, sensitivity 0 and PPV 0 (all background, by the empty-prediction convention), and 1 on slices with no foreground.
+Whole volumes follow the same way: a patient's Dice is ``2 sum(k) / (sum(k) + slices * N)`` (all foreground) or 0
+(all background), and every slice with an empty truth is a false positive (all foreground) or none is.
 """
 
 from __future__ import annotations
@@ -45,6 +47,10 @@ def _truth(src: Path) -> list[np.ndarray]:
     return [np.asarray(Image.open(p)) > 0 for p in sorted(src.rglob("*_mask.tif"))]
 
 
+def _truth_by_patient(src: Path) -> dict[str, list[np.ndarray]]:
+    return {d.name: _truth(d) for d in sorted(src.iterdir())}
+
+
 @pytest.mark.parametrize("action", [KEEP, SET_BACKGROUND])
 def test_constant_policy_scores_match_hand_computed_values(tmp_path: Path, action: int):
     src = write_lgg_layout(tmp_path / "lgg", patients=3, slices=4, size=48, seed=5)
@@ -66,5 +72,17 @@ def test_constant_policy_scores_match_hand_computed_values(tmp_path: Path, actio
         assert res[k] == pytest.approx(v, abs=1e-9), k
     assert res["n_images"] == 9 and res["all_slices"]["n_images"] == 12
     assert res["all_slices"]["dice"] == pytest.approx(expect_all_dice, abs=1e-9)
+    by_patient = _truth_by_patient(src)
+    if action == KEEP:
+        expect_vol = {p: 2 * sum(int(m.sum()) for m in ms) / (sum(int(m.sum()) for m in ms) + len(ms) * n)
+                      for p, ms in by_patient.items()}
+    else:
+        expect_vol = dict.fromkeys(by_patient, 0.0)
+    assert res["volumes"]["per_volume_dice"] == pytest.approx(expect_vol, abs=1e-12)
+    assert res["volumes"]["dice"] == pytest.approx(np.mean(list(expect_vol.values())), abs=1e-12)
+    assert res["volumes"]["n_volumes"] == 3
+    assert res["empty_slices"] == {"false_positive_rate": 1.0 if action == KEEP else 0.0, "n_images": n_empty,
+                                   "n_false_positive": n_empty if action == KEEP else 0}
     rows = list(csv.DictReader(open(tmp_path / "e.csv")))
     assert {(r["height"], r["width"]) for r in rows} == {("48", "48")}  # scored at native size, not 32 px
+    assert sorted(int(r["gt_pixels"]) for r in rows) == sorted(int(m.sum()) for m in masks)

@@ -4,12 +4,18 @@ The model runs at its training resolution (each image prepared exactly as in tra
 back to the slice's native size (bilinear, threshold 0.5) and compared with the native ground truth. Summary
 metrics are means over slices with foreground (the paper's protocol), and an ``all_slices`` block covers every
 slice of the split, empty ones included, under the empty-mask conventions of :mod:`pixelrl_env.metrics`.
+
+Two whole-volume figures come from the per-slice pixel counts: ``volumes`` (each patient's slices stacked into one
+volume, Dice of the volume, mean over patients), which a per-slice mean hides when a model misses whole slices or
+paints empty ones, and ``empty_slices`` (how often the model marks anything on a slice whose truth is empty), which
+the paper's foreground-only protocol never sees. Every slice of the split is read (``drop_empty`` is not applied).
 """
 
 from __future__ import annotations
 
 import csv
 import json
+from collections.abc import Sequence
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -60,6 +66,42 @@ def predict(model: torch.nn.Module, cfg: TrainConfig, images: np.ndarray, device
     return segment(model, images, cfg.t_max, batch_size=16, device=device)
 
 
+def volume_dice(groups: Sequence[str], tp, pred_pixels, gt_pixels) -> dict[str, float]:
+    """Dice of each group's slices stacked into one volume: ``2 sum(tp) / (sum(pred) + sum(gt))`` over its slices.
+
+    ``groups``, ``tp`` (true-positive pixels), ``pred_pixels`` and ``gt_pixels`` (foreground pixels of prediction and
+    truth) hold one entry per slice, shape ``(N,)``; counts must be non-negative. A volume whose prediction and truth
+    are both empty scores 1.0 (the convention of :mod:`pixelrl_env.metrics`). Returns ``{group: dice}``, groups in
+    sorted order; ``{}`` for no slices.
+    """
+    tp, ps, gs = (np.asarray(a, dtype=np.float64).reshape(-1) for a in (tp, pred_pixels, gt_pixels))
+    if not len(groups) == len(tp) == len(ps) == len(gs):
+        raise ValueError(f"one entry per slice expected, got {len(groups)} groups, {len(tp)} tp, {len(ps)} pred and "
+                         f"{len(gs)} gt counts")
+    if (tp < 0).any() or (ps < 0).any() or (gs < 0).any() or (tp > np.minimum(ps, gs)).any():
+        raise ValueError("pixel counts must be >= 0 with tp <= min(pred_pixels, gt_pixels)")
+    g = np.asarray(groups, dtype=object)
+    out = {}
+    for name in sorted(set(groups)):
+        sel = g == name
+        den = ps[sel].sum() + gs[sel].sum()
+        out[name] = float(2 * tp[sel].sum() / den) if den > 0 else 1.0
+    return out
+
+
+def empty_slice_fp_rate(pred_pixels, gt_pixels) -> float | None:
+    """Fraction of slices with an empty truth (``gt_pixels == 0``) on which the prediction marks any pixel.
+
+    ``pred_pixels`` and ``gt_pixels``: foreground pixel counts per slice, shape ``(N,)``. ``None`` when no slice has an
+    empty truth (the rate is undefined, not 0).
+    """
+    ps, gs = np.asarray(pred_pixels).reshape(-1), np.asarray(gt_pixels).reshape(-1)
+    if ps.shape != gs.shape:
+        raise ValueError(f"one count per slice expected, got {ps.shape} pred and {gs.shape} gt counts")
+    empty = gs == 0
+    return float(np.mean(ps[empty] > 0)) if empty.any() else None
+
+
 def evaluate_checkpoint(
     checkpoint: str | Path,
     data_format: str | None = None,
@@ -103,8 +145,11 @@ def evaluate_checkpoint(
                 save_overlay(Path(overlays) / f"{len(rows):03d}_{Path(s.source).stem}.png", img, gt_small, m, unc)
                 n_overlays += 1
             vals = {k: float(v[0]) for k, v in compute_all(pred, s.mask).items()}
-            rows.append({"source": s.source, "group": s.group, "has_foreground": bool(s.mask.any()),
-                         "height": s.mask.shape[0], "width": s.mask.shape[1], **vals})
+            p, g = pred.astype(bool), s.mask.astype(bool)
+            rows.append({"source": s.source, "group": s.group, "has_foreground": bool(g.any()),
+                         "height": s.mask.shape[0], "width": s.mask.shape[1], **vals,
+                         "tp_pixels": int(np.count_nonzero(p & g)), "pred_pixels": int(np.count_nonzero(p)),
+                         "gt_pixels": int(np.count_nonzero(g))})
 
     def summary(sel: list[dict]) -> dict[str, Any]:
         if not sel:
@@ -112,9 +157,17 @@ def evaluate_checkpoint(
         return {**{k: float(np.mean([r[k] for r in sel])) for k in ALL_METRICS}, "n_images": len(sel)}
 
     fg = [r for r in rows if r["has_foreground"]]
+    col = lambda k: [r[k] for r in rows]  # noqa: E731
+    per_volume = volume_dice(col("group"), col("tp_pixels"), col("pred_pixels"), col("gt_pixels"))
+    n_empty = sum(not r["has_foreground"] for r in rows)
     result = {
         **summary(fg),
         "all_slices": summary(rows),
+        "volumes": {"dice": float(np.mean(list(per_volume.values()))), "n_volumes": len(per_volume),
+                    "per_volume_dice": per_volume},
+        "empty_slices": {"false_positive_rate": empty_slice_fp_rate(col("pred_pixels"), col("gt_pixels")),
+                         "n_images": n_empty,
+                         "n_false_positive": sum(not r["has_foreground"] and r["pred_pixels"] > 0 for r in rows)},
         "split": split,
         "checkpoint": str(checkpoint),
         "data": {"format": data.format, "path": data.path},

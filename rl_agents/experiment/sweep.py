@@ -21,6 +21,9 @@ A sweep file (``tune_configs/sweep_asha.yaml`` is an example)::
     experiment: sweep-smoke       # MLflow experiment and Tune run name
     storage: runs/tune            # Tune's results (resolved to an absolute path)
 
+A trial trains into ``<storage>/<experiment>/trial_<id>/run/`` (``config.yaml``, ``metrics.json``, ``checkpoints/``,
+and ``trial.json`` naming its variant), which :mod:`rl_agents.experiment.cv` reads for cross-validation reports.
+
 Each validation pass of a trial is one Tune report (``training_iteration``), so ASHA's ``grace_period`` counts
 validation passes. A trial with ``num_workers >= 1`` reserves its actors with a placement group laid out by
 :func:`rl_agents.engines.ray_a3c.ray_bundles` (bundle 0: the trial's driver and the evaluator, bundle 1: the
@@ -29,6 +32,7 @@ learner, then one bundle per worker); the engine pins each actor to its own bund
 
 from __future__ import annotations
 
+import json
 import os
 from pathlib import Path
 from typing import Any
@@ -41,6 +45,7 @@ from rl_agents.experiment.tracking import tracking_uri
 SWEEP_KEYS = {"base", "set", "search_space", "num_samples", "max_concurrent_trials", "search", "scheduler", "metric",
               "mode", "max_failures", "cpus_per_trial", "experiment", "storage", "inject_failure"}
 DISTRIBUTIONS = ("loguniform", "uniform", "choice", "randint", "grid")
+TRIAL_INFO = "trial.json"  # beside a trial's config.yaml: what Tune sampled, the variant's name included
 
 
 def load_sweep(path: str | Path) -> dict[str, Any]:
@@ -120,6 +125,18 @@ def trial_config(base: dict, sampled: dict[str, Any]) -> TrainConfig:
     return cfg
 
 
+def record_trial(out: Path, trial_id: str, sampled: dict[str, Any]) -> None:
+    """Write ``out/trial.json``: the trial id, its variant's name and what was sampled.
+
+    The variant's name exists nowhere else in the trial's folder (config.yaml holds only the resulting config), and
+    reports that read the folder (:mod:`rl_agents.experiment.cv`) need it without MLflow.
+    """
+    out.mkdir(parents=True, exist_ok=True)
+    name = str((sampled.get("variant") or {}).get("name", ""))
+    (out / TRIAL_INFO).write_text(json.dumps({"trial_id": trial_id, "variant": name, "sampled": sampled}, indent=2,
+                                             default=str))
+
+
 def _trainable(config: dict[str, Any], sweep: dict[str, Any]) -> None:
     """One trial: train with the sampled ``config`` through the shared run lifecycle, reporting each validation pass
     to Tune and MLflow.
@@ -138,6 +155,7 @@ def _trainable(config: dict[str, Any], sweep: dict[str, Any]) -> None:
     ctx = tune.get_context()
     out = Path(ctx.get_trial_dir()) / "run"
     cfg.run_name = ctx.get_trial_name()
+    record_trial(out, ctx.get_trial_id(), sampled)
     run_id = start_trial_run(sweep["experiment_id"], sweep["parent_run_id"], ctx.get_trial_id(), cfg.run_name,
                              str((sampled.get("variant") or {}).get("name", "")), cfg)
 
