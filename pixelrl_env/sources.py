@@ -102,24 +102,37 @@ def iter_lgg(root: str | Path, bad: BadFiles | None = None) -> Iterator[Sample]:
 _FOLDER_EXPECTED = "a folder with images/ and masks/ holding files paired by name (PNG, JPEG, TIFF, BMP, GIF)"
 
 
+def _two_dirs(root: str | Path, first: str, second: str, expected: str) -> tuple[Path, Path]:
+    """``root/first`` and ``root/second``, each required to exist (errors name the missing folder)."""
+    root = _existing_dir(root, expected)
+    dirs = (root / first, root / second)
+    for d in dirs:
+        if not d.is_dir():
+            raise DataError(f"missing folder {d}; expected {expected}")
+    return dirs
+
+
+def _index(d: Path, key, what: str) -> dict[str, Path]:
+    """``{key(name): file}`` over the files of ``d`` whose ``key`` is not None; two files with one key are refused."""
+    out: dict[str, Path] = {}
+    for f in sorted(d.iterdir()):
+        k = key(f.name) if f.is_file() else None
+        if k is None:
+            continue
+        if k in out:
+            raise DataError(f"two files hold {what} {k!r} in {d}: {out[k].name} and {f.name}")
+        out[k] = f
+    return out
+
+
 def folder_pairs(root: str | Path) -> list[tuple[str, Path, Path]]:
     """List ``(stem, image_path, mask_path)`` sorted by stem, checking that every image has a mask."""
-    root = _existing_dir(root, _FOLDER_EXPECTED)
-    img_dir, mask_dir = root / "images", root / "masks"
-    for d in (img_dir, mask_dir):
-        if not d.is_dir():
-            raise DataError(f"missing folder {d}; expected {_FOLDER_EXPECTED}")
+    img_dir, mask_dir = _two_dirs(root, "images", "masks", _FOLDER_EXPECTED)
 
-    def by_stem(d: Path) -> dict[str, Path]:
-        out: dict[str, Path] = {}
-        for f in sorted(d.iterdir()):
-            if f.is_file() and f.suffix.lower() in IMAGE_SUFFIXES:
-                if f.stem in out:
-                    raise DataError(f"two files share the name {f.stem!r} in {d}: {out[f.stem].name} and {f.name}")
-                out[f.stem] = f
-        return out
+    def stem(name: str) -> str | None:
+        return Path(name).stem if Path(name).suffix.lower() in IMAGE_SUFFIXES else None
 
-    images, masks = by_stem(img_dir), by_stem(mask_dir)
+    images, masks = _index(img_dir, stem, "the name"), _index(mask_dir, stem, "the name")
     if not images:
         raise DataError(f"no image files in {img_dir}; expected files ending in {', '.join(IMAGE_SUFFIXES)}")
     missing = sorted(set(images) - set(masks))
@@ -186,24 +199,8 @@ def _nifti_id(name: str) -> str | None:
 
 def nifti_pairs(root: str | Path) -> list[tuple[str, Path, Path]]:
     """List ``(volume id, image_path, label_path)`` sorted by id, checking that images and labels pair one to one."""
-    root = _existing_dir(root, _NIFTI_EXPECTED)
-    img_dir, lbl_dir = root / "imagesTr", root / "labelsTr"
-    for d in (img_dir, lbl_dir):
-        if not d.is_dir():
-            raise DataError(f"missing folder {d}; expected {_NIFTI_EXPECTED}")
-
-    def by_id(d: Path) -> dict[str, Path]:
-        out: dict[str, Path] = {}
-        for f in sorted(d.iterdir()):
-            vid = _nifti_id(f.name)
-            if vid is None or not f.is_file():
-                continue
-            if vid in out:
-                raise DataError(f"two files hold volume {vid!r} in {d}: {out[vid].name} and {f.name}")
-            out[vid] = f
-        return out
-
-    images, labels = by_id(img_dir), by_id(lbl_dir)
+    img_dir, lbl_dir = _two_dirs(root, "imagesTr", "labelsTr", _NIFTI_EXPECTED)
+    images, labels = _index(img_dir, _nifti_id, "volume"), _index(lbl_dir, _nifti_id, "volume")
     if not images:
         raise DataError(f"no NIfTI volumes (*.nii.gz, *.nii) in {img_dir}; expected {_NIFTI_EXPECTED}")
 
