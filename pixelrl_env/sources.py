@@ -135,14 +135,19 @@ def folder_pairs(root: str | Path) -> list[tuple[str, Path, Path]]:
     images, masks = _index(img_dir, stem, "the name"), _index(mask_dir, stem, "the name")
     if not images:
         raise DataError(f"no image files in {img_dir}; expected files ending in {', '.join(IMAGE_SUFFIXES)}")
-    missing = sorted(set(images) - set(masks))
-    if missing:
-        first = images[missing[0]]
-        raise DataError(
-            f"image {first} has no mask in {mask_dir} (expected a file named {missing[0]}.*)"
-            + (f"; {len(missing) - 1} more images lack masks" if len(missing) > 1 else "")
-        )
+    _unpaired(images, masks, "image", f"mask in {mask_dir}", lambda k, f: f"a file named {k}.*")
     return [(stem, images[stem], masks[stem]) for stem in sorted(images)]
+
+
+def _unpaired(have: dict[str, Path], other: dict[str, Path], what: str, other_what: str, expected) -> None:
+    """Refuse the first key of ``have`` missing from ``other``, naming its file and ``expected(key, file)``."""
+    missing = sorted(set(have) - set(other))
+    if missing:
+        first = have[missing[0]]
+        raise DataError(
+            f"{what} {first} has no {other_what}; expected {expected(missing[0], first)}"
+            + (f"; {len(missing) - 1} more {what}s lack one" if len(missing) > 1 else "")
+        )
 
 
 def group_of(stem: str, group_pattern: str | None) -> str:
@@ -204,17 +209,8 @@ def nifti_pairs(root: str | Path) -> list[tuple[str, Path, Path]]:
     if not images:
         raise DataError(f"no NIfTI volumes (*.nii.gz, *.nii) in {img_dir}; expected {_NIFTI_EXPECTED}")
 
-    def unpaired(have: dict[str, Path], other: dict[str, Path], what: str, other_what: str, other_dir: Path) -> None:
-        missing = sorted(set(have) - set(other))
-        if missing:
-            first = have[missing[0]]
-            raise DataError(
-                f"{what} {first} has no {other_what} file; expected {other_dir / first.name}"
-                + (f"; {len(missing) - 1} more {what}s lack one" if len(missing) > 1 else "")
-            )
-
-    unpaired(images, labels, "image", "label", lbl_dir)
-    unpaired(labels, images, "label", "image", img_dir)
+    _unpaired(images, labels, "image", "label file", lambda k, f: lbl_dir / f.name)
+    _unpaired(labels, images, "label", "image file", lambda k, f: img_dir / f.name)
     return [(vid, images[vid], labels[vid]) for vid in sorted(images)]
 
 
