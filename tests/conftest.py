@@ -137,8 +137,11 @@ def interrupt_after_checkpoint(cmd: list[str], out: Path, cwd: Path, wait_s: flo
     import subprocess
     import time
 
+    # SIGINT back to its default in the child: a test run started in the background (`cmd &`) inherits an ignored
+    # SIGINT, and a Python started with SIGINT ignored never raises KeyboardInterrupt
     proc = subprocess.Popen(cmd, cwd=cwd, env={**os.environ, "RAY_ADDRESS": ""}, stdout=subprocess.PIPE,
-                            stderr=subprocess.STDOUT, text=True)
+                            stderr=subprocess.STDOUT, text=True,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     try:
         deadline = time.time() + wait_s
         while not (out / "checkpoints" / "last.pt").exists() and time.time() < deadline and proc.poll() is None:

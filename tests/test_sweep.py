@@ -151,7 +151,8 @@ def test_an_interrupted_sweep_resumes(tmp_path: Path):
     sweep = _sweep_file(tmp_path, "t-resume", num_samples=3, max_concurrent_trials=1, scheduler={"type": "fifo"})
     env = {**os.environ, "RAY_ADDRESS": "", "PYTHONUNBUFFERED": "1"}
     proc = subprocess.Popen([sys.executable, "train.py", "--tune", str(sweep)], cwd=ROOT, env=env,
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))  # see conftest
     try:
         deadline = time.time() + 300
         results = []
