@@ -35,7 +35,6 @@ import argparse
 import functools
 import json
 import os
-import platform
 import statistics
 import sys
 import time
@@ -50,7 +49,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
-from machine import cpu_name  # noqa: E402
+from machine import describe  # noqa: E402
 
 from rl_agents.config import load_config  # noqa: E402
 
@@ -114,8 +113,7 @@ class Suite:
 
 
 def machine() -> dict:
-    info = {"cpu": cpu_name(), "cores": os.cpu_count(), "python": platform.python_version(),
-            "torch": torch.__version__, "cuda": torch.version.cuda}
+    info = {**describe(), "cuda": torch.version.cuda}
     if torch.cuda.is_available():
         p = torch.cuda.get_device_properties(0)
         info.update(gpu=p.name, gpu_memory_gib=round(p.total_memory / 2**30, 1), sms=p.multi_processor_count)

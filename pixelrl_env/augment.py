@@ -16,6 +16,8 @@ from dataclasses import dataclass
 import numpy as np
 from scipy import ndimage
 
+from .corrupt import bias_field
+
 
 @dataclass(frozen=True)
 class Augment:
@@ -85,10 +87,5 @@ class Augment:
             shift = rng.uniform(-self.intensity / 2, self.intensity / 2) * span
             out = (out - mean) * contrast + mean + shift
         if self.bias_field:
-            h, w = img.shape[-2:]
-            y, x = np.meshgrid(np.linspace(-1, 1, h), np.linspace(-1, 1, w), indexing="ij")
-            terms = np.stack([y, x, y * x, y * y, x * x])
-            field = np.tensordot(rng.uniform(-1, 1, len(terms)), terms, axes=1)
-            field *= self.bias_field / max(float(np.abs(field).max()), 1e-12)
-            out = out * (1.0 + field)[None]
+            out = out * (1.0 + bias_field(img.shape[-2:], self.bias_field, rng))[None]
         return out.astype(img.dtype, copy=False)

@@ -23,6 +23,16 @@ LEVELS = {
 }
 
 
+def bias_field(shape: tuple[int, int], strength: float, rng: np.random.Generator) -> np.ndarray:
+    """A smooth ``(H, W)`` field, a random quadratic surface scaled to ``[-strength, strength]``; an image is
+    multiplied by ``1 + field``. Shared by this corruption and training augmentation (pixelrl_env/augment.py)."""
+    h, w = shape
+    y, x = np.meshgrid(np.linspace(-1, 1, h), np.linspace(-1, 1, w), indexing="ij")
+    terms = np.stack([y, x, y * x, y * y, x * x])
+    field = np.tensordot(rng.uniform(-1, 1, len(terms)), terms, axes=1)
+    return field * (strength / max(float(np.abs(field).max()), 1e-12))
+
+
 def _range(images: np.ndarray) -> np.ndarray:
     lo, hi = np.percentile(images, [1, 99], axis=(-2, -1), keepdims=True)
     return np.maximum(hi - lo, 1e-6).astype(np.float32)
@@ -51,14 +61,9 @@ def corrupt(images: np.ndarray, kind: str, level: float, rng: np.random.Generato
         n1, n2 = (rng.normal(0, 1, x.shape).astype(np.float32) * sd for _ in range(2))
         return (np.sqrt((mag + n1) ** 2 + n2**2) + lo).astype(np.float32)
     if kind == "bias_field":
-        h, w = x.shape[-2:]
-        y, xx = np.meshgrid(np.linspace(-1, 1, h), np.linspace(-1, 1, w), indexing="ij")
-        terms = np.stack([y, xx, y * xx, y * y, xx * xx])
         out = np.empty_like(x)
         for i in range(len(x)):
-            field = np.tensordot(rng.uniform(-1, 1, len(terms)), terms, axes=1)
-            field *= level / max(float(np.abs(field).max()), 1e-12)
-            out[i] = x[i] * (1 + field).astype(np.float32)[None]
+            out[i] = x[i] * (1 + bias_field(x.shape[-2:], level, rng)).astype(np.float32)[None]
         return out
     if kind == "contrast":
         mean = x.mean(axis=(-2, -1), keepdims=True)
