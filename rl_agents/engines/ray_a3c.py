@@ -496,7 +496,9 @@ class RayA3CEngine:
             "perf/learner_busy_fraction": s["busy_s"] / lw,
             "perf/dropped_gradients": s["dropped"],
             "perf/downweighted_gradients": s["downweighted"],
-            "perf/worker_updates_per_s": [r / run_wall for r in self.rollouts],
+            # the learner's count of applied pushes: a worker's work call that died still had its pushes applied
+            "perf/worker_updates_per_s": [s["per_worker_updates"].get(i, 0) / run_wall
+                                          for i in range(self.cfg.num_workers)],
             "perf/worker_busy_fraction": [b / run_wall for b in self.busy_s],
             "workers/restarts": sum(self.restarts),
             "workers/n": self.cfg.num_workers,
