@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import argparse
 import json
+import shlex
+import sys
 from pathlib import Path
 
 from machine import describe
@@ -58,7 +60,10 @@ def run_row(name: str, config: str, overrides: list[str], run_dir: Path, train_m
             print(f"skip {name}: no run in {run_dir} (use --train to train it)")
             return None
         _train(config, overrides, run_dir)
+    import yaml
+
     m = json.loads((run_dir / "metrics.json").read_text())
+    data = yaml.safe_load((run_dir / "config.yaml").read_text())["data"]  # what the run was trained on, as saved
     ckpt = run_dir / "checkpoints" / "best.pt"
     val = evaluate_checkpoint(ckpt, split="val", json_out=run_dir / "eval_val.json")
     test = evaluate_checkpoint(ckpt, split="test", json_out=run_dir / "eval_test.json")
@@ -68,6 +73,9 @@ def run_row(name: str, config: str, overrides: list[str], run_dir: Path, train_m
         "overrides": overrides,
         "run_dir": str(run_dir),
         "params": m["params"],
+        "trained_at_px": data["size"],
+        "data": {k: data.get(k) for k in ("format", "path", "channels", "split", "seed", "folds", "fold")},
+        "patients": {"val": len(val["volumes"]["per_volume_dice"]), "test": len(test["volumes"]["per_volume_dice"])},
         "train_wall_time_s": m["wall_time_s"],
         "updates": m["updates"],
         "best_update": m.get("best_update"),
@@ -108,9 +116,10 @@ def main() -> None:
         print(f"{r['name']:44s} {r['params']:>10,d} {r['train_wall_time_s']:>8.0f} | {v['dice']:6.3f} {v['iou']:6.3f} "
               f"{v['biou']:6.3f} {v['hd95']:6.2f} | {r['test']['dice']:.3f}")
     out = {
-        "data": "../shared/data/lgg_kaggle_3m (20 patients; patient split 70/10/20, seed 0; foreground slices)",
-        "evaluation": "native 256x256; model at 128 (FLAIR); masks resized back; means over slices with foreground",
+        "evaluation": "native resolution; each row's model runs at its trained_at_px and its masks are resized back; "
+                      "means over slices with foreground",
         "machine": describe(),
+        "command": shlex.join(["python", "benchmarks/quality.py", *sys.argv[1:]]),
         "rows": rows,
     }
     Path(json_path).parent.mkdir(parents=True, exist_ok=True)

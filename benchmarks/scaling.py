@@ -235,10 +235,14 @@ def main() -> None:
         summary["lgg_time_to_dice"] = [lgg_time_to_dice(n, args.lgg_target, args.lgg_minutes) for n in (1, 2)]
     for k, v in summary.items():
         print(f"{k:40s} {v if isinstance(v, list) else round(v, 3)}")
-    out = {"machine": {**describe(),
-                       "gpu": "none (no GPU machine was lent; the GPU learner with 14 workers was not run)"},
-           "setup": {"size": args.size, "batch_size": 4, "t_max": 10, "preset": "small", "threads_per_worker": 1,
-                     "seconds": args.seconds, "learner_cpus": 0,
+    import torch
+
+    base = _cfg(args.size)  # what every synthetic run above was built from, read back rather than restated
+    gpu = torch.cuda.get_device_name() if torch.cuda.is_available() else None
+    out = {"machine": {**describe(), "gpu": gpu},
+           "setup": {"size": base.data.size, "batch_size": base.batch_size, "t_max": base.t_max,
+                     "preset": base.preset, "threads_per_worker": 1, "seconds": args.seconds,
+                     "learner_cpus": base.learner_cpus,
                      "threads": "Ray workers and Hogwild processes: 1 intra-op thread each (torch.set_num_threads(1)); "
                                 "local1/local2: one process with 1 / 2 intra-op threads; inter-op threads: torch's "
                                 "default (reported per local run)",

@@ -11,6 +11,11 @@ Order of operations (each deterministic given ``DataConfig.seed``):
 4. per split, drop slices without foreground at the working resolution if ``drop_empty`` (the paper's protocol);
 5. k-shot: keep ``k_shot`` training slices, drawn without replacement.
 
+2.5-D input (``context`` = k > 0): each kept slice carries its k neighbours on either side as extra channels, taken
+from the slices of its volume in read order (empty ones included, before step 4), the volume's edge slice repeated
+past its ends; channels are ordered neighbour -k first, each with the ``channels`` chosen. Sources list a volume's
+slices in order (NIfTI by index, LGG by slice number, Parquet as written: write it without ``--foreground-only``).
+
 :func:`load_splits` reads everything. :func:`load_part` gives one worker its contiguous share of one split with the
 same result row for row, reading as little as the format allows (see its docstring); :func:`describe` gives the split
 sizes and array shapes without decoding images.
@@ -20,7 +25,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -57,6 +62,7 @@ class DataConfig:
     # a user's scan is mostly empty slices, which a model trained on foreground slices only never saw)
     skip_bad: bool = False
     group_pattern: str | None = None  # folder format: regex on the file stem giving the patient id
+    context: int = 0  # 2.5-D: this many neighbouring slices on either side of a slice join it as channels (ours)
     slice_axis: int = -1  # nifti: the volume axis cut into 2-D slices (-1 = last, the axial axis of MSD volumes)
     label_value: int | None = None  # nifti: foreground = label == this value; null = any label > 0
     synthetic: dict = field(
@@ -86,6 +92,12 @@ class DataConfig:
             raise DataError(
                 f"data.label_value must be a label >= 1 (0 is background) or null, got {self.label_value!r}"
             )
+        if isinstance(self.context, bool) or not isinstance(self.context, int) or not 0 <= self.context <= 8:
+            raise DataError(f"data.context must be an integer 0..8 (neighbouring slices on each side), "
+                            f"got {self.context!r}")
+        if self.context and self.skip_bad:
+            raise DataError("data.context needs every slice of a volume (a skipped bad slice would shift its "
+                            "neighbours); set data.skip_bad=false, or data.context=0")
         if self.folds is None:
             if self.fold != 0:
                 raise DataError(f"data.fold={self.fold} needs data.folds (k of k-fold cross-validation); it is null")
@@ -227,6 +239,39 @@ def _working_mask(mask: np.ndarray, cfg: DataConfig) -> np.ndarray:
     return mask if cfg.size is None else resize_mask(mask, (cfg.size, cfg.size))
 
 
+def context_rows(groups: Sequence[str], k: int) -> np.ndarray:
+    """``(N, 2k+1)`` row numbers of each row's neighbours ``-k..k`` within its run of equal groups (its volume) in
+    read order; past either end of the run the edge row repeats (a volume's first slice has no slice before it)."""
+    n = len(groups)
+    start, end = np.zeros(n, np.int64), np.zeros(n, np.int64)
+    i = 0
+    while i < n:
+        j = i
+        while j + 1 < n and groups[j + 1] == groups[i]:
+            j += 1
+        start[i : j + 1], end[i : j + 1] = i, j
+        i = j + 1
+    return np.clip(np.arange(n)[:, None] + np.arange(-k, k + 1)[None, :], start[:, None], end[:, None])
+
+
+def stack_context(images: np.ndarray, groups: Sequence[str], k: int) -> np.ndarray:
+    """``(N, C, H, W)`` slices in read order to ``(N, (2k+1)C, H, W)``: each slice with its neighbours as channels."""
+    if k == 0:
+        return images
+    n, c, h, w = images.shape
+    return np.ascontiguousarray(images[context_rows(groups, k)].reshape(n, (2 * k + 1) * c, h, w))
+
+
+def prepare_rows(samples: Sequence[Sample], rows: Sequence[int], cfg: DataConfig) -> np.ndarray:
+    """``(len(rows), C', S, S)`` model inputs of ``samples[rows]``; with ``cfg.context`` each stacks its neighbours
+    from ``samples`` (a volume's slices in read order), each neighbour prepared once."""
+    if not cfg.context:
+        return np.stack([prepare_image(samples[i].image, cfg, samples[i].source) for i in rows])
+    nb = context_rows([s.group for s in samples], cfg.context)
+    prepared = {int(j): prepare_image(samples[j].image, cfg, samples[j].source) for j in np.unique(nb[list(rows)])}
+    return np.stack([np.concatenate([prepared[int(j)] for j in nb[i]]) for i in rows])
+
+
 def _to_arrays(samples: list[Sample], cfg: DataConfig) -> ArraySet:
     images, masks = [], []
     native: tuple | None = None
@@ -239,11 +284,11 @@ def _to_arrays(samples: list[Sample], cfg: DataConfig) -> ArraySet:
         images.append(prepare_image(s.image, cfg, s.source))
         masks.append(_working_mask(s.mask, cfg))
     if not images:
-        c = len(cfg.channels) if cfg.channels else 1
+        c = (len(cfg.channels) if cfg.channels else 1) * (2 * cfg.context + 1)
         side = cfg.size or 1
         return ArraySet(np.zeros((0, c, side, side), np.float32), np.zeros((0, side, side), np.uint8), [], [])
     return ArraySet(
-        np.stack(images).astype(np.float32),
+        stack_context(np.stack(images).astype(np.float32), [s.group for s in samples], cfg.context),
         np.stack(masks).astype(np.uint8),
         [s.group for s in samples],
         [s.source for s in samples],
@@ -614,11 +659,24 @@ def load_part(cfg: DataConfig, split: str, part: int = 0, n_parts: int = 1, stat
                 f"the {split} split of {cfg.path or cfg.format} has {len(idx)} slice(s) after drop_empty/k_shot, "
                 f"too few for n_parts={n_parts}: part {part} would be empty; use n_parts <= {len(idx)}"
             )
-        samples = plan.rows.samples(np.array_split(idx, n_parts)[part], bad)
+        here = np.array_split(idx, n_parts)[part]
+        if cfg.context:  # the neighbours too: from the split's rows (as load_splits stacks them), kept or not
+            split_rows = np.flatnonzero(_split_names(plan.rows.groups, cfg) == split)
+            local = context_rows([plan.rows.groups[r] for r in split_rows], cfg.context)
+            neighbours = split_rows[local[np.searchsorted(split_rows, here)]]
+            need = np.unique(neighbours)
+            got = dict(zip(need.tolist(), plan.rows.samples(need, bad)))  # skip_bad is off: all or an error
+        else:
+            samples = plan.rows.samples(here, bad)
     finally:
         plan.rows.close()
     _finish_stats(stats, plan, bad)
-    return _to_arrays(samples, cfg)
+    if not cfg.context:
+        return _to_arrays(samples, cfg)
+    centre = _to_arrays([got[int(r)] for r in here], replace(cfg, context=0))  # masks, groups, size checks
+    prepared = {r: prepare_image(s.image, cfg, s.source) for r, s in got.items()}
+    images = np.stack([np.concatenate([prepared[int(j)] for j in row]) for row in neighbours]).astype(np.float32)
+    return ArraySet(images, centre.masks, centre.groups, centre.sources)
 
 
 def describe(cfg: DataConfig, stats: dict | None = None) -> dict:
@@ -644,6 +702,7 @@ def describe(cfg: DataConfig, stats: dict | None = None) -> dict:
                 f"data.channels {cfg.channels} out of range for {rows.sources[first]}, which has {channels} channel(s)"
             )
         channels = len(cfg.channels)
+    channels *= 2 * cfg.context + 1
     size = cfg.size
     if size is None:
         sizes = {k: v for k, v in plan.native.items() if v is not None}

@@ -253,6 +253,37 @@ def _cmd_cv_report(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_ablation_report(args: argparse.Namespace) -> int:
+    from rl_agents.experiment.cv import ablation_report
+
+    r = ablation_report(Path(args.storage), args.experiment, baseline=args.baseline, device=args.device,
+                        json_out=args.json)
+    base, n = r["baseline"], len(r["folds"])
+    wide = Console(width=max(console.width, 230))  # eleven columns, each header on one line
+    table = Table(title=f"{args.experiment}: each variant minus {base!r}, paired by fold ({n} of {r['k']} folds; "
+                        "mean ± sd over folds). Read the validation columns; test columns choose nothing")
+    for col in ("variant", "changes", "updates", "val Dice", "Δ val Dice (wins)", "test Dice", "Δ test Dice",
+                "Δ test BIoU", "Δ test HD95", "Δ test Dice/volume", "Δ test empty FP"):
+        table.add_column(col, justify="left" if col in ("variant", "changes") else "right", no_wrap=col != "changes")
+    for v, row in r["rows"].items():
+        val, test = row["val"], row["test"]
+        changes = ", ".join(f"{k}={w}" for k, w in row["changes"].items()) or "(the paper's defaults)"
+
+        def delta(block: dict, m: str, digits: int = 3) -> str:
+            return "" if v == base else _pm(block["paired"][m], digits)
+
+        wins = "" if v == base else f" ({val['paired']['dice']['a_wins']}/{val['paired']['dice']['n']})"
+        table.add_row(v, changes, "/".join(str(u) for u in row["updates"]), _pm(val["variants"][v]["dice"], 3),
+                      delta(val, "dice") + wins, _pm(test["variants"][v]["dice"], 3), delta(test, "dice"),
+                      delta(test, "biou"), delta(test, "hd95", 2), delta(test, "volume_dice"),
+                      delta(test, "empty_fp_rate"))
+    wide.print(table)
+    m = r["machine"]
+    wide.print(f"evaluated on {m['cpu']} ({m['cores']} cores), torch {m['torch']}"
+               + (f"; JSON with every per-fold figure: {args.json}" if args.json else ""), highlight=False)
+    return 0
+
+
 def _add_train_args(p: argparse.ArgumentParser, default_out: str) -> None:
     p.add_argument("--config", default=None, help="YAML config (see tune_configs/)")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
@@ -361,6 +392,14 @@ def build_parser() -> argparse.ArgumentParser:
     cv.add_argument("--json", default=None, help="write every per-fold figure, budgets and the machine here")
     cv.add_argument("--device", default="cpu")
     cv.set_defaults(func=_cmd_cv_report)
+
+    ab = sub.add_parser("ablation-report", help="k-fold ablation sweep: every variant minus the baseline, by fold")
+    ab.add_argument("--experiment", required=True, help="the sweep's experiment, e.g. ablation-heart")
+    ab.add_argument("--storage", default="runs/tune", help="the sweep's storage folder (default runs/tune)")
+    ab.add_argument("--baseline", default="base", help="the variant every row is paired with (default base)")
+    ab.add_argument("--json", default=None, help="write every per-fold figure, budgets and the machine here")
+    ab.add_argument("--device", default="cpu")
+    ab.set_defaults(func=_cmd_ablation_report)
     return p
 
 

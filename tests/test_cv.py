@@ -244,3 +244,47 @@ def test_robustness_benchmark_on_the_cv_folds(sweep: Path, tmp_path: Path):
             assert [r["level"] for r in levels] == [0, *LEVELS[kind]] and levels[0]["dice_lost_mean"] == 0
             assert all(r["folds"] == K for r in levels)
     assert png.stat().st_size > 10_000 and res["command"].startswith("python benchmarks/robustness.py")
+
+
+def test_ablation_report_pairs_every_variant_with_the_baseline(sweep: Path, report: dict, tmp_path: Path, capsys):
+    """The same sweep read as an ablation with the U-Net as baseline: the test-split row is cv_report's paired
+    difference, every checkpoint is also scored on its validation patients, and each row names its config changes."""
+    from rl_agents.cli import main
+    from rl_agents.experiment.cv import ablation_report
+
+    ab = ablation_report(sweep, "cv-t", baseline="unet", json_out=tmp_path / "ab.json")
+    assert list(ab["rows"]) == ["unet", "pixeldrl"] and ab["folds"] == list(range(K))
+    row = ab["rows"]["pixeldrl"]
+    assert row["changes"] == {} and ab["rows"]["unet"]["changes"] == {"model": "unet"}
+    for m in (*PAPER_METRICS, *WHOLE_METRICS):
+        assert row["test"]["paired"][m]["mean"] == pytest.approx(report["paired"][m]["mean"])
+    val = ab["per_fold"]["val"]["pixeldrl"]
+    for f in range(K):  # validation patients: neither the fold's test patients nor its training ones
+        assert set(val[f]["patients"]).isdisjoint(report["patients"][f]) and val[f]["patients"]
+        d = [val[f]["dice"] - ab["per_fold"]["val"]["unet"][f]["dice"]]
+        assert row["val"]["paired"]["dice"]["diffs"][f] == pytest.approx(d[0])
+    assert ab["rows"]["unet"]["test"]["paired"]["dice"]["mean"] == 0.0  # the baseline minus itself
+    assert json.loads((tmp_path / "ab.json").read_text())["baseline"] == "unet"
+    with pytest.raises(CVError, match="baseline variant 'base' not in the sweep.*'pixeldrl', 'unet'"):
+        ablation_report(sweep, "cv-t")
+    assert main(["ablation-report", "--experiment", "cv-t", "--storage", str(sweep), "--baseline", "unet"]) == 0
+    out = capsys.readouterr().out
+    assert "Δ val Dice (wins)" in out and "(the paper's defaults)" in out and "model=unet" in out
+
+
+def test_ablation_sweep_changes_one_thing_per_row_at_equal_updates():
+    from ray.tune.search.variant_generator import generate_variants
+
+    from rl_agents.config import flatten, to_dict
+    from rl_agents.experiment.sweep import _space, load_sweep, trial_config
+
+    spec = load_sweep(ROOT / "tune_configs" / "ablation_heart.yaml")
+    trials = [(s["variant"], trial_config(spec["base"], s)) for _, s in generate_variants(_space(spec["search_space"]))]
+    names = sorted({v["name"] for v, _ in trials})
+    assert "base" in names and len(trials) == 3 * len(names)
+    base = {c.data.fold: flatten(to_dict(c)) for v, c in trials if v["name"] == "base"}
+    assert sorted(base) == [0, 1, 2]
+    for v, c in trials:
+        assert c.max_updates == 100 and c.max_minutes is None and c.threads == 1 and c.data.folds == 5
+        diff = {k for k, x in flatten(to_dict(c)).items() if base[c.data.fold][k] != x}
+        assert diff == set(flatten({k: x for k, x in v.items() if k != "name"})), v["name"]  # exactly its own change

@@ -168,6 +168,19 @@ def summarize(per_fold: dict[str, dict[int, dict[str, Any]]], a: str, b: str) ->
     return out
 
 
+def _evaluate(by: dict[str, dict[int, Trial]], folds: list[int], split: str, device: str) -> dict[str, Any]:
+    """``per_fold[variant][fold]``: each trial's best checkpoint scored on its own fold's ``split`` patients."""
+    from rl_agents.experiment.evaluate import evaluate_checkpoint
+
+    per_fold: dict[str, dict[int, dict[str, Any]]] = {}
+    for v, trials in by.items():
+        per_fold[v] = {}
+        for f in folds:
+            ev = evaluate_checkpoint(trials[f].checkpoint, split=split, device=device)
+            per_fold[v][f] = {**fold_figures(ev), "trial": str(trials[f].path), "budget": trials[f].budget()}
+    return per_fold
+
+
 def _fold_mismatch(a: str, fa: set[int], b: str, fb: set[int]) -> str:
     return (f"variants {a!r} and {b!r} do not cover the same folds, so no paired difference: {a!r} has folds "
             f"{sorted(fa)}, {b!r} has {sorted(fb)}; missing from {a!r}: {sorted(fb - fa)}, from {b!r}: "
@@ -214,8 +227,6 @@ def cv_report(
     budgets each trial had and used, the machine and ``command`` (default: this process's command line).
     Raises :class:`CVError` before evaluating anything when the folder, a checkpoint or a fold is missing.
     """
-    from rl_agents.experiment.evaluate import evaluate_checkpoint
-
     trials = find_trials(storage_dir, experiment)
     variants = sorted({t.variant for t in trials})
     for v in (a, b):
@@ -230,12 +241,7 @@ def cv_report(
     k = trials[0].folds
     folds = sorted(by[a])
 
-    per_fold: dict[str, dict[int, dict[str, Any]]] = {a: {}, b: {}}
-    for v in (a, b):
-        for f in folds:
-            t = by[v][f]
-            ev = evaluate_checkpoint(t.checkpoint, split=split, device=device)
-            per_fold[v][f] = {**fold_figures(ev), "trial": str(t.path), "budget": t.budget()}
+    per_fold = _evaluate(by, folds, split, device)
     patients = {}
     for f in folds:
         pa, pb = per_fold[a][f]["patients"], per_fold[b][f]["patients"]
@@ -257,6 +263,58 @@ def cv_report(
         "other_variants": [v for v in variants if v not in (a, b)],
         "machine": machine(), "command": command or _command_line(),
         "device": device,
+    }
+    if json_out:
+        Path(json_out).parent.mkdir(parents=True, exist_ok=True)
+        Path(json_out).write_text(json.dumps(report, indent=2))
+    return report
+
+
+def _changes(t: Trial) -> dict[str, Any]:
+    """The config keys a variant sets (its ``trial.json`` record less the name): the row's label in a report."""
+    info = json.loads((t.path / TRIAL_INFO).read_text()) if (t.path / TRIAL_INFO).is_file() else {}
+    return {k: v for k, v in ((info.get("sampled") or {}).get("variant") or {}).items() if k != "name"}
+
+
+def ablation_report(
+    storage_dir: str | Path,
+    experiment: str | None,
+    baseline: str = "base",
+    splits: tuple[str, ...] = ("val", "test"),
+    device: str = "cpu",
+    json_out: str | Path | None = None,
+    command: str | None = None,
+) -> dict[str, Any]:
+    """Every variant of an ablation sweep against ``baseline``, paired by fold, on each fold's ``splits`` patients.
+
+    Rows are read on the validation patients (``val``, carved from each fold's training part) to say what helped;
+    the test patients' figures are reported beside them but choose nothing, so no option is tuned on a test fold.
+    Each checkpoint is evaluated once per split. Returns (and writes to ``json_out``) ``rows[variant][split]`` with
+    the :func:`summarize` of variant minus baseline, each variant's config ``changes``, budgets, machine and command.
+    """
+    trials = find_trials(storage_dir, experiment)
+    by: dict[str, dict[int, Trial]] = {}
+    for t in trials:
+        by.setdefault(t.variant, {})[t.fold] = t
+    if baseline not in by:
+        raise CVError(f"baseline variant {baseline!r} not in the sweep at {Path(storage_dir) / (experiment or '')}; "
+                      f"found variants {sorted(by)}")
+    folds = sorted(by[baseline])
+    for v, ts in by.items():
+        if set(ts) != set(folds):
+            raise CVError(_fold_mismatch(v, set(ts), baseline, set(folds)))
+    per_split = {split: _evaluate(by, folds, split, device) for split in splits}
+    rows = {v: {"changes": _changes(by[v][folds[0]]),
+                "updates": [by[v][f].metrics.get("updates") for f in folds],
+                "wall_time_s": [by[v][f].metrics.get("wall_time_s") for f in folds],
+                "params": by[v][folds[0]].metrics.get("params"),
+                **{split: summarize(per_split[split], v, baseline) for split in splits}}
+            for v in sorted(by, key=lambda v: (v != baseline, v))}
+    report = {
+        "experiment": experiment, "storage": str(Path(storage_dir).resolve()), "baseline": baseline,
+        "splits": list(splits), "k": trials[0].folds, "folds": folds, "rows": rows,
+        "per_fold": per_split, "lower_is_better": sorted(LOWER_IS_BETTER), "labels": LABELS,
+        "machine": machine(), "command": command or _command_line(), "device": device,
     }
     if json_out:
         Path(json_out).parent.mkdir(parents=True, exist_ok=True)

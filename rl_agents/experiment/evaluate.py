@@ -23,7 +23,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from pixelrl_env.dataset import DataConfig, config_split, iter_samples, prepare_image, resize_mask
+from pixelrl_env.dataset import DataConfig, config_split, iter_samples, prepare_rows, resize_mask
 from pixelrl_env.io import BadFiles
 from pixelrl_env.metrics import ALL_METRICS, compute_all
 
@@ -134,7 +134,7 @@ def evaluate_checkpoint(
     n_overlays = 0
     for i in range(0, len(samples), batch_size):
         chunk = samples[i : i + batch_size]
-        images = np.stack([prepare_image(s.image, data, s.source) for s in chunk])
+        images = prepare_rows(samples, range(i, i + len(chunk)), data)  # 2.5-D: with its neighbours as channels
         masks, uncertainty = predict(model, cfg, images, device)
         for s, img, m, unc in zip(chunk, images, masks, uncertainty):
             pred = resize_mask(m, s.mask.shape)
