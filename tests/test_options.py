@@ -96,12 +96,14 @@ def test_entropy_schedule_and_lr_warmup_follow_the_update_count():
     agent.update = 20
     assert agent.entropy_coef() == pytest.approx(0.01)
     agent.update = 0
-    lrs = [agent.opt.param_groups[0]["lr"]]
     grads = [torch.zeros_like(p) for p in agent.params]
-    for _ in range(9):
-        lrs.append(agent.apply_gradients(grads)["charts/lr"])
+    lrs = [agent.apply_gradients(grads)["charts/lr"] for _ in range(10)]  # the rate each update used
     expected = [1e-3 * min(1, (u + 1) / 4) * 0.5 ** (u // 8) for u in range(10)]
     np.testing.assert_allclose(lrs, expected, rtol=1e-9)
+    # Hogwild: two processes' optimisers over shared weights step at the shared count, alternating here
+    a, b = PA3CAgent(cfg, 1, len(images)), PA3CAgent(cfg, 1, len(images))
+    shared = [(a if u % 2 == 0 else b).apply_gradients(grads, at_update=u)["charts/lr"] for u in range(10)]
+    np.testing.assert_allclose(shared, expected, rtol=1e-9)
     state = agent.state_dict()  # the warm-up schedule survives a checkpoint round trip
     again = PA3CAgent(cfg, 1, len(images))
     again.load_state_dict(state)

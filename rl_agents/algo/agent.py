@@ -116,7 +116,7 @@ class PA3CAgent:
         self.opt = self.sched = None
         if optimizer:
             self.opt = torch.optim.Adam(self.params, lr=cfg.lr)
-            step = cfg.lr_decay_epochs * updates_per_epoch(cfg, n_train)
+            self.lr_step = step = cfg.lr_decay_epochs * updates_per_epoch(cfg, n_train)
             if cfg.lr_warmup_updates:  # StepLR otherwise, so checkpoints of earlier runs keep loading
                 self.sched = torch.optim.lr_scheduler.LambdaLR(self.opt, lambda u: lr_factor(cfg, u, step))
             else:
@@ -164,11 +164,15 @@ class PA3CAgent:
         }
         return grads, stats
 
-    def apply_gradients(self, grads: list[torch.Tensor | np.ndarray] | None, scale: float = 1.0) -> dict[str, float]:
+    def apply_gradients(self, grads: list[torch.Tensor | np.ndarray] | None, scale: float = 1.0,
+                        at_update: int | None = None) -> dict[str, float]:
         """Clip, one Adam step, one schedule step; ``grads=None`` uses the gradients already in ``.grad``.
 
         ``scale`` down-weights a stale gradient before clipping (the Ray learner's ``stale_policy: downweight``).
-        Returns ``charts/grad_norm`` (before clipping) and ``charts/lr``.
+        ``at_update`` steps with the learning rate of that point of the schedule instead of this agent's own count:
+        Hogwild processes each hold an optimiser over the shared weights, and the schedule must follow the updates
+        of all of them, or n processes would decay (and warm up) n times too slowly.
+        Returns ``charts/grad_norm`` (before clipping) and ``charts/lr`` (the rate this step used).
         """
         if self.opt is None:
             raise RuntimeError("this agent was built without an optimiser (optimizer=False)")
@@ -181,10 +185,14 @@ class PA3CAgent:
                 if p.grad is not None:
                     p.grad.mul_(scale)
         grad_norm = torch.nn.utils.clip_grad_norm_(self.params, self.cfg.grad_clip)
+        if at_update is not None:
+            for group in self.opt.param_groups:
+                group["lr"] = self.cfg.lr * lr_factor(self.cfg, at_update, self.lr_step)
+        lr = float(self.opt.param_groups[0]["lr"])
         self.opt.step()
         self.sched.step()
         self.update += 1
-        return {"charts/grad_norm": float(grad_norm), "charts/lr": float(self.sched.get_last_lr()[0])}
+        return {"charts/grad_norm": float(grad_norm), "charts/lr": lr}
 
     # weights between processes -------------------------------------------------------------------------------
     def weights(self) -> list[Weights]:

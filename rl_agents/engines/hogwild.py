@@ -4,7 +4,8 @@ This is the peer the Ray implementation is measured against (``benchmarks/scalin
 rollout and environment: each process keeps a local agent, syncs it from the shared one, runs a rollout, and applies
 its gradient to the shared parameters without locks through its own :class:`~rl_agents.algo.agent.PA3CAgent` over
 the shared modules (so clipping, Adam and the schedule are the same code as everywhere else; each process has its
-own Adam moments, as in PyTorch's ``mnist_hogwild`` example and pytorch-a3c). It runs on one machine only; Ray is
+own Adam moments, as in PyTorch's ``mnist_hogwild`` example and pytorch-a3c, while the learning-rate schedule follows
+the shared update count). It runs on one machine only; Ray is
 what scales past one.
 
 Two entry points: :class:`HogwildEngine` (``engine: hogwild``) trains under the shared run lifecycle (budgets,
@@ -56,8 +57,9 @@ def _train_process(rank: int, n: int, cfg_dict: dict, shared: list[torch.nn.Modu
         with reserved.get_lock():
             if reserved.value >= glob.total_updates:
                 break
+            at = reserved.value
             reserved.value += 1
-        glob.apply_gradients(grads)
+        glob.apply_gradients(grads, at_update=at)  # the schedule of the shared count, not this process's own
         with applied.get_lock():
             applied.value += 1
         if stats_queue.empty():
