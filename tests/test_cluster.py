@@ -92,3 +92,20 @@ def test_fake_multinode_config_mirrors_the_cloud_node_types():
     assert types["gpu_learner"]["resources"]["GPU"] == 1 and types["gpu_learner"]["min_workers"] == 0
     assert "GPU" not in types["cpu_worker"]["resources"] and types["cpu_worker"]["min_workers"] == 0
     assert "GPU" not in types[fake["head_node_type"]]["resources"]
+
+
+# vCPUs and GPUs of the GCP machine types our configs use (from GCP's machine-type tables)
+GCP_MACHINES = {"n2-standard-4": (4, 0), "g2-standard-4": (4, 1), "c2-standard-16": (16, 0)}
+
+
+def test_gcp_node_types_declare_their_cpus_and_gpus():
+    """Ray's GCP provider fills in TPU resources only: an autoscaled type that declares no CPU/GPU is never started
+    for work that needs them. Every worker type must declare what its machine has."""
+    c = _load("gcp")
+    for name, t in c["available_node_types"].items():
+        if name == c["head_node_type"]:
+            continue
+        cpus, gpus = GCP_MACHINES[t["node_config"]["machineType"]]
+        accel = sum(a["acceleratorCount"] for a in t["node_config"].get("guestAccelerators", []))
+        assert t["resources"].get("CPU") == cpus, f"{name}: resources {t['resources']} lack CPU: {cpus}"
+        assert t["resources"].get("GPU", 0) == gpus == accel, f"{name}: resources {t['resources']} vs {accel} GPU(s)"
