@@ -155,7 +155,13 @@ def read_yaml_mapping(path: str | Path, what: str) -> dict:
     p = Path(path)
     if not p.is_file():
         raise ValueError(f"{what} file not found: {p}")
-    loaded = yaml.safe_load(p.read_text()) or {}
+    try:
+        loaded = yaml.safe_load(p.read_text()) or {}
+    except yaml.YAMLError as e:  # one line with the place, not the parser's traceback
+        mark = getattr(e, "problem_mark", None)
+        where = f"{p}:{mark.line + 1}:{mark.column + 1}" if mark is not None else str(p)
+        problem = getattr(e, "problem", None) or str(e).splitlines()[0]
+        raise ValueError(f"{what} file {where}: not valid YAML: {problem}") from None
     if not isinstance(loaded, dict):
         raise ValueError(f"{what} file {p} must hold a mapping, got {type(loaded).__name__}")
     return loaded
@@ -174,7 +180,11 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
         if "=" not in item:
             raise ValueError(f"--set expects key=value, got {item!r}")
         k, v = item.split("=", 1)
-        _set_dotted(raw, k.strip(), yaml.safe_load(v))
+        try:
+            value = yaml.safe_load(v)
+        except yaml.YAMLError as e:
+            raise ValueError(f"--set {item}: the value is not valid YAML ({getattr(e, 'problem', None) or e})") from None
+        _set_dotted(raw, k.strip(), value)
     cfg = _from_dict(TrainConfig, raw)
     validate(cfg)
     return cfg

@@ -97,3 +97,15 @@ def test_data_info_on_real_lgg(tmp_path: Path):
     assert sum(p["groups"] for p in parts) == n_patients
     assert all(p["groups"] >= 1 for p in parts)
     assert abs(s["val"]["groups"] - 0.1 * n_patients) <= 1 and abs(s["test"]["groups"] - 0.2 * n_patients) <= 1
+
+
+def test_malformed_yaml_is_one_line_naming_file_and_line(tmp_path: Path, capsys):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("preset: small\nlr: [1e-3\nt_max: 10\n")  # an unclosed list
+    for argv in (["train", "--config", str(bad)], ["train", "--tune", str(bad)]):
+        assert main(argv) == 2
+        err = capsys.readouterr().err.strip()
+        assert "Traceback" not in err and len(err.splitlines()) <= 2, err  # rich may wrap one long line
+        assert re.search(rf"(config|sweep) file {re.escape(str(bad))}:\d+:\d+: not valid YAML", err.replace("\n", ""))
+    assert main(["train", "--set", "lr=[1e-3"]) == 2
+    assert "--set lr=[1e-3: the value is not valid YAML" in capsys.readouterr().err.replace("\n", "")
