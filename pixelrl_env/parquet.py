@@ -16,8 +16,8 @@ channels      int32     image channels (1 or 3)
 sha256        string    SHA-256 of the decoded image array bytes then the 0/1 mask bytes
 ============  ========  =====================================================================
 
-Shards are named ``part-00000.parquet``, ``part-00001.parquet``, ... and ``manifest.json`` records counts and skipped
-files. ``OUT``/``PATH`` may be a local path or any URI that :func:`pyarrow.fs.FileSystem.from_uri` understands
+Shards are named ``part-00000.parquet``, ``part-00001.parquet``, ... and ``_manifest.json`` records counts and skipped
+files (the leading ``_`` makes pyarrow, pandas and Spark pass it over when they read the folder as one data set). ``OUT``/``PATH`` may be a local path or any URI that :func:`pyarrow.fs.FileSystem.from_uri` understands
 (``s3://bucket/prefix``, ``gs://bucket/prefix``, ``file:///abs/path``; S3 options such as
 ``?endpoint_override=host:port&scheme=http`` go in the query string), so the same code reads local and cloud data.
 Reading verifies the SHA-256 of every row, so a round trip gives identical arrays or an error.
@@ -45,6 +45,7 @@ from PIL import Image
 from .io import BadFiles, DataError, image_to_array, mask_from_image
 from .sources import Sample
 
+MANIFEST = "_manifest.json"  # folders written before were read the same: the reader lists *.parquet
 SCHEMA = pa.schema(
     [
         ("image", pa.binary()),
@@ -180,7 +181,7 @@ def write_shards(
         "skipped": [{"path": p, "error": e} for p, e in (bad.entries if bad else [])],
         "schema": [f.name for f in SCHEMA],
     }
-    with fs.open_output_stream(f"{root}/manifest.json") as f:
+    with fs.open_output_stream(f"{root}/{MANIFEST}") as f:
         f.write(json.dumps(manifest, indent=2).encode())
     return manifest
 

@@ -38,7 +38,7 @@ def _cmd_prepare_data(args: argparse.Namespace) -> int:
         f"shard(s) to {args.out} in {dt:.1f} s"
     )
     if args.skip_bad:
-        console.print(f"skipped {len(bad)} bad file(s)" + (": see manifest.json" if len(bad) else ""))
+        console.print(f"skipped {len(bad)} bad file(s)" + (": see _manifest.json" if len(bad) else ""))
     return 0
 
 

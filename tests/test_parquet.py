@@ -35,6 +35,13 @@ def test_round_trip_lgg_layout_identical_and_sharded(lgg_dir: Path, tmp_path: Pa
     assert schema.names == ["image", "mask", "group", "source", "height", "width", "channels", "sha256"]
     _assert_same(iter_lgg(lgg_dir), iter_parquet(str(out)))
     _assert_same(iter_lgg(lgg_dir), iter_parquet(f"file://{out}"))  # a URI reads the same, no code change
+    # the folder is one data set for other readers too: they pass over _-prefixed files such as the manifest
+    import pandas as pd
+    import pyarrow.dataset as ds
+
+    assert (out / "_manifest.json").is_file() and not (out / "manifest.json").exists()
+    assert ds.dataset(str(out)).count_rows() == 12 and pq.read_table(str(out)).num_rows == 12
+    assert sorted(pd.read_parquet(out, columns=["group"])["group"].unique()) == sorted({s.group for s in iter_lgg(lgg_dir)})
 
 
 def test_round_trip_grey_and_16_bit(tmp_path: Path):
@@ -92,7 +99,7 @@ def test_cli_prepare_data_on_unseen_lgg_folder(tmp_path: Path, capsys):
 
     assert main(["prepare-data", str(src), str(tmp_path / "pq3"), "--format", "lgg", "--skip-bad"]) == 0
     assert "skipped 1 bad file(s)" in capsys.readouterr().out
-    manifest = json.loads((tmp_path / "pq3" / "manifest.json").read_text())
+    manifest = json.loads((tmp_path / "pq3" / "_manifest.json").read_text())
     assert manifest["n_samples"] == 5 and manifest["skipped"][0]["path"] == str(victim)
 
 
