@@ -139,12 +139,14 @@ class Splits:
     test: ArraySet
     bad_files: list[tuple[str, str]]
     n_read: int
+    n_split_read: dict[str, int] = field(default_factory=dict)  # per split: slices read, before drop_empty/k_shot
 
     def summary(self) -> dict:
         out: dict = {"n_read": self.n_read, "n_bad_skipped": len(self.bad_files)}
         for name in ("train", "val", "test"):
             s: ArraySet = getattr(self, name)
             out[name] = {
+                "read": self.n_split_read.get(name, len(s)),
                 "slices": len(s),
                 "groups": len(set(s.groups)),
                 "foreground_fraction": float(s.masks.mean()) if len(s) else 0.0,
@@ -349,6 +351,7 @@ def load_splits(cfg: DataConfig) -> Splits:
         raise DataError(f"no readable samples in {cfg.path or cfg.format} ({len(bad)} bad files skipped)")
     which = _split_names([s.group for s in samples], cfg)
     arrays = {k: _to_arrays([s for s, w in zip(samples, which) if w == k], cfg) for k in SPLITS}
+    n_split_read = {k: len(a) for k, a in arrays.items()}
     arrays = {k: _select(a, _kept(a.masks.any(axis=(1, 2)), k, cfg)) for k, a in arrays.items()}
     return Splits(
         train=arrays["train"],
@@ -356,6 +359,7 @@ def load_splits(cfg: DataConfig) -> Splits:
         test=arrays["test"],
         bad_files=list(bad.entries),
         n_read=len(samples),
+        n_split_read=n_split_read,
     )
 
 

@@ -83,16 +83,26 @@ def _data_config(args: argparse.Namespace):
 def _cmd_data_info(args: argparse.Namespace) -> int:
     from pixelrl_env.dataset import load_splits
 
-    splits = load_splits(_data_config(args))
+    data = _data_config(args)
+    splits = load_splits(data)
     s = splits.summary()
     fold = f", fold {args.fold} of {args.folds}" if args.folds else ""
     table = Table(title=f"{args.format} data: {args.path or 'built-in'}{fold}")
-    for col in ("split", "slices", "groups", "foreground fraction"):
+    for col in ("split", "slices read", "slices kept", "groups", "foreground fraction"):
         table.add_column(col, justify="right" if col != "split" else "left")
     for name in ("train", "val", "test"):
-        table.add_row(name, str(s[name]["slices"]), str(s[name]["groups"]), f"{s[name]['foreground_fraction']:.4f}")
+        table.add_row(name, str(s[name]["read"]), str(s[name]["slices"]), str(s[name]["groups"]),
+                      f"{s[name]['foreground_fraction']:.4f}")
     console.print(table)
-    console.print(f"read {s['n_read']} slices, skipped {s['n_bad_skipped']} bad file(s)")
+    kept = sum(s[k]["slices"] for k in ("train", "val", "test"))
+    why = []
+    if data.drop_empty:
+        why.append("slices without foreground dropped (drop_empty, the paper's protocol"
+                   + (f"; train keeps {data.train_empty:.0%} of its empty ones" if data.train_empty else "") + ")")
+    if data.k_shot:
+        why.append(f"train cut to k_shot={data.k_shot}")
+    console.print(f"read {s['n_read']} slices, kept {kept}" + (f": {'; '.join(why)}" if kept < s["n_read"] else "")
+                  + f"; skipped {s['n_bad_skipped']} bad file(s)", highlight=False)
     if args.json:
         Path(args.json).write_text(json.dumps(s, indent=2))
     return 0
