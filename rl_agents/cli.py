@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import logging
 import sys
@@ -19,6 +20,23 @@ console = Console()
 err_console = Console(stderr=True)
 
 
+@contextlib.contextmanager
+def _removed_if_left_empty(path: str | Path):
+    """A local folder this command creates is removed again if the command fails before writing a file into it."""
+    p = None if "://" in str(path) else Path(path)
+    existed = p is None or p.exists()
+    try:
+        yield
+    except BaseException:
+        if not existed and p.is_dir():
+            for d in sorted((q for q in p.rglob("*") if q.is_dir()), key=lambda q: len(q.parts), reverse=True):
+                with contextlib.suppress(OSError):
+                    d.rmdir()  # only empty ones: a checkpoint or shard already written stays
+            with contextlib.suppress(OSError):
+                p.rmdir()
+        raise
+
+
 def _cmd_prepare_data(args: argparse.Namespace) -> int:
     from pixelrl_env.io import BadFiles
     from pixelrl_env.parquet import write_shards
@@ -31,7 +49,8 @@ def _cmd_prepare_data(args: argparse.Namespace) -> int:
     if args.channels or args.foreground_only:
         samples = _select(samples, [int(c) for c in args.channels.split(",")] if args.channels else None,
                           args.foreground_only)
-    manifest = write_shards(samples, args.out, shard_size=args.shard_size, bad=bad)
+    with _removed_if_left_empty(args.out):
+        manifest = write_shards(samples, args.out, shard_size=args.shard_size, bad=bad)
     dt = time.perf_counter() - t0
     console.print(
         f"wrote {manifest['n_samples']} slices of {manifest['n_groups']} groups in {len(manifest['shards'])} "
@@ -170,7 +189,8 @@ def _cmd_train(args: argparse.Namespace) -> int:
     from rl_agents.experiment.lifecycle import run_training
 
     cfg = load_config(args.config, args.set)
-    metrics = run_training(cfg, args.output_dir, resume=args.resume, quiet=args.quiet)
+    with _removed_if_left_empty(args.output_dir):
+        metrics = run_training(cfg, args.output_dir, resume=args.resume, quiet=args.quiet)
     _print_metrics(f"validation ({metrics['n_val']} slices, best checkpoint) -> {args.output_dir}", metrics)
     return 0
 

@@ -109,3 +109,16 @@ def test_malformed_yaml_is_one_line_naming_file_and_line(tmp_path: Path, capsys)
         assert re.search(rf"(config|sweep) file {re.escape(str(bad))}:\d+:\d+: not valid YAML", err.replace("\n", ""))
     assert main(["train", "--set", "lr=[1e-3"]) == 2
     assert "--set lr=[1e-3: the value is not valid YAML" in capsys.readouterr().err.replace("\n", "")
+
+
+def test_a_failed_command_leaves_no_empty_output_folder(tmp_path: Path):
+    missing = tmp_path / "no-such-data"
+    assert main(["train", "--set", "data.format=lgg", "--set", f"data.path={missing}", "--set", "mlflow=false",
+                 "--output-dir", str(tmp_path / "run")]) == 2
+    assert not (tmp_path / "run").exists()
+    assert main(["prepare-data", str(missing), str(tmp_path / "pq"), "--format", "folder"]) == 2
+    assert not (tmp_path / "pq").exists()
+    kept = tmp_path / "mine"
+    (kept / "notes").mkdir(parents=True)  # a folder the user had is never removed
+    assert main(["prepare-data", str(missing), str(kept), "--format", "folder"]) == 2
+    assert (kept / "notes").is_dir()
