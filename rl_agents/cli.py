@@ -176,8 +176,10 @@ def _cmd_tune(args: argparse.Namespace) -> int:
     summary = run_sweep(args.tune, resume=args.resume)
     console.print(f"{summary['n_trials']} trials ({summary['n_errors']} errored); results in {summary['storage']}; "
                   f"MLflow parent run {summary['parent_run_id']}")
-    console.print(f"best config: {summary['best_config']}", highlight=False)
-    console.print(f"best metrics: {summary['best_metrics']}", highlight=False)
+    console.print(f"best trial: {summary['best_run_name']} (its MLflow run has this name; `pixeldrl compare` lists "
+                  "it first)", highlight=False)
+    console.print("best metrics: " + ", ".join(f"{k} {_cell(v)}" for k, v in summary["best_metrics"].items()),
+                  highlight=False)
     return 0 if summary["n_errors"] == 0 else 1
 
 
@@ -195,6 +197,29 @@ def _cmd_train(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cell(v) -> str:
+    """A table cell: counts with thousands separators, other numbers to 4 significant digits, never exponents for
+    numbers a person reads (a parameter count, seconds); text (a param as MLflow stores it) parsed first."""
+    if isinstance(v, str):  # a param: an integer one (seed, fold) stays as typed
+        try:
+            v = float(v) if any(c in v for c in ".eE") else v
+        except ValueError:
+            return v
+        if isinstance(v, str):
+            return v
+    if isinstance(v, bool) or not isinstance(v, (int, float)):
+        return str(v)
+    if v != v:  # NaN: not logged for this run
+        return "-"
+    if float(v).is_integer() and abs(v) < 1e15:
+        return f"{int(v):,}"
+    if abs(v) >= 1000:
+        return f"{v:,.0f}"
+    if abs(v) >= 1e-3:
+        return f"{v:.4g}" if abs(v) < 100 else f"{v:.1f}"
+    return f"{v:.3g}"
+
+
 def _cmd_compare(args: argparse.Namespace) -> int:
     from rl_agents.experiment.tracking import compare, tracking_uri
 
@@ -203,7 +228,7 @@ def _cmd_compare(args: argparse.Namespace) -> int:
     for col in header:
         table.add_column(col)
     for r in rows:
-        table.add_row(*(f"{v:.4g}" if isinstance(v, float) else str(v) for v in r))
+        table.add_row(*(_cell(v) for v in r))
     # never squeeze the table into a narrow terminal: run names and values must stay readable
     Console(width=max(console.width, 24 + 16 * len(header))).print(table)
     if not rows:

@@ -59,11 +59,45 @@ def test_training_runs_are_tracked_and_compared(tmp_path: Path, capsys):
     assert any(a.startswith("overlays/") and a.endswith(".png") for a in arts)
     assert any(a.startswith("model") for a in arts) or client.search_logged_models(
         experiment_ids=[run.info.experiment_id])
+    # the logged model takes any batch size, in both flavours, and segments as the checkpoint does
+    import numpy as np
+    import torch
+    from mlflow import pyfunc as mlflow_pyfunc
+    from mlflow import pytorch as mlflow_pytorch
+
+    from rl_agents.algo.inference import GreedySegmenter
+    from rl_agents.experiment.evaluate import load_model
+
+    uri = f"runs:/{run.info.run_id}/model"
+    logged = client.search_logged_models(experiment_ids=[run.info.experiment_id])
+    if logged:  # MLflow 3: the model is a LoggedModel of the run
+        uri = next(m.model_uri for m in logged if m.source_run_id == run.info.run_id)
+    net, saved = load_model(tmp_path / "5e-4" / "checkpoints" / "best.pt")
+    x = np.random.default_rng(0).random((3, net.in_channels, 32, 32), dtype=np.float32)
+    with torch.no_grad():
+        want = GreedySegmenter(net, saved.t_max).eval()(torch.from_numpy(x)).numpy()
+    got = mlflow_pytorch.load_model(uri)(torch.from_numpy(x))
+    np.testing.assert_array_equal(np.asarray(got), want)
+    assert np.asarray(mlflow_pyfunc.load_model(uri).predict(x)).shape == want.shape
     capsys.readouterr()
     assert main(["compare", "--experiment", "test-tracking"]) == 0
     out = capsys.readouterr().out
     assert "lr-1e-3" in out and "lr-5e-4" in out and "lr" in out and "val/dice" in out
     assert "run_name" not in out  # differs between runs, but is already the first column
+    assert "e+0" not in out and re.search(r"\b\d{2},\d{3}\b", out)  # the parameter count as 71,584, not 7.158e+04
+    assert main(["compare", "--experiment", "test-tracking"]) == 0
+    assert capsys.readouterr().out == out  # the same columns in the same order on a second call
+
+
+def test_cells_and_trial_names_are_readable():
+    from rl_agents.cli import _cell
+    from rl_agents.experiment.sweep import trial_run_name
+
+    assert [_cell(v) for v in (71584.0, 0.98512, 379.23, "0.0012345678", "2026", "small", float("nan"))] == [
+        "71,584", "0.9851", "379.2", "0.001235", "2026", "small", "-"]
+    assert trial_run_name({"data.fold": 2, "variant": {"name": "pixeldrl", "model": "pixeldrl"}}, "4df70_00002") == \
+        "pixeldrl fold=2 [4df70_00002]"
+    assert trial_run_name({"lr": 0.00123456, "gamma": 0.9512}, "a_1") == "gamma=0.951 lr=0.00123 [a_1]"
 
 
 def test_compare_names_a_missing_experiment(capsys):

@@ -137,6 +137,28 @@ def record_trial(out: Path, trial_id: str, sampled: dict[str, Any]) -> None:
                                              default=str))
 
 
+def trial_run_name(sampled: dict[str, Any], trial_id: str) -> str:
+    """A name that says what the trial tried (its variant and sampled values), ending in Tune's trial id:
+    ``"pixeldrl fold=2 [4df70_00002]"``, ``"lr=0.00123 gamma=0.951 [a1b2c_00003]"``."""
+    parts = [str(sampled["variant"]["name"])] if (sampled.get("variant") or {}).get("name") else []
+    for k, v in sorted(flatten({k: v for k, v in sampled.items() if k != "variant"}).items()):
+        parts.append(f"{k.rsplit('.', 1)[-1]}={v:.3g}" if isinstance(v, float) else f"{k.rsplit('.', 1)[-1]}={v}")
+    text = " ".join(parts)
+    return f"{text[:80]} [{trial_id}]" if text else trial_id
+
+
+def _final_metric(result, metric: str) -> float | None:
+    """The trial's figure as MLflow (and ``pixeldrl compare``) holds it: the final one of a finished trial (best
+    checkpoint on the whole validation split, ``metrics.json``), else the last one it reported (stopped by ASHA)."""
+    path = Path(result.path) / "run" / "metrics.json" if result.path else None
+    if path is not None and path.is_file():
+        value = json.loads(path.read_text()).get(metric)
+        if value is not None:
+            return float(value)
+    value = (result.metrics or {}).get(metric)
+    return None if value is None else float(value)
+
+
 def _trainable(config: dict[str, Any], sweep: dict[str, Any]) -> None:
     """One trial: train with the sampled ``config`` through the shared run lifecycle, reporting each validation pass
     to Tune and MLflow.
@@ -154,7 +176,7 @@ def _trainable(config: dict[str, Any], sweep: dict[str, Any]) -> None:
     cfg = trial_config(sweep["base"], sampled)
     ctx = tune.get_context()
     out = Path(ctx.get_trial_dir()) / "run"
-    cfg.run_name = ctx.get_trial_name()
+    cfg.run_name = trial_run_name(sampled, ctx.get_trial_id())
     record_trial(out, ctx.get_trial_id(), sampled)
     run_id = start_trial_run(sweep["experiment_id"], sweep["parent_run_id"], ctx.get_trial_id(), cfg.run_name,
                              str((sampled.get("variant") or {}).get("name", "")), cfg)
@@ -250,9 +272,18 @@ def run_sweep(path: str | Path, resume: bool = False) -> dict[str, Any]:
     finally:
         if started:
             ray.shutdown()
-    best = results.get_best_result(metric=spec["metric"], mode=spec["mode"])
-    summary = {"best_config": {k: v for k, v in best.config.items() if not k.startswith("_")},
-               "best_metrics": {k: v for k, v in (best.metrics or {}).items() if "/" in k},
+    # the best by the figures MLflow holds, so that the sweep and `pixeldrl compare` name the same trial (Tune's own
+    # best is by the last validation pass, not the best checkpoint's final evaluation)
+    scored = [(v, r) for r in results if r.error is None and (v := _final_metric(r, spec["metric"])) is not None]
+    if not scored:
+        raise RuntimeError(f"no trial of {spec['experiment']} reported {spec['metric']} ({results.num_errors} failed)")
+    best = (max if spec["mode"] == "max" else min)(scored, key=lambda vr: vr[0])[1]
+    final = best.path and Path(best.path) / "run" / "metrics.json"
+    best_metrics = json.loads(final.read_text()) if final and final.is_file() else dict(best.metrics or {})
+    sampled = {k: v for k, v in best.config.items() if not k.startswith("_")}
+    summary = {"best_config": sampled,
+               "best_run_name": trial_run_name(sampled, str((best.metrics or {}).get("trial_id", "?"))),
+               "best_metrics": {k: v for k, v in best_metrics.items() if "/" in k and isinstance(v, (int, float))},
                "n_trials": len(results), "n_errors": results.num_errors, "parent_run_id": parent_id,
                "storage": str(storage_dir)}
     clean = {r.metrics.get("trial_id") for r in results if r.error is None and r.metrics}

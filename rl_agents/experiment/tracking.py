@@ -163,7 +163,9 @@ def _log_model_and_overlays(best: Path, n_overlays: int) -> None:
     model, cfg = load_model(best)
     in_ch = int(model.in_channels)  # PixelDRLNet and MONAI's UNet both keep it
     size = int(cfg.data.size or 64)  # native-size data: any size divisible by 4 works; 64 keeps the example small
-    example = np.zeros((1, in_ch, size, size), np.float32)
+    # batch 2: MLflow saves the model with torch.export (pt2), which fixes a dimension of size 1 for good, so an
+    # example of one image gave a model that took one image only
+    example = np.zeros((2, in_ch, size, size), np.float32)
     if cfg.model == "pixeldrl":  # the network alone returns (logits, value); log the t_max-step segmenter
         from rl_agents.algo.inference import GreedySegmenter
 
@@ -283,8 +285,8 @@ def compare(experiment: str = "pixeldrl", metric: str = "val/dice", max_runs: in
             df = df[df[tag].isna()]
     if df.empty:
         return [], []
-    pcols = [c for c in df.columns if c.startswith("params.") and c != "params.run_name"
-             and df[c].astype(str).nunique(dropna=False) > 1]
+    pcols = sorted(c for c in df.columns if c.startswith("params.") and c != "params.run_name"
+                   and df[c].astype(str).nunique(dropna=False) > 1)  # sorted: MLflow's column order varies
     mcols = [f"metrics.{m}" for m in dict.fromkeys([metric, "val/dice", "val/biou", "val/hd95", "params",
                                                     "wall_time_s"]) if f"metrics.{m}" in df.columns]
     header = ["run", "status", *[c[len("params."):] for c in pcols], *[c[len("metrics."):] for c in mcols]]
