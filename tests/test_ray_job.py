@@ -35,6 +35,7 @@ def token_cluster():
            # token auth on, the same for `ray start` and `ray job submit` (as the cluster configs use it)
            "RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": token}
     env.pop("RAY_AUTH_TOKEN_PATH", None)
+    env.pop("MLFLOW_TRACKING_URI", None)  # the job gets its store from the submission, as the README shows
     head = RayHead(env, ["--num-cpus=2"])
     head.token, head.client_env, head.succeeded = token, {**head.env}, set()
     try:
@@ -60,10 +61,12 @@ def _evaluate(checkpoint: Path, out: Path) -> dict:
 def test_ray_job_submit_smoke(token_cluster: RayHead, tmp_path: Path):
     head = token_cluster
     out = tmp_path / "run"
+    store = f"sqlite:///{tmp_path / 'mlflow.db'}"  # the user's store, outside Ray's copy of the working dir
     job_id = "pixeldrl-smoke-" + secrets.token_hex(4)
     job = subprocess.run(
         RAY + ["job", "submit", "--address", head.dashboard_url, "--submission-id", job_id,
-               "--working-dir", str(ROOT), "--",
+               "--working-dir", str(ROOT), "--runtime-env-json",
+               json.dumps({"env_vars": {"MLFLOW_TRACKING_URI": store}}), "--",
                "python", "train.py", "--config", "tune_configs/smoke.yaml", "--output-dir", str(out), "--quiet"],
         cwd=ROOT, env=head.client_env, capture_output=True, text=True, timeout=SUBMIT)
     assert job.returncode == 0, job.stdout[-4000:] + job.stderr[-4000:] + head.output()
@@ -83,6 +86,12 @@ def test_ray_job_submit_smoke(token_cluster: RayHead, tmp_path: Path):
     final = [h for h in metrics["history"] if "val/dice" in h and h.get("update") == metrics["updates"]]
     assert final, "no validation pass at the last update"
     assert last["dice"] == pytest.approx(final[-1]["val/dice"], abs=1e-6)  # last.pt: the weights at the end
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(store)  # the job's run is in the store it was given, where mlflow ui and compare look
+    runs = client.search_runs([client.get_experiment_by_name("pixeldrl").experiment_id])
+    assert [r.info.status for r in runs] == ["FINISHED"]
+    assert runs[0].data.metrics["val/dice"] == pytest.approx(metrics["val/dice"])
 
 
 @pytest.mark.timeout(START + 3 * REFUSED + 60 + STOP)

@@ -137,3 +137,25 @@ def test_training_finishes_when_the_tracking_server_is_down(tmp_path: Path, monk
     # no retry loop against the dead server: what is not training (start-up, data, tracking) stays short
     overhead = took - metrics["wall_time_s"]
     assert overhead < 30, f"{overhead:.0f} s outside training with the tracking server down (total {took:.0f} s)"
+
+
+def test_a_store_inside_rays_copy_of_the_working_dir_is_warned(tmp_path: Path, monkeypatch, caplog):
+    import logging
+
+    from rl_agents.experiment import tracking
+
+    copy = tmp_path / "session_x" / "runtime_resources" / "working_dir_files" / "_ray_pkg_0123abcd"
+    copy.mkdir(parents=True)
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    monkeypatch.setattr(tracking, "_warned_ray_copy", False)
+    monkeypatch.chdir(copy)
+    with caplog.at_level(logging.WARNING, logger=tracking.__name__):
+        assert tracking.tracking_uri() == f"sqlite:///{copy / 'mlflow.db'}"
+        assert "inside Ray's temporary copy" in caplog.text and "--runtime-env-json" in caplog.text
+        caplog.clear()
+        tracking.tracking_uri()
+        assert caplog.text == ""  # once per process
+        monkeypatch.setattr(tracking, "_warned_ray_copy", False)
+        monkeypatch.chdir(tmp_path)
+        tracking.tracking_uri()
+        assert caplog.text == ""  # an ordinary working directory

@@ -25,8 +25,24 @@ log = logging.getLogger(__name__)
 ROOT = Path(__file__).resolve().parents[1]
 
 
+_warned_ray_copy = False
+
+
 def tracking_uri() -> str:
-    return os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{(Path.cwd() / 'mlflow.db').resolve()}"
+    """``MLFLOW_TRACKING_URI``, else SQLite in the working directory; warns (once) when that directory is Ray's
+    temporary copy of a job's ``--working-dir``, where a store is lost to ``mlflow ui`` and ``pixeldrl compare``."""
+    global _warned_ray_copy
+    uri = os.environ.get("MLFLOW_TRACKING_URI")
+    if uri:
+        return uri
+    db = (Path.cwd() / "mlflow.db").resolve()
+    if not _warned_ray_copy and ("runtime_resources" in db.parts or any(p.startswith("_ray_pkg_") for p in db.parts)):
+        _warned_ray_copy = True
+        log.warning("MLflow would write to %s, inside Ray's temporary copy of the job's working dir, where mlflow ui "
+                    "and pixeldrl compare never look: submit with --runtime-env-json "
+                    "'{\"env_vars\": {\"MLFLOW_TRACKING_URI\": \"sqlite:////abs/path/mlflow.db\"}}' (or a tracking "
+                    "server's http:// URI)", db)
+    return f"sqlite:///{db}"
 
 
 def ensure_experiment(name: str) -> str:
