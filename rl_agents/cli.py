@@ -49,8 +49,18 @@ def _cmd_prepare_data(args: argparse.Namespace) -> int:
     if args.channels or args.foreground_only:
         samples = _select(samples, [int(c) for c in args.channels.split(",")] if args.channels else None,
                           args.foreground_only)
-    with _removed_if_left_empty(args.out):
-        manifest = write_shards(samples, args.out, shard_size=args.shard_size, bad=bad)
+    from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
+
+    def counted(it, bar, task):
+        for x in it:
+            yield x
+            bar.advance(task)
+
+    with _removed_if_left_empty(args.out), Progress(SpinnerColumn(), TextColumn("{task.description}"),
+                                                   TextColumn("{task.completed} slices"), TimeElapsedColumn(),
+                                                   console=err_console, transient=True) as bar:
+        task = bar.add_task(f"converting {args.src}", total=None)
+        manifest = write_shards(counted(samples, bar, task), args.out, shard_size=args.shard_size, bad=bad)
     dt = time.perf_counter() - t0
     console.print(
         f"wrote {manifest['n_samples']} slices of {manifest['n_groups']} groups in {len(manifest['shards'])} "
@@ -312,7 +322,7 @@ def _cmd_ablation_report(args: argparse.Namespace) -> int:
     from rl_agents.experiment.cv import ablation_report
 
     r = ablation_report(Path(args.storage), args.experiment, baseline=args.baseline, device=args.device,
-                        json_out=args.json)
+                        json_out=args.json, only=args.only.split(",") if args.only else None)
     base, n = r["baseline"], len(r["folds"])
     wide = Console(width=max(console.width, 230))  # eleven columns, each header on one line
     table = Table(title=f"{args.experiment}: each variant minus {base!r}, paired by fold ({n} of {r['k']} folds; "
@@ -336,6 +346,19 @@ def _cmd_ablation_report(args: argparse.Namespace) -> int:
     m = r["machine"]
     wide.print(f"evaluated on {m['cpu']} ({m['cores']} cores), torch {m['torch']}"
                + (f"; JSON with every per-fold figure: {args.json}" if args.json else ""), highlight=False)
+    return 0
+
+
+def _cmd_predict(args: argparse.Namespace) -> int:
+    from rl_agents.experiment.predict import predict_files
+
+    recs = predict_files(args.checkpoint, args.inputs, args.output_dir, device=args.device,
+                         batch_size=args.batch_size, overlay=args.overlay, gif=args.gif, progress=not args.quiet)
+    for r in recs:
+        fg = r.get("foreground_voxels", r.get("foreground_pixels"))
+        console.print(f"{r['input']} -> {r['mask']} ({'x'.join(map(str, r['shape']))}, {fg:,} foreground)",
+                      highlight=False)
+    console.print(f"segmented {len(recs)} input(s) into {args.output_dir}", highlight=False)
     return 0
 
 
@@ -448,11 +471,23 @@ def build_parser() -> argparse.ArgumentParser:
     cv.add_argument("--device", default="cpu")
     cv.set_defaults(func=_cmd_cv_report)
 
+    pr = sub.add_parser("predict", help="segment your own images, folders of images or NIfTI volumes (no masks)")
+    pr.add_argument("--checkpoint", required=True, help="a best.pt or last.pt of any engine")
+    pr.add_argument("inputs", nargs="+", help="image files (PNG/JPEG/TIFF/BMP), folders of them, NIfTI volumes")
+    pr.add_argument("--output-dir", required=True, help="masks, uncertainty maps (and overlays, GIFs) go here")
+    pr.add_argument("--overlay", action="store_true", help="also a labelled image | prediction | uncertainty PNG")
+    pr.add_argument("--gif", action="store_true", help="also a GIF of the mask over the t_max steps (PixelDRL-MG)")
+    pr.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1, ...")
+    pr.add_argument("--batch-size", type=int, default=16, help="slices per forward pass")
+    pr.add_argument("--quiet", action="store_true", help="no progress bar")
+    pr.set_defaults(func=_cmd_predict)
+
     ab = sub.add_parser("ablation-report", help="k-fold ablation sweep: every variant minus the baseline, by fold")
     ab.add_argument("--experiment", required=True, help="the sweep's experiment, e.g. ablation-heart")
     ab.add_argument("--storage", default="runs/tune", help="the sweep's storage folder (default runs/tune)")
     ab.add_argument("--baseline", default="base", help="the variant every row is paired with (default base)")
     ab.add_argument("--json", default=None, help="write every per-fold figure, budgets and the machine here")
+    ab.add_argument("--only", default=None, help="comma-separated variants to report (e.g. those with every fold done)")
     ab.add_argument("--device", default="cpu")
     ab.set_defaults(func=_cmd_ablation_report)
     return p

@@ -267,6 +267,10 @@ def test_ablation_report_pairs_every_variant_with_the_baseline(sweep: Path, repo
     assert json.loads((tmp_path / "ab.json").read_text())["baseline"] == "unet"
     with pytest.raises(CVError, match="baseline variant 'base' not in the sweep.*'pixeldrl', 'unet'"):
         ablation_report(sweep, "cv-t")
+    alone = ablation_report(sweep, "cv-t", baseline="unet", only=["unet"], splits=("val",))
+    assert list(alone["rows"]) == ["unet"]
+    with pytest.raises(CVError, match=r"variant\(s\) \['nope'\] not in the sweep"):
+        ablation_report(sweep, "cv-t", baseline="unet", only=["nope"])
     assert main(["ablation-report", "--experiment", "cv-t", "--storage", str(sweep), "--baseline", "unet"]) == 0
     out = capsys.readouterr().out
     assert "Δ val Dice (wins)" in out and "(the paper's defaults)" in out and "model=unet" in out

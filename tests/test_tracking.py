@@ -42,6 +42,10 @@ def test_training_runs_are_tracked_and_compared(tmp_path: Path, capsys):
     assert run.data.params["lr"] == "0.0005" and run.data.params["data.format"] == "synthetic"
     assert run.data.params["num_workers"] == "0" and "preset" in run.data.params
     assert run.data.tags["preset"] == "small"
+    exp = client.get_experiment(run.info.experiment_id)  # opens on model training, not MLflow 3's GenAI pages
+    assert exp.tags["mlflow.experimentKind"] == "custom_model_development"
+    full = client.get_run(run.info.run_id)
+    assert [d.dataset.name for d in full.inputs.dataset_inputs] == ["synthetic:built-in synthetic"]
     head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=ROOT, capture_output=True, text=True, timeout=30)
     if head.returncode == 0:  # a git checkout: the run names its commit in full
         assert re.fullmatch(r"[0-9a-f]{40}", run.data.tags["git_commit"]), run.data.tags["git_commit"]

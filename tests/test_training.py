@@ -94,7 +94,8 @@ def test_evaluate_native_resolution_json_and_csv(tmp_path: Path):
     assert len(pngs) == 3
     from PIL import Image
 
-    assert Image.open(pngs[0]).size == (4 * 32, 32)  # four panels at the model's resolution
+    # four titled panels at the model's resolution, upscaled 6x (nearest) to be seen: 32 px -> 192 px
+    assert Image.open(pngs[0]).size == (4 * 192, 192 + 16)
     assert res["all_slices"]["n_images"] == 16 and res["n_images"] == 12  # 4 empty first slices
     for k in ("dice", "iou", "ppv", "sensitivity", "biou", "hd95", "n_images"):
         assert k in res

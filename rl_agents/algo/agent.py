@@ -73,6 +73,14 @@ def make_train_env(cfg: TrainConfig, images: np.ndarray, masks: np.ndarray, seed
     return env
 
 
+def _tensor(x) -> torch.Tensor:
+    """A tensor over ``x`` without copying when it can be written to; Ray hands arrays out of its object store
+    read-only, and torch warns on every wrap of one, so those are copied (they are copied into the model anyway)."""
+    if isinstance(x, np.ndarray) and not x.flags.writeable:
+        return torch.from_numpy(x.copy())
+    return torch.as_tensor(x)
+
+
 def lr_factor(cfg: TrainConfig, update: int, step: int) -> float:
     """Learning-rate multiplier after ``update`` updates: the paper's x``lr_decay`` every ``step`` updates, times a
     linear warm-up over the first ``lr_warmup_updates`` (ours; none by default)."""
@@ -178,7 +186,7 @@ class PA3CAgent:
             raise RuntimeError("this agent was built without an optimiser (optimizer=False)")
         if grads is not None:
             for p, g in zip(self.params, grads):
-                g = torch.as_tensor(g)
+                g = _tensor(g)
                 p.grad = g.to(self.device, dtype=p.dtype).reshape(p.shape)
         if scale != 1.0:
             for p in self.params:
@@ -200,9 +208,9 @@ class PA3CAgent:
         return [to_numpy(self.model), to_numpy(self.reward_conv)]
 
     def set_weights(self, weights: list[Weights]) -> None:
-        self.model.load_state_dict({k: torch.as_tensor(v) for k, v in weights[0].items()})
+        self.model.load_state_dict({k: _tensor(v) for k, v in weights[0].items()})
         if len(weights) > 1:
-            self.reward_conv.load_state_dict({k: torch.as_tensor(v) for k, v in weights[1].items()})
+            self.reward_conv.load_state_dict({k: _tensor(v) for k, v in weights[1].items()})
 
     # checkpoints ---------------------------------------------------------------------------------------------
     def state_dict(self) -> dict[str, Any]:

@@ -284,8 +284,10 @@ def ablation_report(
     device: str = "cpu",
     json_out: str | Path | None = None,
     command: str | None = None,
+    only: list[str] | None = None,
 ) -> dict[str, Any]:
-    """Every variant of an ablation sweep against ``baseline``, paired by fold, on each fold's ``splits`` patients.
+    """Every variant of an ablation sweep (or those in ``only``, the baseline always) against ``baseline``, paired by
+    fold, on each fold's ``splits`` patients.
 
     Rows are read on the validation patients (``val``, carved from each fold's training part) to say what helped;
     the test patients' figures are reported beside them but choose nothing, so no option is tuned on a test fold.
@@ -296,6 +298,12 @@ def ablation_report(
     by: dict[str, dict[int, Trial]] = {}
     for t in trials:
         by.setdefault(t.variant, {})[t.fold] = t
+    if only:
+        unknown = sorted(set(only) - set(by))
+        if unknown:
+            raise CVError(f"variant(s) {unknown} not in the sweep at {Path(storage_dir) / (experiment or '')}; "
+                          f"found variants {sorted(by)}")
+        by = {v: ts for v, ts in by.items() if v in only or v == baseline}
     if baseline not in by:
         raise CVError(f"baseline variant {baseline!r} not in the sweep at {Path(storage_dir) / (experiment or '')}; "
                       f"found variants {sorted(by)}")

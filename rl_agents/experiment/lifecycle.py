@@ -243,6 +243,9 @@ class Run:
             "history": self.state.history,
         }
         (self.out / "metrics.json").write_text(json.dumps(metrics, indent=2))
+        from rl_agents.experiment.visualize import learning_curve
+
+        learning_curve(self.state.history, self.out / "learning_curve.png")  # with or without MLflow
         return metrics
 
 
@@ -275,5 +278,9 @@ def run_training(cfg: TrainConfig, output_dir: str | Path, resume: bool = False,
         if mlflow_run_id is None:  # a sweep trial's run is ended by the sweep (it may be retried)
             log_run(cfg, output_dir, None, status="FAILED")
         raise
+    if cfg.mlflow and not quiet:  # logging the model and overlays takes a while: say what is happening
+        from rl_agents.experiment.tracking import tracking_uri
+
+        console.print(f"recording the run in MLflow ({tracking_uri()}): metrics, model, overlays ...", highlight=False)
     log_run(cfg, output_dir, metrics, run_id=mlflow_run_id, history_logged=mlflow_run_id is not None)
     return metrics

@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from rl_agents.config import TrainConfig, flatten, to_dict
+from rl_agents.experiment.visualize import learning_curve
 
 log = logging.getLogger(__name__)
 ROOT = Path(__file__).resolve().parents[1]
@@ -53,18 +54,42 @@ def ensure_experiment(name: str) -> str:
     mlflow.set_tracking_uri(tracking_uri())
     exp = mlflow.get_experiment_by_name(name)
     if exp is not None:
+        if exp.tags.get(EXPERIMENT_KIND[0]) is None:  # one made before the tag: opens as model training too
+            mlflow.MlflowClient(tracking_uri()).set_experiment_tag(exp.experiment_id, *EXPERIMENT_KIND)
         return exp.experiment_id
     location = None
     uri = tracking_uri()
     if uri.startswith("sqlite:///"):
         location = (Path(uri[len("sqlite:///"):]).parent / "mlartifacts").resolve().as_uri()
     try:
-        return mlflow.create_experiment(name, artifact_location=location)
+        return mlflow.create_experiment(name, artifact_location=location, tags=dict([EXPERIMENT_KIND]))
     except Exception:  # noqa: BLE001 - created meanwhile by a concurrent trial: use that one
         exp = mlflow.get_experiment_by_name(name)
         if exp is None:
             raise
         return exp.experiment_id
+
+
+# MLflow 3's UI opens an experiment without this tag on its GenAI pages; ours is model training
+EXPERIMENT_KIND = ("mlflow.experimentKind", "custom_model_development")
+
+
+def log_dataset(cfg: TrainConfig) -> None:
+    """The run's data as an MLflow input (the UI's "Datasets used"): where it came from, its split and preparation."""
+    import hashlib
+    import json
+
+    import mlflow
+    from mlflow.data.code_dataset_source import CodeDatasetSource
+    from mlflow.data.meta_dataset import MetaDataset
+
+    d = to_dict(cfg)["data"]
+    where = d.get("path") or f"built-in {d['format']}"
+    digest = hashlib.sha256(json.dumps(d, sort_keys=True, default=str).encode()).hexdigest()[:16]
+    source = CodeDatasetSource({"format": str(d["format"]), "path": str(where),
+                                "preparation": json.dumps(d, sort_keys=True, default=str)})
+    name = f"{d['format']}:{Path(str(where)).name}" + (f" fold {d['fold']}/{d['folds']}" if d.get("folds") else "")
+    mlflow.log_input(MetaDataset(source, name=name, digest=digest), context="training")
 
 
 def git_commit() -> str:
@@ -79,31 +104,6 @@ def _numeric(d: dict[str, Any]) -> dict[str, float]:
     return {k: float(v) for k, v in d.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
 
 
-def learning_curve(history: list[dict], path: Path) -> Path | None:
-    """Validation Dice / Boundary IoU and training return against the update, as a PNG."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    pts = [h for h in history if "val/dice" in h]
-    if not pts:
-        return None
-    step = "update"
-    fig, ax = plt.subplots(1, 2, figsize=(9, 3.2))
-    for key in ("val/dice", "val/biou"):
-        ax[0].plot([h[step] for h in pts if key in h], [h[key] for h in pts if key in h], label=key)
-    ax[0].set_xlabel(step)
-    ax[0].legend()
-    train_key = "train/return" if "train/return" in pts[0] else "train/loss"
-    if train_key in pts[0]:
-        ax[1].plot([h[step] for h in pts], [h.get(train_key, float("nan")) for h in pts])
-        ax[1].set_title(train_key)
-        ax[1].set_xlabel(step)
-    fig.tight_layout()
-    fig.savefig(path, dpi=80)
-    plt.close(fig)
-    return path
 
 
 def log_run(cfg: TrainConfig, output_dir: str | Path, metrics: dict[str, Any] | None, status: str = "FINISHED",
@@ -143,6 +143,7 @@ def _log_run(cfg: TrainConfig, out: Path, metrics: dict | None, status: str, n_o
         if run_id is None:
             mlflow.log_params(params)
         mlflow.set_tags(tags)
+        log_dataset(cfg)
         for h in [] if history_logged else (metrics or {}).get("history", []):
             mlflow.log_metrics(_numeric({k: v for k, v in h.items() if k != "update"}), step=int(h["update"]))
         if metrics:
@@ -158,10 +159,13 @@ def _log_run(cfg: TrainConfig, out: Path, metrics: dict | None, status: str, n_o
         if best.exists():
             mlflow.log_artifact(str(best), artifact_path="checkpoints")
             _log_model_and_overlays(best, n_overlays)
-        with tempfile.TemporaryDirectory() as tmp:
-            png = learning_curve((metrics or {}).get("history", []), Path(tmp) / "learning_curve.png")
-            if png:
-                mlflow.log_artifact(str(png))
+        if (out / "learning_curve.png").exists():  # written by every finished run
+            mlflow.log_artifact(str(out / "learning_curve.png"))
+        else:  # an interrupted run: drawn from what it reached
+            with tempfile.TemporaryDirectory() as tmp:
+                png = learning_curve((metrics or {}).get("history", []), Path(tmp) / "learning_curve.png")
+                if png:
+                    mlflow.log_artifact(str(png))
     except BaseException:
         mlflow.end_run(status="FAILED")
         raise
@@ -191,7 +195,9 @@ def _log_model_and_overlays(best: Path, n_overlays: int) -> None:
 
     with torch.no_grad():
         output = model(torch.from_numpy(example)).numpy()
-    mlflow.pytorch.log_model(model, name="model", input_example=example, signature=infer_signature(example, output))
+    # requirements stated, not inferred: inference warns (twice) about torch's "+cpu" local version label
+    mlflow.pytorch.log_model(model, name="model", input_example=example, signature=infer_signature(example, output),
+                             pip_requirements=[f"torch=={torch.__version__.split('+')[0]}"])
     if n_overlays > 0:
         with tempfile.TemporaryDirectory() as tmp:
             evaluate_checkpoint(best, split="val", overlays=Path(tmp) / "overlays", max_overlays=n_overlays,

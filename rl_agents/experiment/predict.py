@@ -1,0 +1,300 @@
+"""Segment a user's own scans with a trained checkpoint: no masks needed, outputs in the input's own geometry.
+
+Inputs (``pixeldrl predict --checkpoint C INPUT... --output-dir D``):
+
+* image files (PNG, JPEG, TIFF, BMP): one slice each; the mask is written as ``<stem>_mask.png`` (or ``.tif`` for a
+  TIFF input) at the image's native size, 0 = background and 255 = foreground (JPEG inputs get PNG masks: a lossy
+  mask would not stay binary);
+* folders: every image file in them, sorted by name, each as above;
+* NIfTI volumes (``.nii``, ``.nii.gz``): cut into slices along the checkpoint's ``data.slice_axis``; the mask is a
+  ``uint8`` volume ``<stem>_mask.nii.gz`` with the input's affine and header (so viewers overlay it on the scan).
+
+Beside each mask: ``<stem>_uncertainty`` (the policy's mean per-pixel entropy over the ``t_max`` steps, 0..1; for the
+U-Net, ``1 - |2p - 1|``), and on request a labelled overlay PNG (``--overlay``) and, for PixelDRL-MG, a GIF of the
+mask over the ``t_max`` steps (``--gif``, what the paper's figures show). Each slice is prepared exactly as in
+training (channels, resize, normalisation, 2-D slices or 2.5-D neighbours from the same volume), and the mask is
+resized back to the native size.
+
+From Python, one call on an array: :func:`segment_array`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from pixelrl_env.dataset import prepare_rows, resize_mask
+from pixelrl_env.io import DataError, read_image
+from pixelrl_env.sources import Sample
+from rl_agents.config import TrainConfig
+
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp")
+NIFTI_SUFFIXES = (".nii", ".nii.gz")
+
+
+def _is_nifti(path: Path) -> bool:
+    return path.name.lower().endswith(NIFTI_SUFFIXES)
+
+
+def _stem(path: Path) -> str:
+    name = path.name
+    return name[: -len(".nii.gz")] if name.lower().endswith(".nii.gz") else path.stem
+
+
+@dataclass
+class Loaded:
+    """A model ready to segment: the network (or U-Net), its training config and device."""
+
+    model: torch.nn.Module
+    cfg: TrainConfig
+    device: torch.device
+
+
+def load(checkpoint: str | Path | Loaded, device: str = "cpu") -> Loaded:
+    from rl_agents.experiment.evaluate import load_model
+
+    if isinstance(checkpoint, Loaded):
+        return checkpoint
+    model, cfg = load_model(checkpoint, device)
+    return Loaded(model, cfg, torch.device(device))
+
+
+def _as_slices(array: np.ndarray) -> np.ndarray:
+    """``(N, H, W, C)`` from ``(H, W)``, ``(H, W, C)`` (C <= 4: one slice) or ``(N, H, W)`` / ``(N, H, W, C)``."""
+    a = np.asarray(array)
+    if a.ndim == 2:
+        return a[None, ..., None]
+    if a.ndim == 3:
+        return a[None] if a.shape[-1] <= 4 else a[..., None]
+    if a.ndim == 4:
+        return a
+    raise DataError(f"expected an image (H, W) or (H, W, C), or slices (N, H, W[, C]); got shape {a.shape}")
+
+
+def segment_array(checkpoint: str | Path | Loaded, array: np.ndarray, device: str = "cpu",
+                  batch_size: int = 16) -> tuple[np.ndarray, np.ndarray]:
+    """Masks ``(N, H, W)`` uint8 {0, 1} and uncertainty ``(N, H, W)`` float32 of an image or a volume's slices.
+
+    ``array``: ``(H, W)`` or ``(H, W, C)`` for one slice; ``(N, H, W)`` or ``(N, H, W, C)`` for the slices of one
+    volume in order (a 2.5-D model takes each slice's neighbours from them). Values as stored (uint8, uint16 or
+    float): the checkpoint's own normalisation is applied. Outputs are at the input's height and width.
+    """
+    from rl_agents.experiment.evaluate import predict
+
+    m = load(checkpoint, device)
+    slices = _as_slices(array)
+    samples = [Sample(s, np.zeros(s.shape[:2], np.uint8), "volume", f"slice{k}") for k, s in enumerate(slices)]
+    masks, uncert = [], []
+    for i in range(0, len(samples), batch_size):
+        rows = range(i, min(i + batch_size, len(samples)))
+        x = prepare_rows(samples, rows, m.cfg.data)
+        mk, un = predict(m.model, m.cfg, x, m.device)
+        for k, a, u in zip(rows, mk, un):
+            h, w = slices[k].shape[:2]
+            masks.append(resize_mask(a, (h, w)))
+            uncert.append(_resize_float(u, (h, w)))
+    return np.stack(masks).astype(np.uint8), np.stack(uncert).astype(np.float32)
+
+
+def _resize_float(x: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
+    from PIL import Image
+
+    if x.shape == tuple(shape):
+        return x.astype(np.float32)
+    im = Image.fromarray(np.ascontiguousarray(x, dtype=np.float32)).resize((shape[1], shape[0]), Image.BILINEAR)
+    return np.clip(np.asarray(im), 0.0, 1.0).astype(np.float32)
+
+
+@torch.no_grad()
+def mask_steps(m: Loaded, image: np.ndarray) -> list[np.ndarray]:
+    """The mask at the start and after each of the ``t_max`` greedy steps, ``(H, W)`` uint8 at the working size."""
+    from rl_agents.algo.inference import apply_actions
+
+    if getattr(m.model, "is_unet", False):
+        raise ValueError("the U-Net segments in one step: a GIF of the steps is for PixelDRL-MG checkpoints")
+    x = torch.as_tensor(image[None], device=m.device)
+    state = torch.ones((1, x.shape[2], x.shape[3]), dtype=torch.bool, device=m.device)
+    frames = [state[0].to(torch.uint8).cpu().numpy()]
+    for _ in range(m.cfg.t_max):
+        logits, _ = m.model(x * state[:, None])
+        state = apply_actions(state, logits.argmax(dim=1), m.model.n_actions)
+        frames.append(state[0].to(torch.uint8).cpu().numpy())
+    return frames
+
+
+def _grey(x: np.ndarray) -> np.ndarray:
+    lo, hi = float(np.percentile(x, 1)), float(np.percentile(x, 99))
+    return (np.clip((x - lo) / (hi - lo + 1e-8), 0, 1) * 255).astype(np.uint8)
+
+
+def _save_gif(path: Path, image: np.ndarray, frames: list[np.ndarray]) -> None:
+    from PIL import Image, ImageDraw
+
+    h, w = image.shape[:2]
+    base = _grey(image.mean(axis=-1) if image.ndim == 3 else image)
+    out = []
+    for t, f in enumerate(frames):
+        rgb = np.repeat(base[..., None], 3, axis=-1)
+        m = resize_mask(f, (h, w)).astype(bool)
+        rgb[m] = (0.5 * rgb[m] + 0.5 * np.array([255, 40, 40])).astype(np.uint8)
+        im = Image.fromarray(rgb)
+        ImageDraw.Draw(im).text((3, 2), f"step {t}" if t else "start", fill=(255, 255, 0))
+        out.append(im)
+    out[0].save(path, save_all=True, append_images=out[1:], duration=400, loop=0)
+
+
+def _save_overlay(path: Path, image: np.ndarray, mask: np.ndarray, uncert: np.ndarray) -> None:
+    from PIL import Image, ImageDraw
+
+    base = _grey(image.mean(axis=-1) if image.ndim == 3 else image)
+    rgb = np.repeat(base[..., None], 3, axis=-1)
+    over = rgb.copy()
+    over[mask.astype(bool)] = (0.5 * over[mask.astype(bool)] + 0.5 * np.array([255, 40, 40])).astype(np.uint8)
+    heat = (np.stack([np.clip(3 * uncert, 0, 1), np.clip(3 * uncert - 1, 0, 1), np.clip(3 * uncert - 2, 0, 1)], -1)
+            * 255).astype(np.uint8)
+    h, w = base.shape
+    pad = 14
+    canvas = Image.new("RGB", (3 * w, h + pad), (0, 0, 0))
+    draw = ImageDraw.Draw(canvas)
+    for k, (panel, title) in enumerate(((rgb, "image"), (over, "prediction (red)"), (heat, "uncertainty"))):
+        canvas.paste(Image.fromarray(panel), (k * w, pad))
+        draw.text((k * w + 2, 1), title, fill=(255, 255, 255))
+    canvas.save(path)
+
+
+def _write_image_mask(path: Path, mask: np.ndarray, suffix: str) -> Path:
+    from PIL import Image
+
+    out = path.with_name(path.name + (".tif" if suffix in (".tif", ".tiff") else ".png"))
+    Image.fromarray((mask * 255).astype(np.uint8)).save(out)
+    return out
+
+
+def expand_inputs(inputs: list[str | Path]) -> list[Path]:
+    """Files and folders to the list of files to segment; refuses what is missing or of an unknown kind."""
+    files: list[Path] = []
+    for raw in inputs:
+        p = Path(raw)
+        if p.is_dir():
+            found = sorted(q for q in p.iterdir() if q.is_file() and (q.suffix.lower() in IMAGE_SUFFIXES
+                                                                     or _is_nifti(q)))
+            if not found:
+                raise DataError(f"{p} holds no image ({', '.join(IMAGE_SUFFIXES)}) or NIfTI ({', '.join(NIFTI_SUFFIXES)})"
+                                " file to segment")
+            files.extend(found)
+        elif p.is_file():
+            if not (p.suffix.lower() in IMAGE_SUFFIXES or _is_nifti(p)):
+                raise DataError(f"{p}: unknown kind of input; expected an image ({', '.join(IMAGE_SUFFIXES)}), a "
+                                f"NIfTI volume ({', '.join(NIFTI_SUFFIXES)}) or a folder of them")
+            files.append(p)
+        else:
+            raise DataError(f"input not found: {p}")
+    return files
+
+
+def predict_files(checkpoint: str | Path, inputs: list[str | Path], output_dir: str | Path, device: str = "cpu",
+                  batch_size: int = 16, overlay: bool = False, gif: bool = False,
+                  progress: bool = True) -> list[dict[str, Any]]:
+    """Segment every input (see the module docstring) into ``output_dir``; returns one record per input."""
+    from rich.progress import Progress
+
+    files = expand_inputs(inputs)
+    m = load(checkpoint, device)
+    if gif and getattr(m.model, "is_unet", False):
+        raise ValueError("--gif shows PixelDRL-MG's steps; the U-Net segments in one step")
+    out = Path(output_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    records = []
+    with Progress(disable=not progress, transient=True) as bar:
+        task = bar.add_task("segmenting", total=len(files))
+        for f in files:
+            if _is_nifti(f):
+                rec = _predict_nifti(m, f, out, batch_size)
+                slices = rec.pop("_slices")
+                if overlay or gif:
+                    _volume_extras(m, f, out, rec, slices, overlay, gif)
+            else:
+                rec = _predict_image(m, f, out, overlay, gif)
+            records.append(rec)
+            bar.advance(task)
+    return records
+
+
+def _predict_image(m: Loaded, f: Path, out: Path, overlay: bool, gif: bool) -> dict[str, Any]:
+    from PIL import Image
+
+    image = read_image(f)
+    masks, uncert = segment_array(m, image, str(m.device))
+    stem = out / _stem(f)
+    mask_path = _write_image_mask(stem.with_name(stem.name + "_mask"), masks[0], f.suffix.lower())
+    unc_path = stem.with_name(stem.name + "_uncertainty.png")
+    Image.fromarray((uncert[0] * 255).round().astype(np.uint8)).save(unc_path)
+    rec = {"input": str(f), "mask": str(mask_path), "uncertainty": str(unc_path), "shape": list(masks.shape[1:]),
+           "foreground_pixels": int(masks.sum())}
+    if overlay:
+        rec["overlay"] = str(stem.with_name(stem.name + "_overlay.png"))
+        _save_overlay(Path(rec["overlay"]), image, masks[0], uncert[0])
+    if gif:
+        sample = [Sample(image, np.zeros(image.shape[:2], np.uint8), "volume", str(f))]
+        rec["gif"] = str(stem.with_name(stem.name + "_steps.gif"))
+        _save_gif(Path(rec["gif"]), image, mask_steps(m, prepare_rows(sample, [0], m.cfg.data)[0]))
+    return rec
+
+
+def _read_volume(m: Loaded, f: Path):
+    from pixelrl_env.sources import _load_nifti, _volume_shape, _voxels, slice_axis_index
+
+    img = _load_nifti(f, "image")
+    shape = _volume_shape(img, f, "image")
+    axis = slice_axis_index(m.cfg.data.slice_axis, f)
+    data = _voxels(lambda: img.get_fdata(dtype=np.float32), f, "image").reshape(shape)
+    if not np.isfinite(data).all():
+        raise DataError(f"image {f} holds NaN or infinite voxels; expected finite intensities")
+    return img, axis, data
+
+
+def _predict_nifti(m: Loaded, f: Path, out: Path, batch_size: int) -> dict[str, Any]:
+    import nibabel as nib
+
+    img, axis, data = _read_volume(m, f)
+    masks, uncert = segment_array(m, np.moveaxis(data, axis, 0), str(m.device), batch_size)
+    mask_vol = np.moveaxis(masks, 0, axis).astype(np.uint8)
+    unc_vol = np.moveaxis(uncert, 0, axis).astype(np.float32)
+    stem = out / _stem(f)
+    header = img.header.copy()
+    header.set_data_dtype(np.uint8)
+    mask_img = nib.Nifti1Image(mask_vol, img.affine, header)
+    mask_img.set_qform(img.get_qform(), int(img.header["qform_code"]))
+    mask_img.set_sform(img.get_sform(), int(img.header["sform_code"]))
+    mask_img.header.set_slope_inter(1, 0)  # labels 0/1 as stored, whatever scaling the scan's header carries
+    mask_path = stem.with_name(stem.name + "_mask.nii.gz")
+    nib.save(mask_img, str(mask_path))
+    unc_header = img.header.copy()
+    unc_header.set_data_dtype(np.float32)
+    unc_img = nib.Nifti1Image(unc_vol, img.affine, unc_header)
+    unc_img.header.set_slope_inter(1, 0)
+    unc_path = stem.with_name(stem.name + "_uncertainty.nii.gz")
+    nib.save(unc_img, str(unc_path))
+    return {"input": str(f), "mask": str(mask_path), "uncertainty": str(unc_path), "shape": list(mask_vol.shape),
+            "slice_axis": axis, "foreground_voxels": int(mask_vol.sum()),
+            "_slices": (np.moveaxis(data, axis, 0), masks, uncert)}
+
+
+def _volume_extras(m: Loaded, f: Path, out: Path, rec: dict, arrays: tuple, overlay: bool, gif: bool) -> None:
+    """Overlay and GIF of the volume's slice with the largest predicted area (its middle slice if none)."""
+    slices, masks, uncert = arrays
+    area = masks.reshape(len(masks), -1).sum(axis=1)
+    k = int(area.argmax()) if area.max() > 0 else len(masks) // 2
+    stem = out / f"{_stem(f)}_slice{k:03d}"
+    rec["shown_slice"] = k
+    if overlay:
+        rec["overlay"] = str(stem.with_name(stem.name + "_overlay.png"))
+        _save_overlay(Path(rec["overlay"]), slices[k], masks[k], uncert[k])
+    if gif:
+        samples = [Sample(s[..., None], np.zeros(s.shape, np.uint8), "volume", str(j)) for j, s in enumerate(slices)]
+        rec["gif"] = str(stem.with_name(stem.name + "_steps.gif"))
+        _save_gif(Path(rec["gif"]), slices[k], mask_steps(m, prepare_rows(samples, [k], m.cfg.data)[0]))
