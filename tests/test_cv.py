@@ -289,6 +289,6 @@ def test_ablation_sweep_changes_one_thing_per_row_at_equal_updates():
     base = {c.data.fold: flatten(to_dict(c)) for v, c in trials if v["name"] == "base"}
     assert sorted(base) == [0, 1, 2]
     for v, c in trials:
-        assert c.max_updates == 100 and c.max_minutes is None and c.threads == 1 and c.data.folds == 5
+        assert c.max_updates == 200 and c.max_minutes is None and c.threads == 1 and c.data.folds == 5
         diff = {k for k, x in flatten(to_dict(c)).items() if base[c.data.fold][k] != x}
         assert diff == set(flatten({k: x for k, x in v.items() if k != "name"})), v["name"]  # exactly its own change

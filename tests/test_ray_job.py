@@ -89,7 +89,9 @@ def test_ray_job_submit_smoke(token_cluster: RayHead, tmp_path: Path):
     from mlflow.tracking import MlflowClient
 
     client = MlflowClient(store)  # the job's run is in the store it was given, where mlflow ui and compare look
-    runs = client.search_runs([client.get_experiment_by_name("pixeldrl").experiment_id])
+    exp = client.get_experiment_by_name("pixeldrl")
+    assert exp is not None, f"no experiment in {store}; the job printed:\n" + job.stdout[-3000:]
+    runs = client.search_runs([exp.experiment_id])
     assert [r.info.status for r in runs] == ["FINISHED"]
     assert runs[0].data.metrics["val/dice"] == pytest.approx(metrics["val/dice"])
 
