@@ -36,6 +36,7 @@ def token_cluster():
            "RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": token}
     env.pop("RAY_AUTH_TOKEN_PATH", None)
     env.pop("MLFLOW_TRACKING_URI", None)  # the job gets its store from the submission, as the README shows
+    env["MLFLOW_EXPERIMENT_ID"] = "424242"  # what mlflow.set_experiment leaves in a shell's or parent's environment
     head = RayHead(env, ["--num-cpus=2"])
     head.token, head.client_env, head.succeeded = token, {**head.env}, set()
     try:

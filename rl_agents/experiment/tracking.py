@@ -128,8 +128,10 @@ def _log_run(cfg: TrainConfig, out: Path, metrics: dict | None, status: str, n_o
     import mlflow
 
     mlflow.set_tracking_uri(tracking_uri())
-    if run_id is None and not os.environ.get("MLFLOW_EXPERIMENT_ID"):
-        mlflow.set_experiment(experiment_id=ensure_experiment(cfg.experiment))
+    # the experiment passed explicitly: mlflow.set_experiment exports MLFLOW_EXPERIMENT_ID to this process's
+    # environment, which child processes (a Ray cluster started from it, a job) inherit and would then look up in
+    # their own, different store ("experiment id 1 does not exist")
+    experiment_id = ensure_experiment(cfg.experiment) if run_id is None else None
     params = {k: str(v) for k, v in flatten(to_dict(cfg)).items()}
     tags = {"git_commit": git_commit(), "dataset": f"{cfg.data.format}:{cfg.data.path or 'built-in'}",
             "preset": cfg.preset if cfg.model == "pixeldrl" else "unet", "model": cfg.model,
@@ -138,7 +140,7 @@ def _log_run(cfg: TrainConfig, out: Path, metrics: dict | None, status: str, n_o
     if run_id is not None:
         run = mlflow.start_run(run_id=run_id)
     else:
-        run = mlflow.start_run(run_name=cfg.run_name or out.name, nested=nested)
+        run = mlflow.start_run(run_name=cfg.run_name or out.name, nested=nested, experiment_id=experiment_id)
     try:
         if run_id is None:
             mlflow.log_params(params)
