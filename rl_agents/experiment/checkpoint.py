@@ -18,10 +18,13 @@ truncated) falls back to ``*.prev.pt`` with a warning; a file refused for securi
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
 import pickle
+import signal
+import threading
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -77,18 +80,38 @@ def make_payload(engine: str, cfg: TrainConfig, agent: dict[str, Any], run: dict
     }
 
 
+@contextlib.contextmanager
+def _ctrl_c_after():
+    """Deliver a Ctrl-C that arrives during the block after it: torch.save interrupted midway raises a zip-writer
+    RuntimeError instead of KeyboardInterrupt (exit 1 with a traceback, not the clean stop with a checkpoint)."""
+    if threading.current_thread() is not threading.main_thread() or \
+            signal.getsignal(signal.SIGINT) in (signal.SIG_IGN, None):
+        yield
+        return
+    caught: list[int] = []
+    previous = signal.signal(signal.SIGINT, lambda signum, frame: caught.append(signum))
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
+        if caught:
+            signal.raise_signal(signal.SIGINT)  # now, to the handler that was in place (KeyboardInterrupt)
+
+
 def write_checkpoint(path: str | Path, payload: dict[str, Any], keep_previous: bool = True) -> Path:
-    """Atomically write ``payload`` to ``path`` (keeping the former file as ``*.prev.pt``)."""
+    """Atomically write ``payload`` to ``path`` (keeping the former file as ``*.prev.pt``); a Ctrl-C during the write
+    takes effect once the file is complete."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    with open(tmp, "wb") as f:
-        torch.save(payload, f)
-        f.flush()
-        os.fsync(f.fileno())
-    if keep_previous and path.exists():
-        os.replace(path, previous_path(path))
-    os.replace(tmp, path)
+    with _ctrl_c_after():
+        with open(tmp, "wb") as f:
+            torch.save(payload, f)
+            f.flush()
+            os.fsync(f.fileno())
+        if keep_previous and path.exists():
+            os.replace(path, previous_path(path))
+        os.replace(tmp, path)
     return path
 
 
