@@ -341,13 +341,26 @@ def read_nifti_volume(
     image_path, label_path = Path(image_path), Path(label_path)
     img, lbl, shape = _checked_pair(image_path, label_path)
     labels = _label_map(lbl, label_path, shape)
+    image = _finite_voxels(img, image_path, shape)
+    return np.moveaxis(image, axis, 0), np.moveaxis(_mask_of(labels, label_value), axis, 0)
+
+
+def _finite_voxels(img, image_path: Path, shape: tuple[int, int, int]) -> np.ndarray:
     image = _voxels(lambda: img.get_fdata(dtype=np.float32), image_path, "image").reshape(shape)
     finite = np.isfinite(image)
     if not finite.all():
         raise DataError(
             f"image {image_path} holds {int((~finite).sum())} NaN or infinite voxel(s); expected finite intensities"
         )
-    return np.moveaxis(image, axis, 0), np.moveaxis(_mask_of(labels, label_value), axis, 0)
+    return image
+
+
+def read_nifti_image(image_path: str | Path):
+    """``(nibabel image, (X, Y, Z) float32 voxels)`` of a scan without a label (``pixeldrl predict``), checked as
+    :func:`read_nifti_volume` checks a labelled one: a readable 3-D volume of finite intensities."""
+    image_path = Path(image_path)
+    img = _load_nifti(image_path, "image")
+    return img, _finite_voxels(img, image_path, _volume_shape(img, image_path, "image"))
 
 
 def nifti_source(image_path: str | Path, axis: int, k: int) -> str:

@@ -246,15 +246,10 @@ def _predict_image(m: Loaded, f: Path, out: Path, overlay: bool, gif: bool) -> d
 
 
 def _read_volume(m: Loaded, f: Path):
-    from pixelrl_env.sources import _load_nifti, _volume_shape, _voxels, slice_axis_index
+    from pixelrl_env.sources import read_nifti_image, slice_axis_index
 
-    img = _load_nifti(f, "image")
-    shape = _volume_shape(img, f, "image")
-    axis = slice_axis_index(m.cfg.data.slice_axis, f)
-    data = _voxels(lambda: img.get_fdata(dtype=np.float32), f, "image").reshape(shape)
-    if not np.isfinite(data).all():
-        raise DataError(f"image {f} holds NaN or infinite voxels; expected finite intensities")
-    return img, axis, data
+    img, data = read_nifti_image(f)
+    return img, slice_axis_index(m.cfg.data.slice_axis, f), data
 
 
 def _predict_nifti(m: Loaded, f: Path, out: Path, batch_size: int) -> dict[str, Any]:
