@@ -362,6 +362,18 @@ def _cmd_predict(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_export(args: argparse.Namespace) -> int:
+    from rl_agents.experiment.export import export_checkpoint
+
+    with console.status(f"exporting {args.checkpoint} to {args.format} and checking it against torch ..."):
+        meta = export_checkpoint(args.checkpoint, args.format, args.output)
+    shape = "x".join(map(str, meta["inputs"]["images"]["shape"]))
+    console.print(f"wrote {meta['path']} ({meta['kind']}, images {shape} -> masks, uncertainty; "
+                  f"{'matches torch' if meta['checked_against_torch'] else 'NOT checked: onnxruntime missing'}) "
+                  f"and {meta['metadata']}", highlight=False)
+    return 0
+
+
 def _add_train_args(p: argparse.ArgumentParser, default_out: str) -> None:
     p.add_argument("--config", default=None, help="YAML config (see tune_configs/)")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
@@ -481,6 +493,14 @@ def build_parser() -> argparse.ArgumentParser:
     pr.add_argument("--batch-size", type=int, default=16, help="slices per forward pass")
     pr.add_argument("--quiet", action="store_true", help="no progress bar")
     pr.set_defaults(func=_cmd_predict)
+
+    ex = sub.add_parser("export", help="a checkpoint as one ONNX or TorchScript graph (dynamic batch), checked")
+    ex.add_argument("--checkpoint", required=True, help="a best.pt or last.pt of any engine")
+    ex.add_argument("--format", required=True, choices=("onnx", "torchscript"))
+    ex.add_argument("--output", default=None,
+                    help="file to write (default beside the checkpoint: <stem>.onnx or <stem>.ts.pt); "
+                         "metadata goes to <file>.json")
+    ex.set_defaults(func=_cmd_export)
 
     ab = sub.add_parser("ablation-report", help="k-fold ablation sweep: every variant minus the baseline, by fold")
     ab.add_argument("--experiment", required=True, help="the sweep's experiment, e.g. ablation-heart")

@@ -19,7 +19,13 @@ def apply_actions(state: torch.Tensor, actions: torch.Tensor, n_actions: int) ->
     return new
 
 
-@torch.no_grad()
+def policy_logits(model: torch.nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """Policy logits ``(B, n_actions, H, W)``, without the value head where the network can skip it."""
+    policy = getattr(model, "policy", None)
+    return policy(x) if policy is not None else model(x)[0]
+
+
+@torch.inference_mode()
 def segment(
     model: torch.nn.Module,
     images: np.ndarray | torch.Tensor,
@@ -28,49 +34,112 @@ def segment(
     start: str = "foreground",
     batch_size: int = 16,
     device: torch.device | str = "cpu",
+    early_exit: bool = True,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Run the greedy policy for ``t_max`` steps from the start mask; the final state is the segmentation.
 
     Args:
         images: ``(N, C, H, W)`` float32, prepared as in training.
+        early_exit: stop an image once a step changes none of its pixels. The step's input (image x mask) is then
+            the same as the previous step's, so every later step would repeat it: masks and uncertainty are
+            exactly those of all ``t_max`` steps (the last step's entropy counts for each step skipped), at the
+            cost of the steps actually needed. ``False`` runs every step (what an exported graph does).
 
     Returns:
         masks ``(N, H, W)`` uint8 and uncertainty ``(N, H, W)`` float32 in [0, 1]: the policy entropy averaged over the
         steps, divided by log(n_actions), so 0 means every step was certain and 1 means a coin toss each time.
     """
+    masks, uncert, _ = segment_with_steps(model, images, t_max, start=start, batch_size=batch_size, device=device,
+                                          early_exit=early_exit)
+    return masks, uncert
+
+
+@torch.inference_mode()
+def segment_with_steps(
+    model: torch.nn.Module,
+    images: np.ndarray | torch.Tensor,
+    t_max: int,
+    *,
+    start: str = "foreground",
+    batch_size: int = 16,
+    device: torch.device | str = "cpu",
+    early_exit: bool = True,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """:func:`segment`, plus the number of network calls each image needed, ``(N,)`` int64 in ``1..t_max``."""
+    was_training = model.training
     model.eval()
     n_actions = model.n_actions
-    masks, uncert = [], []
+    masks, uncert, steps = [], [], []
     images_t = torch.as_tensor(images)
     for i in range(0, len(images_t), batch_size):
         x = images_t[i : i + batch_size].to(device)
-        state = torch.full((x.shape[0], x.shape[2], x.shape[3]), start == "foreground", dtype=torch.bool,
-                           device=device)
+        n = x.shape[0]
+        state = torch.full((n, x.shape[2], x.shape[3]), start == "foreground", dtype=torch.bool, device=device)
         ent = torch.zeros(state.shape, device=device)
-        for _ in range(t_max):
-            logits, _ = model(x * state[:, None])
+        used = torch.full((n,), t_max, dtype=torch.int64)
+        live = torch.arange(n, device=device)  # images still changing
+        for t in range(t_max):
+            s = state[live]
+            logits = policy_logits(model, x[live] * s[:, None]).float()
             logp = F.log_softmax(logits, dim=1)
-            ent += -(logp.exp() * logp).sum(dim=1)
-            state = apply_actions(state, logits.argmax(dim=1), n_actions)
+            step_ent = -(logp.exp() * logp).sum(dim=1)
+            new = apply_actions(s, logits.argmax(dim=1), n_actions)
+            state[live] = new
+            if not early_exit or t == t_max - 1:
+                ent[live] += step_ent
+                continue
+            still = (new != s).flatten(1).any(dim=1)
+            done = live[~still]
+            ent[live[still]] += step_ent[still]
+            ent[done] += (t_max - t) * step_ent[~still]  # this step and every repeat of it
+            used[done.cpu()] = t + 1
+            live = live[still]
+            if len(live) == 0:
+                break
         masks.append(state.to(torch.uint8).cpu().numpy())
         uncert.append((ent / (t_max * math.log(n_actions))).clamp_(0, 1).cpu().numpy())
-    model.train()
-    return np.concatenate(masks), np.concatenate(uncert).astype(np.float32)
+        steps.append(used.numpy())
+    model.train(was_training)
+    return np.concatenate(masks), np.concatenate(uncert).astype(np.float32), np.concatenate(steps)
 
 
 class GreedySegmenter(torch.nn.Module):
     """The whole greedy ``t_max``-step segmentation as one module: images ``(B, C, H, W)`` -> masks ``(B, H, W)``
-    float32 in {0, 1}. What ``mlflow.pytorch.log_model`` stores, so a loaded model segments in one call."""
+    float32 in {0, 1} (and, with ``uncertainty=True``, the uncertainty map of :func:`segment` as a second output).
+    What ``mlflow.pytorch.log_model`` stores and ``pixeldrl export`` writes: every step runs (a fixed graph, traceable
+    with a dynamic batch), so it does not exit early as :func:`segment` does."""
 
-    def __init__(self, net: torch.nn.Module, t_max: int):
+    def __init__(self, net: torch.nn.Module, t_max: int, uncertainty: bool = False):
         super().__init__()
         self.net = net
         self.t_max = t_max
+        self.uncertainty = uncertainty
 
-    def forward(self, images: torch.Tensor) -> torch.Tensor:
-        state = torch.ones((images.shape[0], images.shape[2], images.shape[3]), dtype=torch.bool,
-                           device=images.device)
+    def forward(self, images: torch.Tensor) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
+        state = torch.ones_like(images[:, 0], dtype=torch.bool)
+        ent = torch.zeros_like(images[:, 0])
         for _ in range(self.t_max):
-            logits, _ = self.net(images * state[:, None])
+            logits = policy_logits(self.net, images * state[:, None])
+            if self.uncertainty:
+                logp = F.log_softmax(logits, dim=1)
+                ent = ent - (logp.exp() * logp).sum(dim=1)
             state = apply_actions(state, logits.argmax(dim=1), self.net.n_actions)
-        return state.float()
+        if not self.uncertainty:
+            return state.float()
+        return state.float(), (ent / (self.t_max * math.log(self.net.n_actions))).clamp(0, 1)
+
+
+class UNetSegmenter(torch.nn.Module):
+    """The U-Net with :func:`rl_agents.experiment.evaluate.predict`'s post-processing, for export: images
+    ``(B, C, H, W)`` -> masks ``(B, H, W)`` float32 in {0, 1} (probability >= 0.5) and, with ``uncertainty=True``,
+    ``1 - |2p - 1|``."""
+
+    def __init__(self, net: torch.nn.Module, uncertainty: bool = False):
+        super().__init__()
+        self.net = net
+        self.uncertainty = uncertainty
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
+        prob = torch.sigmoid(self.net(images)[:, 0])
+        mask = (prob >= 0.5).float()
+        return (mask, 1 - (2 * prob - 1).abs()) if self.uncertainty else mask

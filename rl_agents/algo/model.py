@@ -116,10 +116,18 @@ class SelfAttention2d(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         b, _, h, w = x.shape
-        q = self.q(x).flatten(2).transpose(1, 2)  # (B, HW, key)
-        k = self.k(x).flatten(2).transpose(1, 2)
-        v = self.v(x).flatten(2).transpose(1, 2)
-        y = F.scaled_dot_product_attention(q, k, v)  # (B, HW, value)
+        q = self.q(x).flatten(2).transpose(1, 2)[:, None]  # (B, 1, HW, key): one head
+        k = self.k(x).flatten(2).transpose(1, 2)[:, None]
+        v = self.v(x).flatten(2).transpose(1, 2)[:, None]  # (B, 1, HW, value)
+        # PyTorch's CPU flash-attention kernel takes 4-D inputs with one head width for q, k and v; otherwise SDPA
+        # falls back to the math path, which materialises the (HW x HW) matrix: 6x slower at 32x32 features and
+        # O(HW^2) memory. Zero-padding q and k to the value width leaves q.k unchanged; the scale stays 1/sqrt(key).
+        e_qk, e_v = q.shape[-1], v.shape[-1]
+        if e_qk < e_v:
+            q, k = F.pad(q, (0, e_v - e_qk)), F.pad(k, (0, e_v - e_qk))
+        elif e_v < e_qk:
+            v = F.pad(v, (0, e_qk - e_v))
+        y = F.scaled_dot_product_attention(q, k, v, scale=e_qk**-0.5)[:, 0, :, :e_v]  # (B, HW, value)
         y = y.transpose(1, 2).reshape(b, -1, h, w)
         return x + self.gamma * self.out(y)
 
@@ -193,6 +201,16 @@ class PixelDRLNet(nn.Module):
             last.bias[KEEP] = math.log(keep_prob * (self.n_actions - 1) / (1 - keep_prob))
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        z = self.features(x)
+        return self.policy_head(z), self.value_head(z)[:, 0]
+
+    def policy(self, x: torch.Tensor) -> torch.Tensor:
+        """Policy logits ``(B, n_actions, H, W)`` only: what greedy inference needs. The value head runs at full
+        resolution and costs as much as the policy head, so skipping it saves about a fifth of a step."""
+        return self.policy_head(self.features(x))
+
+    def features(self, x: torch.Tensor) -> torch.Tensor:
+        """The fused multi-scale features ``(B, fuse_width, H, W)`` that both heads read."""
         size = x.shape[-2:]
         feats = []
         h = x
@@ -205,8 +223,7 @@ class PixelDRLNet(nn.Module):
             feats[-1] = self.attention(feats[-1])
         up = [f if f.shape[-2:] == size else F.interpolate(f, size=size, mode="bilinear", align_corners=False)
               for f in feats]
-        z = self.fuse(torch.cat(up, dim=1))
-        return self.policy_head(z), self.value_head(z)[:, 0]
+        return self.fuse(torch.cat(up, dim=1))
 
 
 def count_parameters(model: nn.Module) -> int:

@@ -58,12 +58,14 @@ def load_model(checkpoint: str | Path, device: str | torch.device = "cpu") -> tu
 
 
 @torch.no_grad()
-def predict(model: torch.nn.Module, cfg: TrainConfig, images: np.ndarray, device) -> tuple[np.ndarray, np.ndarray]:
-    """Masks and uncertainty for prepared images ``(N, C, S, S)``, from either model kind."""
+def predict(model: torch.nn.Module, cfg: TrainConfig, images: np.ndarray, device,
+            early_exit: bool = True) -> tuple[np.ndarray, np.ndarray]:
+    """Masks and uncertainty for prepared images ``(N, C, S, S)``, from either model kind (``early_exit``: see
+    :func:`rl_agents.algo.inference.segment`; the masks are the same either way)."""
     if getattr(model, "is_unet", False):
         prob = torch.sigmoid(model(torch.as_tensor(images, device=device))[:, 0]).cpu().numpy()
         return (prob >= 0.5).astype(np.uint8), (1 - np.abs(2 * prob - 1)).astype(np.float32)
-    return segment(model, images, cfg.t_max, batch_size=16, device=device)
+    return segment(model, images, cfg.t_max, batch_size=16, device=device, early_exit=early_exit)
 
 
 def volume_dice(groups: Sequence[str], tp, pred_pixels, gt_pixels) -> dict[str, float]:

@@ -76,7 +76,7 @@ def _as_slices(array: np.ndarray) -> np.ndarray:
 
 
 def segment_array(checkpoint: str | Path | Loaded, array: np.ndarray, device: str = "cpu",
-                  batch_size: int = 16) -> tuple[np.ndarray, np.ndarray]:
+                  batch_size: int = 16, early_exit: bool = True) -> tuple[np.ndarray, np.ndarray]:
     """Masks ``(N, H, W)`` uint8 {0, 1} and uncertainty ``(N, H, W)`` float32 of an image or a volume's slices.
 
     ``array``: ``(H, W)`` or ``(H, W, C)`` for one slice; ``(N, H, W)`` or ``(N, H, W, C)`` for the slices of one
@@ -92,7 +92,7 @@ def segment_array(checkpoint: str | Path | Loaded, array: np.ndarray, device: st
     for i in range(0, len(samples), batch_size):
         rows = range(i, min(i + batch_size, len(samples)))
         x = prepare_rows(samples, rows, m.cfg.data)
-        mk, un = predict(m.model, m.cfg, x, m.device)
+        mk, un = predict(m.model, m.cfg, x, m.device, early_exit=early_exit)
         for k, a, u in zip(rows, mk, un):
             h, w = slices[k].shape[:2]
             masks.append(resize_mask(a, (h, w)))
