@@ -118,5 +118,7 @@ def test_ctrl_c_stops_a_ray_run_with_a_checkpoint(tmp_path: Path):
          "--set", "checkpoint_every=4", "--output-dir", str(out), "--quiet"], out, ROOT)
     assert code == 130, stdout[-3000:]
     assert "interrupted" in stdout
+    # token authentication stays on, without Ray's every-start notice that it is
+    assert "Token authentication is enabled" not in stdout and "RAY_AUTH_MODE=disabled" not in stdout
     ckpt = read_checkpoint(out / "checkpoints" / "last.pt")
     assert ckpt.run["update"] >= 4 and ckpt.agent["optimizer"] is not None and ckpt.engine == "ray"

@@ -23,6 +23,7 @@ differ (as in any A3C); each actor's own randomness is seeded from ``(seed, work
 
 from __future__ import annotations
 
+import logging
 import math
 import os
 import time
@@ -227,6 +228,15 @@ class Evaluator:
         return self.evaluate((int(state["update"]), self.agent.weights()), None)
 
 
+class _DropMessage(logging.Filter):
+    def __init__(self, prefix: str):
+        super().__init__()
+        self.prefix = prefix
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not record.getMessage().startswith(self.prefix)
+
+
 def connect(address: str | None, num_cpus: float | None = None) -> bool:
     """Connect to Ray (``address``, else ``RAY_ADDRESS``, else a local Ray on 127.0.0.1); True when this call
     started it (and so must shut it down). The one ``ray.init`` of the project: training and sweeps use it."""
@@ -239,7 +249,17 @@ def connect(address: str | None, num_cpus: float | None = None) -> bool:
         ray.init(address=address, log_to_driver=True)
     else:
         cpus = max(os.cpu_count() or 1, math.ceil(num_cpus or 0))
-        ray.init(num_cpus=cpus, include_dashboard=False, _node_ip_address="127.0.0.1")
+        # Ray 2.60 turns token authentication on for a local cluster and warns at every start that it did ("Set
+        # RAY_AUTH_MODE=disabled to opt out"): we want it on, so the notice is noise. Setting RAY_AUTH_MODE=token
+        # here instead would not do: Ray has read its config at import, and the driver would then be refused by its
+        # own GCS. Other warnings of that logger (auth disabled by the user) still show.
+        auth_log = logging.getLogger("ray._private.authentication.authentication_token_setup")
+        quiet = _DropMessage("Token authentication is enabled")
+        auth_log.addFilter(quiet)
+        try:
+            ray.init(num_cpus=cpus, include_dashboard=False, _node_ip_address="127.0.0.1")
+        finally:
+            auth_log.removeFilter(quiet)
     return True
 
 

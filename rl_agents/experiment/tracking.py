@@ -127,6 +127,8 @@ def _log_run(cfg: TrainConfig, out: Path, metrics: dict | None, status: str, n_o
              history_logged: bool) -> str:
     import mlflow
 
+    # "Creating initial MLflow database tables..." at every new store: MLflow's housekeeping, not the user's business
+    logging.getLogger("mlflow.store.db.utils").setLevel(logging.WARNING)
     mlflow.set_tracking_uri(tracking_uri())
     # the experiment passed explicitly: mlflow.set_experiment exports MLFLOW_EXPERIMENT_ID to this process's
     # environment, which child processes (a Ray cluster started from it, a job) inherit and would then look up in
