@@ -4,7 +4,7 @@ non-local self-attention block, and per-pixel policy and value heads.
 What the paper states (Liu et al. 2025): a VGG16 trunk at half the channels, using its first conv blocks, dilated
 convolutions, multi-scale features concatenated, a residual self-attention module, and policy/value heads with
 dilated convolutions; 7.14M parameters in all. Exact widths are not published, so ``paper`` is our reading, sized to
-about 7.1M parameters; ``small`` keeps the same structure at a CPU budget (<= 0.5M parameters, <= 0.5 GFLOP per
+about 7.1M parameters; ``small`` keeps the same structure at a CPU budget (<= 0.5M parameters, about 0.5 GFLOP per
 128x128 image-step). Pooling stops at 1/4 resolution; deeper blocks widen their receptive field by dilation instead
 (as in DeepLab), so the multi-scale features are at 1, 1/2 and 1/4 resolution.
 
