@@ -135,3 +135,32 @@ def test_real_kvasir_round_trip(tmp_path: Path):
     sub = list(iter_folder(root))[:20]  # varied sizes, JPEG
     write_shards(sub, str(tmp_path / "kv"), shard_size=7)
     _assert_same(sub, iter_parquet(str(tmp_path / "kv")))
+
+
+@pytest.mark.parametrize("damage", ["two bytes swapped inside a page", "truncated footer"])
+def test_a_damaged_shard_fails_naming_it_and_never_returns_other_pixels(tmp_path: Path, damage: str):
+    from pixelrl_env.parquet import ParquetIndex
+
+    write_shards(iter_synthetic(n_patients=1, slices_per_patient=3, size=32), str(tmp_path / "o"))
+    path = tmp_path / "o" / "part-00000.parquet"
+    meta = pq.ParquetFile(path).metadata
+    assert meta.row_group(0).num_rows == 3
+    raw = bytearray(path.read_bytes())
+    if damage.startswith("two bytes"):
+        col = meta.schema.to_arrow_schema().get_field_index("image")
+        chunk = meta.row_group(0).column(col)
+        i = chunk.data_page_offset + chunk.total_compressed_size // 2
+        while raw[i] == raw[i + 1]:  # a swap of equal bytes would change nothing
+            i += 1
+        raw[i], raw[i + 1] = raw[i + 1], raw[i]
+    else:
+        raw = raw[:-20]
+    path.write_bytes(bytes(raw))
+
+    with pytest.raises(DataError, match=r"part-00000\.parquet") as whole:
+        list(iter_parquet(str(tmp_path / "o")))
+    with pytest.raises(DataError, match=r"part-00000\.parquet") as parts:  # the worker's two-pass reader too
+        ParquetIndex(str(tmp_path / "o")).samples(range(3))
+    if damage.startswith("two bytes"):  # caught by the page's CRC, before any pixel is decoded
+        for e in (whole, parts):
+            assert "crc" in str(e.value).lower() or "checksum" in str(e.value).lower(), e.value

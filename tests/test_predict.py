@@ -16,6 +16,7 @@ from pixelrl_env.io import DataError
 from rl_agents.cli import main
 from rl_agents.experiment.evaluate import load_model, predict
 from rl_agents.experiment.predict import expand_inputs, load, segment_array
+from rl_agents.experiment.visualize import TITLE_PX
 from tests.test_nifti import AFFINE, write_nifti_layout
 
 T_MAX = 3
@@ -65,7 +66,7 @@ def test_images_and_folders_get_native_size_masks_equal_to_the_evaluation_pipeli
         np.testing.assert_array_equal(written // 255, segment_array(synth_ckpt, a)[0][0])  # the Python API
         unc = np.asarray(Image.open(out / f"{stem}_uncertainty.png"))
         assert unc.shape == a.shape[:2]
-        assert Image.open(out / f"{stem}_overlay.png").size == (3 * a.shape[1], a.shape[0] + 14)
+        assert Image.open(out / f"{stem}_overlay.png").size == (3 * a.shape[1], a.shape[0] + TITLE_PX)
         gif = Image.open(out / f"{stem}_steps.gif")
         assert gif.n_frames == T_MAX + 1  # the start and each step
 

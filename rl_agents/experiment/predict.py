@@ -112,7 +112,7 @@ def _resize_float(x: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
 @torch.no_grad()
 def mask_steps(m: Loaded, image: np.ndarray) -> list[np.ndarray]:
     """The mask at the start and after each of the ``t_max`` greedy steps, ``(H, W)`` uint8 at the working size."""
-    from rl_agents.algo.inference import apply_actions
+    from rl_agents.algo.inference import apply_actions, policy_logits
 
     if getattr(m.model, "is_unet", False):
         raise ValueError("the U-Net segments in one step: a GIF of the steps is for PixelDRL-MG checkpoints")
@@ -120,50 +120,38 @@ def mask_steps(m: Loaded, image: np.ndarray) -> list[np.ndarray]:
     state = torch.ones((1, x.shape[2], x.shape[3]), dtype=torch.bool, device=m.device)
     frames = [state[0].to(torch.uint8).cpu().numpy()]
     for _ in range(m.cfg.t_max):
-        logits, _ = m.model(x * state[:, None])
+        logits = policy_logits(m.model, x * state[:, None])
         state = apply_actions(state, logits.argmax(dim=1), m.model.n_actions)
         frames.append(state[0].to(torch.uint8).cpu().numpy())
     return frames
 
 
-def _grey(x: np.ndarray) -> np.ndarray:
-    lo, hi = float(np.percentile(x, 1)), float(np.percentile(x, 99))
-    return (np.clip((x - lo) / (hi - lo + 1e-8), 0, 1) * 255).astype(np.uint8)
+def _scan_rgb(image: np.ndarray) -> np.ndarray:
+    from rl_agents.experiment.visualize import grey
+
+    base = grey(image.mean(axis=-1) if image.ndim == 3 else image, robust=True)
+    return np.repeat(base[..., None], 3, axis=-1)
 
 
 def _save_gif(path: Path, image: np.ndarray, frames: list[np.ndarray]) -> None:
     from PIL import Image, ImageDraw
 
-    h, w = image.shape[:2]
-    base = _grey(image.mean(axis=-1) if image.ndim == 3 else image)
+    from rl_agents.experiment.visualize import tint
+
+    rgb = _scan_rgb(image)
     out = []
     for t, f in enumerate(frames):
-        rgb = np.repeat(base[..., None], 3, axis=-1)
-        m = resize_mask(f, (h, w)).astype(bool)
-        rgb[m] = (0.5 * rgb[m] + 0.5 * np.array([255, 40, 40])).astype(np.uint8)
-        im = Image.fromarray(rgb)
+        im = Image.fromarray(tint(rgb, resize_mask(f, rgb.shape[:2])))
         ImageDraw.Draw(im).text((3, 2), f"step {t}" if t else "start", fill=(255, 255, 0))
         out.append(im)
     out[0].save(path, save_all=True, append_images=out[1:], duration=400, loop=0)
 
 
 def _save_overlay(path: Path, image: np.ndarray, mask: np.ndarray, uncert: np.ndarray) -> None:
-    from PIL import Image, ImageDraw
+    from rl_agents.experiment.visualize import heat, tint, titled
 
-    base = _grey(image.mean(axis=-1) if image.ndim == 3 else image)
-    rgb = np.repeat(base[..., None], 3, axis=-1)
-    over = rgb.copy()
-    over[mask.astype(bool)] = (0.5 * over[mask.astype(bool)] + 0.5 * np.array([255, 40, 40])).astype(np.uint8)
-    heat = (np.stack([np.clip(3 * uncert, 0, 1), np.clip(3 * uncert - 1, 0, 1), np.clip(3 * uncert - 2, 0, 1)], -1)
-            * 255).astype(np.uint8)
-    h, w = base.shape
-    pad = 14
-    canvas = Image.new("RGB", (3 * w, h + pad), (0, 0, 0))
-    draw = ImageDraw.Draw(canvas)
-    for k, (panel, title) in enumerate(((rgb, "image"), (over, "prediction (red)"), (heat, "uncertainty"))):
-        canvas.paste(Image.fromarray(panel), (k * w, pad))
-        draw.text((k * w + 2, 1), title, fill=(255, 255, 255))
-    canvas.save(path)
+    rgb = _scan_rgb(image)
+    titled(path, [rgb, tint(rgb, mask), heat(uncert)], ["image", "prediction (red)", "uncertainty (0 black - 1 white)"])
 
 
 def _write_image_mask(path: Path, mask: np.ndarray, suffix: str) -> Path:

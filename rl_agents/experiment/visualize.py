@@ -7,10 +7,50 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+PANEL_TITLES = ("image", "truth (green)", "truth + prediction (red; yellow = both)", "uncertainty (0 black - 1 white)")
+MIN_PANEL = 192  # small working resolutions (32-128 px) are upscaled so that a person can see the masks
+TITLE_PX = 16
 
-def _grey(x: np.ndarray) -> np.ndarray:
-    lo, hi = float(x.min()), float(x.max())
-    return ((x - lo) / (hi - lo + 1e-8) * 255).astype(np.uint8)
+
+def grey(x: np.ndarray, robust: bool = False) -> np.ndarray:
+    """``(H, W)`` to uint8 0..255: min..max, or with ``robust`` the 1st..99th percentile (a raw scan's bright outliers
+    would otherwise leave the anatomy black)."""
+    lo, hi = (float(np.percentile(x, 1)), float(np.percentile(x, 99))) if robust else (float(x.min()), float(x.max()))
+    return (np.clip((x - lo) / (hi - lo + 1e-8), 0, 1) * 255).astype(np.uint8)
+
+
+def heat(uncertainty: np.ndarray) -> np.ndarray:
+    """``(H, W)`` in [0, 1] to a black-red-yellow-white ``(H, W, 3)`` uint8 map."""
+    u = np.clip(uncertainty, 0, 1)
+    return (np.stack([np.clip(3 * u, 0, 1), np.clip(3 * u - 1, 0, 1), np.clip(3 * u - 2, 0, 1)], -1) * 255).astype(
+        np.uint8)
+
+
+def tint(rgb: np.ndarray, mask: np.ndarray) -> np.ndarray:
+    """A copy of ``rgb`` with the ``mask`` pixels blended half-way to red."""
+    out = rgb.copy()
+    m = mask.astype(bool)
+    out[m] = (0.5 * out[m] + 0.5 * np.array([255, 40, 40])).astype(np.uint8)
+    return out
+
+
+def titled(path: str | Path, panels: list[np.ndarray], titles: list[str], min_panel: int = 0) -> Path:
+    """Equal-sized ``(H, W, 3)`` panels side by side as one PNG, each upscaled (nearest, so masks stay crisp) to at
+    least ``min_panel`` px and titled above."""
+    from PIL import ImageDraw
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    h, w = panels[0].shape[:2]
+    scale = max(1, -(-min_panel // min(h, w)))
+    big = Image.fromarray(np.concatenate(panels, axis=1)).resize((len(panels) * w * scale, h * scale), Image.NEAREST)
+    canvas = Image.new("RGB", (big.width, big.height + TITLE_PX), (0, 0, 0))
+    canvas.paste(big, (0, TITLE_PX))
+    draw = ImageDraw.Draw(canvas)
+    for k, title in enumerate(titles):
+        draw.text((k * w * scale + 3, 2), title, fill=(255, 255, 255))
+    canvas.save(path)
+    return path
 
 
 def overlay_panels(image: np.ndarray, truth: np.ndarray, pred: np.ndarray, uncertainty: np.ndarray) -> np.ndarray:
@@ -18,44 +58,25 @@ def overlay_panels(image: np.ndarray, truth: np.ndarray, pred: np.ndarray, uncer
 
     Shapes: ``image`` ``(C, H, W)`` or ``(H, W)``; masks and uncertainty ``(H, W)``; uncertainty in [0, 1].
     """
-    base = _grey(image.mean(axis=0) if image.ndim == 3 else image)
+    base = grey(image.mean(axis=0) if image.ndim == 3 else image)
     rgb = np.repeat(base[..., None], 3, axis=-1)
     both = rgb.copy()
     both[truth.astype(bool), 1] = 255
     both[pred.astype(bool), 0] = 255
     gt_only = rgb.copy()
     gt_only[truth.astype(bool), 1] = 255
-    u = np.clip(uncertainty, 0, 1)
-    heat = np.stack([np.clip(3 * u, 0, 1), np.clip(3 * u - 1, 0, 1), np.clip(3 * u - 2, 0, 1)], -1)
-    return np.concatenate([rgb, gt_only, both, (heat * 255).astype(np.uint8)], axis=1)
+    return np.concatenate([rgb, gt_only, both, heat(uncertainty)], axis=1)
 
-
-PANEL_TITLES = ("image", "truth (green)", "truth + prediction (red; yellow = both)", "uncertainty (0 black - 1 white)")
-MIN_PANEL = 192  # small working resolutions (32-128 px) are upscaled so that a person can see the masks
-TITLE_PX = 16
 
 
 def save_overlay(path: str | Path, image, truth, pred, uncertainty) -> Path:
-    """:func:`overlay_panels` as a PNG, each panel upscaled (nearest: masks stay crisp) to at least ``MIN_PANEL`` px
-    and titled above; the centre slice of a 2.5-D input is the one shown."""
-    from PIL import ImageDraw
-
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
+    """:func:`overlay_panels` as a PNG, each panel upscaled to at least ``MIN_PANEL`` px and titled above; the centre
+    slice of a 2.5-D input is the one shown."""
     if image.ndim == 3 and image.shape[0] > 1 and image.shape[0] % 2 == 1:
         image = image[image.shape[0] // 2 : image.shape[0] // 2 + 1]  # a 2.5-D stack: the slice segmented
     panels = overlay_panels(image, truth, pred, uncertainty)
-    h, w4 = panels.shape[:2]
-    w = w4 // 4
-    scale = max(1, -(-MIN_PANEL // min(h, w)))
-    big = Image.fromarray(panels).resize((w4 * scale, h * scale), Image.NEAREST)
-    canvas = Image.new("RGB", (big.width, big.height + TITLE_PX), (0, 0, 0))
-    canvas.paste(big, (0, TITLE_PX))
-    draw = ImageDraw.Draw(canvas)
-    for k, title in enumerate(PANEL_TITLES):
-        draw.text((k * w * scale + 3, 2), title, fill=(255, 255, 255))
-    canvas.save(path)
-    return path
+    w = panels.shape[1] // 4
+    return titled(path, [panels[:, k * w : (k + 1) * w] for k in range(4)], list(PANEL_TITLES), MIN_PANEL)
 
 
 def learning_curve(history: list[dict], path: Path) -> Path | None:
