@@ -259,3 +259,29 @@ def test_hogwild_trains_under_the_lifecycle_and_hands_over_to_one_process(tmp_pa
     assert m2["updates"] == 3 * _updates_per_epoch(m) and m2["engine"] == "local"
     with pytest.raises(ValueError, match="engine hogwild needs num_workers >= 1"):
         load_config(SMOKE, LOCAL + ["engine=hogwild"])
+
+
+def test_a_write_that_runs_out_of_space_keeps_the_previous_checkpoint(tmp_path: Path):
+    """The kernel refuses the write midway (a file-size limit stands in for a full disk: the same failed write(2),
+    without mounting anything): a clear error naming the file, the checkpoint already there intact, no debris."""
+    import subprocess
+    import sys
+
+    script = (
+        "import resource, signal, sys, torch\n"
+        "from rl_agents.experiment.checkpoint import CheckpointError, write_checkpoint\n"
+        "signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # EFBIG from write() instead of a killed process\n"
+        "write_checkpoint(sys.argv[1], {'w': torch.ones(10)})\n"
+        "resource.setrlimit(resource.RLIMIT_FSIZE, (200_000, 200_000))\n"
+        "try:\n"
+        "    write_checkpoint(sys.argv[1], {'w': torch.zeros(1_000_000)})\n"
+        "except CheckpointError as e:\n"
+        "    print(e)\n"
+        "    sys.exit(3)\n"
+    )
+    ckpt = tmp_path / "last.pt"
+    r = subprocess.run([sys.executable, "-c", script, str(ckpt)], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert r.returncode == 3, r.stdout + r.stderr
+    assert str(ckpt) in r.stdout and "is left as it was" in r.stdout and "Traceback" not in r.stderr
+    assert torch.load(ckpt, weights_only=True)["w"].tolist() == [1.0] * 10
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["last.pt"]  # no temporary file, no .prev.pt of a failure

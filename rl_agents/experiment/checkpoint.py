@@ -105,10 +105,15 @@ def write_checkpoint(path: str | Path, payload: dict[str, Any], keep_previous: b
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
     with _ctrl_c_after():
-        with open(tmp, "wb") as f:
-            torch.save(payload, f)
-            f.flush()
-            os.fsync(f.fileno())
+        try:
+            with open(tmp, "wb") as f:
+                torch.save(payload, f)
+                f.flush()
+                os.fsync(f.fileno())
+        except (OSError, RuntimeError) as e:  # torch's zip writer reports a failed write as a RuntimeError
+            tmp.unlink(missing_ok=True)
+            kept = f"; {path} is left as it was" if path.exists() else ""
+            raise CheckpointError(f"could not write checkpoint {path} (is the disk full?): {e}{kept}") from e
         if keep_previous and path.exists():
             os.replace(path, previous_path(path))
         os.replace(tmp, path)
