@@ -51,10 +51,27 @@ def test_checkpoint_is_atomic_keeps_the_previous_and_falls_back_when_damaged(tmp
     write_checkpoint(p, make_payload("local", cfg, {"kind": "pixeldrl", "update": 2}, {"update": 2}))
     assert read_checkpoint(p).update == 2 and read_checkpoint(previous_path(p)).update == 1
     assert not list(p.parent.glob(".*tmp*"))
-    for damage in (b"torn", p.read_bytes()[: len(p.read_bytes()) // 2]):  # garbage, then a truncated file
+    good = p.read_bytes()
+    for damage in (b"torn", good[: len(good) // 2]):  # garbage, then a truncated file
         p.write_bytes(damage)
         assert read_checkpoint(p).update == 1  # the previous one, with a warning naming the damaged file
         assert str(p) in caplog.text
+
+    # one flipped bit inside a weight: torch.load reads it without complaint, the stored SHA-256 does not match
+    weights = {"kind": "pixeldrl", "update": 3, "model": {"w": torch.arange(4096, dtype=torch.float32)}}
+    write_checkpoint(p, make_payload("local", cfg, {"kind": "pixeldrl", "update": 2}, {"update": 2}))
+    write_checkpoint(p, make_payload("local", cfg, weights, {"update": 3}))
+    raw = bytearray(p.read_bytes())
+    at = raw.find(torch.arange(4096, dtype=torch.float32).numpy().tobytes()[4000:4016])
+    assert at > 0
+    raw[at + 5] ^= 0x04
+    p.write_bytes(bytes(raw))
+    assert not torch.equal(torch.load(p, weights_only=True)["agent"]["model"]["w"], torch.arange(4096.0))  # silent
+    caplog.clear()
+    assert read_checkpoint(p).update == 2  # refused as damaged: the previous checkpoint instead
+    assert "SHA-256" in caplog.text and str(p) in caplog.text
+    with pytest.raises(CheckpointError, match="SHA-256"):
+        read_checkpoint(p, fallback=False)
     with pytest.raises(CheckpointError, match="no usable checkpoint"):
         read_checkpoint(tmp_path / "none.pt")
 

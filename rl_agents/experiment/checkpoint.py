@@ -10,6 +10,10 @@ reason. Layout (``version`` 2)::
     agent:  the agent's state_dict (kind, in_channels, n_actions, update, model, [reward_conv], optimizer, scheduler)
     run:    update, best_dice, wall_time_s, pixel_agent_steps, history (JSON)
     rng:    engine-specific RNG state (may be empty: an engine that resumes another's checkpoint reseeds)
+    sha256: digest of everything above (:func:`content_digest`), added by the writer and checked by the reader
+
+The digest is there because a zip record's bytes are not checked by ``torch.load``: a flipped bit inside a tensor
+loads silently as a different weight. A file whose content does not match its digest counts as damaged.
 
 Writes are atomic: a temporary file is written and fsynced, the previous checkpoint is kept as ``*.prev.pt``, then
 the new one is renamed into place, so a crash at any moment leaves a readable checkpoint. A damaged file (torn,
@@ -19,6 +23,7 @@ truncated) falls back to ``*.prev.pt`` with a warning; a file refused for securi
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import logging
 import os
@@ -98,6 +103,40 @@ def _ctrl_c_after():
             signal.raise_signal(signal.SIGINT)  # now, to the handler that was in place (KeyboardInterrupt)
 
 
+def content_digest(payload: Any) -> str:
+    """SHA-256 over a payload's structure and values: dict keys in sorted order, each tensor's dtype, shape and raw
+    bytes (on the CPU, contiguous), plain values by ``repr``. Equal before ``torch.save`` and after ``torch.load``."""
+    h = hashlib.sha256()
+
+    def walk(o: Any) -> None:
+        if isinstance(o, torch.Tensor):
+            t = o.detach().to("cpu").contiguous()
+            h.update(f"T{t.dtype}{tuple(t.shape)}".encode())
+            h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes())
+        elif isinstance(o, dict):
+            h.update(b"{")
+            for k in sorted(o, key=repr):
+                h.update(repr(k).encode())
+                walk(o[k])
+            h.update(b"}")
+        elif isinstance(o, (list, tuple)):
+            h.update(b"(" if isinstance(o, tuple) else b"[")
+            for v in o:
+                walk(v)
+            h.update(b"]")
+        else:
+            h.update(repr(o).encode())
+
+    walk(payload)
+    return h.hexdigest()
+
+
+def _verify(path: Path, payload: dict[str, Any]) -> None:
+    want = payload.pop("sha256", None)
+    if want is not None and content_digest(payload) != want:
+        raise ValueError(f"content does not match its SHA-256 (a flipped bit or a damaged copy of {path.name})")
+
+
 def write_checkpoint(path: str | Path, payload: dict[str, Any], keep_previous: bool = True) -> Path:
     """Atomically write ``payload`` to ``path`` (keeping the former file as ``*.prev.pt``); a Ctrl-C during the write
     takes effect once the file is complete."""
@@ -107,7 +146,7 @@ def write_checkpoint(path: str | Path, payload: dict[str, Any], keep_previous: b
     with _ctrl_c_after():
         try:
             with open(tmp, "wb") as f:
-                torch.save(payload, f)
+                torch.save({**payload, "sha256": content_digest(payload)}, f)
                 f.flush()
                 os.fsync(f.fileno())
         except (OSError, RuntimeError) as e:  # torch's zip writer reports a failed write as a RuntimeError
@@ -179,6 +218,7 @@ def read_checkpoint(path: str | Path, map_location: str | torch.device = "cpu", 
             continue
         try:
             payload = _load(candidate, map_location)
+            _verify(candidate, payload)
         except CheckpointError:
             raise
         except Exception as e:  # noqa: BLE001 - torn or truncated file: try the previous one
