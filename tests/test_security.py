@@ -1,0 +1,126 @@
+"""An MLflow server started as the README says (`mlflow ui --backend-store-uri ... --host 127.0.0.1`) under attack:
+a spoofed Host (DNS rebinding), a foreign Origin (a web page posting to it), and artifact paths that climb out of the
+artifact root (`../`, `#`). Each must be refused and serve nothing outside the run's artifacts; the server listens on
+127.0.0.1 only."""
+
+from __future__ import annotations
+
+import json
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _request(url: str, headers: dict | None = None, data: dict | None = None) -> tuple[int, bytes]:
+    body = json.dumps(data).encode() if data is not None else None
+    req = urllib.request.Request(url, data=body, headers={**({"Content-Type": "application/json"} if body else {}),
+                                                          **(headers or {})}, method="POST" if body else "GET")
+    try:
+        with urllib.request.urlopen(req, timeout=10) as r:
+            return r.status, r.read()
+    except urllib.error.HTTPError as e:
+        return e.code, e.read()
+
+
+def _listening_addresses(port: int) -> set[str]:
+    """Local addresses with a socket listening on ``port``, from /proc/net/tcp and tcp6 (state 0A = LISTEN)."""
+    found = set()
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        try:
+            lines = Path(table).read_text().splitlines()[1:]
+        except OSError:
+            continue
+        for line in lines:
+            local, state = line.split()[1], line.split()[3]
+            addr, p = local.split(":")
+            if state == "0A" and int(p, 16) == port:
+                found.add(socket.inet_ntop(socket.AF_INET, bytes.fromhex(addr)[::-1]) if len(addr) == 8 else addr)
+    return found
+
+
+@pytest.fixture(scope="module")
+def mlflow_server(tmp_path_factory):
+    import mlflow
+
+    root = tmp_path_factory.mktemp("mlflow_sec")
+    (root / "outside.txt").write_text("SECRET outside the artifact root")
+    store = f"sqlite:///{root / 'mlflow.db'}"
+    mlflow.set_tracking_uri(store)
+    try:
+        exp = mlflow.create_experiment("security", artifact_location=str(root / "artifacts"))
+        with mlflow.start_run(experiment_id=exp) as run:
+            (root / "inside.txt").write_text("artifact")
+            mlflow.log_artifact(str(root / "inside.txt"))
+    finally:
+        mlflow.set_tracking_uri(None)
+    port = _free_port()
+    log = open(root / "server.log", "w")
+    proc = subprocess.Popen([sys.executable, "-m", "mlflow", "ui", "--backend-store-uri", store, "--host", "127.0.0.1",
+                             "--port", str(port)], cwd=root, stdout=log, stderr=subprocess.STDOUT)
+    base = f"http://127.0.0.1:{port}"
+    deadline = time.time() + 90
+    while not _up(base):
+        assert proc.poll() is None, (root / "server.log").read_text()[-2000:]
+        assert time.time() < deadline, "mlflow ui did not start within 90 s"
+        time.sleep(0.5)
+    yield base, run.info.run_id, port
+    proc.terminate()
+    try:
+        proc.wait(timeout=20)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+    log.close()
+
+
+def _up(base: str) -> bool:
+    try:
+        urllib.request.urlopen(f"{base}/health", timeout=2)
+        return True
+    except OSError:
+        return False
+
+
+def test_mlflow_listens_on_loopback_only(mlflow_server):
+    _, _, port = mlflow_server
+    assert _listening_addresses(port) == {"127.0.0.1"}
+
+
+def test_spoofed_host_and_foreign_origin_are_refused(mlflow_server):
+    base, run_id, port = mlflow_server
+    search = f"{base}/api/2.0/mlflow/experiments/search?max_results=5"
+    assert _request(search)[0] == 200
+    assert _request(search, {"Host": f"localhost:{port}"})[0] == 200
+    assert _request(search, {"Host": "evil.example"})[0] == 403  # DNS rebinding: another name for this address
+    assert _request(f"{base}/get-artifact?path=inside.txt&run_uuid={run_id}", {"Host": "evil.example"})[0] == 403
+    # a page on another site posting to the server through the user's browser
+    status, _ = _request(f"{base}/api/2.0/mlflow/experiments/create", {"Origin": "http://evil.example"},
+                         {"name": "from-evil"})
+    assert status == 403
+    status, _ = _request(f"{base}/api/2.0/mlflow/experiments/create", {"Origin": base}, {"name": "from-ui"})
+    assert status == 200
+    names = json.loads(_request(search)[1])["experiments"]
+    assert "from-evil" not in {e["name"] for e in names}
+
+
+@pytest.mark.parametrize("path", ["../outside.txt", "../../outside.txt", "%23/../../outside.txt",
+                                  "inside.txt/../../../outside.txt", "/etc/passwd", "..%2F..%2Foutside.txt"])
+def test_artifact_paths_cannot_leave_the_artifact_root(mlflow_server, path: str):
+    base, run_id, _ = mlflow_server
+    assert _request(f"{base}/get-artifact?path=inside.txt&run_uuid={run_id}") == (200, b"artifact")
+    for url in (f"{base}/get-artifact?path={path}&run_uuid={run_id}",
+                f"{base}/ajax-api/2.0/mlflow/artifacts/list?run_id={run_id}&path={path}"):
+        status, body = _request(url)
+        assert status in (400, 403, 404), (url, status, body[:200])
+        assert b"SECRET" not in body and b"root:" not in body
