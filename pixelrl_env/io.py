@@ -56,14 +56,19 @@ class BadFiles:
         return len(self.entries)
 
 
+MIN_SIDE = 2  # a 1-pixel-wide image is a broken export, not a scan (tests use 2x2 masks on purpose)
+
+
 def _open_decoded(path: Path, what: str) -> Image.Image:
     if not path.exists():
         raise DataError(f"{what} file not found: {path}")
     if not path.is_file():
         raise DataError(f"{what} path is not a file: {path}")
     try:
-        im = Image.open(path)
-        im.load()  # forces a full decode so that truncation is caught here
+        im = Image.open(path)  # the header only: Pillow refuses images over MAX_IMAGE_PIXELS here, before decoding
+        small = min(im.size) < MIN_SIDE
+        if not small:
+            im.load()  # forces a full decode so that truncation is caught here
     except Image.DecompressionBombError as e:
         raise DataError(f"cannot read {what} {path}: {e}") from e
     except (OSError, SyntaxError, ValueError, EOFError) as e:
@@ -71,6 +76,9 @@ def _open_decoded(path: Path, what: str) -> Image.Image:
             f"cannot read {what} {path}: the file is truncated, corrupt or not an image ({e}); "
             f"expected a complete image file ({', '.join(IMAGE_SUFFIXES)})"
         ) from e
+    if small:
+        raise DataError(f"{what} {path} is {im.size[0]}x{im.size[1]} px: a scan has at least {MIN_SIDE} px on a side "
+                        "(a broken export?)")
     return im
 
 
@@ -89,6 +97,8 @@ def image_to_array(im: Image.Image, name: str = "image") -> np.ndarray:
         im = im.convert("L")
     elif mode in ("I", "F"):
         arr = np.asarray(im)
+        if not np.isfinite(arr).all():
+            raise DataError(f"{name}: {int((~np.isfinite(arr)).sum())} pixels are NaN or infinite (mode {mode})")
         if arr.min() < 0 or arr.max() > 65535:
             raise DataError(f"{name}: 32-bit pixel values outside 0..65535 are not supported (mode {mode})")
         return arr.astype(np.uint16)[..., None]
