@@ -78,6 +78,9 @@ class TrainConfig:
     stale_policy: str = "drop"  # ... dropped, or "downweight"ed by 1 / (1 + staleness - bound); both counted
     rollouts_per_call: int = 4  # rollouts a worker runs (pushing each) before it reports to the driver
     worker_max_restarts: int = 5  # a dead worker is restarted by Ray this many times, then the run fails
+    # a work call (rollouts_per_call rollouts) that has not returned after this many seconds is taken for a hung
+    # worker: it is killed and Ray restarts it (counted against worker_max_restarts); null waits forever
+    worker_timeout_s: float | None = 600.0
     ray_address: str | None = None  # null: RAY_ADDRESS if set (as under `ray job submit`), else a local Ray
     report_every_s: float = 10.0  # seconds between throughput lines and history entries
     worker_slowdown: list[float] | None = None  # benchmarks only: worker i sleeps so a rollout takes factor[i] x
@@ -228,6 +231,8 @@ def validate(cfg: TrainConfig) -> None:
          "engine hogwild shares its parameters in memory as they are laid out; channels_last would copy them"),
         (cfg.num_workers >= 0, f"num_workers must be >= 0, got {cfg.num_workers}"),
         (cfg.worker_cpus > 0, f"worker_cpus must be > 0, got {cfg.worker_cpus}"),
+        (cfg.worker_timeout_s is None or cfg.worker_timeout_s > 0,
+         f"worker_timeout_s must be > 0 seconds or null, got {cfg.worker_timeout_s}"),
         (cfg.learner_cpus >= 0, f"learner_cpus must be >= 0, got {cfg.learner_cpus}"),
         (cfg.learner_gpus is None or cfg.learner_gpus >= 0, f"learner_gpus must be >= 0 or null, got {cfg.learner_gpus}"),
         (cfg.staleness_bound is None or cfg.staleness_bound >= 0,

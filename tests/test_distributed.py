@@ -3,6 +3,8 @@ and resumes, and a worker killed mid-run that Ray restarts while training goes o
 
 from __future__ import annotations
 
+import tempfile
+import time
 from pathlib import Path
 
 import numpy as np
@@ -10,7 +12,7 @@ import pytest
 import ray
 
 from rl_agents.config import load_config, to_dict
-from rl_agents.engines.ray_a3c import Learner, train_distributed
+from rl_agents.engines.ray_a3c import Learner, Worker, train_distributed
 from rl_agents.experiment.evaluate import load_model
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -122,3 +124,31 @@ def test_ctrl_c_stops_a_ray_run_with_a_checkpoint(tmp_path: Path):
     assert "Token authentication is enabled" not in stdout and "RAY_AUTH_MODE=disabled" not in stdout
     ckpt = read_checkpoint(out / "checkpoints" / "last.pt")
     assert ckpt.run["update"] >= 4 and ckpt.agent["optimizer"] is not None and ckpt.engine == "ray"
+
+
+HANG_MARKER = Path(tempfile.gettempdir()) / "pixeldrl-test-hang-once"
+
+
+class HangOnce(Worker):
+    """Worker 0's first incarnation hangs inside its first work call (sleeps for an hour); its restart works."""
+
+    def work(self, learner, n_rollouts):
+        if self.index == 0 and not HANG_MARKER.exists():
+            HANG_MARKER.touch()
+            time.sleep(3600)
+        return super().work(learner, n_rollouts)
+
+
+def test_a_hung_worker_is_killed_by_the_timeout_and_the_run_finishes(ray_local, tmp_path: Path):
+    HANG_MARKER.unlink(missing_ok=True)
+    cfg = load_config(SMOKE, ["max_minutes=null", "epochs=4", "report_every_s=0.5", "worker_timeout_s=8"])
+    t0 = time.perf_counter()
+    try:
+        m = train_distributed(cfg, tmp_path, quiet=True, worker_cls=HangOnce)
+    finally:
+        hung = HANG_MARKER.exists()
+        HANG_MARKER.unlink(missing_ok=True)
+    assert hung, "worker 0 never reached its hang"
+    assert m["workers/restarts"] >= 1 and m["stopped_by"] == "epochs"
+    assert m["updates"] == 4 * -(-m["n_train"] // cfg.batch_size)
+    assert time.perf_counter() - t0 < 300

@@ -326,7 +326,9 @@ class RayA3CEngine:
         self.cfg, self.quiet, self.on_report = cfg, quiet, on_report
         self.worker_cls = worker_cls or Worker
         self.started = False
-        self.running: dict[Any, int] = {}
+        self.running: dict[Any, int] = {}  # work call -> worker index
+        self.sent_at: dict[Any, float] = {}  # work call -> when it was sent
+        self.killed: set = set()  # work calls whose worker was killed as hung
         self.retry_at: dict[int, float] = {}
         self.restarting: dict[int, float] = {}
         n = cfg.num_workers
@@ -363,7 +365,8 @@ class RayA3CEngine:
         self.n_actions, self.total_updates = probe.n_actions, probe.total_updates
         self.flops = forward_flops(probe.model, info["in_channels"], info["image_size"])
         n_params = count_parameters(probe.model)
-        self.running = {w.work.remote(self.learner, cfg.rollouts_per_call): i for i, w in enumerate(self.workers)}
+        for i in range(len(self.workers)):
+            self._dispatch(i)
         self.t0 = time.perf_counter()
         return {"n_train": info["n_train"], "n_val": info["n_val"], "params": n_params,
                 "gflop_per_image_step": self.flops / 1e9,
@@ -386,7 +389,26 @@ class RayA3CEngine:
         return not self.running and not self.retry_at
 
     def _dispatch(self, i: int) -> None:
-        self.running[self.workers[i].work.remote(self.learner, self.cfg.rollouts_per_call)] = i
+        ref = self.workers[i].work.remote(self.learner, self.cfg.rollouts_per_call)
+        self.running[ref] = i
+        self.sent_at[ref] = time.perf_counter()
+
+    def _kill_hung(self) -> None:
+        """Kill a worker whose work call is older than ``worker_timeout_s`` (a rollout stuck in I/O or a deadlock never
+        returns, and ``ray.wait`` alone would wait for it forever). Ray restarts the actor; its call then fails as a
+        death, and :meth:`_collect` counts the restart and hands the new actor work."""
+        import ray
+
+        limit = self.cfg.worker_timeout_s
+        if limit is None:
+            return
+        now = time.perf_counter()
+        for ref, i in self.running.items():
+            if ref not in self.killed and now - self.sent_at.get(ref, now) > limit:
+                console.print(f"worker {i} has not answered for {now - self.sent_at[ref]:.0f} s (worker_timeout_s="
+                              f"{limit:g}): taken for hung, killed; Ray restarts it")
+                ray.kill(self.workers[i], no_restart=False)
+                self.killed.add(ref)
 
     def step(self) -> dict[str, float]:
         """Wait (at most 1 s) for a worker's batch of rollouts, hand it more work; returns its last update's scalars."""
@@ -396,8 +418,11 @@ class RayA3CEngine:
         ready, _ = ray.wait(list(self.running), num_returns=1, timeout=1.0) if self.running else ([], [])
         if not self.running:
             time.sleep(0.2)
+        self._kill_hung()
         for ref in ready:
             i = self.running.pop(ref)
+            self.sent_at.pop(ref, None)
+            self.killed.discard(ref)
             res = self._collect(ref, i)
             if res is None:
                 continue
