@@ -131,8 +131,9 @@ def assert_patient_split(train: set, val: set, test: set, patients: set, fractio
 
 
 def interrupt_after_checkpoint(cmd: list[str], out: Path, cwd: Path, wait_s: float = 300,
-                               exit_s: float = 180) -> tuple[int, str]:
-    """Run a training command, send Ctrl-C (SIGINT) once ``out/checkpoints/last.pt`` exists; (exit code, output)."""
+                               exit_s: float = 180, sig: int | None = None) -> tuple[int, str]:
+    """Run a training command, send Ctrl-C (SIGINT; or ``sig``) once ``out/checkpoints/last.pt`` exists; (exit code,
+    output)."""
     import signal
     import subprocess
     import time
@@ -147,7 +148,7 @@ def interrupt_after_checkpoint(cmd: list[str], out: Path, cwd: Path, wait_s: flo
         while not (out / "checkpoints" / "last.pt").exists() and time.time() < deadline and proc.poll() is None:
             time.sleep(0.5)
         assert (out / "checkpoints" / "last.pt").exists(), "no checkpoint before the deadline"
-        proc.send_signal(signal.SIGINT)
+        proc.send_signal(signal.SIGINT if sig is None else sig)
         stdout, _ = proc.communicate(timeout=exit_s)
     finally:
         if proc.poll() is None:

@@ -302,3 +302,29 @@ def test_a_write_that_runs_out_of_space_keeps_the_previous_checkpoint(tmp_path: 
     assert str(ckpt) in r.stdout and "is left as it was" in r.stdout and "Traceback" not in r.stderr
     assert torch.load(ckpt, weights_only=True)["w"].tolist() == [1.0] * 10
     assert sorted(p.name for p in tmp_path.iterdir()) == ["last.pt"]  # no temporary file, no .prev.pt of a failure
+
+
+def test_a_driver_killed_with_sigkill_resumes_to_the_uninterrupted_result(tmp_path: Path):
+    """SIGKILL gives no chance to save: the run resumes from the last periodic checkpoint, and (one process, same seed,
+    RNG states in the checkpoint) ends exactly where an uninterrupted run does."""
+    import signal
+    import sys
+
+    from tests.conftest import interrupt_after_checkpoint
+
+    args = LOCAL + ["epochs=4", "checkpoint_every=2", "eval_every=2", "mlflow=false"]
+    full = train(load_config(SMOKE, args), tmp_path / "full", quiet=True)
+    out = tmp_path / "killed"
+    cmd = [sys.executable, "train.py", "--config", str(SMOKE), *[x for a in args for x in ("--set", a)],
+           "--output-dir", str(out), "--quiet"]
+    code, _ = interrupt_after_checkpoint(cmd, out, ROOT, sig=signal.SIGKILL)
+    assert code == -signal.SIGKILL
+    killed_at = read_checkpoint(out / "checkpoints" / "last.pt").update
+    assert 0 < killed_at < full["updates"], "the run finished before it could be killed"
+    resumed = train(load_config(SMOKE, args), out, resume=True, quiet=True)
+    assert resumed["updates"] == full["updates"]
+    assert resumed["val/dice"] == pytest.approx(full["val/dice"], abs=1e-6)
+    a = read_checkpoint(tmp_path / "full" / "checkpoints" / "last.pt").agent["model"]
+    b = read_checkpoint(out / "checkpoints" / "last.pt").agent["model"]
+    for k in a:
+        torch.testing.assert_close(a[k], b[k], rtol=1e-4, atol=1e-5)
