@@ -5,9 +5,9 @@ Two parts, side by side in one run on one machine:
 
 1. **Networks at 256x256** (random weights: latency does not depend on them), batch 16 and batch 1, every ``t_max``
    step run. PixelDRL-MG as it was before this benchmark existed (policy and value heads each step, attention on
-   PyTorch's math path: ``before``), as it is now (policy head only, flash attention: ``torch``), and the exported
-   ONNX graph in onnxruntime (``onnxruntime``); the U-Net in torch and onnxruntime. Plus FLOPs per slice and the
-   share of time of the top operators, which says where the time goes.
+   PyTorch's math path: ``before``, written out in :class:`Before`), as it is now (policy head only, flash attention:
+   ``torch``), and the exported ONNX graph in onnxruntime (``onnxruntime``); the U-Net in torch and onnxruntime.
+   Plus FLOPs per slice and the share of time of the top operators, which says where the time goes.
 2. **Trained checkpoints on real slices**: one fold's PixelDRL-MG and U-Net of a CV sweep (``tune_configs/cv_*.yaml``)
    on that fold's 256x256 test slices, end to end as ``pixeldrl predict`` runs them (prepare at the trained size,
    segment, resize back): PixelDRL-MG with every step and with early exit (:func:`rl_agents.algo.inference.segment`
@@ -52,12 +52,33 @@ def timed(fn, repeats: int, min_s: float) -> float:
     return statistics.median(times)
 
 
+class OldAttention(torch.nn.Module):
+    """The self-attention block as it was before: 3-D q, k, v of different widths, which sends SDPA down its math path
+    (the full HW x HW matrix). Same weights as the block it wraps."""
+
+    def __init__(self, att: torch.nn.Module):
+        super().__init__()
+        self.att = att
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        a = self.att
+        b, _, h, w = x.shape
+        q, k, v = (m(x).flatten(2).transpose(1, 2) for m in (a.q, a.k, a.v))
+        y = torch.nn.functional.scaled_dot_product_attention(q, k, v).transpose(1, 2).reshape(b, -1, h, w)
+        return x + a.gamma * a.out(y)
+
+
 class Before(torch.nn.Module):
-    """The greedy loop as the project ran it before: the full forward (value head too) at every step."""
+    """The greedy loop as the project ran it before: the old attention, and the full forward (value head too) at
+    every step, every step run."""
 
     def __init__(self, net: torch.nn.Module, t_max: int):
+        import copy
+
         super().__init__()
-        self.net, self.t_max = net, t_max
+        self.net, self.t_max = copy.deepcopy(net), t_max
+        if self.net.attention is not None:
+            self.net.attention = OldAttention(self.net.attention)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         from rl_agents.algo.inference import apply_actions
@@ -81,7 +102,6 @@ def top_ops(fn, n: int = 6) -> list[dict]:
 
 def networks(size: int, t_max: int, in_channels: int, threads: int, min_s: float) -> list[dict]:
     import onnxruntime as ort
-    from torch.nn.attention import SDPBackend, sdpa_kernel
 
     torch.manual_seed(0)
     pa3c = PixelDRLNet(in_channels, 2, "small").eval()
@@ -99,8 +119,9 @@ def networks(size: int, t_max: int, in_channels: int, threads: int, min_s: float
     rows = []
     for batch in (16, 1):
         x = torch.rand(batch, in_channels, size, size)
+
         def before_call():
-            with torch.inference_mode(), sdpa_kernel(SDPBackend.MATH):
+            with torch.inference_mode():
                 before(x)
 
         def torch_call(m):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import os
 from pathlib import Path
@@ -154,3 +155,41 @@ def interrupt_after_checkpoint(cmd: list[str], out: Path, cwd: Path, wait_s: flo
         if proc.poll() is None:
             proc.kill()
     return proc.returncode, stdout
+
+
+@contextlib.contextmanager
+def mlflow_ui(store: str, cwd: Path, start_s: float = 90):
+    """`mlflow ui --backend-store-uri STORE --host 127.0.0.1` as the README starts it, on a free port; yields
+    ``(base_url, port)`` once ``/health`` answers, and stops that server (and only it) afterwards."""
+    import socket
+    import subprocess
+    import sys
+    import time
+    import urllib.request
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    log_path = cwd / "mlflow_ui.log"
+    with open(log_path, "w") as log:
+        proc = subprocess.Popen([sys.executable, "-m", "mlflow", "ui", "--backend-store-uri", store, "--host",
+                                 "127.0.0.1", "--port", str(port)], cwd=cwd, stdout=log, stderr=subprocess.STDOUT)
+        base = f"http://127.0.0.1:{port}"
+        try:
+            deadline = time.time() + start_s
+            while True:
+                try:
+                    if urllib.request.urlopen(f"{base}/health", timeout=2).read().strip() == b"OK":
+                        break
+                except OSError:
+                    pass
+                assert proc.poll() is None, log_path.read_text()[-2000:]
+                assert time.time() < deadline, f"mlflow ui did not answer /health within {start_s:g} s"
+                time.sleep(0.5)
+            yield base, port
+        finally:
+            proc.terminate()
+            try:
+                proc.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                proc.kill()

@@ -95,8 +95,8 @@ def test_the_huge_file_is_refused_before_it_is_decoded(bad_folder: Path):
     script = (
         "import json, sys\n"
         "from pixelrl_env.dataset import DataConfig, load_splits\n"
-        f"s = load_splits(DataConfig(format='folder', path=sys.argv[1], size=32, drop_empty=False, skip_bad=True,"
-        f" group_pattern=r'^([a-z0-9]+?)_', split=[0.6, 0.2, 0.2]))\n"
+        "s = load_splits(DataConfig(format='folder', path=sys.argv[1], size=32, drop_empty=False, skip_bad=True,"
+        " group_pattern=r'^([a-z0-9]+?)_', split=[0.6, 0.2, 0.2]))\n"
         # VmHWM: this process's peak resident memory (ru_maxrss would carry over the forking pytest's peak)
         "hwm = next(l for l in open('/proc/self/status') if l.startswith('VmHWM'))\n"
         "print(json.dumps({'n': s.n_read, 'peak_mb': int(hwm.split()[1]) / 1024}))\n"

@@ -6,16 +6,12 @@ from __future__ import annotations
 
 import os
 import shutil
-import socket
-import subprocess
-import sys
-import time
-import urllib.request
 from pathlib import Path
 
 import pytest
 
 from rl_agents.cli import main
+from tests.conftest import mlflow_ui
 
 ROOT = Path(__file__).resolve().parents[1]
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
@@ -29,12 +25,6 @@ def _need(what: str, ok: bool) -> None:
         if os.environ.get("CI", "").lower() == "true":
             pytest.fail(f"{what} is missing (CI=true: .ci/run installs it)")
         pytest.skip(f"{what} is missing")
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.mark.slow
@@ -57,24 +47,7 @@ def test_mlflow_ui_shows_a_runs_metrics_and_overlays_in_a_browser(tmp_path: Path
     metric_names = sorted(run.data.metrics)
     assert "val/dice" in metric_names
 
-    port = _free_port()
-    log = open(tmp_path / "mlflow_ui.log", "w")
-    server = subprocess.Popen([sys.executable, "-m", "mlflow", "ui", "--backend-store-uri", store,
-                               "--host", "127.0.0.1", "--port", str(port)],
-                              cwd=tmp_path, stdout=log, stderr=subprocess.STDOUT)
-    base = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.time() + 60
-        while True:
-            try:
-                if urllib.request.urlopen(f"{base}/health", timeout=2).read().strip() == b"OK":
-                    break
-            except OSError:
-                pass
-            assert server.poll() is None, (tmp_path / "mlflow_ui.log").read_text()[-2000:]
-            assert time.time() < deadline, "mlflow ui did not answer /health within 60 s"
-            time.sleep(0.5)
-
+    with mlflow_ui(store, tmp_path) as (base, _):
         with sync_playwright() as pw:
             browser = pw.chromium.launch(executable_path=CHROMIUM, headless=True, args=CHROMIUM_ARGS)
             page = browser.new_page(viewport={"width": 1400, "height": 1000})
@@ -97,10 +70,3 @@ def test_mlflow_ui_shows_a_runs_metrics_and_overlays_in_a_browser(tmp_path: Path
             assert img.evaluate("i => i.complete && i.naturalWidth") > 0  # decoded, not a broken-image icon
             page.screenshot(path=str(tmp_path / "artifacts_page.png"))
             browser.close()
-    finally:
-        server.terminate()
-        try:
-            server.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            server.kill()
-        log.close()

@@ -7,20 +7,13 @@ from __future__ import annotations
 
 import json
 import socket
-import subprocess
-import sys
-import time
 import urllib.error
 import urllib.request
 from pathlib import Path
 
 import pytest
 
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+from tests.conftest import mlflow_ui
 
 
 def _request(url: str, headers: dict | None = None, data: dict | None = None) -> tuple[int, bytes]:
@@ -65,31 +58,8 @@ def mlflow_server(tmp_path_factory):
             mlflow.log_artifact(str(root / "inside.txt"))
     finally:
         mlflow.set_tracking_uri(None)
-    port = _free_port()
-    log = open(root / "server.log", "w")
-    proc = subprocess.Popen([sys.executable, "-m", "mlflow", "ui", "--backend-store-uri", store, "--host", "127.0.0.1",
-                             "--port", str(port)], cwd=root, stdout=log, stderr=subprocess.STDOUT)
-    base = f"http://127.0.0.1:{port}"
-    deadline = time.time() + 90
-    while not _up(base):
-        assert proc.poll() is None, (root / "server.log").read_text()[-2000:]
-        assert time.time() < deadline, "mlflow ui did not start within 90 s"
-        time.sleep(0.5)
-    yield base, run.info.run_id, port
-    proc.terminate()
-    try:
-        proc.wait(timeout=20)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-    log.close()
-
-
-def _up(base: str) -> bool:
-    try:
-        urllib.request.urlopen(f"{base}/health", timeout=2)
-        return True
-    except OSError:
-        return False
+    with mlflow_ui(store, root) as (base, port):
+        yield base, run.info.run_id, port
 
 
 def test_mlflow_listens_on_loopback_only(mlflow_server):
