@@ -103,6 +103,9 @@ def export_checkpoint(checkpoint: str | Path, fmt: str, output: str | Path | Non
     model, cfg = load_model(checkpoint, "cpu")
     kind = "unet" if getattr(model, "is_unet", False) else "pixeldrl-mg"
     in_channels = int(model.in_channels)  # PixelDRLNet and MONAI's UNet both keep it
+    if cfg.data.size is None:
+        raise ValueError(f"{checkpoint} was trained at native size (data.size: null); an exported graph has one fixed "
+                         "image size, so export a checkpoint trained with data.size set")
     size = int(cfg.data.size)
     out = Path(output) if output is not None else checkpoint.with_name(checkpoint.stem + SUFFIX[fmt])
     out.parent.mkdir(parents=True, exist_ok=True)
