@@ -80,9 +80,11 @@ def _variant_of(run: Path) -> str | None:
     return None
 
 
-def find_trials(storage_dir: str | Path, experiment: str | None) -> list[Trial]:
+def find_trials(storage_dir: str | Path, experiment: str | None, variants: set[str] | None = None) -> list[Trial]:
     """Every trial folder of the sweep at ``storage_dir/experiment`` (``storage_dir`` itself when ``experiment`` is
-    None), each checked to be finished and to be a k-fold trial with a named variant; sorted by variant and fold."""
+    None), each checked to be finished and to be a k-fold trial with a named variant; sorted by variant and fold.
+    With ``variants``, only those variants' trials are read and checked (the rest of an interrupted sweep may be
+    unfinished)."""
     storage_dir = Path(storage_dir)
     root = storage_dir / experiment if experiment else storage_dir
     if not root.is_dir():
@@ -97,6 +99,8 @@ def find_trials(storage_dir: str | Path, experiment: str | None) -> list[Trial]:
     for run in runs:
         cfg = yaml.safe_load((run / "config.yaml").read_text())
         variant = _variant_of(run)
+        if variants is not None and variant not in variants:
+            continue
         if not (run / "checkpoints" / "best.pt").is_file():
             problems.append(f"{run}: no checkpoints/best.pt")
         elif not (run / "metrics.json").is_file():
@@ -294,7 +298,7 @@ def ablation_report(
     Each checkpoint is evaluated once per split. Returns (and writes to ``json_out``) ``rows[variant][split]`` with
     the :func:`summarize` of variant minus baseline, each variant's config ``changes``, budgets, machine and command.
     """
-    trials = find_trials(storage_dir, experiment)
+    trials = find_trials(storage_dir, experiment, set(only) | {baseline} if only else None)
     by: dict[str, dict[int, Trial]] = {}
     for t in trials:
         by.setdefault(t.variant, {})[t.fold] = t
