@@ -403,7 +403,11 @@ class ParquetIndex:
             wanted.setdefault((f, rg), []).append(i)
         out: list[Sample] = []
         for (f, rg), idx in wanted.items():
-            cols = _read_group(self._files[f], self._paths[f], rg, ["image", "sha256"])
+            try:
+                cols = _read_group(self._files[f], self._paths[f], rg, ["image", "sha256"])
+            except DataError as e:  # a damaged page (CRC): none of the group's rows can be trusted
+                bad.handle(f"{self._paths[f]} row group {rg}", e)
+                continue
             first = self._group_first[(f, rg)]
             for i in idx:
                 row = {c: self._small[c][i] for c in self.SMALL}
