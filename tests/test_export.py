@@ -8,6 +8,7 @@ import math
 from pathlib import Path
 
 import numpy as np
+import onnxruntime as ort  # a test dependency (the export extra): missing, the suite fails, it does not skip
 import pytest
 import torch
 
@@ -35,7 +36,6 @@ def images(pa3c_ckpt: Path) -> np.ndarray:
 
 
 def test_onnx_export_runs_in_onnxruntime_at_any_batch_with_torchs_masks(pa3c_ckpt: Path, images, tmp_path: Path):
-    ort = pytest.importorskip("onnxruntime")
     out = tmp_path / "model.onnx"
     assert main(["export", "--checkpoint", str(pa3c_ckpt), "--format", "onnx", "--output", str(out)]) == 0
     meta = json.loads((tmp_path / "model.onnx.json").read_text())
@@ -71,7 +71,6 @@ def test_torchscript_export_loads_without_our_code_and_matches(pa3c_ckpt: Path, 
 
 
 def test_a_unet_checkpoint_exports_with_the_evaluation_threshold(tmp_path: Path):
-    ort = pytest.importorskip("onnxruntime")
     ckpt = _train(tmp_path / "unet", [*SYNTH, "model=unet"])
     out = tmp_path / "unet.onnx"
     assert main(["export", "--checkpoint", str(ckpt), "--format", "onnx", "--output", str(out)]) == 0
