@@ -81,6 +81,13 @@ class TrainConfig:
     # a work call (rollouts_per_call rollouts) that has not returned after this many seconds is taken for a hung
     # worker: it is killed and Ray restarts it (counted against worker_max_restarts); null waits forever
     worker_timeout_s: float | None = 600.0
+    # a dead learner actor is rebuilt from checkpoints/last.pt (or the initial weights before the first checkpoint)
+    # this many times; workers then refetch its weights. 0: a dead learner ends the run with a clear error
+    learner_max_restarts: int = 3
+    # the driver ends the run (exit status 75, a clear message; last.pt as last written) when the Ray head's GCS
+    # refuses connections (stopped) or has not answered for this many seconds (unreachable); without this, Ray ends
+    # the driver silently or it hangs on actors that died with the head (HeadWatchdog). null: never
+    head_timeout_s: float | None = 20.0
     ray_address: str | None = None  # null: RAY_ADDRESS if set (as under `ray job submit`), else a local Ray
     report_every_s: float = 10.0  # seconds between throughput lines and history entries
     worker_slowdown: list[float] | None = None  # benchmarks only: worker i sleeps so a rollout takes factor[i] x
@@ -231,6 +238,9 @@ def validate(cfg: TrainConfig) -> None:
          "engine hogwild shares its parameters in memory as they are laid out; channels_last would copy them"),
         (cfg.num_workers >= 0, f"num_workers must be >= 0, got {cfg.num_workers}"),
         (cfg.worker_cpus > 0, f"worker_cpus must be > 0, got {cfg.worker_cpus}"),
+        (cfg.head_timeout_s is None or cfg.head_timeout_s > 0,
+         f"head_timeout_s must be > 0 seconds or null, got {cfg.head_timeout_s}"),
+        (cfg.learner_max_restarts >= 0, f"learner_max_restarts must be >= 0, got {cfg.learner_max_restarts}"),
         (cfg.worker_timeout_s is None or cfg.worker_timeout_s > 0,
          f"worker_timeout_s must be > 0 seconds or null, got {cfg.worker_timeout_s}"),
         (cfg.learner_cpus >= 0, f"learner_cpus must be >= 0, got {cfg.learner_cpus}"),

@@ -74,12 +74,13 @@ def http_get(url: str, headers: dict[str, str] | None = None, timeout: float = 1
 class RayHead:
     """``with RayHead(env, ["--num-cpus=2"]) as head: ...`` (or :meth:`start` / :meth:`stop`)."""
 
-    def __init__(self, env: dict[str, str], args: list[str] | None = None, gcs_port: int | None = None):
+    def __init__(self, env: dict[str, str], args: list[str] | None = None, gcs_port: int | None = None,
+                 dashboard_port: int | None = None):
         # short: Unix socket paths under it (<temp>/session_<date>_<pid>/sockets/...) must stay under ~107 characters
         self.temp_dir = tempfile.mkdtemp(prefix="rt", dir="/tmp")
         ports = free_ports(10)
         self.gcs = gcs_port or ports.pop()
-        self.dash, self.agent = ports.pop(), ports.pop()
+        self.dash, self.agent = dashboard_port or ports.pop(), ports.pop()
         # RAY_GRACEFUL_SHUTDOWN_DRAIN_TIMEOUT_S=0: on SIGTERM the head stops its processes at once; by default it first
         # asks the GCS to drain the node for up to 30 s, and the GCS, signalled with the whole group, is gone by then
         # PIXELDRL_TEST_RAY_CLUSTER: inherited by every process the cluster starts, also by those that leave the head's

@@ -218,8 +218,9 @@ def test_ctrl_c_stops_a_unet_run_with_a_checkpoint(tmp_path: Path):
 
 
 # --- Ray failures that end a run ----------------------------------------------------------------------------------
-def test_a_dead_learner_ends_the_run_with_a_clear_error(ray_local, tmp_path: Path):
-    cfg = load_config(SMOKE, RAY + ["epochs=500", "report_every_s=0.5", "checkpoint_every=2"])
+def test_a_dead_learner_past_its_restore_limit_ends_the_run_with_a_clear_error(ray_local, tmp_path: Path):
+    cfg = load_config(SMOKE, RAY + ["epochs=500", "report_every_s=0.5", "checkpoint_every=2",
+                                    "learner_max_restarts=0"])
     killed = []
 
     def kill_learner(state):
@@ -228,7 +229,7 @@ def test_a_dead_learner_ends_the_run_with_a_clear_error(ray_local, tmp_path: Pat
             killed.append(state["stats"]["update"])
 
     t0 = time.perf_counter()
-    with pytest.raises(RuntimeError, match=r"learner actor died .* continue with --resume"):
+    with pytest.raises(RuntimeError, match=r"learner actor died .*learner_max_restarts=0.* continue with --resume"):
         train_distributed(cfg, tmp_path, quiet=True, on_report=kill_learner)
     assert killed and time.perf_counter() - t0 < 180
     assert read_checkpoint(tmp_path / "checkpoints" / "last.pt").update >= 2  # intact, resumable

@@ -116,12 +116,14 @@ class SelfAttention2d(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         b, _, h, w = x.shape
-        q = self.q(x).flatten(2).transpose(1, 2)[:, None]  # (B, 1, HW, key): one head
-        k = self.k(x).flatten(2).transpose(1, 2)[:, None]
-        v = self.v(x).flatten(2).transpose(1, 2)[:, None]  # (B, 1, HW, value)
-        # PyTorch's CPU flash-attention kernel takes 4-D inputs with one head width for q, k and v; otherwise SDPA
-        # falls back to the math path, which materialises the (HW x HW) matrix: 6x slower at 32x32 features and
-        # O(HW^2) memory. Zero-padding q and k to the value width leaves q.k unchanged; the scale stays 1/sqrt(key).
+        # (B, 1, HW, width), one head, contiguous: PyTorch's CPU flash-attention kernel takes only 4-D inputs whose
+        # last dimension is contiguous and of one width for q, k and v; otherwise SDPA falls back to the math path,
+        # which materialises the (HW x HW) matrix: 6.6x slower at 64x64 features and O(HW^2) memory (the transposed
+        # view alone sent every call down that path). Zero-padding q and k to the value width leaves q.k unchanged;
+        # the scale stays 1/sqrt(key).
+        q = self.q(x).flatten(2).transpose(1, 2).contiguous()[:, None]
+        k = self.k(x).flatten(2).transpose(1, 2).contiguous()[:, None]
+        v = self.v(x).flatten(2).transpose(1, 2).contiguous()[:, None]
         e_qk, e_v = q.shape[-1], v.shape[-1]
         if e_qk < e_v:
             q, k = F.pad(q, (0, e_v - e_qk)), F.pad(k, (0, e_v - e_qk))

@@ -66,7 +66,7 @@ class Learner:
             self.agent.load_state_dict(resume)
         self.counters: dict[str, Any] = {"pixel_agent_steps": int(pixel_agent_steps), "dropped": 0,
                                          "downweighted": 0, "busy_s": 0.0, "staleness_sum": 0, "staleness_max": 0,
-                                         "pushes": 0}
+                                         "pushes": 0, "ahead": 0}
         self.per_worker: dict[int, int] = defaultdict(int)
         self.last_stats: dict[str, float] = {}
         self.stopped = False
@@ -110,6 +110,8 @@ class Learner:
         if self.done():
             return self.weights()
         staleness = self.agent.update - version
+        if staleness < 0:  # weights newer than this learner's: a worker that missed a learner restore
+            self.counters["ahead"] += 1
         scale = self._scale(staleness)
         if scale is not None:
             charts = self.agent.apply_gradients(grads, scale)
@@ -133,6 +135,7 @@ class Learner:
             "staleness_max": c["staleness_max"],
             "dropped": c["dropped"],
             "downweighted": c["downweighted"],
+            "ahead": c["ahead"],
             "busy_s": c["busy_s"],
             "wall_s": time.perf_counter() - self.t0,
             "per_worker_updates": dict(self.per_worker),
@@ -162,6 +165,10 @@ class Worker:
         self.agent = PA3CAgent(cfg, part.images.shape[1], len(part), optimizer=False)
         self.gen = torch.Generator().manual_seed(seed)
         self.version: int | None = None
+
+    def reset(self) -> None:
+        """Forget the weights: the next :meth:`work` starts from the learner's (after a learner restore)."""
+        self.version = None
 
     def _set(self, version: int, weights: list[Weights]) -> None:
         self.agent.set_weights(weights)
@@ -263,6 +270,65 @@ def connect(address: str | None, num_cpus: float | None = None) -> bool:
     return True
 
 
+EXIT_HEAD_LOST = 75  # EX_TEMPFAIL: the cluster went away; the same command with --resume on a new one continues
+
+
+class HeadWatchdog:
+    """Ends the driver when the Ray head goes away: a TCP connection to its GCS is tried every half second; when the
+    connection is refused twice in a row (nothing listens: the GCS has stopped) or has failed for ``timeout_s`` (the
+    head unreachable), the process prints what happened and exits with :data:`EXIT_HEAD_LOST`.
+
+    Why a process exit, and why this fast: a driver whose node's raylet dies with the head is ended by Ray within
+    seconds with exit status 1 and no word on the console (the reason goes to a log file under the session dir);
+    a driver on another node blocks on actors that died with the head until Ray's reconnect timeout (60 s). Nothing
+    can be saved at that point (the learner died with the cluster): ``checkpoints/last.pt`` is as the last periodic
+    checkpoint wrote it.
+    """
+
+    def __init__(self, gcs_address: str, timeout_s: float, checkpoint: Path | None):
+        import threading
+
+        host, port = gcs_address.rsplit(":", 1)
+        self.addr, self.timeout_s, self.checkpoint = (host, int(port)), timeout_s, checkpoint
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="ray-head-watchdog", daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        import socket
+
+        failing_since, refused = None, 0
+        while not self._stop.wait(0.5):
+            try:
+                socket.create_connection(self.addr, timeout=2).close()
+                failing_since, refused = None, 0
+                continue
+            except ConnectionRefusedError:
+                refused += 1
+            except OSError:
+                refused = 0
+            failing_since = failing_since or time.monotonic()
+            if refused >= 2 or time.monotonic() - failing_since >= self.timeout_s:
+                self._give_up("stopped (connection refused)" if refused >= 2 else
+                              f"unreachable for {self.timeout_s:g} s")
+
+    def _give_up(self, what: str) -> None:
+        import sys
+
+        import ray
+
+        if self._stop.is_set() or not ray.is_initialized():  # this process shut Ray down itself: nothing is lost
+            return
+        where = f"{self.checkpoint} is as last written" if self.checkpoint else "no checkpoint was written"
+        print(f"\nerror: the Ray cluster's head (GCS at {self.addr[0]}:{self.addr[1]}) is {what}: the cluster is "
+              f"gone, and this run cannot go on. {where}; start a cluster and run the same command with --resume.",
+              file=sys.stderr, flush=True)
+        os._exit(EXIT_HEAD_LOST)
+
+    def stop(self) -> None:
+        self._stop.set()
+
+
 def ray_bundles(cfg: TrainConfig) -> list[dict[str, float]]:
     """The placement-group layout of a Ray A3C run: ``[driver + evaluator, learner, worker 0, worker 1, ...]``.
 
@@ -291,23 +357,40 @@ def _pin(cfg: TrainConfig, index: int) -> dict[str, Any]:
 
 
 class RayEval:
-    """A validation pass running on the evaluator actor while training goes on."""
+    """A validation pass running on the evaluator actor while training goes on. If the learner dies before its
+    weights were taken, the pass is started again on the restored learner's weights."""
 
-    def __init__(self, weights_ref, result_ref, get, in_channels: int, n_actions: int):
-        self.weights_ref, self.result_ref, self.get = weights_ref, result_ref, get
-        self.in_channels, self.n_actions = in_channels, n_actions
+    def __init__(self, engine: RayA3CEngine, max_images: int | None):
+        self.engine, self.max_images = engine, max_images
+        self._launch()
+
+    def _launch(self) -> None:
+        self.weights_ref = self.engine.learner.weights.remote()
+        self.result_ref = self.engine.evaluator.evaluate.remote(self.weights_ref, self.max_images)
 
     def result(self, block: bool) -> dict[str, Any] | None:
         import ray
+        from ray.exceptions import RayActorError, RayTaskError
 
         done, _ = ray.wait([self.result_ref], timeout=None if block else 0)
-        return self.get(self.result_ref) if done else None
+        if not done:
+            return None
+        try:
+            return ray.get(self.result_ref)
+        except (RayActorError, RayTaskError) as e:
+            if not self.engine._check_learner(e):
+                raise
+            self._launch()
+            return self.result(block)
 
     def snapshot(self) -> dict[str, Any]:
         """The evaluated weights as an agent state (no optimiser: a best checkpoint is for use, not for resuming)."""
-        version, weights = self.get(self.weights_ref)[:2]
+        import ray
+
+        version, weights = ray.get(self.weights_ref)[:2]
         tensors = [{k: torch.tensor(v) for k, v in w.items()} for w in weights]
-        return {"kind": "pixeldrl", "in_channels": self.in_channels, "n_actions": self.n_actions, "update": version,
+        return {"kind": "pixeldrl", "in_channels": self.engine.info["in_channels"],
+                "n_actions": self.engine.n_actions, "update": version,
                 "model": tensors[0], "reward_conv": tensors[1], "optimizer": None, "scheduler": None}
 
 
@@ -316,6 +399,12 @@ class RayA3CEngine:
 
     ``on_report(state)`` is called after each report line (tests use it to kill a worker or the learner mid-run);
     ``worker_cls`` replaces :class:`Worker` (fault-injection tests).
+
+    A dead learner is rebuilt from ``last_checkpoint`` (set by the run lifecycle to ``checkpoints/last.pt``; before
+    the first checkpoint, from the state the run started with), at most ``learner_max_restarts`` times: its update
+    counter is the checkpoint's, every worker forgets its weights and takes the restored learner's, and the
+    gradients in flight to the dead learner are dropped with it. Ray's own actor restart would not do: it rebuilds
+    the learner from its constructor arguments, i.e. the state the run started with.
     """
 
     name = "ray"
@@ -337,12 +426,19 @@ class RayA3CEngine:
         self.update = self.pixel_agent_steps = 0
         self.stopped = False
         self.t0 = time.perf_counter()
+        self.last_checkpoint: Path | None = None  # set by the run lifecycle
+        self.epoch = 0  # the learner's incarnation; a work call sent to an earlier one failed with it
+        self.sent_epoch: dict[Any, int] = {}
+        self.needs_reset: set[int] = set()
+        self.learner_restores: list[dict[str, Any]] = []
 
     def setup(self, resume=None) -> dict[str, Any]:
         import ray
 
         cfg = self.cfg
         self.started = connect(cfg.ray_address, cfg.num_workers * cfg.worker_cpus + cfg.learner_cpus)
+        self.watchdog = HeadWatchdog(ray.get_runtime_context().gcs_address, cfg.head_timeout_s,
+                                     self.last_checkpoint) if cfg.head_timeout_s else None
         cfg_dict = to_dict(cfg)
         # the evaluator shares the driver's bundle: it runs while the driver only waits
         self.evaluator = ray.remote(Evaluator).options(num_cpus=0, **_pin(cfg, 0)).remote(cfg_dict)
@@ -351,10 +447,9 @@ class RayA3CEngine:
             raise ValueError("the training split is empty; check data.split, data.k_shot and data.drop_empty")
         if resume is not None:
             self.update, self.pixel_agent_steps = resume.update, int(resume.run.get("pixel_agent_steps", 0))
+        self.start = (resume.agent if resume else None, self.update, self.pixel_agent_steps)
         self.gpus = self._learner_gpus()
-        self.learner = ray.remote(Learner).options(num_cpus=cfg.learner_cpus, num_gpus=self.gpus, **_pin(cfg, 1)).remote(
-            cfg_dict, info["in_channels"], info["n_train"], ray.put(resume.agent) if resume else None,
-            self.pixel_agent_steps)
+        self._start_learner(resume.agent if resume else None, self.pixel_agent_steps)
         slow = list(cfg.worker_slowdown or [])
         self.workers = [ray.remote(self.worker_cls).options(num_cpus=cfg.worker_cpus, max_restarts=cfg.worker_max_restarts,
                                                    max_task_retries=0, **_pin(cfg, 2 + i)).remote(
@@ -375,6 +470,14 @@ class RayA3CEngine:
                           f"{info['n_val']} val slices; model {cfg.preset}: {n_params:,} parameters, "
                           f"{self.flops / 1e9:.3f} GFLOP per image-step; {self.total_updates} updates planned"}
 
+    def _start_learner(self, agent: dict | None, pixel_agent_steps: int) -> None:
+        import ray
+
+        cfg = self.cfg
+        self.learner = ray.remote(Learner).options(num_cpus=cfg.learner_cpus, num_gpus=self.gpus, **_pin(cfg, 1)).remote(
+            to_dict(cfg), self.info["in_channels"], self.info["n_train"], ray.put(agent) if agent else None,
+            pixel_agent_steps)
+
     def _learner_gpus(self) -> float:
         import ray
 
@@ -389,9 +492,13 @@ class RayA3CEngine:
         return not self.running and not self.retry_at
 
     def _dispatch(self, i: int) -> None:
+        if i in self.needs_reset:  # the learner was restored: start from its weights, not the dead one's
+            self.needs_reset.discard(i)
+            self.workers[i].reset.remote()  # an actor runs its calls in order: before the work below
         ref = self.workers[i].work.remote(self.learner, self.cfg.rollouts_per_call)
         self.running[ref] = i
         self.sent_at[ref] = time.perf_counter()
+        self.sent_epoch[ref] = self.epoch
 
     def _kill_hung(self) -> None:
         """Kill a worker whose work call is older than ``worker_timeout_s`` (a rollout stuck in I/O or a deadlock never
@@ -423,7 +530,7 @@ class RayA3CEngine:
             i = self.running.pop(ref)
             self.sent_at.pop(ref, None)
             self.killed.discard(ref)
-            res = self._collect(ref, i)
+            res = self._collect(ref, i, self.sent_epoch.pop(ref, self.epoch))
             if res is None:
                 continue
             stats = {k: v for k, v in res["stats"].items() if k != "pixel_agent_steps"}
@@ -435,15 +542,19 @@ class RayA3CEngine:
                 self._dispatch(i)
         return stats
 
-    def _collect(self, ref, i: int) -> dict | None:
-        """A worker's result, or None if it died (Ray restarts it; it is retried shortly, up to the restart limit)."""
+    def _collect(self, ref, i: int, epoch: int) -> dict | None:
+        """A worker's result, or None if it died (Ray restarts it; it is retried shortly, up to the restart limit)
+        or its learner died (the learner is restored; the worker is handed work again)."""
         import ray
         from ray.exceptions import ActorDiedError, RayActorError, RayTaskError
 
         try:
             res = ray.get(ref)
         except RayTaskError as e:  # the work call raised: a bug in the worker, or the learner it pushes to died
-            self._check_learner(e)
+            if epoch != self.epoch or self._check_learner(e):
+                self.needs_reset.add(i)
+                self.retry_at[i] = time.perf_counter() + 0.5
+                return None
             raise
         except RayActorError as e:
             if isinstance(e, ActorDiedError) and self.restarts[i] >= self.cfg.worker_max_restarts:
@@ -466,61 +577,92 @@ class RayA3CEngine:
         self.pixel_agent_steps = max(self.pixel_agent_steps, int(res["applied_pixel_agent_steps"]))
         return res
 
-    def _get(self, ref, timeout: float | None = None):
-        """``ray.get`` of a learner or evaluator call; a dead learner becomes the clear error of :meth:`_check_learner`."""
+    def _call(self, method: str, *args):
+        """A learner call's result; if the learner is dead, it is restored (:meth:`_check_learner`) and asked again."""
         import ray
         from ray.exceptions import RayActorError, RayTaskError
 
-        try:
-            return ray.get(ref, timeout=timeout)
-        except (RayActorError, RayTaskError) as e:
-            self._check_learner(e)
-            raise
+        for attempt in (0, 1):
+            try:
+                return ray.get(getattr(self.learner, method).remote(*args))
+            except (RayActorError, RayTaskError) as e:
+                if attempt or not self._check_learner(e):
+                    raise
 
-    def _check_learner(self, cause: Exception) -> None:
-        """Turn a dead learner into a clear error (training cannot go on without it; ``last.pt`` is intact)."""
+    def _check_learner(self, cause: Exception) -> bool:
+        """False if the learner is alive (``cause`` is someone else's); True once a dead learner is restored; a
+        clear error when it may not be restored again."""
         import ray
         from ray.exceptions import GetTimeoutError, RayActorError
 
         try:
             ray.get(self.learner.stats.remote(), timeout=60)
+            return False
         except (RayActorError, GetTimeoutError) as e:
+            self._restore_learner(e, cause)
+            return True
+
+    def _restore_learner(self, error: Exception, cause: Exception) -> None:
+        import ray
+
+        from rl_agents.experiment.checkpoint import previous_path, read_checkpoint
+
+        n, limit = len(self.learner_restores), self.cfg.learner_max_restarts
+        if n >= limit:
             raise RuntimeError(
-                f"the learner actor died ({type(e).__name__}) at about update {self.update}; workers cannot go on. "
+                f"the learner actor died ({type(error).__name__}) at about update {self.update}"
+                f"{f' after {n} restore(s)' if n else ''} (learner_max_restarts={limit}); workers cannot go on. "
                 "The last checkpoint (checkpoints/last.pt) is intact: continue with --resume") from cause
+        path = self.last_checkpoint
+        ckpt = read_checkpoint(path) if path is not None and (path.exists() or previous_path(path).exists()) else None
+        agent, update, steps = (ckpt.agent, ckpt.update, int(ckpt.run.get("pixel_agent_steps", 0))) if ckpt \
+            else self.start
+        died_at = self.update
+        ray.kill(self.learner, no_restart=True)  # a hung one too, so that it frees its bundle
+        self._start_learner(agent, steps)
+        self.epoch += 1
+        self.update, self.pixel_agent_steps = update, steps
+        self.needs_reset = set(range(len(self.workers)))
+        source = str(ckpt.path) if ckpt else "the state the run started from"
+        self.learner_restores.append({"died_at_update": died_at, "restored_update": update, "from": source})
+        console.print(f"the learner actor died ({type(error).__name__}) at about update {died_at}; restored from "
+                      f"{source} at update {update} (restore {n + 1} of at most {limit}); workers take its weights")
 
     def stop(self) -> None:
         if not self.stopped:
             self.stopped = True
-            self._get(self.learner.stop.remote())
+            self._call("stop")
 
     def close(self) -> None:
         import ray
 
+        if getattr(self, "watchdog", None) is not None:
+            self.watchdog.stop()  # before a shutdown of our own makes the head go away
         if self.started:
             ray.shutdown()
             self.started = False
 
     # evaluation, state, figures --------------------------------------------------------------------------------
     def start_eval(self, max_images: int | None) -> RayEval:
-        weights = self.learner.weights.remote()
-        return RayEval(weights, self.evaluator.evaluate.remote(weights, max_images), self._get,
-                       self.info["in_channels"], self.n_actions)
+        return RayEval(self, max_images)
 
     def evaluate_state(self, state: dict[str, Any]) -> dict[str, float]:
-        return self._get(self.evaluator.evaluate_state.remote(state))
+        import ray
+
+        return ray.get(self.evaluator.evaluate_state.remote(state))
 
     def agent_state(self) -> dict[str, Any]:
-        return self._get(self.learner.state_dict.remote())
+        return self._call("state_dict")
 
     def rng_state(self) -> dict[str, Any]:
         return {}  # one RNG per worker; a resumed run reseeds them from (seed, worker, update)
 
     def report_line(self, last_eval: dict) -> str:
-        stats = self._get(self.learner.stats.remote())
+        stats = self._call("stats")
         if self.on_report is not None:
             self.on_report({"stats": stats, "workers": self.workers, "restarts": self.restarts,
-                            "learner": self.learner})
+                            "learner": self.learner, "worker_nodes": list(self.nodes),
+                            "learner_node": self.learner_node})
         wall = max(stats["wall_s"], 1e-9)
         per = " ".join(f"{k}:{v}" for k, v in sorted(stats["per_worker_updates"].items()))
         return (f"update {stats['update']:6d}  {stats['update'] / wall:6.2f} upd/s  "
@@ -530,7 +672,7 @@ class RayA3CEngine:
                 f"val dice {last_eval.get('val/dice', float('nan')):.3f}  per worker [{per}]")
 
     def perf(self, wall: float) -> dict[str, Any]:
-        s = self._get(self.learner.stats.remote())
+        s = self._call("stats")
         lw = max(s["wall_s"], 1e-9)
         run_wall = max(time.perf_counter() - self.t0, 1e-9)
         return {
@@ -546,6 +688,9 @@ class RayA3CEngine:
                                           for i in range(self.cfg.num_workers)],
             "perf/worker_busy_fraction": [b / run_wall for b in self.busy_s],
             "workers/restarts": sum(self.restarts),
+            "learner/restores": len(self.learner_restores),
+            "learner/restore_log": self.learner_restores,
+            "perf/gradients_ahead_of_learner": s["ahead"],
             "workers/n": self.cfg.num_workers,
             "learner_device": self.learner_device,
             **self._placement(),

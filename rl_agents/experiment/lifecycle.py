@@ -188,6 +188,7 @@ class Run:
     def execute(self, resume: bool = False) -> dict[str, Any]:
         self.out.mkdir(parents=True, exist_ok=True)
         ckpt = self._resume_from() if resume else None
+        self.engine.last_checkpoint = self.ckpt_dir / "last.pt"  # where an engine restores a dead learner from
         info = self.engine.setup(ckpt)
         (self.out / "config.yaml").write_text(yaml.safe_dump(to_dict(self.cfg), sort_keys=False))
         if not self.quiet:
