@@ -71,17 +71,21 @@ PLAN: dict[str, Step] = {
         kind="cap", cap_s=900, until="runs/lgg/checkpoints/best.pt",
         reason="a 55-minute run; stopped with Ctrl-C once its first best.pt exists (the commands below need it)"),
     "python train.py --config tune_configs/lgg_cpu.yaml --output-dir runs/lgg --resume": Step(
-        kind="cap", cap_s=120, reason="continues the run above; stopped with Ctrl-C after 120 s"),
+        kind="cap", cap_s=60, reason="continues the run above; stopped with Ctrl-C after 60 s"),
+    "python train.py --config tune_configs/heart_cpu.yaml --output-dir runs/heart": Step(
+        kind="cap", cap_s=900, until="runs/heart/checkpoints/best.pt",
+        reason="a 12-minute run; stopped with Ctrl-C once its first best.pt exists (predict below needs it)"),
     "python train.py --set lr=3e-4 --set t_max=5 --set data.synthetic.difficulty=hard": Step(
-        kind="cap", cap_s=120, reason="a 10-minute run; stopped with Ctrl-C after 120 s"),
+        kind="cap", cap_s=60, reason="a 10-minute run; stopped with Ctrl-C after 60 s"),
     "pixeldrl baseline --config tune_configs/lgg_cpu.yaml --output-dir runs/unet": Step(
-        kind="cap", cap_s=180, reason="a 55-minute run; stopped with Ctrl-C after 180 s"),
+        kind="cap", cap_s=90, reason="a 55-minute run; stopped with Ctrl-C after 90 s"),
     "pixeldrl evaluate --checkpoint runs/lgg/checkpoints/best.pt --split test --json runs/lgg/test.json": Step(),
     "pixeldrl env-demo": Step(),
     # Use a trained model
-    "pixeldrl predict --checkpoint runs/lgg/checkpoints/best.pt scans/ case7.nii.gz --output-dir masks/ --overlay "
-    "--gif": Step(setup="scans", reason="scans/ = 3 LGG slices (TIFF), case7.nii.gz = one left-atrium volume: the "
-                  "brain checkpoint is run on a heart volume only to show the NIfTI path, not for its masks"),
+    "pixeldrl predict --checkpoint runs/lgg/checkpoints/best.pt scans/ --output-dir masks/ --overlay --gif": Step(
+        setup="scans", reason="scans/ = 3 LGG slices as downloaded (TIFF)"),
+    "pixeldrl predict --checkpoint runs/heart/checkpoints/best.pt case7.nii.gz --output-dir masks/": Step(
+        setup="scans", reason="case7.nii.gz = the first left-atrium volume of ../shared/data/la_heart"),
     "from rl_agents.experiment.predict import segment_array\n"
     'masks, uncertainty = segment_array("runs/lgg/checkpoints/best.pt", image)': Step(
         prelude="import numpy as np\nfrom PIL import Image\n"
@@ -111,7 +115,7 @@ PLAN: dict[str, Step] = {
         reason="<model id> = the newest model logged in this clone's MLflow store; x = a batch of 3 random images"),
     # Distributed training on Ray
     "python train.py --set num_workers=2 --set worker_cpus=1 --set learner_cpus=0": Step(
-        kind="cap", cap_s=120, reason="a 10-minute run; stopped with Ctrl-C after 120 s"),
+        kind="cap", cap_s=60, reason="a 10-minute run; stopped with Ctrl-C after 60 s"),
     "python train.py --config tune_configs/smoke.yaml": Step(),
     "export RAY_AUTH_MODE=token": Step(),
     "ray job submit --address http://127.0.0.1:8265 --working-dir . --runtime-env-json "
@@ -124,16 +128,19 @@ PLAN: dict[str, Step] = {
                "and an output folder that exists here, instead of 14 workers and a GPU learner"),
     # Sweeps and tracking
     "python train.py --tune tune_configs/sweep_asha.yaml": Step(
-        kind="cap", cap_s=240, reason="a sweep of hours; stopped with Ctrl-C after 240 s (Tune saves its state)"),
+        kind="cap", cap_s=180, reason="a sweep of hours; stopped with Ctrl-C after 180 s (Tune saves its state)"),
     "python train.py --tune tune_configs/sweep_asha.yaml --resume": Step(
-        kind="cap", cap_s=150, reason="resumes the sweep above; stopped with Ctrl-C after 150 s"),
-    "python train.py --tune tune_configs/ablation.yaml": Step(kind="cap", cap_s=120, reason="stopped after 120 s"),
-    "python train.py --tune tune_configs/fewshot.yaml": Step(kind="cap", cap_s=120, reason="stopped after 120 s"),
-    "python train.py --tune tune_configs/cv_heart.yaml": Step(kind="cap", cap_s=120, reason="stopped after 120 s"),
+        kind="cap", cap_s=90, reason="resumes the sweep above; stopped with Ctrl-C after 90 s"),
+    "python train.py --tune tune_configs/ablation.yaml": Step(kind="cap", cap_s=75,
+                                                           reason="stopped with Ctrl-C after 75 s"),
+    "python train.py --tune tune_configs/fewshot.yaml": Step(kind="cap", cap_s=75,
+                                                           reason="stopped with Ctrl-C after 75 s"),
+    "python train.py --tune tune_configs/cv_heart.yaml": Step(kind="cap", cap_s=75,
+                                                           reason="stopped with Ctrl-C after 75 s"),
     "pixeldrl cv-report --experiment cv-heart": Step(
         cwd="main", reason="over the full 10-trial sweep in the main checkout's runs/tune (50 minutes of training)"),
-    "python train.py --tune tune_configs/ablation_heart.yaml": Step(kind="cap", cap_s=120,
-                                                                     reason="stopped after 120 s"),
+    "python train.py --tune tune_configs/ablation_heart.yaml": Step(kind="cap", cap_s=75,
+                                                                     reason="stopped with Ctrl-C after 75 s"),
     "pixeldrl ablation-report --experiment ablation-heart": Step(
         cwd="main", reason="over the ablation sweep in the main checkout's runs/tune (hours of training)"),
     "pixeldrl compare --experiment sweep-asha --metric val/dice": Step(),

@@ -53,6 +53,17 @@ def test_learner_bounds_staleness(policy):
     assert set(weights[0]) == set(learner.agent.model.state_dict())
 
 
+def test_learner_applies_a_gradient_id_once():
+    """A push that arrives twice (a retried call) is answered but not applied again, and counted."""
+    learner = Learner(to_dict(load_config(SMOKE, [])), in_channels=3, n_train=40)
+    g = _grads(learner, 1e-3)
+    assert learner.push(0, 0, g, {"gradient_id": "0:1:a"})[0] == 1
+    assert learner.push(0, 0, g, {"gradient_id": "0:1:a"})[0] == 1  # the same id: not applied
+    assert learner.push(0, 1, g, {"gradient_id": "0:1:b"})[0] == 2
+    s = learner.stats()
+    assert (s["applied"], s["duplicates"]) == (2, 1)
+
+
 def test_learner_stops_at_the_planned_updates():
     cfg = load_config(SMOKE, ["max_updates=2"])
     learner = Learner(to_dict(cfg), in_channels=3, n_train=40)
@@ -98,6 +109,8 @@ def test_a_killed_worker_is_restarted_and_training_goes_on(ray_local, tmp_path: 
     assert m["workers/restarts"] >= 1
     assert m["updates"] == 4 * -(-m["n_train"] // cfg.batch_size) and m["stopped_by"] == "epochs"
     assert min(m["perf/worker_updates_per_s"]) > 0
+    # counted by gradient id: every update is one gradient applied once (none lost in the count, none twice)
+    assert m["perf/duplicate_gradients"] == 0 and m["perf/applied_gradients"] == m["updates"]
 
 
 def test_a_killed_learner_is_restored_from_its_checkpoint_and_the_run_finishes(ray_local, tmp_path: Path):

@@ -23,6 +23,7 @@ differ (as in any A3C); each actor's own randomness is seeded from ``(seed, work
 
 from __future__ import annotations
 
+import itertools
 import logging
 import math
 import os
@@ -66,7 +67,8 @@ class Learner:
             self.agent.load_state_dict(resume)
         self.counters: dict[str, Any] = {"pixel_agent_steps": int(pixel_agent_steps), "dropped": 0,
                                          "downweighted": 0, "busy_s": 0.0, "staleness_sum": 0, "staleness_max": 0,
-                                         "pushes": 0, "ahead": 0}
+                                         "pushes": 0, "ahead": 0, "applied": 0, "duplicates": 0}
+        self.seen: set[str] = set()  # gradient ids applied: a push that arrives twice (a retried call) is not
         self.per_worker: dict[int, int] = defaultdict(int)
         self.last_stats: dict[str, float] = {}
         self.stopped = False
@@ -107,14 +109,21 @@ class Learner:
     def push(self, worker: int, version: int, grads: list[np.ndarray], stats: dict[str, float]):
         """Apply one gradient (computed on weights of ``version``) unless it is too stale; return :meth:`weights`."""
         t = time.perf_counter()
+        gid = stats.pop("gradient_id", None)
         if self.done():
             return self.weights()
+        if gid is not None:
+            if gid in self.seen:
+                self.counters["duplicates"] += 1
+                return self.weights()
+            self.seen.add(gid)
         staleness = self.agent.update - version
         if staleness < 0:  # weights newer than this learner's: a worker that missed a learner restore
             self.counters["ahead"] += 1
         scale = self._scale(staleness)
         if scale is not None:
             charts = self.agent.apply_gradients(grads, scale)
+            self.counters["applied"] += 1
             self.counters["pixel_agent_steps"] += int(stats.get("pixel_agent_steps", 0))
             self.per_worker[worker] += 1
             self.last_stats = {**{k: v for k, v in stats.items() if k != "pixel_agent_steps"}, **charts,
@@ -136,6 +145,8 @@ class Learner:
             "dropped": c["dropped"],
             "downweighted": c["downweighted"],
             "ahead": c["ahead"],
+            "applied": c["applied"],
+            "duplicates": c["duplicates"],
             "busy_s": c["busy_s"],
             "wall_s": time.perf_counter() - self.t0,
             "per_worker_updates": dict(self.per_worker),
@@ -165,6 +176,8 @@ class Worker:
         self.agent = PA3CAgent(cfg, part.images.shape[1], len(part), optimizer=False)
         self.gen = torch.Generator().manual_seed(seed)
         self.version: int | None = None
+        # every gradient gets an id unique to this incarnation of the worker: the learner applies each id once
+        self.gradient_ids = (f"{index}:{os.getpid()}:{time.time_ns()}:{k}" for k in itertools.count())
 
     def reset(self) -> None:
         """Forget the weights: the next :meth:`work` starts from the learner's (after a learner restore)."""
@@ -195,7 +208,8 @@ class Worker:
             compute_s += dt
             if self.slowdown > 1:
                 time.sleep((self.slowdown - 1) * dt)
-            version, weights, done, applied = ray.get(learner.push.remote(self.index, self.version, grads, stats))
+            version, weights, done, applied = ray.get(learner.push.remote(self.index, self.version, grads,
+                                                                     {**stats, "gradient_id": next(self.gradient_ids)}))
             self._set(version, weights)
             n += 1
             steps += int(stats["pixel_agent_steps"])
@@ -398,7 +412,7 @@ class RayA3CEngine:
     """The driver side of Ray A3C: starts the actors, keeps the workers busy, restarts the ones that die.
 
     ``on_report(state)`` is called after each report line (tests use it to kill a worker or the learner mid-run);
-    ``worker_cls`` replaces :class:`Worker` (fault-injection tests).
+    ``worker_cls`` and ``learner_cls`` replace :class:`Worker` and :class:`Learner` (fault injection).
 
     A dead learner is rebuilt from ``last_checkpoint`` (set by the run lifecycle to ``checkpoints/last.pt``; before
     the first checkpoint, from the state the run started with), at most ``learner_max_restarts`` times: its update
@@ -409,11 +423,12 @@ class RayA3CEngine:
 
     name = "ray"
 
-    def __init__(self, cfg: TrainConfig, quiet: bool = False, on_report=None, worker_cls=None):
+    def __init__(self, cfg: TrainConfig, quiet: bool = False, on_report=None, worker_cls=None, learner_cls=None):
         if cfg.num_workers < 1:
             raise ValueError(f"the Ray engine needs num_workers >= 1, got {cfg.num_workers}")
         self.cfg, self.quiet, self.on_report = cfg, quiet, on_report
         self.worker_cls = worker_cls or Worker
+        self.learner_cls = learner_cls or Learner
         self.started = False
         self.running: dict[Any, int] = {}  # work call -> worker index
         self.sent_at: dict[Any, float] = {}  # work call -> when it was sent
@@ -474,7 +489,8 @@ class RayA3CEngine:
         import ray
 
         cfg = self.cfg
-        self.learner = ray.remote(Learner).options(num_cpus=cfg.learner_cpus, num_gpus=self.gpus, **_pin(cfg, 1)).remote(
+        self.learner = ray.remote(self.learner_cls).options(
+            num_cpus=cfg.learner_cpus, num_gpus=self.gpus, **_pin(cfg, 1)).remote(
             to_dict(cfg), self.info["in_channels"], self.info["n_train"], ray.put(agent) if agent else None,
             pixel_agent_steps)
 
@@ -691,6 +707,8 @@ class RayA3CEngine:
             "learner/restores": len(self.learner_restores),
             "learner/restore_log": self.learner_restores,
             "perf/gradients_ahead_of_learner": s["ahead"],
+            "perf/applied_gradients": s["applied"],
+            "perf/duplicate_gradients": s["duplicates"],
             "workers/n": self.cfg.num_workers,
             "learner_device": self.learner_device,
             **self._placement(),
@@ -708,9 +726,9 @@ class RayA3CEngine:
 
 
 def train_distributed(cfg: TrainConfig, output_dir: str | Path, resume: bool = False, quiet: bool = False,
-                      on_report=None, on_eval=None, worker_cls=None) -> dict[str, Any]:
+                      on_report=None, on_eval=None, worker_cls=None, learner_cls=None) -> dict[str, Any]:
     """Ray A3C through the shared run lifecycle, without MLflow, with test and benchmark hooks."""
     from rl_agents.experiment.lifecycle import train
 
-    engine = RayA3CEngine(cfg, quiet=quiet, on_report=on_report, worker_cls=worker_cls)
+    engine = RayA3CEngine(cfg, quiet=quiet, on_report=on_report, worker_cls=worker_cls, learner_cls=learner_cls)
     return train(cfg, output_dir, resume=resume, quiet=quiet, on_eval=on_eval, engine=engine)

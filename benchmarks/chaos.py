@@ -1,0 +1,254 @@
+"""Faults of the cluster, injected and measured: the head stopped mid-run (row 10), a node removed and added back
+(row 2), the learner killed (row 3), a slow learner under fast workers (row 8). Each case runs its own Ray cluster on
+127.0.0.1 (own temp dir and ports), stops exactly that cluster, and returns what it measured; ``tests/test_chaos.py``
+runs the same functions shorter and asserts on them. Results to ``benchmarks/results/chaos.json``.
+
+    python benchmarks/chaos.py --json benchmarks/results/chaos.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import secrets
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+SMOKE = ROOT / "tune_configs" / "smoke.yaml"
+
+
+def _sets(args: list[str]) -> list[str]:
+    return [x for a in args for x in ("--set", a)]
+
+
+def _loopback_only() -> None:
+    """Keep every node and the driver on 127.0.0.1: Ray turns "127.0.0.1" into the machine's address when a driver
+    connects (``resolve_ip_for_localhost``) unless multi-node clusters are off, as the fake-cluster test runs them."""
+    import ray._private.ray_constants as ray_constants
+
+    os.environ["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] = "0"  # the nodes' processes read it when they start
+    ray_constants.ENABLE_RAY_CLUSTER = False  # this process imported Ray already
+
+
+def head_stop(out: Path, epochs: int = 8, head_timeout_s: float = 10) -> dict[str, Any]:
+    """Row 10. A head started as the README starts one (token auth, 127.0.0.1), a training run connected to it by
+    ``RAY_ADDRESS``; once ``last.pt`` exists, every process of the head is SIGKILLed (what ``ray stop --force`` does).
+    Measures the driver's exit status and time and its message; then the same command with ``--resume`` on a new
+    head, to the end."""
+    from rl_agents.experiment.checkpoint import read_checkpoint
+    from tests.ray_head import BIN, RayHead
+
+    env = {**os.environ, "PATH": str(BIN) + os.pathsep + os.environ.get("PATH", ""), "RAY_AUTH_MODE": "token",
+           "RAY_AUTH_TOKEN": secrets.token_hex(16)}
+    for k in ("RAY_ADDRESS", "RAY_AUTH_TOKEN_PATH", "MLFLOW_TRACKING_URI"):
+        env.pop(k, None)
+    cmd = [sys.executable, "train.py", "--config", str(SMOKE),
+           *_sets(["max_minutes=null", f"epochs={epochs}", "checkpoint_every=4", "eval_every=1000", "mlflow=false",
+                   f"head_timeout_s={head_timeout_s}"]), "--output-dir", str(out), "--quiet"]
+    last = out / "checkpoints" / "last.pt"
+    res: dict[str, Any] = {"case": "head stopped", "head_timeout_s": head_timeout_s}
+    head = RayHead(env, ["--num-cpus=2"]).start()
+    proc = None
+    try:
+        proc = subprocess.Popen(cmd, cwd=ROOT, env={**env, "RAY_ADDRESS": f"127.0.0.1:{head.gcs}"},
+                                stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        deadline = time.time() + 240
+        while not last.exists() and proc.poll() is None and time.time() < deadline:
+            time.sleep(0.5)
+        if not last.exists():
+            raise RuntimeError("no checkpoint before the deadline:\n" + (proc.communicate(timeout=30)[0] or "")[-3000:])
+        t_kill = time.time()
+        os.killpg(head.proc.pid, signal.SIGKILL)
+        stdout, _ = proc.communicate(timeout=120)
+        res.update(exit_status=proc.returncode, exit_after_s=round(time.time() - t_kill, 2),
+                   message=next((ln for ln in stdout.splitlines() if ln.startswith("error: the Ray cluster")), None),
+                   output_tail=stdout[-3000:])
+    finally:
+        if proc is not None and proc.poll() is None:
+            proc.kill()
+        head.stop()
+        head.cleanup()
+    res["checkpoint_update"] = read_checkpoint(last).update
+    head2 = RayHead(env, ["--num-cpus=2"]).start()
+    try:
+        t0 = time.time()
+        r = subprocess.run([*cmd, "--resume"], cwd=ROOT, env={**env, "RAY_ADDRESS": f"127.0.0.1:{head2.gcs}"},
+                           capture_output=True, text=True, timeout=600)
+    finally:
+        head2.stop()
+        head2.cleanup()
+    res["resume"] = {"exit_status": r.returncode, "wall_s": round(time.time() - t0, 1),
+                     "output_tail": (r.stdout + r.stderr)[-2000:]}
+    if r.returncode == 0:
+        m = json.loads((out / "metrics.json").read_text())
+        res["resume"].update(updates=m["updates"], planned=epochs * -(-m["n_train"] // 4), stopped_by=m["stopped_by"],
+                             val_dice=m["val/dice"])
+    return res
+
+
+def node_removal(out: Path, epochs: int = 80, remove_at: int = 40, down_s: float = 5) -> dict[str, Any]:
+    """Row 2. A 3-node cluster on one machine (``ray.cluster_utils.Cluster``: a head and two 1-CPU nodes, each its
+    own raylet on 127.0.0.1), 2 workers of 1 CPU; at update ``remove_at`` the node of a worker (not the learner's,
+    not the head) is removed without grace, and added back ``down_s`` seconds later. The recipe of
+    ``test_training.py::test_pa3c_learns_on_easy_synthetic_data`` (batch 8, easy synthetic)."""
+    import ray
+    from ray.cluster_utils import Cluster
+
+    from rl_agents.config import load_config
+    from rl_agents.engines.ray_a3c import train_distributed
+
+    _loopback_only()
+    temp = tempfile.mkdtemp(prefix="rc", dir="/tmp")  # short: socket paths live under it
+    node_args = {"num_cpus": 1, "node_ip_address": "127.0.0.1", "temp_dir": temp}
+    cluster = Cluster(initialize_head=True, head_node_args={**node_args, "include_dashboard": False})
+    nodes = [cluster.add_node(**node_args) for _ in range(2)]
+    events: list[dict[str, Any]] = []
+    per_worker: list[dict] = []
+
+    def remove_then_add(state):
+        upd = state["stats"]["update"]
+        per_worker.append({"t": time.time(), "update": upd, **{str(k): v for k, v in
+                                                               state["stats"]["per_worker_updates"].items()}})
+        if not events and upd >= remove_at and all(state["worker_nodes"]):
+            by_id = {n.node_id: n for n in nodes}
+            victim = next(by_id[w] for w in state["worker_nodes"] if w in by_id and w != state["learner_node"])
+            cluster.remove_node(victim, allow_graceful=False)
+            nodes.remove(victim)
+            events.append({"event": "removed", "t": time.time(), "update": upd})
+        elif len(events) == 1 and time.time() - events[0]["t"] >= down_s:
+            nodes.append(cluster.add_node(**node_args))
+            events.append({"event": "added", "t": time.time(), "update": upd})
+
+    cfg = load_config(SMOKE, ["max_minutes=null", "batch_size=8", f"epochs={epochs}", f"eval_every={epochs}",
+                              "report_every_s=0.5", "worker_cpus=1", "learner_cpus=0.25", "mlflow=false"])
+    try:
+        ray.init(address=cluster.address, log_to_driver=False)
+        m = train_distributed(cfg, out, quiet=True, on_report=remove_then_add)
+    finally:
+        ray.shutdown()
+        cluster.shutdown()
+        shutil.rmtree(temp, ignore_errors=True)
+    res: dict[str, Any] = {"case": "node removed and added back", "events": events,
+                           "updates": m["updates"], "planned": epochs * -(-m["n_train"] // 8),
+                           "stopped_by": m["stopped_by"], "worker_restarts": m["workers/restarts"],
+                           "val_dice": m["val/dice"], "wall_s": m["wall_time_s"]}
+    if len(events) == 2:  # the updates the cluster made while the node was gone: training went on without it
+        during = [p["update"] for p in per_worker if events[0]["t"] <= p["t"] <= events[1]["t"]]
+        res["updates_while_node_was_gone"] = (max(during) - events[0]["update"]) if during else 0
+    return res
+
+
+def learner_kill(out: Path, epochs: int = 40) -> dict[str, Any]:
+    """Row 3. A 2-worker run on a local Ray; once the learner is 2 updates past its checkpoint, its process is
+    killed. Measures the restore (which update it came back at, against the checkpoint's), the gradients computed
+    on the dead learner's newer weights that reached the new one (must be 0), and the end of the run."""
+    import ray
+
+    from rl_agents.config import load_config
+    from rl_agents.engines.ray_a3c import train_distributed
+    from rl_agents.experiment.checkpoint import read_checkpoint
+
+    killed: list[dict[str, Any]] = []
+
+    def kill(state):
+        last = out / "checkpoints" / "last.pt"
+        if not killed and last.exists():
+            at = read_checkpoint(last).update
+            if state["stats"]["update"] >= at + 2:
+                ray.kill(state["learner"], no_restart=True)
+                killed.append({"update": state["stats"]["update"], "checkpoint_update": at, "t": time.time()})
+
+    cfg = load_config(SMOKE, ["max_minutes=null", f"epochs={epochs}", "report_every_s=0.3", "checkpoint_every=4",
+                              "eval_every=1000", "mlflow=false"])
+    ray.init(num_cpus=2, include_dashboard=False, _node_ip_address="127.0.0.1", log_to_driver=False)
+    try:
+        m = train_distributed(cfg, out, quiet=True, on_report=kill)
+    finally:
+        ray.shutdown()
+    return {"case": "learner killed", "killed": killed, "restores": m["learner/restore_log"],
+            "gradients_ahead_of_learner": m["perf/gradients_ahead_of_learner"], "updates": m["updates"],
+            "planned": epochs * -(-m["n_train"] // 4), "stopped_by": m["stopped_by"], "val_dice": m["val/dice"]}
+
+
+def object_store_usage() -> tuple[int, int]:
+    """``(bytes, objects)`` in the object stores of every node of the connected cluster."""
+    from ray._private.internal_api import get_memory_info_reply, get_state_from_address
+
+    st = get_memory_info_reply(get_state_from_address(None)).store_stats
+    return int(st.object_store_bytes_used), int(st.num_local_objects)
+
+
+def slow_learner(out: Path, workers: int = 4, delay_s: float = 0.25, epochs: int = 6) -> dict[str, Any]:
+    """Row 8. A learner that takes ``delay_s`` longer for every push (a busy or slow device) under ``workers`` fast
+    workers. Every worker blocks on its push until the learner answers, so at most one gradient per worker is in
+    flight: the object store (sampled every 0.2 s) holds at most about two model-sized objects per worker (the
+    gradient and the weights sent back), whatever the speed difference."""
+    import ray
+
+    from rl_agents.algo.model import count_parameters
+    from rl_agents.config import load_config
+    from rl_agents.engines.ray_a3c import Learner, train_distributed
+
+    class SlowLearner(Learner):
+        def push(self, worker, version, grads, stats):
+            time.sleep(delay_s)
+            return super().push(worker, version, grads, stats)
+
+    samples: list[tuple[int, int]] = []
+
+    def sample(state):
+        samples.append(object_store_usage())
+
+    cfg = load_config(SMOKE, ["max_minutes=null", f"epochs={epochs}", f"num_workers={workers}",
+                              f"worker_cpus={1.5 / workers}", "learner_cpus=0.25", "report_every_s=0.2",
+                              "eval_every=1000", "mlflow=false"])
+    ray.init(num_cpus=2, include_dashboard=False, _node_ip_address="127.0.0.1", log_to_driver=False)
+    try:
+        m = train_distributed(cfg, out, quiet=True, on_report=sample, learner_cls=SlowLearner)
+    finally:
+        ray.shutdown()
+    from rl_agents.algo.agent import build_network
+
+    model_bytes = 4 * (count_parameters(build_network(cfg, 1)) + cfg.reward_kernel ** 2)
+    return {"case": "slow learner", "workers": workers, "learner_delay_s": delay_s, "samples": len(samples),
+            "peak_object_store_bytes": max(b for b, _ in samples), "peak_objects": max(n for _, n in samples),
+            "model_bytes": model_bytes, "bound_bytes": (2 * workers + 4) * model_bytes, "updates": m["updates"],
+            "updates_per_s": m["perf/updates_per_s"], "stopped_by": m["stopped_by"]}
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--json", default="benchmarks/results/chaos.json")
+    p.add_argument("--only", nargs="*", default=None, help="cases to run: head_stop node_removal learner_kill "
+                                                           "slow_learner")
+    args = p.parse_args()
+    from machine import describe
+
+    cases = {"head_stop": head_stop, "node_removal": node_removal, "learner_kill": learner_kill,
+             "slow_learner": slow_learner}
+    rec: dict[str, Any] = {"command": "python " + " ".join(sys.argv), "machine": describe(), "cases": {}}
+    with tempfile.TemporaryDirectory() as tmp:
+        for name, fn in cases.items():
+            if args.only and name not in args.only:
+                continue
+            t0 = time.time()
+            r = fn(Path(tmp) / name)
+            r["case_wall_s"] = round(time.time() - t0, 1)
+            rec["cases"][name] = r
+            print(name, json.dumps({k: v for k, v in r.items() if k != "output_tail"}, default=str)[:600], flush=True)
+    Path(args.json).parent.mkdir(parents=True, exist_ok=True)
+    Path(args.json).write_text(json.dumps(rec, indent=2, default=str))
+    print(f"wrote {args.json}")
+
+
+if __name__ == "__main__":
+    main()
