@@ -360,7 +360,7 @@ def main() -> None:
     env = {k: v for k, v in os.environ.items() if not k.startswith(("RAY_", "MLFLOW_"))}
     env["CI"] = "true"
     rec = {"command": "python " + " ".join(sys.argv), "commit": commit, "clone": str(clone),
-           "python": shutil.which("python", path=env["PATH"]), "machine": describe(), "commands": []}
+           "python": shutil.which("python", path=env["PATH"]), "commands": []}
     t_all = time.time()
     for n, (section, lang, cmd) in enumerate(commands):
         if args.only and args.only not in cmd:
@@ -415,6 +415,7 @@ def main() -> None:
         if not entry["ok"]:
             print("      " + "\n      ".join(res["output_tail"]), flush=True)
     rec["wall_s"] = round(time.time() - t_all, 1)
+    rec["machine"] = describe()  # imports torch: installed by the Quickstart's first command
     rec["failed"] = [e["n"] for e in rec["commands"] if e.get("ran") and not e["ok"]]
     Path(args.json).parent.mkdir(parents=True, exist_ok=True)
     Path(args.json).write_text(json.dumps(rec, indent=2))
