@@ -268,10 +268,13 @@ def _run_shell(cmd: str, cwd: Path, env: dict, step: Step, log: Path) -> dict:
     env_file = log.with_suffix(".env")
     script = f"{cmd}\n__rc=$?\nenv -0 > {shlex.quote(str(env_file))}\nexit $__rc\n"
     t0 = time.time()
-    capped = False
+    capped = killed = False
     with open(log, "wb") as out:
+        # SIGINT back to its default in the child, as in a terminal: a process started in the background (`cmd &`)
+        # inherits an ignored SIGINT, and bash and Python started so never see Ctrl-C
         proc = subprocess.Popen(["bash", "-c", script], cwd=cwd, env=env, stdout=out, stderr=subprocess.STDOUT,
-                                stdin=subprocess.DEVNULL, start_new_session=True)
+                                stdin=subprocess.DEVNULL, start_new_session=True,
+                                preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
         while proc.poll() is None:
             time.sleep(1)
             if step.kind != "cap":
@@ -283,7 +286,8 @@ def _run_shell(cmd: str, cwd: Path, env: dict, step: Step, log: Path) -> dict:
                 os.killpg(proc.pid, signal.SIGINT)  # Ctrl-C in a terminal signals the whole foreground group
                 try:
                     proc.wait(timeout=180)
-                except subprocess.TimeoutExpired:
+                except subprocess.TimeoutExpired:  # Ctrl-C did not stop it: that is a failure of the command
+                    killed = True
                     os.killpg(proc.pid, signal.SIGKILL)
                     proc.wait()
                 break
@@ -292,8 +296,8 @@ def _run_shell(cmd: str, cwd: Path, env: dict, step: Step, log: Path) -> dict:
     if env_file.exists() and env_file.stat().st_size:
         new_env = dict(kv.split("=", 1) for kv in env_file.read_text().split("\0") if "=" in kv)
         env_file.unlink()
-    return {"rc": proc.returncode, "wall_s": round(wall, 1), "stopped_by_ctrl_c": capped,
-            "output_tail": _tail(log.read_text(errors="replace"))}, new_env
+    return {"rc": proc.returncode, "wall_s": round(wall, 1), "stopped_by_ctrl_c": capped and not killed,
+            "killed_after_ctrl_c": killed, "output_tail": _tail(log.read_text(errors="replace"))}, new_env
 
 
 def _run_python(code: str, cwd: Path, env: dict, step: Step, log: Path) -> dict:
@@ -343,6 +347,8 @@ def main() -> None:
     p.add_argument("--main", default=str(ROOT.parent / "main"),
                    help="checkout whose runs/tune holds the finished sweeps (for the report commands)")
     p.add_argument("--only", default="", help="run only commands whose text contains this (debugging)")
+    p.add_argument("--reuse", default=None, help="an earlier JSON of this script: take its entries before --from")
+    p.add_argument("--from", dest="start", type=int, default=0, help="first command to run (with --reuse)")
     args = p.parse_args()
     sys.path.insert(0, str(ROOT))
     from machine import describe
@@ -355,6 +361,7 @@ def main() -> None:
     if missing:
         raise SystemExit("README commands without a plan entry in benchmarks/readme_commands.py:\n" +
                          "\n".join(missing))
+    Path(args.json).parent.mkdir(parents=True, exist_ok=True)
     logs = clone / "runs" / "readme_commands"
     logs.mkdir(parents=True, exist_ok=True)
     env = {k: v for k, v in os.environ.items() if not k.startswith(("RAY_", "MLFLOW_"))}
@@ -366,6 +373,13 @@ def main() -> None:
         if args.only and args.only not in cmd:
             continue
         step = PLAN[cmd]
+        if n < args.start:
+            old = next((e for e in json.loads(Path(args.reuse).read_text())["commands"] if e["n"] == n), None)
+            if old is None or old["as_written"] != cmd:
+                raise SystemExit(f"--reuse {args.reuse} has no entry {n} for {cmd!r}")
+            rec["commands"].append({**old, "reused_from": str(args.reuse)})
+            print(f"[{n:2d}] reused from {args.reuse}", flush=True)
+            continue
         entry = {"n": n, "section": section, "language": lang, "as_written": cmd, "how": step.kind,
                  "note": step.reason}
         if step.kind == "skip":
@@ -407,13 +421,14 @@ def main() -> None:
         entry.update(ran=True, **res)
         # a capped run that Ctrl-C stopped counts as working when it was still running (its exit status after
         # Ctrl-C is the program's choice); a command that ended by itself must exit 0
-        entry["ok"] = res["stopped_by_ctrl_c"] or res["rc"] == 0
+        entry["ok"] = res["stopped_by_ctrl_c"] or (res["rc"] == 0 and not res.get("killed_after_ctrl_c"))
         rec["commands"].append(entry)
         mark = "ok  " if entry["ok"] else "FAIL"
         print(f"[{n:2d}] {mark} {res['wall_s']:7.1f} s  {cmd.splitlines()[0][:90]}"
               f"{'  (Ctrl-C)' if res['stopped_by_ctrl_c'] else ''}", flush=True)
         if not entry["ok"]:
             print("      " + "\n      ".join(res["output_tail"]), flush=True)
+        Path(args.json).write_text(json.dumps(rec, indent=2))  # so far: a cut run keeps what it measured
     rec["wall_s"] = round(time.time() - t_all, 1)
     rec["machine"] = describe()  # imports torch: installed by the Quickstart's first command
     rec["failed"] = [e["n"] for e in rec["commands"] if e.get("ran") and not e["ok"]]

@@ -52,7 +52,7 @@ def test_the_head_stopped_mid_run_ends_the_driver_clearly_and_resume_continues_o
 def test_a_node_removed_and_added_back_training_goes_on_and_reaches_its_dice(tmp_path: Path, no_ray):
     """Row 2: the node of a worker removed without grace mid-run, added back 5 s later: the other worker trains on
     meanwhile, the dead one comes back on the new node, and the run ends after the planned updates with validation
-    Dice >= 0.6 on the easy synthetic set (the all-foreground start scores < 0.3)."""
+    Dice >= 0.6 on the easy synthetic set (the all-foreground start scores < 0.3: test_training.py)."""
     r = chaos.node_removal(tmp_path, epochs=80, remove_at=40)
     assert [e["event"] for e in r["events"]] == ["removed", "added"], r["events"]
     assert r["updates_while_node_was_gone"] > 0
