@@ -9,6 +9,7 @@ runs the same functions shorter and asserts on them. Results to ``benchmarks/res
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import secrets
@@ -30,13 +31,24 @@ def _sets(args: list[str]) -> list[str]:
     return [x for a in args for x in ("--set", a)]
 
 
-def _loopback_only() -> None:
+@contextlib.contextmanager
+def _loopback_only():
     """Keep every node and the driver on 127.0.0.1: Ray turns "127.0.0.1" into the machine's address when a driver
-    connects (``resolve_ip_for_localhost``) unless multi-node clusters are off, as the fake-cluster test runs them."""
+    connects (``resolve_ip_for_localhost``) unless multi-node clusters are off, as the fake-cluster test runs them.
+    Undone on exit, so that what runs next in this process sees Ray as it was."""
     import ray._private.ray_constants as ray_constants
 
+    env, flag = os.environ.get("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"), ray_constants.ENABLE_RAY_CLUSTER
     os.environ["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] = "0"  # the nodes' processes read it when they start
     ray_constants.ENABLE_RAY_CLUSTER = False  # this process imported Ray already
+    try:
+        yield
+    finally:
+        ray_constants.ENABLE_RAY_CLUSTER = flag
+        if env is None:
+            os.environ.pop("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", None)
+        else:
+            os.environ["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] = env
 
 
 def head_stop(out: Path, epochs: int = 8, head_timeout_s: float = 10) -> dict[str, Any]:
@@ -106,11 +118,8 @@ def node_removal(out: Path, epochs: int = 80, remove_at: int = 40, down_s: float
     from rl_agents.config import load_config
     from rl_agents.engines.ray_a3c import train_distributed
 
-    _loopback_only()
     temp = tempfile.mkdtemp(prefix="rc", dir="/tmp")  # short: socket paths live under it
     node_args = {"num_cpus": 1, "node_ip_address": "127.0.0.1", "temp_dir": temp}
-    cluster = Cluster(initialize_head=True, head_node_args={**node_args, "include_dashboard": False})
-    nodes = [cluster.add_node(**node_args) for _ in range(2)]
     events: list[dict[str, Any]] = []
     per_worker: list[dict] = []
 
@@ -130,13 +139,16 @@ def node_removal(out: Path, epochs: int = 80, remove_at: int = 40, down_s: float
 
     cfg = load_config(SMOKE, ["max_minutes=null", "batch_size=8", f"epochs={epochs}", f"eval_every={epochs}",
                               "report_every_s=0.5", "worker_cpus=1", "learner_cpus=0.25", "mlflow=false"])
-    try:
-        ray.init(address=cluster.address, log_to_driver=False)
-        m = train_distributed(cfg, out, quiet=True, on_report=remove_then_add)
-    finally:
-        ray.shutdown()
-        cluster.shutdown()
-        shutil.rmtree(temp, ignore_errors=True)
+    with _loopback_only():
+        cluster = Cluster(initialize_head=True, head_node_args={**node_args, "include_dashboard": False})
+        try:
+            nodes = [cluster.add_node(**node_args) for _ in range(2)]
+            ray.init(address=cluster.address, log_to_driver=False)
+            m = train_distributed(cfg, out, quiet=True, on_report=remove_then_add)
+        finally:
+            ray.shutdown()
+            cluster.shutdown()
+            shutil.rmtree(temp, ignore_errors=True)
     res: dict[str, Any] = {"case": "node removed and added back", "events": events,
                            "updates": m["updates"], "planned": epochs * -(-m["n_train"] // 8),
                            "stopped_by": m["stopped_by"], "worker_restarts": m["workers/restarts"],

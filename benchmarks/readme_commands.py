@@ -349,6 +349,7 @@ def main() -> None:
     p.add_argument("--only", default="", help="run only commands whose text contains this (debugging)")
     p.add_argument("--reuse", default=None, help="an earlier JSON of this script: take its entries before --from")
     p.add_argument("--from", dest="start", type=int, default=0, help="first command to run (with --reuse)")
+    p.add_argument("--to", dest="stop", type=int, default=None, help="last command to run (a part of the README)")
     args = p.parse_args()
     sys.path.insert(0, str(ROOT))
     from machine import describe
@@ -373,6 +374,8 @@ def main() -> None:
         if args.only and args.only not in cmd:
             continue
         step = PLAN[cmd]
+        if args.stop is not None and n > args.stop:
+            break
         if n < args.start:
             old = next((e for e in json.loads(Path(args.reuse).read_text())["commands"] if e["n"] == n), None)
             if old is None or old["as_written"] != cmd:
