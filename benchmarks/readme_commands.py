@@ -106,7 +106,8 @@ PLAN: dict[str, Step] = {
     'model = mlflow.pytorch.load_model("models:/<model id>")\n'
     "masks = model(torch.from_numpy(x))": Step(
         prelude="import mlflow, numpy as np\n"
-                "_m = mlflow.search_logged_models(output_format='list', max_results=1, "
+                "_ids = [e.experiment_id for e in mlflow.search_experiments()]\n"
+                "_m = mlflow.search_logged_models(experiment_ids=_ids, output_format='list', max_results=1, "
                 "order_by=[{'field_name': 'creation_time', 'ascending': False}])[0]\n"
                 "_shape = mlflow.models.get_model_info(f'models:/{_m.model_id}').signature.inputs.to_dict()[0]"
                 "['tensor-spec']['shape']\n"
@@ -334,7 +335,8 @@ def _serve(cmd: str, cwd: Path, env: dict, log: Path) -> dict:
 
 
 def _model_id(cwd: Path, env: dict) -> str:
-    code = ("import mlflow; print(mlflow.search_logged_models(output_format='list', max_results=1, "
+    code = ("import mlflow; print(mlflow.search_logged_models(experiment_ids=[e.experiment_id for e in "
+            "mlflow.search_experiments()], output_format='list', max_results=1, "
             "order_by=[{'field_name': 'creation_time', 'ascending': False}])[0].model_id)")
     r = subprocess.run([shutil.which("python", path=env["PATH"]), "-c", code], cwd=cwd, env=env,
                        capture_output=True, text=True, timeout=120)
@@ -378,8 +380,11 @@ def main() -> None:
             break
         if n < args.start:
             old = next((e for e in json.loads(Path(args.reuse).read_text())["commands"] if e["n"] == n), None)
-            if old is None or old["as_written"] != cmd:
-                raise SystemExit(f"--reuse {args.reuse} has no entry {n} for {cmd!r}")
+            if old is not None and old["as_written"] != cmd:
+                raise SystemExit(f"--reuse {args.reuse}: entry {n} is not {cmd!r}")
+            if old is None or (not old.get("ran") and step.kind != "skip"):
+                old = {"n": n, "section": section, "language": lang, "as_written": cmd, "how": step.kind,
+                       "note": "not run in this check", "ran": False, "not_reached": True}
             rec["commands"].append({**old, "reused_from": str(args.reuse)})
             print(f"[{n:2d}] reused from {args.reuse}", flush=True)
             continue
