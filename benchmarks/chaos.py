@@ -120,6 +120,10 @@ def node_removal(out: Path, epochs: int = 80, remove_at: int = 40, down_s: float
 
     temp = tempfile.mkdtemp(prefix="rc", dir="/tmp")  # short: socket paths live under it
     node_args = {"num_cpus": 1, "node_ip_address": "127.0.0.1", "temp_dir": temp}
+    # on 2 busy cores a raylet can miss the GCS's default health checks (5 misses of a 3 s period) and be taken for
+    # dead (seen once in the full test suite): give them 60 s, so that only the removal kills a node
+    head_args = {**node_args, "include_dashboard": False,
+                 "_system_config": {"health_check_failure_threshold": 20}}
     events: list[dict[str, Any]] = []
     per_worker: list[dict] = []
 
@@ -140,7 +144,7 @@ def node_removal(out: Path, epochs: int = 80, remove_at: int = 40, down_s: float
     cfg = load_config(SMOKE, ["max_minutes=null", "batch_size=8", f"epochs={epochs}", f"eval_every={epochs}",
                               "report_every_s=0.5", "worker_cpus=1", "learner_cpus=0.25", "mlflow=false"])
     with _loopback_only():
-        cluster = Cluster(initialize_head=True, head_node_args={**node_args, "include_dashboard": False})
+        cluster = Cluster(initialize_head=True, head_node_args=head_args)
         try:
             nodes = [cluster.add_node(**node_args) for _ in range(2)]
             ray.init(address=cluster.address, log_to_driver=False)

@@ -160,8 +160,18 @@ class HogwildEngine:
                     p.terminate()
 
     def _snapshot(self) -> dict:
-        state = self.agent.state_dict()  # copies of the shared tensors, taken now
-        return {**state, "update": self.update}
+        # state_dict() returns the shared-memory tensors themselves (.cpu() of a CPU tensor is no copy), which the
+        # child processes keep changing: a checkpoint written from them failed its own content digest. Clone them.
+        def clone(o):
+            if isinstance(o, torch.Tensor):
+                return o.detach().clone()
+            if isinstance(o, dict):
+                return {k: clone(v) for k, v in o.items()}
+            if isinstance(o, list):
+                return [clone(v) for v in o]
+            return o
+
+        return {**clone(self.agent.state_dict()), "update": self.update}
 
     def start_eval(self, max_images: int | None):
         from rl_agents.engines.local import DoneEval
