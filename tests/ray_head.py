@@ -71,6 +71,30 @@ def http_get(url: str, headers: dict[str, str] | None = None, timeout: float = 1
         return e.code, e.read().decode("utf-8", "replace")
 
 
+def marked_processes(mark: str, session: int = -1) -> list[tuple[int, str]]:
+    """``(pid, command line)`` of the live processes (not this one, no zombies) that carry ``mark`` in their command
+    line or environment, or belong to session or process group ``session``."""
+    found = []
+    mark_b = mark.encode()
+    for d in Path("/proc").iterdir():
+        if not d.name.isdigit() or int(d.name) == os.getpid():
+            continue
+        try:
+            fields = (d / "stat").read_text().rsplit(")", 1)[1].split()
+            if fields[0] == "Z":
+                continue  # a zombie: dead, waiting for its parent to reap it
+            cmdline = (d / "cmdline").read_bytes()
+            try:
+                environ = (d / "environ").read_bytes()
+            except OSError:
+                environ = b""
+            if session in (int(fields[2]), int(fields[3])) or mark_b in cmdline or mark_b in environ:
+                found.append((int(d.name), cmdline.replace(b"\0", b" ").decode(errors="replace")))
+        except (OSError, IndexError, ValueError):
+            continue  # exited meanwhile, or not ours to read
+    return found
+
+
 class RayHead:
     """``with RayHead(env, ["--num-cpus=2"]) as head: ...`` (or :meth:`start` / :meth:`stop`)."""
 
@@ -130,26 +154,7 @@ class RayHead:
     def survivors(self) -> list[tuple[int, str]]:
         """``(pid, command line)`` of the live processes of this cluster: those in the head's session or process
         group, and those (started elsewhere, e.g. by the autoscaler) that carry its temp dir in argv or environment."""
-        found = []
-        mark = self.temp_dir.encode()
-        sid = self.proc.pid if self.proc is not None else -1
-        for d in Path("/proc").iterdir():
-            if not d.name.isdigit() or int(d.name) == os.getpid():
-                continue
-            try:
-                fields = (d / "stat").read_text().rsplit(")", 1)[1].split()
-                if fields[0] == "Z":
-                    continue  # a zombie: dead, waiting for its parent to reap it
-                cmdline = (d / "cmdline").read_bytes()
-                try:
-                    environ = (d / "environ").read_bytes()
-                except OSError:
-                    environ = b""
-                if sid in (int(fields[2]), int(fields[3])) or mark in cmdline or mark in environ:
-                    found.append((int(d.name), cmdline.replace(b"\0", b" ").decode(errors="replace")))
-            except (OSError, IndexError, ValueError):
-                continue  # exited meanwhile, or not ours to read
-        return found
+        return marked_processes(self.temp_dir, self.proc.pid if self.proc is not None else -1)
 
     def stop(self, timeout: float = 60) -> list[tuple[int, str]]:
         """Stop this cluster, and nothing else: SIGTERM to the head (``ray start --block`` stops its processes in

@@ -169,24 +169,6 @@ def test_ctrl_c_stops_a_ray_run_with_a_checkpoint(tmp_path: Path):
     assert ckpt.run["update"] >= 4 and ckpt.agent["optimizer"] is not None and ckpt.engine == "ray"
 
 
-def _marked(mark: str) -> list[str]:
-    """Command lines of live processes that carry ``mark`` in their command line or environment."""
-    found = []
-    for d in Path("/proc").iterdir():
-        if not d.name.isdigit():
-            continue
-        try:
-            if (d / "stat").read_text().rsplit(")", 1)[1].split()[0] == "Z":
-                continue
-            cmdline = (d / "cmdline").read_bytes()
-            environ = (d / "environ").read_bytes()
-        except (OSError, IndexError):
-            continue
-        if mark.encode() in cmdline or mark.encode() in environ:
-            found.append(cmdline.replace(b"\0", b" ").decode(errors="replace")[:200])
-    return found
-
-
 def test_a_ray_run_killed_with_sigkill_resumes_to_the_planned_updates(ray_local, tmp_path: Path):
     """Fault row 4 for the Ray engine: the driver of a 2-worker run is SIGKILLed (no chance to save). The local Ray
     cluster it started goes with it (Ray's reaper: no raylet, GCS or worker of it survives), and ``--resume``
@@ -199,6 +181,7 @@ def test_a_ray_run_killed_with_sigkill_resumes_to_the_planned_updates(ray_local,
 
     from rl_agents.experiment.checkpoint import read_checkpoint
     from tests.conftest import interrupt_after_checkpoint
+    from tests.ray_head import marked_processes
 
     args = ["max_minutes=null", "epochs=6", "checkpoint_every=4", "eval_every=8", "mlflow=false"]
     full = train_distributed(load_config(SMOKE, args), tmp_path / "full", quiet=True)
@@ -215,9 +198,9 @@ def test_a_ray_run_killed_with_sigkill_resumes_to_the_planned_updates(ray_local,
     killed_at = read_checkpoint(out / "checkpoints" / "last.pt").update
     assert 0 < killed_at < full["updates"], "the run finished before it could be killed"
     deadline = time.time() + 60
-    while _marked(temp) and time.time() < deadline:
+    while marked_processes(temp) and time.time() < deadline:
         time.sleep(1)
-    left = _marked(temp)
+    left = marked_processes(temp)
     shutil.rmtree(temp, ignore_errors=True)
     assert not left, f"processes of the killed driver's Ray cluster survived it: {left}"
     resumed = train_distributed(load_config(SMOKE, args), out, resume=True, quiet=True)

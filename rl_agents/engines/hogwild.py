@@ -16,6 +16,7 @@ process has its own Adam moments, which are not one state to save; a resumed run
 
 from __future__ import annotations
 
+import copy
 import time
 
 import torch
@@ -161,17 +162,8 @@ class HogwildEngine:
 
     def _snapshot(self) -> dict:
         # state_dict() returns the shared-memory tensors themselves (.cpu() of a CPU tensor is no copy), which the
-        # child processes keep changing: a checkpoint written from them failed its own content digest. Clone them.
-        def clone(o):
-            if isinstance(o, torch.Tensor):
-                return o.detach().clone()
-            if isinstance(o, dict):
-                return {k: clone(v) for k, v in o.items()}
-            if isinstance(o, list):
-                return [clone(v) for v in o]
-            return o
-
-        return {**clone(self.agent.state_dict()), "update": self.update}
+        # child processes keep changing: a checkpoint written from them failed its own content digest. Copy them.
+        return {**copy.deepcopy(self.agent.state_dict()), "update": self.update}
 
     def start_eval(self, max_images: int | None):
         from rl_agents.engines.local import DoneEval
