@@ -371,6 +371,17 @@ def _pin(cfg: TrainConfig, index: int) -> dict[str, Any]:
     return {"scheduling_strategy": PlacementGroupSchedulingStrategy(pg, placement_group_bundle_index=index)}
 
 
+EVALUATOR_MAX_RESTARTS = 3
+
+
+def _on_this_node() -> dict[str, Any]:
+    """Actor options that put an actor on the driver's node when it has room (soft: elsewhere otherwise)."""
+    import ray
+    from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+    return {"scheduling_strategy": NodeAffinitySchedulingStrategy(ray.get_runtime_context().get_node_id(), soft=True)}
+
+
 class RayEval:
     """A validation pass running on the evaluator actor while training goes on. If the learner dies before its
     weights were taken, the pass is started again on the restored learner's weights."""
@@ -395,7 +406,7 @@ class RayEval:
         except (RayActorError, RayTaskError) as e:
             if not self.engine._check_learner(e):
                 raise
-            self._launch()
+            self._launch()  # on the restored learner's weights
             return self.result(block)
 
     def snapshot(self) -> dict[str, Any]:
@@ -413,7 +424,8 @@ class RayA3CEngine:
     """The driver side of Ray A3C: starts the actors, keeps the workers busy, restarts the ones that die.
 
     ``on_report(state)`` is called after each report line (tests use it to kill a worker or the learner mid-run);
-    ``worker_cls`` and ``learner_cls`` replace :class:`Worker` and :class:`Learner` (fault injection).
+    ``worker_cls``, ``learner_cls`` and ``evaluator_cls`` replace :class:`Worker`, :class:`Learner` and
+    :class:`Evaluator` (fault injection).
 
     A dead learner is rebuilt from ``last_checkpoint`` (set by the run lifecycle to ``checkpoints/last.pt``; before
     the first checkpoint, from the state the run started with), at most ``learner_max_restarts`` times: its update
@@ -424,12 +436,14 @@ class RayA3CEngine:
 
     name = "ray"
 
-    def __init__(self, cfg: TrainConfig, quiet: bool = False, on_report=None, worker_cls=None, learner_cls=None):
+    def __init__(self, cfg: TrainConfig, quiet: bool = False, on_report=None, worker_cls=None, learner_cls=None,
+                 evaluator_cls=None):
         if cfg.num_workers < 1:
             raise ValueError(f"the Ray engine needs num_workers >= 1, got {cfg.num_workers}")
         self.cfg, self.quiet, self.on_report = cfg, quiet, on_report
         self.worker_cls = worker_cls or Worker
         self.learner_cls = learner_cls or Learner
+        self.evaluator_cls = evaluator_cls or Evaluator
         self.started = False
         self.running: dict[Any, int] = {}  # work call -> worker index
         self.sent_at: dict[Any, float] = {}  # work call -> when it was sent
@@ -456,8 +470,12 @@ class RayA3CEngine:
         self.watchdog = HeadWatchdog(ray.get_runtime_context().gcs_address, cfg.head_timeout_s,
                                      self.last_checkpoint) if cfg.head_timeout_s else None
         cfg_dict = to_dict(cfg)
-        # the evaluator shares the driver's bundle: it runs while the driver only waits
-        self.evaluator = ray.remote(Evaluator).options(num_cpus=0, **_pin(cfg, 0)).remote(cfg_dict)
+        # the evaluator shares the driver's bundle (or, outside a placement group, its node): it runs while the
+        # driver only waits, and it does not die with a worker's node (seen when Ray had put it there). Should its
+        # node go anyway, Ray restarts it and runs the pass it lost again (a pure function of the weights)
+        self.evaluator = ray.remote(self.evaluator_cls).options(num_cpus=0, max_restarts=EVALUATOR_MAX_RESTARTS,
+                                                       max_task_retries=EVALUATOR_MAX_RESTARTS,
+                                                       **(_pin(cfg, 0) or _on_this_node())).remote(cfg_dict)
         self.info = info = ray.get(self.evaluator.info.remote())
         if info["n_train"] == 0:
             raise ValueError("the training split is empty; check data.split, data.k_shot and data.drop_empty")
@@ -727,9 +745,11 @@ class RayA3CEngine:
 
 
 def train_distributed(cfg: TrainConfig, output_dir: str | Path, resume: bool = False, quiet: bool = False,
-                      on_report=None, on_eval=None, worker_cls=None, learner_cls=None) -> dict[str, Any]:
+                      on_report=None, on_eval=None, worker_cls=None, learner_cls=None,
+                      evaluator_cls=None) -> dict[str, Any]:
     """Ray A3C through the shared run lifecycle, without MLflow, with test and benchmark hooks."""
     from rl_agents.experiment.lifecycle import train
 
-    engine = RayA3CEngine(cfg, quiet=quiet, on_report=on_report, worker_cls=worker_cls, learner_cls=learner_cls)
+    engine = RayA3CEngine(cfg, quiet=quiet, on_report=on_report, worker_cls=worker_cls, learner_cls=learner_cls,
+                          evaluator_cls=evaluator_cls)
     return train(cfg, output_dir, resume=resume, quiet=quiet, on_eval=on_eval, engine=engine)
