@@ -71,6 +71,22 @@ def http_get(url: str, headers: dict[str, str] | None = None, timeout: float = 1
         return e.code, e.read().decode("utf-8", "replace")
 
 
+def listening_addresses(port: int) -> set[str]:
+    """Local addresses with a socket listening on ``port``, from /proc/net/tcp and tcp6 (state 0A = LISTEN)."""
+    found = set()
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        try:
+            lines = Path(table).read_text().splitlines()[1:]
+        except OSError:
+            continue
+        for line in lines:
+            local, state = line.split()[1], line.split()[3]
+            addr, p = local.split(":")
+            if state == "0A" and int(p, 16) == port:
+                found.add(socket.inet_ntop(socket.AF_INET, bytes.fromhex(addr)[::-1]) if len(addr) == 8 else addr)
+    return found
+
+
 def marked_processes(mark: str, session: int = -1) -> list[tuple[int, str]]:
     """``(pid, command line)`` of the live processes (not this one, no zombies) that carry ``mark`` in their command
     line or environment, or belong to session or process group ``session``."""

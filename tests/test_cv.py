@@ -276,6 +276,28 @@ def test_ablation_report_pairs_every_variant_with_the_baseline(sweep: Path, repo
     assert "Δ val Dice (wins)" in out and "(the paper's defaults)" in out and "model=unet" in out
 
 
+def test_ablation_report_of_a_sweep_in_progress_reports_the_finished_variants(sweep: Path, tmp_path: Path, capsys):
+    """A sweep still running: a variant with an unfinished fold is left out and named, with the folder of the trial
+    that has not finished; the finished ones are reported as usual. An unfinished baseline has nothing to pair
+    with: an error naming the trial. ``--only`` still insists on what it names."""
+    from rl_agents.cli import main
+    from rl_agents.experiment.cv import ablation_report
+
+    root = _copy(sweep, tmp_path / "running")
+    (root / "cv-t" / "trial_pixeldrl_1" / "run" / "checkpoints" / "best.pt").unlink()
+    ab = ablation_report(root, "cv-t", baseline="unet", splits=("val",))
+    assert list(ab["rows"]) == ["unet"] and ab["incomplete"] == {"pixeldrl": [0, 2]}
+    assert len(ab["unfinished"]) == 1 and ab["unfinished"][0].endswith("trial_pixeldrl_1/run: no checkpoints/best.pt")
+    with pytest.raises(CVError, match=r"1 of 6 trial\(s\) .* cannot be reported"):
+        ablation_report(root, "cv-t", baseline="unet", only=["pixeldrl"], splits=("val",))
+    with pytest.raises(CVError, match=r"baseline variant 'pixeldrl' has 2 of 3 folds finished \(\[0, 2\]\).*\n"
+                                      r"  .*trial_pixeldrl_1/run: no checkpoints/best.pt"):
+        ablation_report(root, "cv-t", baseline="pixeldrl", splits=("val",))
+    assert main(["ablation-report", "--experiment", "cv-t", "--storage", str(root), "--baseline", "unet"]) == 0
+    out = capsys.readouterr().out
+    assert "not in the table, the sweep has not finished them: 1 trial(s)" in out and "pixeldrl (folds [0, 2])" in out
+
+
 def test_ablation_sweep_changes_one_thing_per_row_at_equal_updates():
     from ray.tune.search.variant_generator import generate_variants
 

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.ray_head import BIN, RAY, RayHead, http_get
+from tests.ray_head import BIN, RAY, RayHead, http_get, listening_addresses
 
 ROOT = Path(__file__).resolve().parents[1]
 PIXELDRL = str(BIN / "pixeldrl") if (BIN / "pixeldrl").exists() else None
@@ -131,6 +131,17 @@ def test_a_missing_or_wrong_token_is_refused(token_cluster: RayHead, tmp_path: P
             urllib.request.urlopen(req, timeout=10)
         assert err.value.code in (401, 403)
     refused.add("refused-http")
+    # the head's dashboard agent also takes job submissions, on the node's address as well as 127.0.0.1: the token
+    # guards it too. (Ray 2.60 has no option to keep the agent, GCS and raylet ports off the node's address.)
+    agent_jobs = f"http://127.0.0.1:{head.agent}/api/job_agent/jobs/"
+    req = urllib.request.Request(agent_jobs, data=json.dumps({"entrypoint": "python -c \"print('never')\"",
+                                                               "submission_id": "refused-agent"}).encode(),
+                                 method="POST", headers={"Content-Type": "application/json"})
+    with pytest.raises(urllib.error.HTTPError) as err:
+        urllib.request.urlopen(req, timeout=10)
+    assert err.value.code == 401
+    refused.add("refused-agent")
+    assert listening_addresses(head.dash) == {"127.0.0.1"}  # the dashboard and its Jobs API: loopback only
     status, listing = http_get(jobs, {"Authorization": f"Bearer {head.token}"})
     assert status == 200, listing
     ran = {j.get("submission_id") for j in json.loads(listing)}

@@ -6,14 +6,13 @@ artifact root (`../`, `#`). Each must be refused and serve nothing outside the r
 from __future__ import annotations
 
 import json
-import socket
 import urllib.error
 import urllib.request
-from pathlib import Path
 
 import pytest
 
 from tests.conftest import mlflow_ui
+from tests.ray_head import listening_addresses
 
 
 def _request(url: str, headers: dict | None = None, data: dict | None = None) -> tuple[int, bytes]:
@@ -25,22 +24,6 @@ def _request(url: str, headers: dict | None = None, data: dict | None = None) ->
             return r.status, r.read()
     except urllib.error.HTTPError as e:
         return e.code, e.read()
-
-
-def _listening_addresses(port: int) -> set[str]:
-    """Local addresses with a socket listening on ``port``, from /proc/net/tcp and tcp6 (state 0A = LISTEN)."""
-    found = set()
-    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
-        try:
-            lines = Path(table).read_text().splitlines()[1:]
-        except OSError:
-            continue
-        for line in lines:
-            local, state = line.split()[1], line.split()[3]
-            addr, p = local.split(":")
-            if state == "0A" and int(p, 16) == port:
-                found.add(socket.inet_ntop(socket.AF_INET, bytes.fromhex(addr)[::-1]) if len(addr) == 8 else addr)
-    return found
 
 
 @pytest.fixture(scope="module")
@@ -64,7 +47,7 @@ def mlflow_server(tmp_path_factory):
 
 def test_mlflow_listens_on_loopback_only(mlflow_server):
     _, _, port = mlflow_server
-    assert _listening_addresses(port) == {"127.0.0.1"}
+    assert listening_addresses(port) == {"127.0.0.1"}
 
 
 def test_spoofed_host_and_foreign_origin_are_refused(mlflow_server):

@@ -147,7 +147,12 @@ def test_a_failing_trial_is_retried_and_the_sweep_completes_with_optuna(tmp_path
             assert retry.info.status == "FINISHED" and retry.data.tags["trial_id"] == r.data.tags["trial_id"]
 
 
-def test_an_interrupted_sweep_resumes(tmp_path: Path):
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGKILL], ids=["ctrl_c", "sigkill"])
+def test_an_interrupted_sweep_resumes(tmp_path: Path, sig: int):
+    """Ctrl-C (Tune saves its state on the way out) and SIGKILL (no chance to: the state Tune saved last, with the
+    trial in flight, is all there is) after the first trial reported: ``--resume`` finishes every trial once, under
+    the same MLflow parent run, and each trial has exactly one current, finished run (a killed attempt's run is kept,
+    marked ``superseded_by`` its successor)."""
     sweep = _sweep_file(tmp_path, "t-resume", num_samples=3, max_concurrent_trials=1, scheduler={"type": "fifo"})
     env = {**os.environ, "RAY_ADDRESS": "", "PYTHONUNBUFFERED": "1"}
     proc = subprocess.Popen([sys.executable, "train.py", "--tune", str(sweep)], cwd=ROOT, env=env,
@@ -162,8 +167,9 @@ def test_an_interrupted_sweep_resumes(tmp_path: Path):
                 break
             time.sleep(1)
         assert results, "no trial reported before the deadline"
-        proc.send_signal(signal.SIGINT)
+        proc.send_signal(sig)
         proc.communicate(timeout=180)
+        assert proc.returncode == (-signal.SIGKILL if sig == signal.SIGKILL else 130), proc.returncode
     finally:
         if proc.poll() is None:
             proc.kill()

@@ -80,11 +80,13 @@ def _variant_of(run: Path) -> str | None:
     return None
 
 
-def find_trials(storage_dir: str | Path, experiment: str | None, variants: set[str] | None = None) -> list[Trial]:
+def find_trials(storage_dir: str | Path, experiment: str | None, variants: set[str] | None = None,
+                unfinished: list[str] | None = None) -> list[Trial]:
     """Every trial folder of the sweep at ``storage_dir/experiment`` (``storage_dir`` itself when ``experiment`` is
     None), each checked to be finished and to be a k-fold trial with a named variant; sorted by variant and fold.
     With ``variants``, only those variants' trials are read and checked (the rest of an interrupted sweep may be
-    unfinished)."""
+    unfinished). With an ``unfinished`` list, a trial not finished yet (no best.pt or metrics.json: a sweep still
+    running, or stopped) is listed there instead of failing the call; any other problem still does."""
     storage_dir = Path(storage_dir)
     root = storage_dir / experiment if experiment else storage_dir
     if not root.is_dir():
@@ -102,9 +104,10 @@ def find_trials(storage_dir: str | Path, experiment: str | None, variants: set[s
         if variants is not None and variant not in variants:
             continue
         if not (run / "checkpoints" / "best.pt").is_file():
-            problems.append(f"{run}: no checkpoints/best.pt")
+            (problems if unfinished is None else unfinished).append(f"{run}: no checkpoints/best.pt")
         elif not (run / "metrics.json").is_file():
-            problems.append(f"{run}: no metrics.json (the trial did not finish; resume the sweep)")
+            (problems if unfinished is None else unfinished).append(
+                f"{run}: no metrics.json (the trial did not finish; resume the sweep)")
         elif variant is None:
             problems.append(f"{run}: no variant name ({TRIAL_INFO} or ../params.json)")
         elif cfg["data"].get("folds") is None:
@@ -297,11 +300,28 @@ def ablation_report(
     the test patients' figures are reported beside them but choose nothing, so no option is tuned on a test fold.
     Each checkpoint is evaluated once per split. Returns (and writes to ``json_out``) ``rows[variant][split]`` with
     the :func:`summarize` of variant minus baseline, each variant's config ``changes``, budgets, machine and command.
+
+    Without ``only``, a sweep still running (or stopped) is reported as far as it got: the variants with every fold
+    finished, and ``incomplete`` (variant -> folds done) and ``unfinished`` (trial folders) for the rest. A
+    baseline without every fold is an error: there is nothing yet to pair with.
     """
-    trials = find_trials(storage_dir, experiment, set(only) | {baseline} if only else None)
+    unfinished: list[str] | None = None if only else []
+    trials = find_trials(storage_dir, experiment, set(only) | {baseline} if only else None, unfinished=unfinished)
+    if not trials:
+        raise CVError(f"no finished trial in {Path(storage_dir) / (experiment or '')} yet:\n  " +
+                      "\n  ".join(unfinished or []))
     by: dict[str, dict[int, Trial]] = {}
     for t in trials:
         by.setdefault(t.variant, {})[t.fold] = t
+    incomplete: dict[str, list[int]] = {}
+    if not only:
+        k = trials[0].folds
+        if baseline in by and len(by[baseline]) < k:
+            raise CVError(f"baseline variant {baseline!r} has {len(by[baseline])} of {k} folds finished "
+                          f"({sorted(by[baseline])}); finish or resume the sweep. Not finished:\n  " +
+                          "\n  ".join(unfinished or []))
+        incomplete = {v: sorted(ts) for v, ts in by.items() if len(ts) < k}
+        by = {v: ts for v, ts in by.items() if v not in incomplete}
     if only:
         unknown = sorted(set(only) - set(by))
         if unknown:
@@ -325,6 +345,7 @@ def ablation_report(
     report = {
         "experiment": experiment, "storage": str(Path(storage_dir).resolve()), "baseline": baseline,
         "splits": list(splits), "k": trials[0].folds, "folds": folds, "rows": rows,
+        "incomplete": incomplete, "unfinished": unfinished or [],
         "per_fold": per_split, "lower_is_better": sorted(LOWER_IS_BETTER), "labels": LABELS,
         "machine": machine(), "command": command or _command_line(), "device": device,
     }
