@@ -167,7 +167,6 @@ PLAN: dict[str, Step] = {
     "RAY_AUTH_TOKEN=$(openssl rand -hex 16)": Step(),
     "ray start --head --node-ip-address=127.0.0.1 --port=6379 --num-cpus=1 "
     "--autoscaling-config=cluster/fake_multinode.yaml": Step(),
-    "until curl -sf http://127.0.0.1:52365/api/local_raylet_healthz >/dev/null; do sleep 1; done": Step(),
     "ray job submit -- python $PWD/train.py --config $PWD/tune_configs/smoke.yaml --set num_workers=4 --set "
     "worker_cpus=1 --set learner_cpus=1 --set learner_gpus=1": Step(),
     "ray status": Step(),

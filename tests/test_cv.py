@@ -290,8 +290,8 @@ def test_ablation_report_of_a_sweep_in_progress_reports_the_finished_variants(sw
     assert len(ab["unfinished"]) == 1 and ab["unfinished"][0].endswith("trial_pixeldrl_1/run: no checkpoints/best.pt")
     with pytest.raises(CVError, match=r"1 of 6 trial\(s\) .* cannot be reported"):
         ablation_report(root, "cv-t", baseline="unet", only=["pixeldrl"], splits=("val",))
-    with pytest.raises(CVError, match=r"baseline variant 'pixeldrl' has 2 of 3 folds finished \(\[0, 2\]\).*\n"
-                                      r"  .*trial_pixeldrl_1/run: no checkpoints/best.pt"):
+    with pytest.raises(CVError, match=r"baseline variant 'pixeldrl' has folds \[0, 2\] of the sweep's \[0, 1, 2\] "
+                                      r"finished.*\n  .*trial_pixeldrl_1/run: no checkpoints/best.pt"):
         ablation_report(root, "cv-t", baseline="pixeldrl", splits=("val",))
     assert main(["ablation-report", "--experiment", "cv-t", "--storage", str(root), "--baseline", "unet"]) == 0
     out = capsys.readouterr().out

@@ -80,13 +80,21 @@ def _variant_of(run: Path) -> str | None:
     return None
 
 
+def _problem(problems: list[str], unfinished: list | None, run: Path, why: str) -> None:
+    if unfinished is None:
+        problems.append(f"{run}: {why}")
+    else:
+        unfinished.append((run, why))
+
+
 def find_trials(storage_dir: str | Path, experiment: str | None, variants: set[str] | None = None,
-                unfinished: list[str] | None = None) -> list[Trial]:
+                unfinished: list[tuple[Path, str]] | None = None) -> list[Trial]:
     """Every trial folder of the sweep at ``storage_dir/experiment`` (``storage_dir`` itself when ``experiment`` is
     None), each checked to be finished and to be a k-fold trial with a named variant; sorted by variant and fold.
     With ``variants``, only those variants' trials are read and checked (the rest of an interrupted sweep may be
     unfinished). With an ``unfinished`` list, a trial not finished yet (no best.pt or metrics.json: a sweep still
-    running, or stopped) is listed there instead of failing the call; any other problem still does."""
+    running, or stopped) is listed there as ``(run folder, why)`` instead of failing the call; any other problem
+    still does."""
     storage_dir = Path(storage_dir)
     root = storage_dir / experiment if experiment else storage_dir
     if not root.is_dir():
@@ -104,10 +112,9 @@ def find_trials(storage_dir: str | Path, experiment: str | None, variants: set[s
         if variants is not None and variant not in variants:
             continue
         if not (run / "checkpoints" / "best.pt").is_file():
-            (problems if unfinished is None else unfinished).append(f"{run}: no checkpoints/best.pt")
+            _problem(problems, unfinished, run, "no checkpoints/best.pt")
         elif not (run / "metrics.json").is_file():
-            (problems if unfinished is None else unfinished).append(
-                f"{run}: no metrics.json (the trial did not finish; resume the sweep)")
+            _problem(problems, unfinished, run, "no metrics.json (the trial did not finish; resume the sweep)")
         elif variant is None:
             problems.append(f"{run}: no variant name ({TRIAL_INFO} or ../params.json)")
         elif cfg["data"].get("folds") is None:
@@ -305,22 +312,23 @@ def ablation_report(
     finished, and ``incomplete`` (variant -> folds done) and ``unfinished`` (trial folders) for the rest. A
     baseline without every fold is an error: there is nothing yet to pair with.
     """
-    unfinished: list[str] | None = None if only else []
+    unfinished: list[tuple[Path, str]] | None = None if only else []
     trials = find_trials(storage_dir, experiment, set(only) | {baseline} if only else None, unfinished=unfinished)
+    pending = "\n  ".join(f"{run}: {why}" for run, why in unfinished or [])
     if not trials:
-        raise CVError(f"no finished trial in {Path(storage_dir) / (experiment or '')} yet:\n  " +
-                      "\n  ".join(unfinished or []))
+        raise CVError(f"no finished trial in {Path(storage_dir) / (experiment or '')} yet:\n  {pending}")
     by: dict[str, dict[int, Trial]] = {}
     for t in trials:
         by.setdefault(t.variant, {})[t.fold] = t
     incomplete: dict[str, list[int]] = {}
-    if not only:
-        k = trials[0].folds
-        if baseline in by and len(by[baseline]) < k:
-            raise CVError(f"baseline variant {baseline!r} has {len(by[baseline])} of {k} folds finished "
-                          f"({sorted(by[baseline])}); finish or resume the sweep. Not finished:\n  " +
-                          "\n  ".join(unfinished or []))
-        incomplete = {v: sorted(ts) for v, ts in by.items() if len(ts) < k}
+    if unfinished:
+        # the folds the sweep trains: those any of its trials has, finished or not
+        sweep_folds = {t.fold for t in trials} | {
+            int(yaml.safe_load((run / "config.yaml").read_text())["data"]["fold"]) for run, _ in unfinished}
+        if baseline in by and set(by[baseline]) != sweep_folds:
+            raise CVError(f"baseline variant {baseline!r} has folds {sorted(by[baseline])} of the sweep's "
+                          f"{sorted(sweep_folds)} finished; finish or resume the sweep. Not finished:\n  {pending}")
+        incomplete = {v: sorted(ts) for v, ts in by.items() if set(ts) != sweep_folds}
         by = {v: ts for v, ts in by.items() if v not in incomplete}
     if only:
         unknown = sorted(set(only) - set(by))
@@ -345,7 +353,7 @@ def ablation_report(
     report = {
         "experiment": experiment, "storage": str(Path(storage_dir).resolve()), "baseline": baseline,
         "splits": list(splits), "k": trials[0].folds, "folds": folds, "rows": rows,
-        "incomplete": incomplete, "unfinished": unfinished or [],
+        "incomplete": incomplete, "unfinished": [f"{run}: {why}" for run, why in unfinished or []],
         "per_fold": per_split, "lower_is_better": sorted(LOWER_IS_BETTER), "labels": LABELS,
         "machine": machine(), "command": command or _command_line(), "device": device,
     }
