@@ -186,10 +186,15 @@ def _cmd_tune(args: argparse.Namespace) -> int:
     summary = run_sweep(args.tune, resume=args.resume)
     console.print(f"{summary['n_trials']} trials ({summary['n_errors']} errored); results in {summary['storage']}; "
                   f"MLflow parent run {summary['parent_run_id']}")
-    console.print(f"best trial: {summary['best_run_name']} (its MLflow run has this name; `pixeldrl compare` lists "
-                  "it first)", highlight=False)
-    console.print("best metrics: " + ", ".join(f"{k} {_cell(v)}" for k, v in summary["best_metrics"].items()),
-                  highlight=False)
+    if summary["best_run_name"]:
+        console.print(f"best trial{' so far' if summary['interrupted'] else ''}: {summary['best_run_name']} (its "
+                      "MLflow run has this name; `pixeldrl compare` lists it first)", highlight=False)
+        console.print("best metrics: " + ", ".join(f"{k} {_cell(v)}" for k, v in summary["best_metrics"].items()),
+                      highlight=False)
+    if summary["interrupted"]:
+        console.print(f"interrupted with {summary['n_finished']} trial(s) run to their end; Tune saved its state: "
+                      f"continue with `python train.py --tune {args.tune} --resume`", highlight=False)
+        return 130  # as an interrupted training run
     return 0 if summary["n_errors"] == 0 else 1
 
 

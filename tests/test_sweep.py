@@ -168,8 +168,10 @@ def test_an_interrupted_sweep_resumes(tmp_path: Path, sig: int):
             time.sleep(1)
         assert results, "no trial reported before the deadline"
         proc.send_signal(sig)
-        proc.communicate(timeout=180)
-        assert proc.returncode == (-signal.SIGKILL if sig == signal.SIGKILL else 130), proc.returncode
+        out = proc.communicate(timeout=180)[0]
+        assert proc.returncode == (-signal.SIGKILL if sig == signal.SIGKILL else 130), (proc.returncode, out[-3000:])
+        if sig == signal.SIGINT:  # not taken for a finished sweep: says so, and how to go on
+            assert "interrupted with " in out and "--resume" in out, out[-3000:]
     finally:
         if proc.poll() is None:
             proc.kill()
@@ -184,6 +186,7 @@ def test_an_interrupted_sweep_resumes(tmp_path: Path, sig: int):
     # the resumed sweep ran the rest under the same parent run: one current, finished run per trial
     assert sorted(r.info.status for r in current) == ["FINISHED"] * 3
     assert len({r.data.tags["trial_id"] for r in current}) == 3
+    assert MlflowClient().get_run(parent).info.status == "FINISHED"
 
 
 

@@ -32,8 +32,11 @@ learner, then one bundle per worker); the engine pins each actor to its own bund
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import signal
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -246,6 +249,40 @@ def _tuner(spec: dict[str, Any], trainable, param_space: dict, storage_dir: Path
     )
 
 
+@contextlib.contextmanager
+def _ctrl_c_seen():
+    """Yields a function that says whether Ctrl-C was pressed while the block ran. Tune's own stop is kept: the first
+    Ctrl-C is passed on as SIGUSR1 (Tune's other stop signal: save the state, end ``fit()``), a second one raises
+    KeyboardInterrupt at once, as Tune does. Only in the main thread, where signal handlers can be set."""
+    if threading.current_thread() is not threading.main_thread() or not hasattr(signal, "SIGUSR1"):
+        yield lambda: False
+        return
+    seen = []
+
+    def on_sigint(sig, frame):
+        seen.append(sig)
+        if len(seen) > 1:
+            raise KeyboardInterrupt
+        os.kill(os.getpid(), signal.SIGUSR1)
+
+    before, env = signal.signal(signal.SIGINT, on_sigint), os.environ.get("TUNE_DISABLE_SIGINT_HANDLER")
+    os.environ["TUNE_DISABLE_SIGINT_HANDLER"] = "1"  # else Tune's handler replaces ours for the run
+    try:
+        yield lambda: bool(seen)
+    finally:
+        signal.signal(signal.SIGINT, before)
+        if env is None:
+            os.environ.pop("TUNE_DISABLE_SIGINT_HANDLER", None)
+        else:
+            os.environ["TUNE_DISABLE_SIGINT_HANDLER"] = env
+
+
+def _trial_finished(result) -> bool:
+    """Whether a trial ran to its end: the run lifecycle writes ``run/metrics.json`` last (a trial that ASHA stopped
+    early, or that Ctrl-C stopped, has none)."""
+    return bool(result.path) and (Path(result.path) / "run" / "metrics.json").is_file()
+
+
 def run_sweep(path: str | Path, resume: bool = False) -> dict[str, Any]:
     """Run (or with ``resume``, continue) the sweep in ``path``; returns the best trial's config and metrics."""
     import ray
@@ -268,24 +305,32 @@ def run_sweep(path: str | Path, resume: bool = False) -> dict[str, Any]:
         tuner = _tuner(spec, trainable, param_space, storage_dir, resume)
         storage_dir.mkdir(parents=True, exist_ok=True)
         marker.write_text(parent_id)
-        results = tuner.fit()
+        with _ctrl_c_seen() as interrupted:
+            results = tuner.fit()
     finally:
         if started:
             ray.shutdown()
     # the best by the figures MLflow holds, so that the sweep and `pixeldrl compare` name the same trial (Tune's own
     # best is by the last validation pass, not the best checkpoint's final evaluation)
+    # Tune answers Ctrl-C by saving its state and returning from fit() as if done (the trials it stopped read as
+    # terminated, those not started yet are not listed): only the signal tells an interrupted sweep from a done one
+    stopped = interrupted()
     scored = [(v, r) for r in results if r.error is None and (v := _final_metric(r, spec["metric"])) is not None]
-    if not scored:
+    if not scored and not stopped:
         raise RuntimeError(f"no trial of {spec['experiment']} reported {spec['metric']} ({results.num_errors} failed)")
-    best = (max if spec["mode"] == "max" else min)(scored, key=lambda vr: vr[0])[1]
-    final = best.path and Path(best.path) / "run" / "metrics.json"
-    best_metrics = json.loads(final.read_text()) if final and final.is_file() else dict(best.metrics or {})
-    sampled = {k: v for k, v in best.config.items() if not k.startswith("_")}
-    summary = {"best_config": sampled,
-               "best_run_name": trial_run_name(sampled, str((best.metrics or {}).get("trial_id", "?"))),
-               "best_metrics": {k: v for k, v in best_metrics.items() if "/" in k and isinstance(v, (int, float))},
-               "n_trials": len(results), "n_errors": results.num_errors, "parent_run_id": parent_id,
-               "storage": str(storage_dir)}
+    summary = {"best_config": {}, "best_run_name": None, "best_metrics": {}, "n_trials": len(results),
+               "n_errors": results.num_errors, "interrupted": stopped,
+               "n_finished": sum(1 for r in results if r.error is None and _trial_finished(r)),
+               "parent_run_id": parent_id, "storage": str(storage_dir)}
+    if scored:
+        best = (max if spec["mode"] == "max" else min)(scored, key=lambda vr: vr[0])[1]
+        final = best.path and Path(best.path) / "run" / "metrics.json"
+        best_metrics = json.loads(final.read_text()) if final and final.is_file() else dict(best.metrics or {})
+        sampled = {k: v for k, v in best.config.items() if not k.startswith("_")}
+        summary.update(best_config=sampled,
+                       best_run_name=trial_run_name(sampled, str((best.metrics or {}).get("trial_id", "?"))),
+                       best_metrics={k: v for k, v in best_metrics.items() if "/" in k and isinstance(v, (int, float))})
     clean = {r.metrics.get("trial_id") for r in results if r.error is None and r.metrics}
-    end_sweep_run(exp_id, parent_id, summary["best_metrics"], failed=results.num_errors > 0, ended_cleanly=clean)
+    end_sweep_run(exp_id, parent_id, summary["best_metrics"], failed=results.num_errors > 0, ended_cleanly=clean,
+                  interrupted=stopped)
     return summary

@@ -224,6 +224,7 @@ def start_sweep_run(experiment: str, sweep_file: str, spec: dict[str, Any], pare
 
     exp_id = ensure_experiment(experiment)
     if parent_run_id:
+        _client().update_run(parent_run_id, "RUNNING")  # an interrupted sweep's parent was ended KILLED
         return exp_id, parent_run_id
     client = _client()
     parent = client.create_run(exp_id, run_name=f"sweep {experiment}", tags={"sweep_file": sweep_file})
@@ -274,8 +275,9 @@ def end_run(run_id: str, status: str, stopped_by: str | None = None) -> None:
 
 
 def end_sweep_run(experiment_id: str, parent_run_id: str, best_metrics: dict[str, Any], failed: bool,
-                  ended_cleanly: set[str] = frozenset()) -> None:
-    """Close trial runs left RUNNING, log the best, close the parent.
+                  ended_cleanly: set[str] = frozenset(), interrupted: bool = False) -> None:
+    """Close trial runs left RUNNING, log the best, close the parent (KILLED when the sweep was interrupted: a
+    ``--resume`` reopens it).
 
     A run can be left RUNNING two ways: its trial was stopped by the scheduler and the sweep ended before the trial's
     thread tagged it (``trial_id`` in ``ended_cleanly``: Tune reports it ended without error), or its process was
@@ -290,7 +292,7 @@ def end_sweep_run(experiment_id: str, parent_run_id: str, best_metrics: dict[str
             end_run(r.info.run_id, "KILLED", by)
     client.log_batch(parent_run_id, metrics=[mlflow.entities.Metric(f"best/{k}", float(v), 0, 0)
                                              for k, v in best_metrics.items() if isinstance(v, (int, float))])
-    client.set_terminated(parent_run_id, "FAILED" if failed else "FINISHED")
+    client.set_terminated(parent_run_id, "FAILED" if failed else "KILLED" if interrupted else "FINISHED")
 
 
 def compare(experiment: str = "pixeldrl", metric: str = "val/dice", max_runs: int = 50) -> tuple[list[str], list[list]]:
