@@ -69,7 +69,7 @@ class TrainConfig:
     # distribution on Ray (rl_agents/engines/ray_a3c.py): 0 workers = one process trains alone (rl_agents/engines/local.py)
     # engine (rl_agents/experiment/lifecycle.py::make_engine): auto = supervised for the U-Net, ray when num_workers
     # >= 1, else local; hogwild = num_workers torch.multiprocessing processes on this machine (the classic A3C)
-    engine: str = "auto"  # auto | local | ray | hogwild
+    engine: str = "auto"  # auto | local | ray | hogwild | rllib_appo (RLlib APPO: num_workers = env runners)
     num_workers: int = 0  # N >= 1: asynchronous A3C, one learner actor and N worker actors, no barrier
     worker_cpus: float = 1.0  # Ray CPUs per worker; its torch threads = max(1, round(worker_cpus))
     learner_cpus: float = 0.5
@@ -101,7 +101,7 @@ class TrainConfig:
     checkpoint_every: int = 50  # updates between last.pt writes
 
 
-ENGINES = ("auto", "local", "ray", "hogwild")
+ENGINES = ("auto", "local", "ray", "hogwild", "rllib_appo")
 
 
 def _field_types(cls) -> dict[str, Any]:

@@ -36,7 +36,8 @@ console = Console()
 
 
 def engine_name(cfg: TrainConfig) -> str:
-    """``supervised`` (the U-Net), ``hogwild``, ``ray`` or ``local``: ``cfg.engine``, with ``auto`` resolved."""
+    """``supervised`` (the U-Net), ``hogwild``, ``ray``, ``rllib_appo`` or ``local``: ``cfg.engine``, ``auto``
+    resolved."""
     if cfg.model == "unet":
         return "supervised"
     if cfg.engine == "auto":
@@ -53,6 +54,8 @@ def make_engine(cfg: TrainConfig, quiet: bool = False):
         from rl_agents.engines.hogwild import HogwildEngine as Engine
     elif name == "ray":
         from rl_agents.engines.ray_a3c import RayA3CEngine as Engine
+    elif name == "rllib_appo":
+        from rl_agents.engines.rllib_appo import RLlibAPPOEngine as Engine
     else:
         from rl_agents.engines.local import LocalEngine as Engine
     return Engine(cfg, quiet=quiet)
