@@ -85,6 +85,7 @@ class PixelSegRLlibEnv(gym.Env):
         self.crash_once_file = env_config.get("crash_once_file")
 
     def reset(self, *, seed=None, options=None):
+        super().reset(seed=seed)
         obs, _ = self.inner.reset(seed=seed, options=options)
         return obs, {}
 
