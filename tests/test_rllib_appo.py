@@ -212,3 +212,16 @@ def test_appo_learns_the_easy_synthetic_set_and_its_checkpoint_evaluates(tmp_pat
     assert main(["evaluate", "--checkpoint", str(tmp_path / "run" / "checkpoints" / "best.pt"), "--split", "val",
                  "--json", str(tmp_path / "eval.json")]) == 0
     assert json.loads((tmp_path / "eval.json").read_text())["dice"] == pytest.approx(m["val/dice"], abs=1e-6)
+
+
+def test_the_stock_multidiscrete_path_loses_per_pixel_credit():
+    """What benchmarks/peer_rllib.py times: RLlib's stock distribution for MultiDiscrete([2] * N) returns one joint
+    log-prob per image; the engine's per-pixel categorical returns N, one per pixel agent."""
+    import sys
+
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    from peer_rllib import distributions
+
+    (row,) = distributions(sizes=(8,), batches=(2,), repeats=1)
+    assert row["stock_multidiscrete_logp_shape"] == [2] and row["per_pixel_categorical_logp_shape"] == [2, 64]
+    assert row["stock_multidiscrete_ms"] > 0 and row["per_pixel_categorical_ms"] > 0

@@ -1,0 +1,137 @@
+"""Our A3C against RLlib's APPO on the same problem, in one run on one machine.
+
+Every arm trains the same network (``small`` preset), on the same data, through the same run lifecycle
+(:func:`rl_agents.experiment.lifecycle.run_training`) for the same wall-clock budget, validation every
+``eval_every`` updates; figures are read off the run's ``metrics.json``:
+
+* ``local``: PA3C in one process (``engine=local``).
+* ``ray``: our asynchronous A3C on Ray, 2 workers of 0.5 CPU and a learner (``engine=ray``, the smoke layout).
+* ``rllib_appo``: RLlib APPO with per-pixel V-trace, sampling in the learner's process (``num_workers=0``).
+* ``rllib_appo_remote``: the same with one remote env runner (``num_workers=1``).
+
+Reported per arm: pixel-agent steps/s and updates/s over the run, wall time to the first validation pass at or above
+``--target`` (validation time included for the in-process engines; Ray's evaluator runs beside training), and the
+best validation Dice within the budget. Fairness settings of APPO (circular buffer off, no minimum iteration time,
+learner in this process, one update per ``train()``) are in :func:`rl_agents.engines.rllib_appo.build_config`.
+
+The stock path is measured apart: RLlib maps ``MultiDiscrete([2] * H * W)`` to ``TorchMultiCategorical``, one
+distribution object per pixel; its sample + log-prob + entropy for one step's batch is timed against the
+``TorchCategorical`` over ``(B, H*W, 2)`` logits the engine uses (the rest of an APPO step is the same network).
+
+    python benchmarks/peer_rllib.py --json benchmarks/results/peer_rllib.json [--seconds 120] [--lgg-seconds 240]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from machine import describe  # noqa: E402
+
+from rl_agents.config import load_config  # noqa: E402
+from rl_agents.experiment.lifecycle import run_training  # noqa: E402
+
+SMOKE = ROOT / "tune_configs" / "smoke.yaml"
+LGG = ROOT / "tune_configs" / "lgg_cpu.yaml"
+
+ARMS = {
+    "local": ["engine=local", "num_workers=0"],
+    "ray": ["engine=ray", "num_workers=2", "worker_cpus=0.5", "learner_cpus=0.25"],
+    "rllib_appo": ["engine=rllib_appo", "num_workers=0"],
+    "rllib_appo_remote": ["engine=rllib_appo", "num_workers=1", "worker_cpus=0.5"],
+}
+
+
+def arm(name: str, base: Path, overrides: list[str], seconds: float, target: float, out: Path) -> dict:
+    cfg = load_config(base, [*overrides, *ARMS[name], f"max_minutes={seconds / 60}", "epochs=100000",
+                             "max_updates=null", "mlflow=false", "seed=0"])
+    t0 = time.perf_counter()
+    m = run_training(cfg, out / name, quiet=True)
+    hist = [h for h in m["history"] if "val/dice" in h]
+    hit = next((h for h in hist if h["val/dice"] >= target), None)
+    return {"engine": name, "overrides": [*overrides, *ARMS[name]], "wall_s": round(time.perf_counter() - t0, 1),
+            "updates": m["updates"], "updates_per_s": round(m["perf/updates_per_s"], 3),
+            "pixel_agent_steps_per_s": round(m["perf/pixel_agent_steps_per_s"]),
+            "best_val_dice": round(m["val/dice"], 4), "target": target,
+            "s_to_target": hit and round(hit["wall_time_s"], 1), "updates_to_target": hit and hit["update"],
+            "curve": [(h["update"], round(h["wall_time_s"], 1), round(h["val/dice"], 4)) for h in hist]}
+
+
+def distributions(sizes=(32, 64), batches=(1, 8), repeats: int = 3) -> list[dict]:
+    """ms for sample + logp + entropy of one step's actions: RLlib's stock MultiDiscrete distribution (one
+    categorical per pixel) against one TorchCategorical over ``(B, H*W, 2)`` logits."""
+    from ray.rllib.core.distribution.torch.torch_distribution import TorchCategorical, TorchMultiCategorical
+
+    rows = []
+    for size in sizes:
+        n = size * size
+        for b in batches:
+            logits = torch.randn(b, n, 2)
+
+            def stock():
+                d = TorchMultiCategorical.from_logits(logits.reshape(b, 2 * n), input_lens=[2] * n)
+                a = d.sample()
+                return d.logp(a), d.entropy()
+
+            def ours():
+                d = TorchCategorical.from_logits(logits)
+                a = d.sample()
+                return d.logp(a), d.entropy()
+
+            row = {"size": size, "batch": b}
+            for key, fn in (("stock_multidiscrete_ms", stock), ("per_pixel_categorical_ms", ours)):
+                fn()  # warm-up
+                times = []
+                for _ in range(repeats):
+                    t0 = time.perf_counter()
+                    logp, _ = fn()
+                    times.append((time.perf_counter() - t0) * 1e3)
+                row[key] = round(min(times), 2)
+                row[key.replace("_ms", "_logp_shape")] = list(logp.shape)
+            row["ratio"] = round(row["stock_multidiscrete_ms"] / row["per_pixel_categorical_ms"], 1)
+            rows.append(row)
+    return rows
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--seconds", type=float, default=120, help="budget per arm on the easy synthetic set")
+    p.add_argument("--target", type=float, default=0.8, help="validation Dice to time, easy synthetic set")
+    p.add_argument("--lgg-seconds", type=float, default=240, help="budget per arm on LGG (0: skip)")
+    p.add_argument("--lgg-target", type=float, default=0.5, help="validation Dice to time, LGG")
+    p.add_argument("--arms", default=",".join(ARMS), help="comma-separated, of " + ", ".join(ARMS))
+    p.add_argument("--lgg-arms", default="local,rllib_appo")
+    p.add_argument("--json", default=None)
+    args = p.parse_args()
+    torch.set_num_threads(1)
+    res = {"command": "python " + " ".join(sys.argv), "machine": describe(), "distributions": distributions()}
+    print(json.dumps(res["distributions"], indent=1), flush=True)
+    synthetic = ["batch_size=8", "eval_every=25", "checkpoint_every=100000"]
+    # LGG at 64 px (the scaling benchmark's size), 4 images of 10 steps per update as lgg_cpu.yaml
+    lgg = ["data.size=64", "eval_every=50", "checkpoint_every=100000"]
+    with tempfile.TemporaryDirectory() as tmp:
+        res["synthetic"] = []
+        for name in args.arms.split(","):
+            res["synthetic"].append(arm(name, SMOKE, synthetic, args.seconds, args.target, Path(tmp) / "syn"))
+            print(json.dumps({k: v for k, v in res["synthetic"][-1].items() if k != "curve"}), flush=True)
+        res["lgg"] = []
+        if args.lgg_seconds:
+            for name in args.lgg_arms.split(","):
+                res["lgg"].append(arm(name, LGG, lgg, args.lgg_seconds, args.lgg_target, Path(tmp) / "lgg"))
+                print(json.dumps({k: v for k, v in res["lgg"][-1].items() if k != "curve"}), flush=True)
+    if args.json:
+        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.json).write_text(json.dumps(res, indent=1))
+
+
+if __name__ == "__main__":
+    main()
