@@ -119,6 +119,8 @@ PLAN: dict[str, Step] = {
         kind="cap", cap_s=60, reason="a 10-minute run; stopped with Ctrl-C after 60 s"),
     "python train.py --config tune_configs/smoke.yaml": Step(),
     "export RAY_AUTH_MODE=token": Step(),
+    "python train.py --config tune_configs/smoke.yaml --set engine=rllib_appo --set num_workers=0 --set "
+    "batch_size=8 --set epochs=60": Step(),
     "ray job submit --address http://127.0.0.1:8265 --working-dir . --runtime-env-json "
     '"{\\"env_vars\\": {\\"MLFLOW_TRACKING_URI\\": \\"sqlite:///$PWD/mlflow.db\\"}}" -- python train.py --config '
     "tune_configs/lgg_cpu.yaml --set num_workers=14 --set learner_gpus=1 --output-dir /shared/runs/lgg": Step(
