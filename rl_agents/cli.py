@@ -320,10 +320,6 @@ def _cmd_cv_report(args: argparse.Namespace) -> int:
     m = r["machine"]
     wide.print(f"evaluated on {m['cpu']} ({m['cores']} cores), torch {m['torch']}"
                + (f"; JSON with every per-fold figure: {args.json}" if args.json else ""), highlight=False)
-    if r["incomplete"] or r["unfinished"]:
-        done = ", ".join(f"{v} (folds {f})" for v, f in r["incomplete"].items()) or "none"
-        wide.print(f"not in the table, the sweep has not finished them: {len(r['unfinished'])} trial(s) without "
-                   f"best.pt or metrics.json; variants with some folds done: {done}", highlight=False)
     return 0
 
 
