@@ -212,6 +212,18 @@ def test_a_ray_run_killed_with_sigkill_resumes_to_the_planned_updates(ray_local,
     assert resumed["val/dice"] == pytest.approx(full["val/dice"], abs=0.15)
 
 
+def _train_with_fault_once(marker: Path, cfg, out: Path, **actor_classes) -> tuple[dict, bool]:
+    """A Ray run whose injected actor class fails once, the first time it finds ``marker`` absent; returns the
+    run's metrics and whether the fault fired. The marker is removed before and after."""
+    marker.unlink(missing_ok=True)
+    try:
+        m = train_distributed(cfg, out, quiet=True, **actor_classes)
+    finally:
+        fired = marker.exists()
+        marker.unlink(missing_ok=True)
+    return m, fired
+
+
 EVAL_DIE_MARKER = Path(tempfile.gettempdir()) / "pixeldrl-test-evaluator-dies-once"
 
 
@@ -228,13 +240,8 @@ class EvaluatorDiesOnce(Evaluator):
 def test_an_evaluator_that_dies_mid_pass_is_restarted_and_the_pass_is_run_again(ray_local, tmp_path: Path):
     """Seen in CI: the evaluator had been placed on a worker's node, the node was removed, and the run failed with
     ActorUnavailableError. Now Ray restarts it and the lost pass is asked again: every planned validation lands."""
-    EVAL_DIE_MARKER.unlink(missing_ok=True)
     cfg = load_config(SMOKE, ["max_minutes=null", "epochs=4", "eval_every=8", "report_every_s=0.5", "mlflow=false"])
-    try:
-        m = train_distributed(cfg, tmp_path, quiet=True, evaluator_cls=EvaluatorDiesOnce)
-    finally:
-        died = EVAL_DIE_MARKER.exists()
-        EVAL_DIE_MARKER.unlink(missing_ok=True)
+    m, died = _train_with_fault_once(EVAL_DIE_MARKER, cfg, tmp_path, evaluator_cls=EvaluatorDiesOnce)
     assert died, "the evaluator never reached its exit"
     assert m["stopped_by"] == "epochs" and m["updates"] == 4 * -(-m["n_train"] // cfg.batch_size)
     history = json.loads((tmp_path / "metrics.json").read_text())["history"]
@@ -257,14 +264,9 @@ class HangOnce(Worker):
 
 
 def test_a_hung_worker_is_killed_by_the_timeout_and_the_run_finishes(ray_local, tmp_path: Path):
-    HANG_MARKER.unlink(missing_ok=True)
     cfg = load_config(SMOKE, ["max_minutes=null", "epochs=4", "report_every_s=0.5", "worker_timeout_s=8"])
     t0 = time.perf_counter()
-    try:
-        m = train_distributed(cfg, tmp_path, quiet=True, worker_cls=HangOnce)
-    finally:
-        hung = HANG_MARKER.exists()
-        HANG_MARKER.unlink(missing_ok=True)
+    m, hung = _train_with_fault_once(HANG_MARKER, cfg, tmp_path, worker_cls=HangOnce)
     assert hung, "worker 0 never reached its hang"
     assert m["workers/restarts"] >= 1 and m["stopped_by"] == "epochs"
     assert m["updates"] == 4 * -(-m["n_train"] // cfg.batch_size)
