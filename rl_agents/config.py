@@ -74,6 +74,8 @@ class TrainConfig:
     worker_cpus: float = 1.0  # Ray CPUs per worker; its torch threads = max(1, round(worker_cpus))
     learner_cpus: float = 0.5
     learner_gpus: float | None = None  # null: 1 when the cluster has a GPU, else 0; the learner uses CPU if torch sees none
+    rllib_learners: int = 0  # engine rllib_appo: 0 = its learner in the driver; n = n remote learner actors (each
+    # learner_cpus, learner_gpus), data-parallel: a GPU learner apart from a CPU-only driver, or several GPUs
     staleness_bound: int | None = None  # gradients computed on weights older than this many updates are ...
     stale_policy: str = "drop"  # ... dropped, or "downweight"ed by 1 / (1 + staleness - bound); both counted
     rollouts_per_call: int = 4  # rollouts a worker runs (pushing each) before it reports to the driver
@@ -244,6 +246,7 @@ def validate(cfg: TrainConfig) -> None:
         (cfg.worker_timeout_s is None or cfg.worker_timeout_s > 0,
          f"worker_timeout_s must be > 0 seconds or null, got {cfg.worker_timeout_s}"),
         (cfg.learner_cpus >= 0, f"learner_cpus must be >= 0, got {cfg.learner_cpus}"),
+        (cfg.rllib_learners >= 0, f"rllib_learners must be >= 0, got {cfg.rllib_learners}"),
         (cfg.learner_gpus is None or cfg.learner_gpus >= 0, f"learner_gpus must be >= 0 or null, got {cfg.learner_gpus}"),
         (cfg.staleness_bound is None or cfg.staleness_bound >= 0,
          f"staleness_bound must be >= 0 or null, got {cfg.staleness_bound}"),

@@ -225,3 +225,34 @@ def test_the_stock_multidiscrete_path_loses_per_pixel_credit():
     (row,) = distributions(sizes=(8,), batches=(2,), repeats=1)
     assert row["stock_multidiscrete_logp_shape"] == [2] and row["per_pixel_categorical_logp_shape"] == [2, 64]
     assert row["stock_multidiscrete_ms"] > 0 and row["per_pixel_categorical_ms"] > 0
+
+
+def test_a_remote_learner_trains_and_its_weights_reach_the_mirror_and_back():
+    """``rllib_learners=1``: the learner is a Ray actor (as a GPU learner beside a CPU-only driver would be). The
+    engine reads and writes its weights through the learner group's public state API: updates change them, the
+    agent's mirror equals them, and weights put back (a resume) are what the remote learner then holds."""
+    import copy
+
+    engine = R.RLlibAPPOEngine(_cfg("batch_size=2", "rllib_learners=1", "learner_cpus=0.5", "learner_gpus=0"),
+                               quiet=True)
+    try:
+        engine.setup()
+        assert not engine.algo.learner_group.is_local
+        start = copy.deepcopy(engine.learner_weights())
+        assert start.keys() == engine.agent.model.state_dict().keys()
+        updates = 0
+        for _ in range(20):
+            updates += bool(engine.step())
+            if updates == 3:
+                break
+        assert updates == 3 and engine.agent.update == 3
+        after = engine.learner_weights()
+        assert any(not torch.equal(start[k], after[k]) for k in start), "3 updates changed no weight"
+        mirrored = engine.agent_state()["model"]
+        for k, v in after.items():
+            torch.testing.assert_close(mirrored[k].cpu(), v, rtol=0, atol=0)
+        engine._load_weights(start)
+        for k, v in engine.learner_weights().items():
+            torch.testing.assert_close(v, start[k], rtol=0, atol=0)
+    finally:
+        engine.close()

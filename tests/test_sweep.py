@@ -204,3 +204,41 @@ def test_a_trial_trains_with_ray_workers_inside_its_placement_group(tmp_path: Pa
         assert r.info.status == "FINISHED"
         assert r.data.params["num_workers"] == "2" and r.data.metrics["updates"] >= 12
         assert r.data.metrics["perf/updates_per_s"] > 0 and "perf/staleness_mean" in r.data.metrics
+
+
+def test_rllib_bundles_reserve_the_runners_and_learners_a_trial_starts():
+    from rl_agents.config import load_config
+    from rl_agents.engines.rllib_appo import rllib_bundles
+
+    smoke = ROOT / "tune_configs" / "smoke.yaml"
+    local = load_config(smoke, ["engine=rllib_appo", "num_workers=0"])
+    assert rllib_bundles(local, 1, cluster_gpus=0) == [{"CPU": 1}]
+    assert rllib_bundles(local, 1, cluster_gpus=1) == [{"CPU": 1, "GPU": 1}]  # the learner is in the trial's driver
+    remote = load_config(smoke, ["engine=rllib_appo", "num_workers=2", "worker_cpus=0.5", "rllib_learners=1",
+                                 "learner_cpus=0.25"])
+    assert rllib_bundles(remote, 0.5, cluster_gpus=0) == [{"CPU": 0.5}, {"CPU": 0.5}, {"CPU": 0.5}, {"CPU": 0.25}]
+    assert rllib_bundles(remote, 0.5, cluster_gpus=2)[-1] == {"CPU": 0.25, "GPU": 1}
+    cpu_only = load_config(smoke, ["engine=rllib_appo", "num_workers=0", "rllib_learners=1", "learner_cpus=0.5",
+                                   "learner_gpus=0"])
+    assert rllib_bundles(cpu_only, 1, cluster_gpus=1) == [{"CPU": 1}, {"CPU": 0.5}]
+
+
+@pytest.mark.timeout(420)
+def test_an_rllib_appo_sweep_runs_its_trials_with_remote_runners_and_learners(tmp_path: Path, ray_2cpu):
+    """``engine: rllib_appo`` in a sweep: each trial's env runner and learner actors live in its placement group
+    (0.5 + 0.5 + 0.5 CPUs of 2), each trial trains its updates and is one FINISHED MLflow run with a validation Dice."""
+    sweep = _sweep_file(tmp_path, "t-rllib", num_samples=2, max_concurrent_trials=1, cpus_per_trial=0.5,
+                        scheduler={"type": "fifo"}, search_space={"lr": {"choice": [1e-3, 2e-3]}})
+    spec = yaml.safe_load(sweep.read_text())
+    spec["set"] = {**spec["set"], "engine": "rllib_appo", "num_workers": 1, "worker_cpus": 0.5, "rllib_learners": 1,
+                   "learner_cpus": 0.5, "batch_size": 2, "max_updates": 6, "eval_every": 3, "epochs": 100}
+    sweep.write_text(yaml.safe_dump(spec))
+    summary = run_sweep(sweep)
+    assert summary["n_trials"] == 2 and summary["n_errors"] == 0
+    runs = _children("t-rllib", summary["parent_run_id"])
+    assert len(runs) == 2
+    for r in runs:
+        assert r.info.status == "FINISHED"
+        assert r.data.params["engine"] == "rllib_appo" and r.data.params["rllib_learners"] == "1"
+        assert r.data.metrics["updates"] == 6 and 0 <= r.data.metrics["val/dice"] <= 1
+        assert r.data.metrics["perf/updates_per_s"] > 0

@@ -26,7 +26,6 @@ resumed run restores the weights and the update count, not Adam's moments (RLlib
 
 from __future__ import annotations
 
-import copy
 import json
 import os
 import time
@@ -300,9 +299,10 @@ def _learner_connector(obs_space, act_space):
     return classes()[1]()
 
 
-def build_config(cfg: TrainConfig, crash_once_file: str | None = None):
-    """An APPO config for ``cfg``: ``num_workers`` remote env runners (0: sampling in this process), a learner in
-    this process, one update per ``train()`` on ``batch_size`` complete episodes.
+def build_config(cfg: TrainConfig, crash_once_file: str | None = None, learner_gpus: float = 0):
+    """An APPO config for ``cfg``: ``num_workers`` remote env runners (0: sampling in this process),
+    ``rllib_learners`` remote learners (0: the learner in this process, on a GPU when ``learner_gpus``), one update
+    per ``train()`` on ``batch_size`` complete episodes.
 
     What makes it a fair peer of our A3C (RLlib's defaults would not be): the circular buffer off (it replays each
     batch twice), no 10 s minimum per ``train()``, runners restarted after 0.5 s instead of 60 s, and
@@ -330,8 +330,9 @@ def build_config(cfg: TrainConfig, crash_once_file: str | None = None):
             num_cpus_per_env_runner=cfg.worker_cpus if remote else 1,
             sample_timeout_s=120.0,
         )
-        .learners(num_learners=0, num_gpus_per_learner=0, learner_class=learner_cls,
-                  learner_connector=_learner_connector)
+        .learners(num_learners=cfg.rllib_learners, num_gpus_per_learner=learner_gpus,
+                  num_cpus_per_learner=cfg.learner_cpus if cfg.rllib_learners else "auto",
+                  learner_class=learner_cls, learner_connector=_learner_connector)
         .training(
             train_batch_size_per_learner=cfg.batch_size * cfg.t_max,
             lr=cfg.lr, gamma=cfg.gamma, grad_clip=cfg.grad_clip, grad_clip_by="global_norm",
@@ -352,6 +353,23 @@ def build_config(cfg: TrainConfig, crash_once_file: str | None = None):
         .evaluation(evaluation_interval=None)
         .debugging(seed=cfg.seed, log_level="ERROR")
     )
+
+
+def learner_gpus(cfg: TrainConfig, cluster_gpus: float, torch_sees_cuda: bool) -> float:
+    """GPUs per learner: ``learner_gpus``, or (null) 1 where a learner can have one: the cluster has a GPU for a
+    remote learner, torch sees one for a learner in this process."""
+    if cfg.learner_gpus is not None:
+        return cfg.learner_gpus
+    return 1 if (cluster_gpus >= 1 if cfg.rllib_learners else torch_sees_cuda) else 0
+
+
+def rllib_bundles(cfg: TrainConfig, driver_cpus: float, cluster_gpus: float) -> list[dict[str, float]]:
+    """A sweep trial's placement group: the trial's driver (with the learner, and its GPU, when it is local), one
+    bundle per remote env runner, one per remote learner."""
+    gpus = learner_gpus(cfg, cluster_gpus, torch_sees_cuda=cluster_gpus >= 1)
+    driver = {"CPU": driver_cpus, **({"GPU": gpus} if gpus and not cfg.rllib_learners else {})}
+    learner = {"CPU": cfg.learner_cpus, **({"GPU": gpus} if gpus else {})}
+    return [driver, *[{"CPU": cfg.worker_cpus}] * cfg.num_workers, *[learner] * cfg.rllib_learners]
 
 
 class RLlibAPPOEngine(InProcessEngine):
@@ -382,8 +400,8 @@ class RLlibAPPOEngine(InProcessEngine):
             self.agent.load_state_dict(resume.agent, weights_only=True)
             self.agent.update = resume.update
             self.pixel_agent_steps = int(resume.run.get("pixel_agent_steps", 0))
-        self.started = connect(cfg.ray_address, cfg.num_workers * cfg.worker_cpus + 1)
-        self.algo = build_config(cfg, self.crash_once_file).build_algo()
+        self.started = connect(cfg.ray_address, cfg.num_workers * cfg.worker_cpus + cfg.rllib_learners * cfg.learner_cpus + 1)
+        self.algo = build_config(cfg, self.crash_once_file, learner_gpus=self._learner_gpus()).build_algo()
         if resume is not None:
             self._load_weights(self.agent.model.state_dict())
         self._mirrored = self.agent.update
@@ -391,26 +409,34 @@ class RLlibAPPOEngine(InProcessEngine):
         self.flops = forward_flops(self.agent.model.cpu(), in_channels, size)
         self.agent.model.to(self.device)
         where = f"{cfg.num_workers} remote env runner(s)" if cfg.num_workers else "sampling in this process"
+        where += f", {cfg.rllib_learners} remote learner(s)" if cfg.rllib_learners else ", learner in this process"
         return {"n_train": len(self.train_set), "n_val": len(self.val_set), "params": n_params,
                 "gflop_per_image_step": self.flops / 1e9,
                 "banner": f"data: {len(self.train_set)} train / {len(self.val_set)} val slices; model {cfg.preset}: "
-                          f"{n_params:,} parameters; RLlib APPO ({where}, learner in this process); "
+                          f"{n_params:,} parameters; RLlib APPO ({where}); "
                           f"{self.agent.total_updates} updates planned"}
 
-    def _module(self):
-        return self.algo.learner_group._learner.module[MODULE].unwrapped()
+    def _learner_gpus(self) -> float:
+        import ray
+
+        return learner_gpus(self.cfg, ray.cluster_resources().get("GPU", 0), torch.cuda.is_available())
+
+    def learner_weights(self) -> dict[str, torch.Tensor]:
+        """The learner's network weights, through the learner group's public state API: the same call reads a
+        learner in this process or a remote one (``num_learners > 0``), where RLlib hands back numpy arrays."""
+        state = self.algo.learner_group.get_weights([MODULE])[MODULE]
+        return {k[len("net."):]: torch.as_tensor(v) for k, v in state.items() if k.startswith("net.")}
 
     def _load_weights(self, state: dict[str, torch.Tensor]) -> None:
         """Put weights into the learner's net and its target, then send them to the env runners."""
-        module = self._module()
-        module.net.load_state_dict(state)
-        module._target_net.load_state_dict(state)
+        both = {f"{prefix}.{k}": v for prefix in ("net", "_target_net") for k, v in state.items()}
+        self.algo.learner_group.set_weights({MODULE: both})
         self.algo.env_runner_group.sync_weights(from_worker_or_learner_group=self.algo.learner_group,
                                                 inference_only=True)
 
     def _mirror(self) -> None:
         if self._mirrored != self.agent.update:
-            self.agent.model.load_state_dict(copy.deepcopy(self._module().net.state_dict()))
+            self.agent.model.load_state_dict(self.learner_weights())  # copies: the mirror never aliases the learner
             self._mirrored = self.agent.update
 
     def step(self) -> dict[str, float]:

@@ -206,7 +206,8 @@ def _trial_dirname(trial) -> str:
 
 
 def trial_resources(spec: dict):
-    """What a trial reserves: a Ray A3C trial the engine's own bundle layout, a single-process trial its CPUs."""
+    """What a trial reserves: a Ray A3C or RLlib trial the engine's own bundle layout (Tune puts the actors a trial
+    starts into its placement group), a single-process trial its CPUs."""
     from ray import tune
 
     from rl_agents.engines.ray_a3c import ray_bundles
@@ -217,6 +218,13 @@ def trial_resources(spec: dict):
         return tune.PlacementGroupFactory(ray_bundles(cfg))
     if engine_name(cfg) == "hogwild":
         return tune.PlacementGroupFactory([{"CPU": cfg.num_workers * cfg.worker_cpus}])
+    if engine_name(cfg) == "rllib_appo":
+        import ray
+
+        from rl_agents.engines.rllib_appo import rllib_bundles
+
+        return tune.PlacementGroupFactory(rllib_bundles(cfg, spec["cpus_per_trial"],
+                                                        ray.cluster_resources().get("GPU", 0)))
     return tune.PlacementGroupFactory([{"CPU": spec["cpus_per_trial"]}])
 
 
