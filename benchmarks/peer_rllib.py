@@ -14,17 +14,20 @@ Reported per arm: pixel-agent steps/s and updates/s over the run, wall time to t
 best validation Dice within the budget. Fairness settings of APPO (circular buffer off, no minimum iteration time,
 learner in this process, one update per ``train()``) are in :func:`rl_agents.engines.rllib_appo.build_config`.
 
-The stock path is measured apart: RLlib maps ``MultiDiscrete([2] * H * W)`` to ``TorchMultiCategorical``, one
+The stock path is measured apart, twice: ``stock_training`` times APPO updates with RLlib's own learner and
+``TorchMultiCategorical`` against the engine's (interleaved, same config); and RLlib maps ``MultiDiscrete([2] * H * W)`` to ``TorchMultiCategorical``, one
 distribution object per pixel; its sample + log-prob + entropy for one step's batch is timed against the
 ``TorchCategorical`` over ``(B, H*W, 2)`` logits the engine uses (the rest of an APPO step is the same network).
 
     python benchmarks/peer_rllib.py --json benchmarks/results/peer_rllib.json [--seconds 120] [--lgg-seconds 240]
+    python benchmarks/peer_rllib.py --parts stock_training --json benchmarks/results/peer_rllib.json  # one part
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import math
 import sys
 import tempfile
 import time
@@ -43,6 +46,7 @@ from rl_agents.experiment.lifecycle import run_training  # noqa: E402
 SMOKE = ROOT / "tune_configs" / "smoke.yaml"
 LGG = ROOT / "tune_configs" / "lgg_cpu.yaml"
 
+PARTS = ("distributions", "stock_training", "synthetic", "lgg")
 ARMS = {
     "local": ["engine=local", "num_workers=0"],
     "ray": ["engine=ray", "num_workers=2", "worker_cpus=0.5", "learner_cpus=0.25"],
@@ -102,6 +106,84 @@ def distributions(sizes=(32, 64), batches=(1, 8), repeats: int = 3) -> list[dict
     return rows
 
 
+def stock_classes():
+    """The stock path as a trainable APPO: the same network, RLlib's ``TorchMultiCategorical`` over
+    ``MultiDiscrete([2] * H*W)`` (one joint log-prob per image), a scalar value (the mean of the per-pixel values)
+    and RLlib's own APPO learner on the env's scalar reward (the mean of the reward map)."""
+    from ray.rllib.algorithms.appo.torch.appo_torch_learner import APPOTorchLearner
+    from ray.rllib.core.columns import Columns
+    from ray.rllib.core.distribution.torch.torch_distribution import TorchMultiCategorical
+
+    from rl_agents.engines import rllib_appo as R
+
+    class StockMultiDiscreteModule(R.classes()[0]):
+        def setup(self):
+            super().setup()
+            self.action_dist_cls = TorchMultiCategorical.get_partial_dist_cls(
+                input_lens=[2] * int(self.action_space.shape[0]))
+
+        @staticmethod
+        def _flat(logits: torch.Tensor) -> torch.Tensor:  # (B, 2, H, W) -> (B, H*W*2), pixel i's logits side by side
+            return logits.flatten(2).transpose(1, 2).flatten(1)
+
+        def _forward_train(self, batch, **kwargs):
+            out = super()._forward_train(batch, **kwargs)
+            out[Columns.EMBEDDINGS] = out[Columns.EMBEDDINGS].mean(1)
+            return out
+
+        def compute_values(self, batch, embeddings=None):
+            v = super().compute_values(batch, embeddings)
+            return v if v.dim() == 1 else v.mean(1)
+
+    return StockMultiDiscreteModule, APPOTorchLearner
+
+
+def stock_training(updates: int = 3, size: int = 32, batch: int = 8) -> dict:
+    """Seconds per APPO update, the stock MultiDiscrete path against the engine's per-pixel one: both built from
+    the same ``build_config`` (same env, network, batch, sampling in this process), their ``train()`` calls
+    interleaved so that whatever else the machine runs slows both alike. One warm-up update each, not timed."""
+    from ray.rllib.core.rl_module.rl_module import RLModuleSpec
+
+    from rl_agents.config import to_dict
+    from rl_agents.engines import rllib_appo as R
+    from rl_agents.engines.ray_a3c import connect
+
+    cfg = load_config(SMOKE, ["engine=rllib_appo", "num_workers=0", "mlflow=false", f"batch_size={batch}",
+                              f"data.size={size}", "seed=0"])
+    started = connect(None, 2)
+    module_cls, learner_cls = stock_classes()
+    stock_cfg = R.build_config(cfg).rl_module(
+        rl_module_spec=RLModuleSpec(module_class=module_cls, model_config={"cfg": to_dict(cfg)}))
+    stock_cfg = stock_cfg.learners(learner_class=learner_cls, learner_connector=None)
+    algos = {"per_pixel_categorical": R.build_config(cfg).build_algo(), "stock_multidiscrete": stock_cfg.build_algo()}
+    times = {k: [] for k in algos}
+    try:
+        for i in range(updates + 1):
+            for name, algo in algos.items():
+                t0 = time.perf_counter()
+                res = algo.train()
+                loss = (res.get("learners") or {}).get(R.MODULE, {}).get("total_loss")
+                assert loss is not None and math.isfinite(loss), f"{name}: train() made no update ({loss})"
+                if i:
+                    times[name].append(time.perf_counter() - t0)
+    finally:
+        for algo in algos.values():
+            algo.stop()
+        if started:
+            import ray
+
+            ray.shutdown()
+    steps = batch * cfg.t_max * size * size
+    row = {"size": size, "batch": batch, "t_max": cfg.t_max, "updates_timed": updates}
+    for name, ts in times.items():
+        mean = sum(ts) / len(ts)
+        row[name] = {"s_per_update": round(mean, 3), "updates_per_s": round(1 / mean, 4),
+                     "pixel_agent_steps_per_s": round(steps / mean)}
+    row["ratio_s_per_update"] = round(row["stock_multidiscrete"]["s_per_update"]
+                                      / row["per_pixel_categorical"]["s_per_update"], 1)
+    return row
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--seconds", type=float, default=120, help="budget per arm on the easy synthetic set")
@@ -110,21 +192,39 @@ def main() -> None:
     p.add_argument("--lgg-target", type=float, default=0.5, help="validation Dice to time, LGG")
     p.add_argument("--arms", default=",".join(ARMS), help="comma-separated, of " + ", ".join(ARMS))
     p.add_argument("--lgg-arms", default="local,rllib_appo")
+    p.add_argument("--stock-updates", type=int, default=3, help="timed updates per arm of the stock-path run")
+    p.add_argument("--parts", default=",".join(PARTS),
+                   help="comma-separated, of " + ", ".join(PARTS) + "; with --json naming an existing file, the "
+                        "parts not run are kept from it (its 'commands' lists each invocation)")
     p.add_argument("--json", default=None)
     args = p.parse_args()
+    parts = args.parts.split(",")
+    if unknown := set(parts) - set(PARTS):
+        p.error(f"--parts: unknown {sorted(unknown)}, expected of {PARTS}")
     torch.set_num_threads(1)
-    res = {"command": "python " + " ".join(sys.argv), "machine": describe(), "distributions": distributions()}
-    print(json.dumps(res["distributions"], indent=1), flush=True)
+    command = "python " + " ".join(sys.argv)
+    old = json.loads(Path(args.json).read_text()) if args.json and Path(args.json).exists() else {}
+    kept = {k: v for k, v in old.items() if k in PARTS and k not in parts} if set(parts) != set(PARTS) else {}
+    earlier = old.get("commands") or [old["command"]] if kept else []
+    res = {"command": command, "commands": [*earlier, command], "machine": describe(), **kept}
+    if kept:
+        res["machine_of_kept_parts"] = old.get("machine")
+    if "distributions" in parts:
+        res["distributions"] = distributions()
+        print(json.dumps(res["distributions"], indent=1), flush=True)
+    if "stock_training" in parts:
+        res["stock_training"] = stock_training(args.stock_updates)
+        print(json.dumps(res["stock_training"]), flush=True)
     synthetic = ["batch_size=8", "eval_every=25", "checkpoint_every=100000"]
     # LGG at 64 px (the scaling benchmark's size), 4 images of 10 steps per update as lgg_cpu.yaml
     lgg = ["data.size=64", "eval_every=50", "checkpoint_every=100000"]
     with tempfile.TemporaryDirectory() as tmp:
-        res["synthetic"] = []
-        for name in args.arms.split(","):
+        for name in args.arms.split(",") if "synthetic" in parts else []:
+            res.setdefault("synthetic", [])
             res["synthetic"].append(arm(name, SMOKE, synthetic, args.seconds, args.target, Path(tmp) / "syn"))
             print(json.dumps({k: v for k, v in res["synthetic"][-1].items() if k != "curve"}), flush=True)
-        res["lgg"] = []
-        if args.lgg_seconds:
+        if args.lgg_seconds and "lgg" in parts:
+            res["lgg"] = []
             for name in args.lgg_arms.split(","):
                 res["lgg"].append(arm(name, LGG, lgg, args.lgg_seconds, args.lgg_target, Path(tmp) / "lgg"))
                 print(json.dumps({k: v for k, v in res["lgg"][-1].items() if k != "curve"}), flush=True)

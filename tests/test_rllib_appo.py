@@ -256,3 +256,18 @@ def test_a_remote_learner_trains_and_its_weights_reach_the_mirror_and_back():
             torch.testing.assert_close(v, start[k], rtol=0, atol=0)
     finally:
         engine.close()
+
+
+def test_the_stock_multidiscrete_path_trains_with_rllibs_own_learner():
+    """benchmarks/peer_rllib.py's stock arm is a real APPO run (finite losses, asserted inside), timed beside the
+    engine's per-pixel path from the same config."""
+    import sys
+
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    from peer_rllib import stock_training
+
+    row = stock_training(updates=1, size=16, batch=2)
+    assert row["updates_timed"] == 1 and row["t_max"] == 3
+    for arm in ("stock_multidiscrete", "per_pixel_categorical"):
+        assert row[arm]["s_per_update"] > 0
+        assert row[arm]["pixel_agent_steps_per_s"] == pytest.approx(2 * 3 * 16 * 16 / row[arm]["s_per_update"], rel=0.03)
