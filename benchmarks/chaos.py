@@ -4,6 +4,7 @@
 runs the same functions shorter and asserts on them. Results to ``benchmarks/results/chaos.json``.
 
     python benchmarks/chaos.py --json benchmarks/results/chaos.json
+    python benchmarks/chaos.py --suite --json benchmarks/results/chaos.json   # every row, a table per row
 """
 
 from __future__ import annotations
@@ -133,10 +134,12 @@ def node_removal(out: Path, epochs: int = 80, remove_at: int = 40, down_s: float
                                                                state["stats"]["per_worker_updates"].items()}})
         if not events and upd >= remove_at and all(state["worker_nodes"]):
             by_id = {n.node_id: n for n in nodes}
-            victim = next(by_id[w] for w in state["worker_nodes"] if w in by_id and w != state["learner_node"])
+            index, victim = next((i, by_id[w]) for i, w in enumerate(state["worker_nodes"])
+                                 if w in by_id and w != state["learner_node"])
             cluster.remove_node(victim, allow_graceful=False)
             nodes.remove(victim)
-            events.append({"event": "removed", "t": time.time(), "update": upd})
+            events.append({"event": "removed", "t": time.time(), "update": upd, "worker": index,
+                           "worker_updates": state["stats"]["per_worker_updates"].get(index, 0)})
         elif len(events) == 1 and time.time() - events[0]["t"] >= down_s:
             nodes.append(cluster.add_node(**node_args))
             events.append({"event": "added", "t": time.time(), "update": upd})
@@ -160,6 +163,10 @@ def node_removal(out: Path, epochs: int = 80, remove_at: int = 40, down_s: float
     if len(events) == 2:  # the updates the cluster made while the node was gone: training went on without it
         during = [p["update"] for p in per_worker if events[0]["t"] <= p["t"] <= events[1]["t"]]
         res["updates_while_node_was_gone"] = (max(during) - events[0]["update"]) if during else 0
+        w, before = str(events[0]["worker"]), events[0]["worker_updates"]
+        back = next((p["t"] for p in per_worker if p["t"] > events[1]["t"] and p.get(w, 0) > before), None)
+        # removal to the removed node's worker's first gradient applied, from the node added back
+        res["worker_back_after_s"] = None if back is None else round(back - events[0]["t"], 2)
     return res
 
 
@@ -246,19 +253,80 @@ def slow_learner(out: Path, workers: int = 4, delay_s: float = 0.25, epochs: int
             "updates_per_s": m["perf/updates_per_s"], "stopped_by": m["stopped_by"]}
 
 
+def suite(pytest_args: list[str] | None = None) -> dict[str, Any]:
+    """The whole reliability suite: every test that takes the ``reliability`` fixture (CI's fast cases and the long
+    ones marked ``chaos``, which the default test command leaves out), run by pytest in a child process. Each case
+    records what it measured (row, fault, data lost, time to recover) through ``CHAOS_RECORD``; pytest's verdict
+    is "survived". A case that fails records nothing and is listed under ``failed``."""
+    import xml.etree.ElementTree as ET
+
+    with tempfile.TemporaryDirectory() as tmp:
+        record, junit = Path(tmp) / "record.jsonl", Path(tmp) / "junit.xml"
+        cmd = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-o", "addopts=", "-m", "reliability",
+               f"--junitxml={junit}", *(pytest_args or [])]
+        t0 = time.time()
+        proc = subprocess.run(cmd, cwd=ROOT, env={**os.environ, "CHAOS_RECORD": str(record)}, capture_output=True,
+                              text=True)
+        wall = time.time() - t0
+        records = [json.loads(line) for line in record.read_text().splitlines()] if record.exists() else []
+        tests = []
+        for case in ET.parse(junit).getroot().iter("testcase"):
+            nodeid = case.get("classname").replace(".", "/") + ".py::" + case.get("name")
+            outcome = next((c.tag for c in case if c.tag in ("failure", "error", "skipped")), "passed")
+            tests.append({"test": nodeid, "outcome": outcome, "duration_s": round(float(case.get("time")), 1)})
+    verdict = {t["test"]: t for t in tests}
+    rows = [{**r, "survived": verdict.get(r["test"], {}).get("outcome") == "passed",
+             "duration_s": verdict.get(r["test"], {}).get("duration_s")} for r in records]
+    return {"command": " ".join(["python", "-m", "pytest", *cmd[3:]]), "exit_status": proc.returncode,
+            "wall_s": round(wall, 1), "tests": tests, "rows": sorted(rows, key=lambda r: r["row"]),
+            "failed": [t["test"] for t in tests if t["outcome"] in ("failure", "error")],
+            "output_tail": proc.stdout[-3000:]}
+
+
+def markdown(rows: list[dict[str, Any]]) -> str:
+    """The README's table: one line per fault (a parametrised case's variants merged), in row order."""
+    merged: dict[tuple[int, str], dict[str, Any]] = {}
+    for r in rows:
+        m = merged.setdefault((r["row"], r["fault"]), {**r, "tests": [], "recover": []})
+        m["tests"].append(r["test"].split("::")[-1])
+        m["survived"] = m["survived"] and r["survived"]
+        if r["recover_s"] is not None:
+            m["recover"].append(r["recover_s"])
+    lines = ["| # | fault injected | survived | data lost | time to recover |", "|---|---|---|---|---|"]
+    for (row, fault), m in sorted(merged.items(), key=lambda kv: kv[0][0]):
+        worst = max(m["recover"], default=None)
+        t = m["recovery"] if worst is None else \
+            f"{f'{worst * 1e3:.0f} ms' if worst < 1 else f'{worst:.1f} s'} ({m['recovery']})"
+        lines.append(f"| {row} | {fault} | {'yes' if m['survived'] else '**no**'} | {m['data_lost']} | {t} |")
+    return "\n".join(lines)
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--json", default="benchmarks/results/chaos.json")
     p.add_argument("--only", nargs="*", default=None, help="cases to run: head_stop node_removal learner_kill "
                                                            "slow_learner")
+    p.add_argument("--suite", action="store_true", help="run the whole reliability suite (pytest -m reliability) "
+                                                           "instead of the cases; its per-row table to the JSON")
+    p.add_argument("pytest_args", nargs="*", help="with --suite: more pytest arguments (after --)")
     args = p.parse_args()
     from machine import describe
 
     cases = {"head_stop": head_stop, "node_removal": node_removal, "learner_kill": learner_kill,
              "slow_learner": slow_learner}
-    rec: dict[str, Any] = {"command": "python " + " ".join(sys.argv), "machine": describe(), "cases": {}}
-    if args.only and Path(args.json).exists():  # a rerun of some cases keeps the others' figures
-        before = json.loads(Path(args.json).read_text())
+    command = "python " + " ".join(sys.argv)
+    before = json.loads(Path(args.json).read_text()) if Path(args.json).exists() else {}
+    if args.suite:  # the cases' figures are kept as they were
+        rec = {**before, "suite": {**suite(args.pytest_args), "invoked_as": command, "machine": describe()}}
+        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.json).write_text(json.dumps(rec, indent=2, default=str))
+        print(markdown(rec["suite"]["rows"]))
+        print(f"{len(rec['suite']['tests'])} tests, failed: {rec['suite']['failed'] or 'none'}; "
+              f"{rec['suite']['wall_s']} s; wrote {args.json}")
+        sys.exit(1 if rec["suite"]["exit_status"] else 0)
+    rec: dict[str, Any] = {"command": command, "machine": describe(), "cases": {},
+                           **({"suite": before["suite"]} if "suite" in before else {})}
+    if args.only and before:  # a rerun of some cases keeps the others' figures
         rec["cases"] = before["cases"]
         rec["cases_from"] = {"command": before["command"], "cases": [c for c in before["cases"] if c not in args.only]}
     with tempfile.TemporaryDirectory() as tmp:

@@ -193,3 +193,32 @@ def mlflow_ui(store: str, cwd: Path, start_s: float = 90):
                 proc.wait(timeout=20)
             except subprocess.TimeoutExpired:
                 proc.kill()
+
+
+@pytest.fixture
+def reliability(request):
+    """``reliability(row, fault, data_lost, recover_s, recovery)``: what a case of the reliability suite measured,
+    for ``benchmarks/chaos.py --suite`` (which sets ``CHAOS_RECORD`` and adds pytest's verdict as "survived").
+    ``row`` is the issue's row number, ``recover_s`` the seconds ``recovery`` names (None where nothing has to
+    recover: the fault is refused outright). Outside chaos.py it records nothing."""
+    import json
+
+    rows: list[dict] = []
+
+    def record(row: int, fault: str, data_lost: str, recover_s: float | None, recovery: str) -> None:
+        rows.append({"row": row, "fault": fault, "data_lost": data_lost,
+                     "recover_s": None if recover_s is None else round(recover_s, 4), "recovery": recovery})
+
+    yield record
+    if (path := os.environ.get("CHAOS_RECORD")) and rows:
+        with open(path, "a") as f:
+            for r in rows:
+                f.write(json.dumps({**r, "test": request.node.nodeid}) + "\n")
+
+
+def pytest_collection_modifyitems(config, items):
+    """A test that takes the ``reliability`` fixture is a case of the reliability suite: marked so, for
+    ``pytest -m reliability`` and ``benchmarks/chaos.py --suite``."""
+    for item in items:
+        if "reliability" in getattr(item, "fixturenames", ()):
+            item.add_marker(pytest.mark.reliability)

@@ -74,9 +74,11 @@ def _cfg(path: Path, skip_bad: bool) -> DataConfig:
                       group_pattern=r"^([a-z0-9]+?)_", split=[0.6, 0.2, 0.2])
 
 
-def test_without_skip_bad_the_first_bad_file_stops_the_run_with_its_name(bad_folder: Path):
+def test_without_skip_bad_the_first_bad_file_stops_the_run_with_its_name(bad_folder: Path, reliability):
     with pytest.raises(DataError, match="zz1_truncated"):
         load_splits(_cfg(bad_folder, skip_bad=False))
+    reliability(13, f"{len(BAD)} bad files of {len(BAD) + N_GOOD}, without --skip-bad", "nothing trained: the run "
+                "stops at the first bad file, by name", None, "not meant to: a clear error")
 
 
 def test_with_skip_bad_every_bad_file_is_named_once_and_the_rest_is_read(bad_folder: Path):
@@ -109,7 +111,7 @@ def test_the_huge_file_is_refused_before_it_is_decoded(bad_folder: Path):
     assert out["peak_mb"] < 200, out  # python + numpy + Pillow take ~60 MB; one decoded 20000x20000 L image 400
 
 
-def test_the_rest_trains(bad_folder: Path, tmp_path: Path, caplog):
+def test_the_rest_trains(bad_folder: Path, tmp_path: Path, caplog, reliability):
     from rl_agents.config import load_config
     from rl_agents.experiment.lifecycle import train
 
@@ -122,3 +124,6 @@ def test_the_rest_trains(bad_folder: Path, tmp_path: Path, caplog):
     assert 0 < metrics["n_train"] + metrics["n_val"] < N_GOOD
     skipped = {b for b in BAD for r in caplog.records if "skipping bad file" in r.getMessage() and b in r.getMessage()}
     assert skipped == set(BAD)
+    reliability(13, f"{len(BAD)} bad files of {len(BAD) + N_GOOD} (truncated, mis-sized, non-binary, NaN, 16-bit, "
+                "1-pixel, 20000x20000), with --skip-bad", f"the {len(BAD)} bad files only, each named once",
+                None, "skipped at read; the rest trains")

@@ -95,15 +95,18 @@ def test_two_workers_train_checkpoint_and_resume(ray_local, tmp_path: Path):
     assert len(m2["history"]) > len(m["history"])
 
 
-def test_a_killed_worker_is_restarted_and_training_goes_on(ray_local, tmp_path: Path):
+def test_a_killed_worker_is_restarted_and_training_goes_on(ray_local, tmp_path: Path, reliability):
     cfg = load_config(SMOKE, ["max_minutes=null", "epochs=4", "report_every_s=0.5"])
-    killed = []
+    killed, back = [], []
 
     def kill_once(state):
+        pushed = state["stats"]["per_worker_updates"].get(0, 0)
         # only once worker 0 has landed a push: on a busy machine the other worker may do the first updates alone
-        if not killed and state["stats"]["update"] >= 4 and state["stats"]["per_worker_updates"].get(0, 0) >= 1:
+        if not killed and state["stats"]["update"] >= 4 and pushed >= 1:
             ray.kill(state["workers"][0], no_restart=False)  # the process dies; Ray restarts the actor
-            killed.append(state["stats"]["update"])
+            killed.append((state["stats"]["update"], pushed, time.perf_counter()))
+        elif killed and not back and pushed > killed[0][1]:  # the restarted worker's first gradient applied
+            back.append(time.perf_counter() - killed[0][2])
 
     m = train_distributed(cfg, tmp_path, quiet=True, on_report=kill_once)
     assert killed, "the run ended before the worker could be killed"
@@ -112,9 +115,13 @@ def test_a_killed_worker_is_restarted_and_training_goes_on(ray_local, tmp_path: 
     assert min(m["perf/worker_updates_per_s"]) > 0
     # counted by gradient id: every update is one gradient applied once (none lost in the count, none twice)
     assert m["perf/duplicate_gradients"] == 0 and m["perf/applied_gradients"] == m["updates"]
+    reliability(1, "a worker process killed mid-run (ray.kill)",
+                f"the killed worker's rollout in progress; applied gradients = updates = {m['updates']}, duplicates 0",
+                back[0] if back else None, "kill to the restarted worker's first gradient applied (reports every 0.5 s)")
 
 
-def test_a_killed_learner_is_restored_from_its_checkpoint_and_the_run_finishes(ray_local, tmp_path: Path):
+def test_a_killed_learner_is_restored_from_its_checkpoint_and_the_run_finishes(ray_local, tmp_path: Path,
+                                                                              reliability):
     """Fault row 3: the learner process dies mid-run. It comes back from checkpoints/last.pt on its own, with the
     checkpoint's update counter; every worker takes its weights (no gradient computed on the dead learner's newer
     weights reaches it); the run ends as planned."""
@@ -130,7 +137,7 @@ def test_a_killed_learner_is_restored_from_its_checkpoint_and_the_run_finishes(r
             at = read_checkpoint(last).update
             if state["stats"]["update"] >= at + 2:  # the learner is ahead of its checkpoint: that work is lost
                 ray.kill(state["learner"], no_restart=True)
-                killed.append((state["stats"]["update"], at))
+                killed.append((state["stats"]["update"], at, time.time()))
 
     m = train_distributed(cfg, tmp_path, quiet=True, on_report=kill_learner)
     assert killed, "the run ended before the learner could be killed"
@@ -141,6 +148,10 @@ def test_a_killed_learner_is_restored_from_its_checkpoint_and_the_run_finishes(r
     planned = 8 * -(-m["n_train"] // cfg.batch_size)
     assert m["updates"] == planned and m["stopped_by"] == "epochs"
     assert read_checkpoint(tmp_path / "checkpoints" / "last.pt").update == planned
+    reliability(3, "the learner actor killed mid-run",
+                f"the updates after last.pt, redone (killed at about update {killed[0][0]}, restored at "
+                f"{log['restored_update']}); no gradient on the dead learner's weights applied",
+                log["restored_at_unix"] - killed[0][2], "kill to the learner restored from last.pt")
 
 
 def test_hogwild_peer_updates_the_shared_model():
@@ -170,7 +181,8 @@ def test_ctrl_c_stops_a_ray_run_with_a_checkpoint(tmp_path: Path):
     assert ckpt.run["update"] >= 4 and ckpt.agent["optimizer"] is not None and ckpt.engine == "ray"
 
 
-def test_a_ray_run_killed_with_sigkill_resumes_to_the_planned_updates(ray_local, tmp_path: Path):
+@pytest.mark.chaos  # 75 s in CI, 2 minutes when the killed cluster is slow to go: benchmarks/chaos.py --suite
+def test_a_ray_run_killed_with_sigkill_resumes_to_the_planned_updates(ray_local, tmp_path: Path, reliability):
     """Fault row 4 for the Ray engine: the driver of a 2-worker run is SIGKILLed (no chance to save). The local Ray
     cluster it started goes with it (Ray's reaper: no raylet, GCS, agent or worker of it survives 2 minutes), and ``--resume``
     continues from the last periodic checkpoint to the planned updates. Its validation Dice is within 0.15 of an
@@ -207,17 +219,23 @@ def test_a_ray_run_killed_with_sigkill_resumes_to_the_planned_updates(ray_local,
     left = marked_processes(temp)
     shutil.rmtree(temp, ignore_errors=True)
     assert not left, f"processes of the killed driver's Ray cluster survived it: {left}"
+    t0 = time.perf_counter()
     resumed = train_distributed(load_config(SMOKE, args), out, resume=True, quiet=True)
+    resume_s = time.perf_counter() - t0
     assert resumed["updates"] == full["updates"] and resumed["stopped_by"] == "epochs"
     assert resumed["val/dice"] == pytest.approx(full["val/dice"], abs=0.15)
+    reliability(4, "the driver of a Ray run SIGKILLed, then --resume",
+                f"the updates after last.pt (update {killed_at}), redone; no process of its Ray cluster left; Dice "
+                f"{resumed['val/dice']:.3f} against {full['val/dice']:.3f} uninterrupted", resume_s,
+                f"--resume (a new local cluster) to the planned {resumed['updates']} updates")
 
 
-def _train_with_fault_once(marker: Path, cfg, out: Path, **actor_classes) -> tuple[dict, bool]:
-    """A Ray run whose injected actor class fails once, the first time it finds ``marker`` absent; returns the
+def _train_with_fault_once(marker: Path, cfg, out: Path, **run_kwargs) -> tuple[dict, bool]:
+    """A Ray run (``run_kwargs``: an actor class, on_report) whose injected actor class fails once, the first time it finds ``marker`` absent; returns the
     run's metrics and whether the fault fired. The marker is removed before and after."""
     marker.unlink(missing_ok=True)
     try:
-        m = train_distributed(cfg, out, quiet=True, **actor_classes)
+        m = train_distributed(cfg, out, quiet=True, **run_kwargs)
     finally:
         fired = marker.exists()
         marker.unlink(missing_ok=True)
@@ -237,7 +255,8 @@ class EvaluatorDiesOnce(Evaluator):
         return super().evaluate(versioned, max_images)
 
 
-def test_an_evaluator_that_dies_mid_pass_is_restarted_and_the_pass_is_run_again(ray_local, tmp_path: Path):
+def test_an_evaluator_that_dies_mid_pass_is_restarted_and_the_pass_is_run_again(ray_local, tmp_path: Path,
+                                                                                reliability):
     """Seen in CI: the evaluator had been placed on a worker's node, the node was removed, and the run failed with
     ActorUnavailableError. Now Ray restarts it and the lost pass is asked again: every planned validation lands."""
     cfg = load_config(SMOKE, ["max_minutes=null", "epochs=4", "eval_every=8", "report_every_s=0.5", "mlflow=false"])
@@ -248,6 +267,9 @@ def test_an_evaluator_that_dies_mid_pass_is_restarted_and_the_pass_is_run_again(
     assert len(history) >= 2 and history[-1]["update"] == m["updates"]  # the lost pass and the later ones landed
     assert all(0 <= h["val/dice"] <= 1 for h in history)
     assert (tmp_path / "checkpoints" / "best.pt").exists()
+    reliability(2, "the evaluator actor's process dies inside a validation pass (as on a lost node)",
+                f"none: all {len(history)} planned validation passes landed", None,
+                "Ray restarts it and runs the lost pass again (not timed)")
 
 
 HANG_MARKER = Path(tempfile.gettempdir()) / "pixeldrl-test-hang-once"
@@ -263,11 +285,20 @@ class HangOnce(Worker):
         return super().work(learner, n_rollouts)
 
 
-def test_a_hung_worker_is_killed_by_the_timeout_and_the_run_finishes(ray_local, tmp_path: Path):
+def test_a_hung_worker_is_killed_by_the_timeout_and_the_run_finishes(ray_local, tmp_path: Path, reliability):
     cfg = load_config(SMOKE, ["max_minutes=null", "epochs=4", "report_every_s=0.5", "worker_timeout_s=8"])
     t0 = time.perf_counter()
-    m, hung = _train_with_fault_once(HANG_MARKER, cfg, tmp_path, worker_cls=HangOnce)
+    back = []
+
+    def watch(state):  # worker 0's first incarnation never pushes: its first gradient is its restart's
+        if not back and state["stats"]["per_worker_updates"].get(0, 0) >= 1 and HANG_MARKER.exists():
+            back.append(time.time() - HANG_MARKER.stat().st_mtime)
+
+    m, hung = _train_with_fault_once(HANG_MARKER, cfg, tmp_path, worker_cls=HangOnce, on_report=watch)
     assert hung, "worker 0 never reached its hang"
     assert m["workers/restarts"] >= 1 and m["stopped_by"] == "epochs"
     assert m["updates"] == 4 * -(-m["n_train"] // cfg.batch_size)
     assert time.perf_counter() - t0 < 300
+    reliability(9, "a worker that hangs inside a rollout (sleeps an hour; worker_timeout_s=8)",
+                f"the hung call's rollouts; the run made its {m['updates']} updates",
+                back[0] if back else None, "hang to the restarted worker's first gradient applied")

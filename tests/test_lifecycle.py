@@ -44,7 +44,7 @@ def _updates_per_epoch(m: dict, batch: int = 4) -> int:
 
 
 # --- the one format ---------------------------------------------------------------------------------------------
-def test_checkpoint_is_atomic_keeps_the_previous_and_falls_back_when_damaged(tmp_path: Path, caplog):
+def test_checkpoint_is_atomic_keeps_the_previous_and_falls_back_when_damaged(tmp_path: Path, caplog, reliability):
     cfg = load_config(SMOKE, LOCAL)
     p = tmp_path / "ck" / "last.pt"
     write_checkpoint(p, make_payload("local", cfg, {"kind": "pixeldrl", "update": 1}, {"update": 1}))
@@ -68,7 +68,10 @@ def test_checkpoint_is_atomic_keeps_the_previous_and_falls_back_when_damaged(tmp
     p.write_bytes(bytes(raw))
     assert not torch.equal(torch.load(p, weights_only=True)["agent"]["model"]["w"], torch.arange(4096.0))  # silent
     caplog.clear()
+    t0 = time.perf_counter()
     assert read_checkpoint(p).update == 2  # refused as damaged: the previous checkpoint instead
+    reliability(5, "a truncated, torn or bit-flipped last.pt", "the updates after last.prev.pt's (here update 3 of 3)",
+                time.perf_counter() - t0, "the read that refuses last.pt and returns last.prev.pt")
     assert "SHA-256" in caplog.text and str(p) in caplog.text
     with pytest.raises(CheckpointError, match="SHA-256"):
         read_checkpoint(p, fallback=False)
@@ -103,7 +106,7 @@ class _Payload:
 
 
 @pytest.mark.timeout(960)  # three subprocesses of at most 300 s each
-def test_a_crafted_checkpoint_never_runs_its_code(tmp_path: Path):
+def test_a_crafted_checkpoint_never_runs_its_code(tmp_path: Path, reliability):
     """The exact attack: a ``last.pt`` whose pickle runs a shell command, under ``evaluate`` and ``--resume``."""
     run = tmp_path / "run"
     assert subprocess.run([sys.executable, "train.py", "--config", str(SMOKE), "--set", "num_workers=0",
@@ -120,6 +123,8 @@ def test_a_crafted_checkpoint_never_runs_its_code(tmp_path: Path):
         assert r.returncode == 2, r.stdout + r.stderr
         assert f"refused checkpoint {last}" in " ".join(r.stderr.split()) and "could run code" in r.stderr
         assert not marker.exists(), "the crafted checkpoint ran its payload"
+    reliability(6, "a checkpoint whose pickle runs a shell command, under evaluate and --resume",
+                "none: refused (exit 2), the payload's marker file never created", None, "refused at load")
 
 
 def test_every_torch_load_in_the_project_is_weights_only():
@@ -218,7 +223,8 @@ def test_ctrl_c_stops_a_unet_run_with_a_checkpoint(tmp_path: Path):
 
 
 # --- Ray failures that end a run ----------------------------------------------------------------------------------
-def test_a_dead_learner_past_its_restore_limit_ends_the_run_with_a_clear_error(ray_local, tmp_path: Path):
+def test_a_dead_learner_past_its_restore_limit_ends_the_run_with_a_clear_error(ray_local, tmp_path: Path,
+                                                                              reliability):
     cfg = load_config(SMOKE, RAY + ["epochs=500", "report_every_s=0.5", "checkpoint_every=2",
                                     "learner_max_restarts=0"])
     killed = []
@@ -232,10 +238,14 @@ def test_a_dead_learner_past_its_restore_limit_ends_the_run_with_a_clear_error(r
     with pytest.raises(RuntimeError, match=r"learner actor died .*learner_max_restarts=0.* continue with --resume"):
         train_distributed(cfg, tmp_path, quiet=True, on_report=kill_learner)
     assert killed and time.perf_counter() - t0 < 180
-    assert read_checkpoint(tmp_path / "checkpoints" / "last.pt").update >= 2  # intact, resumable
+    last = read_checkpoint(tmp_path / "checkpoints" / "last.pt").update
+    assert last >= 2  # intact, resumable
+    reliability(3, "the learner killed with learner_max_restarts=0",
+                f"the updates after last.pt (killed at about update {killed[0]}, last.pt at {last}); last.pt intact",
+                None, "not meant to: the run ends with a clear error")
 
 
-def test_worker_restarts_used_up_end_the_run_with_a_clear_error(ray_local, tmp_path: Path):
+def test_worker_restarts_used_up_end_the_run_with_a_clear_error(ray_local, tmp_path: Path, reliability):
     class CrashingWorker(Worker):
         def work(self, learner, n_rollouts):
             os._exit(1)  # the process dies every time, as a segfault or OOM kill would
@@ -244,7 +254,10 @@ def test_worker_restarts_used_up_end_the_run_with_a_clear_error(ray_local, tmp_p
     t0 = time.perf_counter()
     with pytest.raises(RuntimeError, match=r"worker \d is dead after 1 restart\(s\) \(worker_max_restarts=1\)"):
         train_distributed(cfg, tmp_path, quiet=True, worker_cls=CrashingWorker)
-    assert time.perf_counter() - t0 < 120  # a clear end, not an endless restart loop
+    wall = time.perf_counter() - t0
+    assert wall < 120  # a clear end, not an endless restart loop
+    reliability(1, "a worker that crashes every time (worker_max_restarts=1)", "none: no update was made", None,
+                f"not meant to: a clear error after {wall:.0f} s, no restart loop")
 
 
 def test_the_architecture_keeps_one_place_for_each_concern():
@@ -279,7 +292,7 @@ def test_hogwild_trains_under_the_lifecycle_and_hands_over_to_one_process(tmp_pa
         load_config(SMOKE, LOCAL + ["engine=hogwild"])
 
 
-def test_a_write_that_runs_out_of_space_keeps_the_previous_checkpoint(tmp_path: Path):
+def test_a_write_that_runs_out_of_space_keeps_the_previous_checkpoint(tmp_path: Path, reliability):
     """The kernel refuses the write midway (a file-size limit stands in for a full disk: the same failed write(2),
     without mounting anything): a clear error naming the file, the checkpoint already there intact, no debris."""
     import subprocess
@@ -303,9 +316,12 @@ def test_a_write_that_runs_out_of_space_keeps_the_previous_checkpoint(tmp_path: 
     assert str(ckpt) in r.stdout and "is left as it was" in r.stdout and "Traceback" not in r.stderr
     assert torch.load(ckpt, weights_only=True)["w"].tolist() == [1.0] * 10
     assert sorted(p.name for p in tmp_path.iterdir()) == ["last.pt"]  # no temporary file, no .prev.pt of a failure
+    reliability(14, "the disk full during a checkpoint write (RLIMIT_FSIZE: the same failed write(2))",
+                "the checkpoint being written; the previous one byte-identical, no debris", None,
+                "a clear error naming the file")
 
 
-def test_a_driver_killed_with_sigkill_resumes_to_the_uninterrupted_result(tmp_path: Path):
+def test_a_driver_killed_with_sigkill_resumes_to_the_uninterrupted_result(tmp_path: Path, reliability):
     """SIGKILL gives no chance to save: the run resumes from the last periodic checkpoint and (same seed, RNG states in
     the checkpoint) ends within 0.005 validation Dice of an uninterrupted run, after the same number of updates."""
     import signal
@@ -322,8 +338,14 @@ def test_a_driver_killed_with_sigkill_resumes_to_the_uninterrupted_result(tmp_pa
     assert code == -signal.SIGKILL
     killed_at = read_checkpoint(out / "checkpoints" / "last.pt").update
     assert 0 < killed_at < full["updates"], "the run finished before it could be killed"
+    t0 = time.perf_counter()
     resumed = train(load_config(SMOKE, args), out, resume=True, quiet=True)
+    resume_s = time.perf_counter() - t0
     assert resumed["updates"] == full["updates"]
     # the stated tolerance: the killed part ran in another process, whose float rounding (thread pools) may differ
     # from this one's by ~1e-5 in a weight; in the same process the resume is exact (test_training.py)
     assert resumed["val/dice"] == pytest.approx(full["val/dice"], abs=0.005)
+    reliability(4, "the driver SIGKILLed, then --resume (one process)",
+                f"the updates after last.pt (update {killed_at}), redone; the result: Dice "
+                f"{resumed['val/dice']:.4f} against {full['val/dice']:.4f} uninterrupted", resume_s,
+                f"--resume to the planned {resumed['updates']} updates")

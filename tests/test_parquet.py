@@ -138,7 +138,7 @@ def test_real_kvasir_round_trip(tmp_path: Path):
 
 
 @pytest.mark.parametrize("damage", ["two bytes swapped inside a page", "truncated footer"])
-def test_a_damaged_shard_fails_naming_it_and_never_returns_other_pixels(tmp_path: Path, damage: str):
+def test_a_damaged_shard_fails_naming_it_and_never_returns_other_pixels(tmp_path: Path, damage: str, reliability):
     from pixelrl_env.parquet import ParquetIndex
 
     write_shards(iter_synthetic(n_patients=1, slices_per_patient=3, size=32), str(tmp_path / "o"))
@@ -164,3 +164,5 @@ def test_a_damaged_shard_fails_naming_it_and_never_returns_other_pixels(tmp_path
     if damage.startswith("two bytes"):  # caught by the page's CRC, before any pixel is decoded
         for e in (whole, parts):
             assert "crc" in str(e.value).lower() or "checksum" in str(e.value).lower(), e.value
+    reliability(7, f"a Parquet shard: {damage}", "the damaged shard's rows, refused by name; no wrong pixel returned",
+                None, "refused at read")

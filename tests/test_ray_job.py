@@ -98,7 +98,7 @@ def test_ray_job_submit_smoke(token_cluster: RayHead, tmp_path: Path):
 
 
 @pytest.mark.timeout(START + 3 * REFUSED + 60 + STOP)
-def test_a_missing_or_wrong_token_is_refused(token_cluster: RayHead, tmp_path: Path):
+def test_a_missing_or_wrong_token_is_refused(token_cluster: RayHead, tmp_path: Path, reliability):
     head = token_cluster
     home = tmp_path / "home"  # no ~/.ray/auth_token to fall back on
     home.mkdir()
@@ -147,3 +147,6 @@ def test_a_missing_or_wrong_token_is_refused(token_cluster: RayHead, tmp_path: P
     ran = {j.get("submission_id") for j in json.loads(listing)}
     assert not ran & refused, ran
     assert ran <= head.succeeded, f"jobs on the cluster besides the smoke job: {ran - head.succeeded}"
+    reliability(11, "jobs submitted without / with a wrong Ray token (CLI, Jobs API, the head's job agent)",
+                f"none: {len(refused)} submissions refused (401 / 403), none ran; the dashboard on 127.0.0.1 only",
+                None, "refused")

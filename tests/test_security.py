@@ -50,7 +50,7 @@ def test_mlflow_listens_on_loopback_only(mlflow_server):
     assert listening_addresses(port) == {"127.0.0.1"}
 
 
-def test_spoofed_host_and_foreign_origin_are_refused(mlflow_server):
+def test_spoofed_host_and_foreign_origin_are_refused(mlflow_server, reliability):
     base, run_id, port = mlflow_server
     search = f"{base}/api/2.0/mlflow/experiments/search?max_results=5"
     assert _request(search)[0] == 200
@@ -65,11 +65,13 @@ def test_spoofed_host_and_foreign_origin_are_refused(mlflow_server):
     assert status == 200
     names = json.loads(_request(search)[1])["experiments"]
     assert "from-evil" not in {e["name"] for e in names}
+    reliability(12, "an MLflow server as the README starts it: spoofed Host, foreign Origin",
+                "none: 403, the foreign experiment not created", None, "refused")
 
 
 @pytest.mark.parametrize("path", ["../outside.txt", "../../outside.txt", "%23/../../outside.txt",
                                   "inside.txt/../../../outside.txt", "/etc/passwd", "..%2F..%2Foutside.txt"])
-def test_artifact_paths_cannot_leave_the_artifact_root(mlflow_server, path: str):
+def test_artifact_paths_cannot_leave_the_artifact_root(mlflow_server, path: str, reliability):
     base, run_id, _ = mlflow_server
     assert _request(f"{base}/get-artifact?path=inside.txt&run_uuid={run_id}") == (200, b"artifact")
     for url in (f"{base}/get-artifact?path={path}&run_uuid={run_id}",
@@ -77,3 +79,5 @@ def test_artifact_paths_cannot_leave_the_artifact_root(mlflow_server, path: str)
         status, body = _request(url)
         assert status in (400, 403, 404), (url, status, body[:200])
         assert b"SECRET" not in body and b"root:" not in body
+    reliability(12, "an MLflow server as the README starts it: ../, #, %2F and absolute artifact paths",
+                "none: 400 / 403 / 404, no file outside the artifact root served", None, "refused")

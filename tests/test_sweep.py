@@ -147,8 +147,9 @@ def test_a_failing_trial_is_retried_and_the_sweep_completes_with_optuna(tmp_path
             assert retry.info.status == "FINISHED" and retry.data.tags["trial_id"] == r.data.tags["trial_id"]
 
 
+@pytest.mark.chaos  # 2 x 2 minutes: benchmarks/chaos.py --suite runs it
 @pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGKILL], ids=["ctrl_c", "sigkill"])
-def test_an_interrupted_sweep_resumes(tmp_path: Path, sig: int):
+def test_an_interrupted_sweep_resumes(tmp_path: Path, sig: int, reliability):
     """Ctrl-C (Tune saves its state on the way out) and SIGKILL (no chance to: the state Tune saved last, with the
     trial in flight, is all there is) after the first trial reported: ``--resume`` finishes every trial once, under
     the same MLflow parent run, and each trial has exactly one current, finished run (a killed attempt's run is kept,
@@ -178,8 +179,10 @@ def test_an_interrupted_sweep_resumes(tmp_path: Path, sig: int):
     parent = (tmp_path / "tune" / "t-resume" / "mlflow_parent_run_id").read_text().strip()
     finished = [r for r in _children("t-resume", parent) if r.info.status == "FINISHED"]
     assert len(finished) < 3, "the sweep finished before it could be interrupted"
+    t0 = time.perf_counter()
     r = subprocess.run([sys.executable, "train.py", "--tune", str(sweep), "--resume"], cwd=ROOT, env=env,
                        capture_output=True, text=True, timeout=600)
+    resume_s = time.perf_counter() - t0
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
     assert "3 trials (0 errored)" in r.stdout
     current = [r for r in _children("t-resume", parent) if "superseded_by" not in r.data.tags]
@@ -187,6 +190,10 @@ def test_an_interrupted_sweep_resumes(tmp_path: Path, sig: int):
     assert sorted(r.info.status for r in current) == ["FINISHED"] * 3
     assert len({r.data.tags["trial_id"] for r in current}) == 3
     assert MlflowClient().get_run(parent).info.status == "FINISHED"
+    reliability(4, f"a sweep's driver {'stopped with Ctrl-C' if sig == signal.SIGINT else 'SIGKILLed'} after its "
+                   "first trial reported, then --resume",
+                f"the trial in flight, rerun; every trial finished once ({len(finished)} of 3 before the stop)",
+                resume_s, "--resume to the end of the sweep")
 
 
 

@@ -659,7 +659,8 @@ class RayA3CEngine:
         self.update, self.pixel_agent_steps = update, steps
         self.needs_reset = set(range(len(self.workers)))
         source = str(ckpt.path) if ckpt else "the state the run started from"
-        self.learner_restores.append({"died_at_update": died_at, "restored_update": update, "from": source})
+        self.learner_restores.append({"died_at_update": died_at, "restored_update": update, "from": source,
+                                      "restored_at_unix": time.time()})
         console.print(f"the learner actor died ({type(error).__name__}) at about update {died_at}; restored from "
                       f"{source} at update {update} (restore {n + 1} of at most {limit}); workers take its weights")
 
