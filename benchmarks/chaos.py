@@ -206,7 +206,10 @@ def object_store_usage() -> tuple[int, int]:
     """``(bytes, objects)`` in the object stores of every node of the connected cluster."""
     from ray._private.internal_api import get_memory_info_reply, get_state_from_address
 
-    st = get_memory_info_reply(get_state_from_address(None)).store_stats
+    import ray
+
+    # the connected cluster's address: None would autodetect, and fail when another Ray runs on the machine
+    st = get_memory_info_reply(get_state_from_address(ray.get_runtime_context().gcs_address)).store_stats
     return int(st.object_store_bytes_used), int(st.num_local_objects)
 
 

@@ -302,3 +302,40 @@ def test_a_hung_worker_is_killed_by_the_timeout_and_the_run_finishes(ray_local, 
     reliability(9, "a worker that hangs inside a rollout (sleeps an hour; worker_timeout_s=8)",
                 f"the hung call's rollouts; the run made its {m['updates']} updates",
                 back[0] if back else None, "hang to the restarted worker's first gradient applied")
+
+
+def test_a_pass_whose_evaluator_is_unreachable_is_asked_again_until_it_answers(ray_local, monkeypatch):
+    """Seen under load with a node removed: the evaluator's node was lost, Ray's task retries ran out while the GCS
+    had not yet declared the node dead, and the run failed with ActorUnavailableError. The pass is now asked again
+    (every 2 s, up to EVALUATOR_UNAVAILABLE_S) until the restarted evaluator answers; past that, the error stands."""
+    from types import SimpleNamespace
+
+    from ray.exceptions import ActorUnavailableError
+
+    import rl_agents.engines.ray_a3c as A
+
+    @ray.remote(num_cpus=0)
+    class Flaky:
+        def __init__(self, failures: int):
+            self.failures = failures
+
+        def weights(self):
+            return "w"
+
+        def evaluate(self, weights, max_images):
+            if self.failures:
+                self.failures -= 1
+                raise ActorUnavailableError("the node is gone", None)
+            return {"val/dice": 0.5, "weights": weights}
+
+    monkeypatch.setattr(A.time, "sleep", lambda s: None)
+    for failures, limit in ((2, 180.0), (2, -1.0)):
+        actor = Flaky.remote(failures)
+        engine = SimpleNamespace(learner=actor, evaluator=actor, _check_learner=lambda e: False)
+        monkeypatch.setattr(A, "EVALUATOR_UNAVAILABLE_S", limit)
+        job = A.RayEval(engine, max_images=4)
+        if limit > 0:
+            assert job.result(block=True) == {"val/dice": 0.5, "weights": "w"}
+        else:  # the deadline already passed at the first failure: a clear error, not an endless retry
+            with pytest.raises(ActorUnavailableError):
+                job.result(block=True)

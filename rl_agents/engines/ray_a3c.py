@@ -382,12 +382,20 @@ def _on_this_node() -> dict[str, Any]:
     return {"scheduling_strategy": NodeAffinitySchedulingStrategy(ray.get_runtime_context().get_node_id(), soft=True)}
 
 
+# how long a validation pass is asked again while its evaluator is unreachable: a node lost without grace is
+# declared dead only after the GCS's health checks give up (up to a minute), and Ray restarts the evaluator after that
+EVALUATOR_UNAVAILABLE_S = 180.0
+
+
 class RayEval:
     """A validation pass running on the evaluator actor while training goes on. If the learner dies before its
-    weights were taken, the pass is started again on the restored learner's weights."""
+    weights were taken, the pass is started again on the restored learner's weights; if the evaluator is unreachable
+    (its node lost: Ray's own task retries can run out before the node is declared dead and the actor restarted),
+    the pass is asked again for up to ``EVALUATOR_UNAVAILABLE_S``."""
 
     def __init__(self, engine: RayA3CEngine, max_images: int | None):
         self.engine, self.max_images = engine, max_images
+        self.unavailable_since: float | None = None
         self._launch()
 
     def _launch(self) -> None:
@@ -404,10 +412,22 @@ class RayEval:
         try:
             return ray.get(self.result_ref)
         except (RayActorError, RayTaskError) as e:
-            if not self.engine._check_learner(e):
+            if not self.engine._check_learner(e) and not self._evaluator_restarting(e):
                 raise
-            self._launch()  # on the restored learner's weights
+            self._launch()  # on the restored learner's weights, or on the restarted evaluator
             return self.result(block)
+
+    def _evaluator_restarting(self, error: Exception) -> bool:
+        from ray.exceptions import ActorUnavailableError
+
+        if not isinstance(error, ActorUnavailableError):
+            return False
+        now = time.monotonic()
+        self.unavailable_since = self.unavailable_since or now
+        if now - self.unavailable_since > EVALUATOR_UNAVAILABLE_S:
+            return False
+        time.sleep(2.0)
+        return True
 
     def snapshot(self) -> dict[str, Any]:
         """The evaluated weights as an agent state (no optimiser: a best checkpoint is for use, not for resuming)."""
