@@ -14,10 +14,10 @@ Reported per arm: pixel-agent steps/s and updates/s over the run, wall time to t
 best validation Dice within the budget. Fairness settings of APPO (circular buffer off, no minimum iteration time,
 learner in this process, one update per ``train()``) are in :func:`rl_agents.engines.rllib_appo.build_config`.
 
-The stock path is measured apart, twice: ``stock_training`` times APPO updates with RLlib's own learner and
-``TorchMultiCategorical`` against the engine's (interleaved, same config); and RLlib maps ``MultiDiscrete([2] * H * W)`` to ``TorchMultiCategorical``, one
-distribution object per pixel; its sample + log-prob + entropy for one step's batch is timed against the
-``TorchCategorical`` over ``(B, H*W, 2)`` logits the engine uses (the rest of an APPO step is the same network).
+The stock path is measured apart, twice. RLlib maps ``MultiDiscrete([2] * H * W)`` to ``TorchMultiCategorical``,
+one distribution object per pixel: ``distributions`` times its sample + log-prob + entropy for one step's batch
+against the ``TorchCategorical`` over ``(B, H*W, 2)`` logits the engine uses, and ``stock_training`` times whole APPO
+updates of the stock path (RLlib's own learner) against the engine's, interleaved, from the same config.
 
     python benchmarks/peer_rllib.py --json benchmarks/results/peer_rllib.json [--seconds 120] [--lgg-seconds 240]
     python benchmarks/peer_rllib.py --parts stock_training --json benchmarks/results/peer_rllib.json  # one part

@@ -231,8 +231,9 @@ def test_a_ray_run_killed_with_sigkill_resumes_to_the_planned_updates(ray_local,
 
 
 def _train_with_fault_once(marker: Path, cfg, out: Path, **run_kwargs) -> tuple[dict, bool]:
-    """A Ray run (``run_kwargs``: an actor class, on_report) whose injected actor class fails once, the first time it finds ``marker`` absent; returns the
-    run's metrics and whether the fault fired. The marker is removed before and after."""
+    """A Ray run (``run_kwargs``: an actor class, on_report) whose injected actor class fails once, the first time
+    it finds ``marker`` absent; returns the run's metrics and whether the fault fired. The marker is removed before
+    and after."""
     marker.unlink(missing_ok=True)
     try:
         m = train_distributed(cfg, out, quiet=True, **run_kwargs)

@@ -400,7 +400,8 @@ class RLlibAPPOEngine(InProcessEngine):
             self.agent.load_state_dict(resume.agent, weights_only=True)
             self.agent.update = resume.update
             self.pixel_agent_steps = int(resume.run.get("pixel_agent_steps", 0))
-        self.started = connect(cfg.ray_address, cfg.num_workers * cfg.worker_cpus + cfg.rllib_learners * cfg.learner_cpus + 1)
+        cpus = cfg.num_workers * cfg.worker_cpus + cfg.rllib_learners * cfg.learner_cpus + 1
+        self.started = connect(cfg.ray_address, cpus)
         self.algo = build_config(cfg, self.crash_once_file, learner_gpus=self._learner_gpus()).build_algo()
         if resume is not None:
             self._load_weights(self.agent.model.state_dict())
