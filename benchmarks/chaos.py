@@ -320,7 +320,17 @@ def main() -> None:
     command = "python " + " ".join(sys.argv)
     before = json.loads(Path(args.json).read_text()) if Path(args.json).exists() else {}
     if args.suite:  # the cases' figures are kept as they were
-        rec = {**before, "suite": {**suite(args.pytest_args), "invoked_as": command, "machine": describe()}}
+        new = {**suite(args.pytest_args), "invoked_as": command, "machine": describe()}
+        old = before.get("suite")
+        if args.pytest_args and old:  # a rerun of some tests (-k ...): the others' records are kept, and said so
+            rerun = {t["test"] for t in new["tests"]}
+            new["tests"] = [t for t in old["tests"] if t["test"] not in rerun] + new["tests"]
+            new["rows"] = sorted([r for r in old["rows"] if r["test"] not in rerun] + new["rows"],
+                                 key=lambda r: r["row"])
+            new["failed"] = [t["test"] for t in new["tests"] if t["outcome"] in ("failure", "error")]
+            new["kept_from"] = {"invoked_as": old["invoked_as"], "wall_s": old["wall_s"],
+                                "tests": sorted({t["test"] for t in old["tests"]} - rerun)}
+        rec = {**before, "suite": new}
         Path(args.json).parent.mkdir(parents=True, exist_ok=True)
         Path(args.json).write_text(json.dumps(rec, indent=2, default=str))
         print(markdown(rec["suite"]["rows"]))

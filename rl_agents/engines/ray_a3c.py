@@ -472,6 +472,8 @@ class RayA3CEngine:
         self.restarting: dict[int, float] = {}
         n = cfg.num_workers
         self.restarts, self.rollouts, self.busy_s = [0] * n, [0] * n, [0.0] * n
+        # per restart: when the driver saw the worker dead, and when its restarted actor's first work call returned
+        self.restart_log: list[dict[str, Any]] = []
         self.nodes: list[str | None] = [None] * n
         self.update = self.pixel_agent_steps = 0
         self.stopped = False
@@ -618,12 +620,15 @@ class RayA3CEngine:
             if i not in self.restarting:
                 self.restarting[i] = time.perf_counter()
                 self.restarts[i] += 1
+                self.restart_log.append({"worker": i, "dead_seen_unix": time.time(), "back_unix": None})
                 console.print(f"worker {i} died ({type(e).__name__}); Ray restarts it (restart {self.restarts[i]})")
             elif time.perf_counter() - self.restarting[i] > 600:
                 raise RuntimeError(f"worker {i} has not come back within 600 s of dying: {e}") from e
             self.retry_at[i] = time.perf_counter() + 0.5
             return None
-        self.restarting.pop(i, None)
+        if self.restarting.pop(i, None) is not None:
+            entry = next(r for r in reversed(self.restart_log) if r["worker"] == i)
+            entry["back_unix"] = time.time()
         self.rollouts[i] += res["rollouts"]
         self.busy_s[i] += res["compute_s"]
         self.nodes[i] = res["node"]
@@ -744,6 +749,7 @@ class RayA3CEngine:
                                           for i in range(self.cfg.num_workers)],
             "perf/worker_busy_fraction": [b / run_wall for b in self.busy_s],
             "workers/restarts": sum(self.restarts),
+            "workers/restart_log": self.restart_log,
             "learner/restores": len(self.learner_restores),
             "learner/restore_log": self.learner_restores,
             "perf/gradients_ahead_of_learner": s["ahead"],
