@@ -314,3 +314,25 @@ def test_ablation_sweep_changes_one_thing_per_row_at_equal_updates():
         assert c.max_updates == 200 and c.max_minutes is None and c.threads == 1 and c.data.folds == 5
         diff = {k for k, x in flatten(to_dict(c)).items() if base[c.data.fold][k] != x}
         assert diff == set(flatten({k: x for k, x in v.items() if k != "name"})), v["name"]  # exactly its own change
+
+
+def test_a_reports_evaluations_are_cached_under_the_checkpoints_hash(sweep: Path, tmp_path: Path, monkeypatch):
+    """A second report reads each trial's figures from beside its checkpoint (no evaluation); a checkpoint that
+    changed is scored again, and its figures replace the cached ones."""
+    import shutil
+
+    import rl_agents.experiment.evaluate as E
+    from rl_agents.experiment.cv import ablation_report
+
+    root = _copy(sweep, tmp_path / "cached")
+    first = ablation_report(root, "cv-t", baseline="unet", splits=("val",))
+    assert len(list(root.glob("cv-t/*/run/checkpoints/report_eval_val.json"))) == 6
+    real, calls = E.evaluate_checkpoint, []
+    monkeypatch.setattr(E, "evaluate_checkpoint", lambda c, **kw: calls.append(str(c)) or real(c, **kw))
+    again = ablation_report(root, "cv-t", baseline="unet", splits=("val",))
+    assert calls == [] and again["rows"] == first["rows"]
+    # fold 1's PA3C checkpoint replaced by fold 0's: only it is scored again, and the report follows the new file
+    ck = root / "cv-t" / "trial_pixeldrl_1" / "run" / "checkpoints" / "best.pt"
+    shutil.copy(root / "cv-t" / "trial_pixeldrl_0" / "run" / "checkpoints" / "best.pt", ck)
+    ablation_report(root, "cv-t", baseline="unet", splits=("val",))
+    assert calls == [str(ck)]

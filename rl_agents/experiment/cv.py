@@ -182,16 +182,45 @@ def summarize(per_fold: dict[str, dict[int, dict[str, Any]]], a: str, b: str) ->
     return out
 
 
-def _evaluate(by: dict[str, dict[int, Trial]], folds: list[int], split: str, device: str) -> dict[str, Any]:
-    """``per_fold[variant][fold]``: each trial's best checkpoint scored on its own fold's ``split`` patients."""
+# bump when what evaluate_checkpoint or fold_figures compute changes: older cached figures are then recomputed
+EVAL_CACHE_VERSION = 1
+
+
+def _figures(checkpoint: Path, split: str, device: str) -> dict[str, Any]:
+    """:func:`fold_figures` of ``checkpoint`` on ``split``, cached beside it (``report_eval_<split>.json``) under the
+    checkpoint's SHA-256: a report scores every trial of a sweep at native resolution (minutes each on a CPU), and
+    a rerun, or a report of a sweep that has gone on, then scores only what is new or changed."""
+    import hashlib
+
     from rl_agents.experiment.evaluate import evaluate_checkpoint
 
+    key = {"version": EVAL_CACHE_VERSION, "split": split, "device": device,
+           "checkpoint_sha256": hashlib.sha256(checkpoint.read_bytes()).hexdigest()}
+    cache = checkpoint.parent / f"report_eval_{split}.json"
+    try:
+        cached = json.loads(cache.read_text())
+        if cached.get("key") == key:
+            return cached["figures"]
+    except (OSError, ValueError, AttributeError):
+        pass  # none yet, or unreadable: computed again
+    figures = fold_figures(evaluate_checkpoint(checkpoint, split=split, device=device))
+    try:
+        tmp = cache.with_name(cache.name + ".tmp")
+        tmp.write_text(json.dumps({"key": key, "figures": figures}))
+        os.replace(tmp, cache)
+    except OSError:
+        pass  # a read-only sweep folder: the report still stands, uncached
+    return figures
+
+
+def _evaluate(by: dict[str, dict[int, Trial]], folds: list[int], split: str, device: str) -> dict[str, Any]:
+    """``per_fold[variant][fold]``: each trial's best checkpoint scored on its own fold's ``split`` patients."""
     per_fold: dict[str, dict[int, dict[str, Any]]] = {}
     for v, trials in by.items():
         per_fold[v] = {}
         for f in folds:
-            ev = evaluate_checkpoint(trials[f].checkpoint, split=split, device=device)
-            per_fold[v][f] = {**fold_figures(ev), "trial": str(trials[f].path), "budget": trials[f].budget()}
+            per_fold[v][f] = {**_figures(Path(trials[f].checkpoint), split, device), "trial": str(trials[f].path),
+                              "budget": trials[f].budget()}
     return per_fold
 
 
