@@ -260,7 +260,7 @@ def suite(pytest_args: list[str] | None = None) -> dict[str, Any]:
     """The whole reliability suite: every test that takes the ``reliability`` fixture (CI's fast cases and the long
     ones marked ``chaos``, which the default test command leaves out), run by pytest in a child process. Each case
     records what it measured (row, fault, data lost, time to recover) through ``CHAOS_RECORD``; pytest's verdict
-    is "survived". A case that fails records nothing and is listed under ``failed``."""
+    is "survived". A case that fails records nothing (``main`` lists it under ``failed``)."""
     import xml.etree.ElementTree as ET
 
     with tempfile.TemporaryDirectory() as tmp:
@@ -282,7 +282,6 @@ def suite(pytest_args: list[str] | None = None) -> dict[str, Any]:
              "duration_s": verdict.get(r["test"], {}).get("duration_s")} for r in records]
     return {"command": " ".join(["python", "-m", "pytest", *cmd[3:]]), "exit_status": proc.returncode,
             "wall_s": round(wall, 1), "tests": tests, "rows": sorted(rows, key=lambda r: r["row"]),
-            "failed": [t["test"] for t in tests if t["outcome"] in ("failure", "error")],
             "output_tail": proc.stdout[-3000:]}
 
 
@@ -290,8 +289,7 @@ def markdown(rows: list[dict[str, Any]]) -> str:
     """The README's table: one line per fault (a parametrised case's variants merged), in row order."""
     merged: dict[tuple[int, str], dict[str, Any]] = {}
     for r in rows:
-        m = merged.setdefault((r["row"], r["fault"]), {**r, "tests": [], "recover": []})
-        m["tests"].append(r["test"].split("::")[-1])
+        m = merged.setdefault((r["row"], r["fault"]), {**r, "recover": []})
         m["survived"] = m["survived"] and r["survived"]
         if r["recover_s"] is not None:
             m["recover"].append(r["recover_s"])
@@ -302,6 +300,11 @@ def markdown(rows: list[dict[str, Any]]) -> str:
             f"{f'{worst * 1e3:.0f} ms' if worst < 1 else f'{worst:.1f} s'} ({m['recovery']})"
         lines.append(f"| {row} | {fault} | {'yes' if m['survived'] else '**no**'} | {m['data_lost']} | {t} |")
     return "\n".join(lines)
+
+
+def _write(path: str, rec: dict[str, Any]) -> None:
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    Path(path).write_text(json.dumps(rec, indent=2, default=str))
 
 
 def main() -> None:
@@ -327,12 +330,11 @@ def main() -> None:
             new["tests"] = [t for t in old["tests"] if t["test"] not in rerun] + new["tests"]
             new["rows"] = sorted([r for r in old["rows"] if r["test"] not in rerun] + new["rows"],
                                  key=lambda r: r["row"])
-            new["failed"] = [t["test"] for t in new["tests"] if t["outcome"] in ("failure", "error")]
             new["kept_from"] = {"invoked_as": old["invoked_as"], "wall_s": old["wall_s"],
                                 "tests": sorted({t["test"] for t in old["tests"]} - rerun)}
+        new["failed"] = [t["test"] for t in new["tests"] if t["outcome"] in ("failure", "error")]
         rec = {**before, "suite": new}
-        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.json).write_text(json.dumps(rec, indent=2, default=str))
+        _write(args.json, rec)
         print(markdown(rec["suite"]["rows"]))
         print(f"{len(rec['suite']['tests'])} tests, failed: {rec['suite']['failed'] or 'none'}; "
               f"{rec['suite']['wall_s']} s; wrote {args.json}")
@@ -351,8 +353,7 @@ def main() -> None:
             r["case_wall_s"] = round(time.time() - t0, 1)
             rec["cases"][name] = r
             print(name, json.dumps({k: v for k, v in r.items() if k != "output_tail"}, default=str)[:600], flush=True)
-    Path(args.json).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.json).write_text(json.dumps(rec, indent=2, default=str))
+    _write(args.json, rec)
     print(f"wrote {args.json}")
 
 

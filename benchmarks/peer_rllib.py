@@ -205,7 +205,7 @@ def main() -> None:
     command = "python " + " ".join(sys.argv)
     old = json.loads(Path(args.json).read_text()) if args.json and Path(args.json).exists() else {}
     kept = {k: v for k, v in old.items() if k in PARTS and k not in parts} if set(parts) != set(PARTS) else {}
-    earlier = old.get("commands") or [old["command"]] if kept else []
+    earlier = (old.get("commands") or [old["command"]]) if kept else []
     res = {"command": command, "commands": [*earlier, command], "machine": describe(), **kept}
     if kept:
         res["machine_of_kept_parts"] = old.get("machine")
@@ -219,10 +219,11 @@ def main() -> None:
     # LGG at 64 px (the scaling benchmark's size), 4 images of 10 steps per update as lgg_cpu.yaml
     lgg = ["data.size=64", "eval_every=50", "checkpoint_every=100000"]
     with tempfile.TemporaryDirectory() as tmp:
-        for name in args.arms.split(",") if "synthetic" in parts else []:
-            res.setdefault("synthetic", [])
-            res["synthetic"].append(arm(name, SMOKE, synthetic, args.seconds, args.target, Path(tmp) / "syn"))
-            print(json.dumps({k: v for k, v in res["synthetic"][-1].items() if k != "curve"}), flush=True)
+        if "synthetic" in parts:
+            res["synthetic"] = []
+            for name in args.arms.split(","):
+                res["synthetic"].append(arm(name, SMOKE, synthetic, args.seconds, args.target, Path(tmp) / "syn"))
+                print(json.dumps({k: v for k, v in res["synthetic"][-1].items() if k != "curve"}), flush=True)
         if args.lgg_seconds and "lgg" in parts:
             res["lgg"] = []
             for name in args.lgg_arms.split(","):
