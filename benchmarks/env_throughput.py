@@ -19,12 +19,12 @@ if hasattr(os, "sched_setaffinity"):
 
 import argparse  # noqa: E402
 import json  # noqa: E402
-import platform  # noqa: E402
 import time  # noqa: E402
 from pathlib import Path  # noqa: E402
 
 import numpy as np  # noqa: E402
 
+from machine import command, describe  # noqa: E402
 from pixelrl_env.env import PixelSegEnv  # noqa: E402
 
 TARGET = 100e6
@@ -82,20 +82,11 @@ def main() -> None:
                         f"({r['ms_per_step']:.2f} ms/step) {'OK' if r['meets_100M'] else 'BELOW 100M'}"
                     )
     out = {
-        "machine": {
-            "cpu": platform.processor() or platform.machine(),
-            "cores_used": 1,
-            "python": platform.python_version(),
-            "numpy": np.__version__,
-        },
+        "command": command(),
+        "machine": {**describe(), "cores_used": 1, "numpy": np.__version__},
         "target_pixel_agent_steps_per_s": TARGET,
         "results": rows,
     }
-    try:
-        with open("/proc/cpuinfo") as f:
-            out["machine"]["cpu"] = next(l.split(":", 1)[1].strip() for l in f if l.startswith("model name"))
-    except (OSError, StopIteration):
-        pass
     Path(args.json).parent.mkdir(parents=True, exist_ok=True)
     Path(args.json).write_text(json.dumps(out, indent=2))
     print(f"wrote {args.json}")

@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import os
 import platform
+import shlex
+import sys
+from pathlib import Path
 
 
 def cpu_name() -> str:
@@ -18,3 +21,11 @@ def describe() -> dict:
     import torch
 
     return {"cpu": cpu_name(), "cores": os.cpu_count(), "python": platform.python_version(), "torch": torch.__version__}
+
+
+def command() -> str:
+    """The invocation that produced a result, as typed from the repository root (so that it can be re-run as is)."""
+    script = Path(sys.argv[0]).resolve()
+    root = Path(__file__).resolve().parent.parent
+    name = script.relative_to(root).as_posix() if script.is_relative_to(root) else sys.argv[0]
+    return shlex.join(["python", name, *sys.argv[1:]])

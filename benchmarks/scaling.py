@@ -25,12 +25,11 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 import time
 from dataclasses import replace
 from pathlib import Path
 
-from machine import describe
+from machine import command, describe
 
 import ray
 
@@ -151,7 +150,7 @@ def asynchrony(size: int, seconds: float, repeats: int) -> None:
               f"ratio {pairs[-1]['ratio']:.3f}", flush=True)
     fast = statistics.median(p["slowed"]["per_worker_updates_per_s"][0] for p in pairs)
     base = statistics.median(statistics.mean(p["unslowed"]["per_worker_updates_per_s"]) for p in pairs)
-    out = {"machine": describe(), "size": size, "seconds": seconds, "pairs": pairs,
+    out = {"command": command(), "machine": describe(), "size": size, "seconds": seconds, "pairs": pairs,
            "median_fast_worker_over_unslowed": fast / base}
     print(f"median ratio {fast / base:.3f} (target: within 10 %)")
     Path("benchmarks/results/scaling_asynchrony.json").write_text(json.dumps(out, indent=2))
@@ -172,7 +171,7 @@ def equal_cores(size: int, seconds: float, repeats: int, json_path: str) -> None
            / statistics.median(p["local2"]["updates_per_s"] for p in pairs))
     print(f"Ray 2 workers / one process with 2 threads, ratio of medians: {med:.3f} (target >= 0.9)")
     out = {"machine": describe(), "size": size, "seconds": seconds, "pairs": pairs,
-           "median_ray2_over_local2": med, "command": "python benchmarks/scaling.py " + " ".join(sys.argv[1:])}
+           "median_ray2_over_local2": med, "command": command()}
     Path(json_path).write_text(json.dumps(out, indent=2))
 
 
@@ -239,14 +238,13 @@ def main() -> None:
 
     base = _cfg(args.size)  # what every synthetic run above was built from, read back rather than restated
     gpu = torch.cuda.get_device_name() if torch.cuda.is_available() else None
-    out = {"machine": {**describe(), "gpu": gpu},
+    out = {"command": command(), "machine": {**describe(), "gpu": gpu},
            "setup": {"size": base.data.size, "batch_size": base.batch_size, "t_max": base.t_max,
                      "preset": base.preset, "threads_per_worker": 1, "seconds": args.seconds,
                      "learner_cpus": base.learner_cpus,
                      "threads": "Ray workers and Hogwild processes: 1 intra-op thread each (torch.set_num_threads(1)); "
                                 "local1/local2: one process with 1 / 2 intra-op threads; inter-op threads: torch's "
-                                "default (reported per local run)",
-                     "command": "python benchmarks/scaling.py " + " ".join(sys.argv[1:])},
+                                "default (reported per local run)"},
            "runs": runs, "summary": summary}
     Path(args.json).parent.mkdir(parents=True, exist_ok=True)
     Path(args.json).write_text(json.dumps(out, indent=2))

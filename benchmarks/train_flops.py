@@ -11,13 +11,13 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
 import time
 from pathlib import Path
 
 import numpy as np
 import torch
 
+from machine import command, describe
 from pixelrl_env.env import PixelSegEnv
 from rl_agents.algo.model import PixelDRLNet, count_parameters, forward_flops
 from rl_agents.algo.pa3c import RewardMapConv, pa3c_loss
@@ -89,13 +89,7 @@ def main() -> None:
               f"{r['seconds_per_update']:.2f} s/update (B={r['batch']}, t_max={r['t_max']}), "
               f"{r['image_steps_per_s']:.1f} image-steps/s, {r['train_gflop_per_s']:.1f} GFLOP/s "
               f"= {100 * r['fraction_of_peak']:.0f}% of peak")
-    cpu = platform.machine()
-    try:
-        with open("/proc/cpuinfo") as f:
-            cpu = next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
-    except (OSError, StopIteration):
-        pass
-    out = {"machine": {"cpu": cpu, "threads": args.threads, "torch": torch.__version__},
+    out = {"command": command(), "machine": {**describe(), "threads": args.threads},
            "matmul_peak_gflop_per_s": peak / 1e9, "rows": rows}
     Path(args.json).parent.mkdir(parents=True, exist_ok=True)
     Path(args.json).write_text(json.dumps(out, indent=2))

@@ -1,0 +1,39 @@
+"""Every README figure comes from a committed benchmark that writes its JSON with the machine, the versions and the
+exact command. The quick scripts run here at toy sizes and their JSON is checked for that provenance."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "benchmarks"))
+
+import machine  # noqa: E402
+
+
+def test_the_command_is_recorded_as_typed_from_the_repository_root(monkeypatch):
+    monkeypatch.setattr(sys, "argv", [str(ROOT / "benchmarks" / "scaling.py"), "--seconds", "75", "--json", "a b.json"])
+    assert machine.command() == "python benchmarks/scaling.py --seconds 75 --json 'a b.json'"
+
+
+def _run(tmp_path: Path, script: str, *args: str) -> dict:
+    out = tmp_path / f"{script}.json"
+    subprocess.run([sys.executable, f"benchmarks/{script}.py", *args, "--json", str(out)], cwd=ROOT, check=True,
+                   capture_output=True, timeout=300)
+    return json.loads(out.read_text())
+
+
+def test_env_throughput_and_train_flops_write_machine_versions_and_command(tmp_path: Path):
+    env = _run(tmp_path, "env_throughput", "--seconds", "0.02")
+    assert env["command"] == f"python benchmarks/env_throughput.py --seconds 0.02 --json {tmp_path}/env_throughput.json"
+    assert {"cpu", "cores", "python", "torch", "numpy"} <= env["machine"].keys() and env["machine"]["cores_used"] == 1
+    assert len(env["results"]) == 16 and all(r["pixel_agent_steps_per_s"] > 0 for r in env["results"])
+
+    fl = _run(tmp_path, "train_flops", "--threads", "1", "--updates", "1")
+    assert fl["command"].startswith("python benchmarks/train_flops.py --threads 1 --updates 1 --json ")
+    assert {"cpu", "python", "torch"} <= fl["machine"].keys() and fl["machine"]["threads"] == 1
+    (row,) = fl["rows"]
+    assert row["preset"] == "small" and 0 < row["fraction_of_peak"] < 1.5
