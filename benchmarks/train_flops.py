@@ -89,8 +89,16 @@ def main() -> None:
               f"{r['seconds_per_update']:.2f} s/update (B={r['batch']}, t_max={r['t_max']}), "
               f"{r['image_steps_per_s']:.1f} image-steps/s, {r['train_gflop_per_s']:.1f} GFLOP/s "
               f"= {100 * r['fraction_of_peak']:.0f}% of peak")
+    # What each preset would cost, trained or not (the `paper` preset is a GPU network: it is counted, not timed).
+    presets = []
+    for preset in ("small", "medium", "paper"):
+        model = PixelDRLNet(1, 2, preset)
+        presets.append({"preset": preset, "params": count_parameters(model),
+                        **{f"forward_gflop_{s}px": forward_flops(model, 1, s) / 1e9 for s in (128, 256)}})
+        print(f"{preset}: {presets[-1]['params']:,} params, forward {presets[-1]['forward_gflop_128px']:.2f} / "
+              f"{presets[-1]['forward_gflop_256px']:.2f} GFLOP per image at 128 / 256 px")
     out = {"command": command(), "machine": {**describe(), "threads": args.threads},
-           "matmul_peak_gflop_per_s": peak / 1e9, "rows": rows}
+           "matmul_peak_gflop_per_s": peak / 1e9, "rows": rows, "presets": presets}
     Path(args.json).parent.mkdir(parents=True, exist_ok=True)
     Path(args.json).write_text(json.dumps(out, indent=2))
     print(f"wrote {args.json}")

@@ -37,3 +37,9 @@ def test_env_throughput_and_train_flops_write_machine_versions_and_command(tmp_p
     assert {"cpu", "python", "torch"} <= fl["machine"].keys() and fl["machine"]["threads"] == 1
     (row,) = fl["rows"]
     assert row["preset"] == "small" and 0 < row["fraction_of_peak"] < 1.5
+    counted = {r["preset"]: r for r in fl["presets"]}
+    assert counted.keys() == {"small", "medium", "paper"}
+    assert counted["small"]["params"] == row["params"]
+    assert counted["small"]["forward_gflop_128px"] == row["gflop_per_image_step"]
+    # convolutions only: four times the pixels, four times the work
+    assert abs(counted["paper"]["forward_gflop_256px"] / counted["paper"]["forward_gflop_128px"] - 4) < 0.05
