@@ -249,3 +249,28 @@ def test_an_rllib_appo_sweep_runs_its_trials_with_remote_runners_and_learners(tm
         assert r.data.params["engine"] == "rllib_appo" and r.data.params["rllib_learners"] == "1"
         assert r.data.metrics["updates"] == 6 and 0 <= r.data.metrics["val/dice"] <= 1
         assert r.data.metrics["perf/updates_per_s"] > 0
+
+
+SWEEP_FILES = sorted(p.name for p in (ROOT / "tune_configs").glob("*.yaml") if "search_space" in
+                     yaml.safe_load(p.read_text()))
+
+
+@pytest.mark.parametrize("name", SWEEP_FILES)
+def test_every_shipped_sweep_file_loads_and_each_of_its_trials_is_a_valid_config(name: str):
+    """A sweep is hours of CPU: a typo in its last variant must fail here, not when Tune reaches that trial."""
+    from rl_agents.experiment.sweep import trial_config
+
+    spec = load_sweep(ROOT / "tune_configs" / name)
+    space = spec["search_space"]
+    rows = space.get("variant", {}).get("grid", [{}])
+    names = [r.get("name") for r in rows]
+    assert len(set(names)) == len(names), f"{name}: variant names repeat: {names}"
+    grids = {k: d["grid"] for k, d in space.items() if k != "variant" and "grid" in d}
+    for row in rows:
+        for k, values in grids.items():
+            cfg = trial_config(spec["base"], {k: values[-1], "variant": row})
+            assert cfg.max_updates == spec["base"]["max_updates"] or "max_updates" in row
+
+
+def test_the_shipped_sweeps_include_the_ablations():
+    assert {"ablation_heart.yaml", "ablation_lgg.yaml", "cv_heart.yaml", "cv_lgg.yaml"} <= set(SWEEP_FILES)
