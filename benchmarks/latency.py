@@ -32,7 +32,7 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from machine import describe  # noqa: E402
+from machine import command, describe  # noqa: E402
 
 from rl_agents.algo.inference import segment_with_steps  # noqa: E402
 from rl_agents.algo.model import PixelDRLNet, count_parameters, forward_flops  # noqa: E402
@@ -206,7 +206,7 @@ def main() -> None:
     args = p.parse_args()
     torch.set_num_threads(args.threads)
     t0 = time.time()
-    rec: dict = {"command": "python " + " ".join(sys.argv), "machine": describe(), "threads": args.threads}
+    rec: dict = {"command": command(), "machine": describe(), "threads": args.threads}
     import onnxruntime
 
     rec["onnxruntime"] = onnxruntime.__version__

@@ -38,7 +38,7 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from machine import describe  # noqa: E402
+from machine import command, describe  # noqa: E402
 
 from rl_agents.config import load_config  # noqa: E402
 from rl_agents.experiment.lifecycle import run_training  # noqa: E402
@@ -202,11 +202,11 @@ def main() -> None:
     if unknown := set(parts) - set(PARTS):
         p.error(f"--parts: unknown {sorted(unknown)}, expected of {PARTS}")
     torch.set_num_threads(1)
-    command = "python " + " ".join(sys.argv)
+    invoked = command()
     old = json.loads(Path(args.json).read_text()) if args.json and Path(args.json).exists() else {}
     kept = {k: v for k, v in old.items() if k in PARTS and k not in parts} if set(parts) != set(PARTS) else {}
     earlier = (old.get("commands") or [old["command"]]) if kept else []
-    res = {"command": command, "commands": [*earlier, command], "machine": describe(), **kept}
+    res = {"command": invoked, "commands": [*earlier, invoked], "machine": describe(), **kept}
     if kept:
         res["machine_of_kept_parts"] = old.get("machine")
     if "distributions" in parts:
