@@ -177,18 +177,9 @@ def learner_kill(out: Path, epochs: int = 40) -> dict[str, Any]:
     import ray
 
     from rl_agents.config import load_config
-    from rl_agents.engines.ray_a3c import train_distributed
-    from rl_agents.experiment.checkpoint import read_checkpoint
+    from rl_agents.engines.ray_a3c import KillLearnerAfterCheckpoint, train_distributed
 
-    killed: list[dict[str, Any]] = []
-
-    def kill(state):
-        last = out / "checkpoints" / "last.pt"
-        if not killed and last.exists():
-            at = read_checkpoint(last).update
-            if state["stats"]["update"] >= at + 2:
-                ray.kill(state["learner"], no_restart=True)
-                killed.append({"update": state["stats"]["update"], "checkpoint_update": at, "t": time.time()})
+    kill = KillLearnerAfterCheckpoint(out / "checkpoints" / "last.pt", lead=2)
 
     cfg = load_config(SMOKE, ["max_minutes=null", f"epochs={epochs}", "report_every_s=0.3", "checkpoint_every=4",
                               "eval_every=1000", "mlflow=false"])
@@ -197,7 +188,7 @@ def learner_kill(out: Path, epochs: int = 40) -> dict[str, Any]:
         m = train_distributed(cfg, out, quiet=True, on_report=kill)
     finally:
         ray.shutdown()
-    return {"case": "learner killed", "killed": killed, "restores": m["learner/restore_log"],
+    return {"case": "learner killed", "killed": kill.killed, "restores": m["learner/restore_log"],
             "gradients_ahead_of_learner": m["perf/gradients_ahead_of_learner"], "updates": m["updates"],
             "planned": epochs * -(-m["n_train"] // 4), "stopped_by": m["stopped_by"], "val_dice": m["val/dice"]}
 

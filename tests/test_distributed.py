@@ -123,33 +123,28 @@ def test_a_killed_learner_is_restored_from_its_checkpoint_and_the_run_finishes(r
     """Fault row 3: the learner process dies mid-run. It comes back from checkpoints/last.pt on its own, with the
     checkpoint's update counter; every worker takes its weights (no gradient computed on the dead learner's newer
     weights reaches it); the run ends as planned."""
+    from rl_agents.engines.ray_a3c import KillLearnerAfterCheckpoint
     from rl_agents.experiment.checkpoint import read_checkpoint
 
     cfg = load_config(SMOKE, ["max_minutes=null", "epochs=8", "report_every_s=0.3", "checkpoint_every=4",
                               "eval_every=1000"])
-    killed = []
-
-    def kill_learner(state):
-        last = tmp_path / "checkpoints" / "last.pt"
-        if not killed and last.exists():
-            at = read_checkpoint(last).update
-            if state["stats"]["update"] >= at + 2:  # the learner is ahead of its checkpoint: that work is lost
-                ray.kill(state["learner"], no_restart=True)
-                killed.append((state["stats"]["update"], at, time.time()))
-
-    m = train_distributed(cfg, tmp_path, quiet=True, on_report=kill_learner)
-    assert killed, "the run ended before the learner could be killed"
+    # 2 updates past last.pt, so that the restore has work to redo; by update 16 (well before the end of 8 epochs)
+    # whatever the lead, so that the fault always happens
+    kill = KillLearnerAfterCheckpoint(tmp_path / "checkpoints" / "last.pt", lead=2, by_update=16)
+    m = train_distributed(cfg, tmp_path, quiet=True, on_report=kill)
+    assert kill.killed, f"the run ended before the learner could be killed; (update, checkpoint) seen: {kill.seen}"
+    killed = kill.killed[0]
     assert m["learner/restores"] == 1
     log = m["learner/restore_log"][0]
-    assert log["restored_update"] == killed[0][1] and log["from"].endswith("last.pt")
+    assert log["restored_update"] == killed["checkpoint_update"] and log["from"].endswith("last.pt")
     assert m["perf/gradients_ahead_of_learner"] == 0  # the workers dropped the dead learner's weights
     planned = 8 * -(-m["n_train"] // cfg.batch_size)
-    assert m["updates"] == planned and m["stopped_by"] == "epochs"
+    assert kill.by_update < planned and m["updates"] == planned and m["stopped_by"] == "epochs"
     assert read_checkpoint(tmp_path / "checkpoints" / "last.pt").update == planned
     reliability(3, "the learner actor killed mid-run",
-                f"the updates after last.pt, redone (killed at about update {killed[0][0]}, restored at "
+                f"the updates after last.pt, redone (killed at about update {killed['update']}, restored at "
                 f"{log['restored_update']}); no gradient on the dead learner's weights applied",
-                log["restored_at_unix"] - killed[0][2], "kill to the learner restored from last.pt")
+                log["restored_at_unix"] - killed["t"], "kill to the learner restored from last.pt")
 
 
 def test_hogwild_peer_updates_the_shared_model():

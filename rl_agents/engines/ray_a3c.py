@@ -440,6 +440,37 @@ class RayEval:
                 "model": tensors[0], "reward_conv": tensors[1], "optimizer": None, "scheduler": None}
 
 
+class KillLearnerAfterCheckpoint:
+    """An ``on_report`` callback for fault drills (tests and ``benchmarks/chaos.py``): kills the learner actor once,
+    after ``checkpoints/last.pt`` exists, and records ``killed = [{"update", "checkpoint_update", "t"}]``.
+
+    It waits for the learner to be ``lead`` updates past that checkpoint, so that the restore has work to redo; once
+    the learner reaches ``by_update`` it kills it whatever the lead. Reports land at chance moments against the
+    checkpoint cadence (on a busy machine every report of a short run can fall just after a save), and a drill
+    must not end without its fault. The checkpoint read here is the one the restore uses: the driver, which calls
+    this, is also the only writer of ``last.pt``, so no save can land between the read and the kill.
+    """
+
+    def __init__(self, last: str | Path, lead: int = 2, by_update: int | None = None):
+        self.last, self.lead, self.by_update = Path(last), lead, by_update
+        self.killed: list[dict[str, Any]] = []
+        self.seen: list[tuple[int, int | None]] = []  # (learner update, checkpoint update) per report: a miss's why
+
+    def __call__(self, state: dict[str, Any]) -> None:
+        import ray
+
+        from rl_agents.experiment.checkpoint import read_checkpoint
+
+        if self.killed:
+            return
+        update = int(state["stats"]["update"])
+        at = read_checkpoint(self.last).update if self.last.exists() else None
+        self.seen.append((update, at))
+        if at is not None and (update >= at + self.lead or (self.by_update is not None and update >= self.by_update)):
+            ray.kill(state["learner"], no_restart=True)
+            self.killed.append({"update": update, "checkpoint_update": at, "t": time.time()})
+
+
 class RayA3CEngine:
     """The driver side of Ray A3C: starts the actors, keeps the workers busy, restarts the ones that die.
 
