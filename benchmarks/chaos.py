@@ -294,8 +294,9 @@ def markdown(rows: list[dict[str, Any]]) -> str:
 
 
 def _write(path: str, rec: dict[str, Any]) -> None:
-    Path(path).parent.mkdir(parents=True, exist_ok=True)
-    Path(path).write_text(json.dumps(rec, indent=2, default=str))
+    from machine import write_json
+
+    write_json(path, rec)
 
 
 def main() -> None:

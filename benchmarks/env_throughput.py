@@ -18,13 +18,11 @@ if hasattr(os, "sched_setaffinity"):
     os.sched_setaffinity(0, {sorted(os.sched_getaffinity(0))[0]})
 
 import argparse  # noqa: E402
-import json  # noqa: E402
 import time  # noqa: E402
-from pathlib import Path  # noqa: E402
 
 import numpy as np  # noqa: E402
 
-from machine import command, describe  # noqa: E402
+from machine import command, describe, write_json  # noqa: E402
 from pixelrl_env.env import PixelSegEnv  # noqa: E402
 
 TARGET = 100e6
@@ -87,8 +85,7 @@ def main() -> None:
         "target_pixel_agent_steps_per_s": TARGET,
         "results": rows,
     }
-    Path(args.json).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.json).write_text(json.dumps(out, indent=2))
+    write_json(args.json, out)
     print(f"wrote {args.json}")
 
 

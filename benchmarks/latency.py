@@ -19,7 +19,6 @@ Two parts, side by side in one run on one machine:
 from __future__ import annotations
 
 import argparse
-import json
 import statistics
 import sys
 import tempfile
@@ -32,7 +31,7 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from machine import command, describe  # noqa: E402
+from machine import command, describe, write_json  # noqa: E402
 
 from rl_agents.algo.inference import segment_with_steps  # noqa: E402
 from rl_agents.algo.model import PixelDRLNet, count_parameters, forward_flops  # noqa: E402
@@ -225,8 +224,7 @@ def main() -> None:
     print(f"trained checkpoints, {args.experiment} fold {args.fold}:", flush=True)
     rec["trained"] = trained(args.experiment, args.storage, args.fold, args.max_slices, args.min_seconds)
     rec["wall_s"] = round(time.time() - t0, 1)
-    Path(args.json).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.json).write_text(json.dumps(rec, indent=2))
+    write_json(args.json, rec)
     print(f"wrote {args.json} ({rec['wall_s']} s)")
 
 

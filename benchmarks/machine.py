@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import platform
 import shlex
@@ -29,3 +30,13 @@ def command() -> str:
     root = Path(__file__).resolve().parent.parent
     name = script.relative_to(root).as_posix() if script.is_relative_to(root) else sys.argv[0]
     return shlex.join(["python", name, *sys.argv[1:]])
+
+
+def write_json(path: str | Path, obj: object, indent: int = 2) -> None:
+    """``obj`` as JSON at ``path``, its folder made if need be. Written beside it and renamed into place, so that a
+    run cut mid-write (Ctrl-C, a time limit) leaves the previous file whole, never half a file."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(json.dumps(obj, indent=indent, default=str))
+    os.replace(tmp, path)

@@ -25,7 +25,7 @@ import time
 from pathlib import Path
 
 import yaml
-from machine import describe
+from machine import describe, write_json
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -94,8 +94,7 @@ def main(argv: list[str] | None = None) -> int:
            "main_job": main_job(work, args.target, args.set)}
     if args.sweep:
         out["sweep"] = sweep(work)
-    Path(args.json).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.json).write_text(json.dumps(out, indent=2))
+    write_json(args.json, out)
     print(json.dumps({k: v for k, v in out.items() if k != "machine"}, indent=2))
     return 0
 

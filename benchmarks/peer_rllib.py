@@ -38,7 +38,7 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from machine import command, describe  # noqa: E402
+from machine import command, describe, write_json  # noqa: E402
 
 from rl_agents.config import load_config  # noqa: E402
 from rl_agents.experiment.lifecycle import run_training  # noqa: E402
@@ -230,8 +230,7 @@ def main() -> None:
                 res["lgg"].append(arm(name, LGG, lgg, args.lgg_seconds, args.lgg_target, Path(tmp) / "lgg"))
                 print(json.dumps({k: v for k, v in res["lgg"][-1].items() if k != "curve"}), flush=True)
     if args.json:
-        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.json).write_text(json.dumps(res, indent=1))
+        write_json(args.json, res, indent=1)
 
 
 if __name__ == "__main__":

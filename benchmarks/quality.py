@@ -16,7 +16,7 @@ import shlex
 import sys
 from pathlib import Path
 
-from machine import describe
+from machine import describe, write_json
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -122,8 +122,7 @@ def main() -> None:
         "command": shlex.join(["python", "benchmarks/quality.py", *sys.argv[1:]]),
         "rows": rows,
     }
-    Path(json_path).parent.mkdir(parents=True, exist_ok=True)
-    Path(json_path).write_text(json.dumps(out, indent=2))
+    write_json(json_path, out)
     print(f"wrote {json_path}")
 
 

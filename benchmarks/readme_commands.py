@@ -146,6 +146,10 @@ PLAN: dict[str, Step] = {
                                                                      reason="stopped with Ctrl-C after 75 s"),
     "pixeldrl ablation-report --experiment ablation-heart": Step(
         cwd="main", reason="over the ablation sweep in the main checkout's runs/tune (hours of training)"),
+    "python train.py --tune tune_configs/ablation_lgg.yaml --variants adv-norm,keep-0.9": Step(
+        kind="cap", cap_s=75, reason="stopped with Ctrl-C after 75 s"),
+    "pixeldrl ablation-report --experiment ablation-lgg --merge benchmarks/results/ablation_lgg.json": Step(
+        cwd="main", reason="over the LGG ablation rows in the main checkout's runs/tune (hours of training)"),
     "pixeldrl compare --experiment sweep-asha --metric val/dice": Step(),
     "mlflow ui --backend-store-uri sqlite:///$PWD/mlflow.db": Step(kind="serve"),
     # Clusters
@@ -356,7 +360,7 @@ def main() -> None:
     p.add_argument("--to", dest="stop", type=int, default=None, help="last command to run (a part of the README)")
     args = p.parse_args()
     sys.path.insert(0, str(ROOT))
-    from machine import describe
+    from machine import describe, write_json
     from tests.ray_head import RayHead
 
     clone = ROOT
@@ -438,12 +442,11 @@ def main() -> None:
               f"{'  (Ctrl-C)' if res['stopped_by_ctrl_c'] else ''}", flush=True)
         if not entry["ok"]:
             print("      " + "\n      ".join(res["output_tail"]), flush=True)
-        Path(args.json).write_text(json.dumps(rec, indent=2))  # so far: a cut run keeps what it measured
+        write_json(args.json, rec)  # so far: a cut run keeps what it measured
     rec["wall_s"] = round(time.time() - t_all, 1)
     rec["machine"] = describe()  # imports torch: installed by the Quickstart's first command
     rec["failed"] = [e["n"] for e in rec["commands"] if e.get("ran") and not e["ok"]]
-    Path(args.json).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.json).write_text(json.dumps(rec, indent=2))
+    write_json(args.json, rec)
     print(f"wrote {args.json}: {sum(e.get('ran', False) for e in rec['commands'])} ran, "
           f"{len(rec['failed'])} failed, {sum(not e.get('ran') for e in rec['commands'])} not run "
           f"({rec['wall_s']} s)")

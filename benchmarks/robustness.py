@@ -15,7 +15,6 @@ so both models see identical corrupted images.
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import time
 from pathlib import Path
@@ -26,7 +25,7 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from machine import describe  # noqa: E402
+from machine import describe, write_json  # noqa: E402
 
 from pixelrl_env.corrupt import KINDS, LEVELS, corrupt  # noqa: E402
 from pixelrl_env.dataset import load_splits  # noqa: E402
@@ -135,8 +134,7 @@ def main(argv: list[str] | None = None) -> int:
     out = {"command": "python benchmarks/robustness.py " + " ".join(sys.argv[1:] if argv is None else argv),
            "machine": describe(), "experiment": args.experiment, "levels": {k: LEVELS[k] for k in args.kinds},
            "max_slices": args.max_slices, "wall_s": round(time.perf_counter() - t0, 1), "summary": summary, **res}
-    Path(args.json).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.json).write_text(json.dumps(out, indent=2))
+    write_json(args.json, out)
     for v, per in summary.items():
         strongest = {k: per[k][-1]["dice_lost_mean"] for k in args.kinds}
         print(f"{v}: clean Dice {per[args.kinds[0]][0]['dice_mean']:.3f}; Dice lost at the strongest level: "

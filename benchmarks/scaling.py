@@ -24,12 +24,11 @@ machine is reported as ``learner_busy_fraction``.
 from __future__ import annotations
 
 import argparse
-import json
 import time
 from dataclasses import replace
 from pathlib import Path
 
-from machine import command, describe
+from machine import command, describe, write_json
 
 import ray
 
@@ -153,7 +152,7 @@ def asynchrony(size: int, seconds: float, repeats: int) -> None:
     out = {"command": command(), "machine": describe(), "size": size, "seconds": seconds, "pairs": pairs,
            "median_fast_worker_over_unslowed": fast / base}
     print(f"median ratio {fast / base:.3f} (target: within 10 %)")
-    Path("benchmarks/results/scaling_asynchrony.json").write_text(json.dumps(out, indent=2))
+    write_json("benchmarks/results/scaling_asynchrony.json", out)
 
 
 def equal_cores(size: int, seconds: float, repeats: int, json_path: str) -> None:
@@ -172,7 +171,7 @@ def equal_cores(size: int, seconds: float, repeats: int, json_path: str) -> None
     print(f"Ray 2 workers / one process with 2 threads, ratio of medians: {med:.3f} (target >= 0.9)")
     out = {"machine": describe(), "size": size, "seconds": seconds, "pairs": pairs,
            "median_ray2_over_local2": med, "command": command()}
-    Path(json_path).write_text(json.dumps(out, indent=2))
+    write_json(json_path, out)
 
 
 def main() -> None:
@@ -246,8 +245,7 @@ def main() -> None:
                                 "local1/local2: one process with 1 / 2 intra-op threads; inter-op threads: torch's "
                                 "default (reported per local run)"},
            "runs": runs, "summary": summary}
-    Path(args.json).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.json).write_text(json.dumps(out, indent=2))
+    write_json(args.json, out)
     print(f"wrote {args.json}")
 
 

@@ -10,14 +10,12 @@ forward (backward ~ 2x forward). FLOPs per forward come from torch's FLOP counte
 from __future__ import annotations
 
 import argparse
-import json
 import time
-from pathlib import Path
 
 import numpy as np
 import torch
 
-from machine import command, describe
+from machine import command, describe, write_json
 from pixelrl_env.env import PixelSegEnv
 from rl_agents.algo.model import PixelDRLNet, count_parameters, forward_flops
 from rl_agents.algo.pa3c import RewardMapConv, pa3c_loss
@@ -99,8 +97,7 @@ def main() -> None:
               f"{presets[-1]['forward_gflop_256px']:.2f} GFLOP per image at 128 / 256 px")
     out = {"command": command(), "machine": {**describe(), "threads": args.threads},
            "matmul_peak_gflop_per_s": peak / 1e9, "rows": rows, "presets": presets}
-    Path(args.json).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.json).write_text(json.dumps(out, indent=2))
+    write_json(args.json, out)
     print(f"wrote {args.json}")
 
 

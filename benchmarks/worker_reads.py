@@ -20,7 +20,6 @@ a worker downloads. Every run checks that the parts, concatenated, equal ``load_
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import tempfile
 import time
@@ -28,7 +27,7 @@ from pathlib import Path
 
 import numpy as np
 import pyarrow.parquet as pq
-from machine import describe as machine
+from machine import describe as machine, write_json
 
 from pixelrl_env.dataset import DataConfig, describe, load_part, load_splits
 from pixelrl_env.parquet import shard_paths, write_shards
@@ -141,8 +140,7 @@ def main() -> None:
             out["split_sizes"] = {k: v for k, v in describe(cfg).items() if k.startswith("n_")}
             out["results"][fmt] = measure(cfg)
             print_table(fmt, out["results"][fmt])
-    Path(args.json).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.json).write_text(json.dumps(out, indent=2))
+    write_json(args.json, out)
     print(f"\nwrote {args.json}")
 
 

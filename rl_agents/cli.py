@@ -183,7 +183,8 @@ def _print_metrics(title: str, metrics: dict) -> None:
 def _cmd_tune(args: argparse.Namespace) -> int:
     from rl_agents.experiment.sweep import run_sweep
 
-    summary = run_sweep(args.tune, resume=args.resume)
+    summary = run_sweep(args.tune, resume=args.resume,
+                        variants=args.variants.split(",") if getattr(args, "variants", None) else None)
     console.print(f"{summary['n_trials']} trials ({summary['n_errors']} errored); results in {summary['storage']}; "
                   f"MLflow parent run {summary['parent_run_id']}")
     if summary["best_run_name"]:
@@ -324,10 +325,10 @@ def _cmd_cv_report(args: argparse.Namespace) -> int:
 
 
 def _cmd_ablation_report(args: argparse.Namespace) -> int:
-    from rl_agents.experiment.cv import ablation_report
+    from rl_agents.experiment.cv import ablation_markdown, ablation_report
 
     r = ablation_report(Path(args.storage), args.experiment, baseline=args.baseline, device=args.device,
-                        json_out=args.json, only=args.only.split(",") if args.only else None)
+                        json_out=args.json, only=args.only.split(",") if args.only else None, merge=args.merge)
     base, n = r["baseline"], len(r["folds"])
     wide = Console(width=max(console.width, 230))  # eleven columns, each header on one line
     table = Table(title=f"{args.experiment}: each variant minus {base!r}, paired by fold ({n} of {r['k']} folds; "
@@ -355,6 +356,11 @@ def _cmd_ablation_report(args: argparse.Namespace) -> int:
         done = ", ".join(f"{v} (folds {f})" for v, f in r["incomplete"].items()) or "none"
         wide.print(f"not in the table, the sweep has not finished them: {len(r['unfinished'])} trial(s) without "
                    f"best.pt or metrics.json; variants with some folds done: {done}", highlight=False)
+    if r.get("merged"):
+        wide.print(f"rows from {r['merged']['from']} (made by `{r['merged']['command']}`): "
+                   f"{', '.join(r['merged']['variants'])}", highlight=False)
+    if args.markdown:
+        print(ablation_markdown(r))
     return 0
 
 
@@ -423,6 +429,8 @@ def build_parser() -> argparse.ArgumentParser:
     _add_train_args(tr, "runs/main")
     tr.add_argument("--tune", default=None, metavar="SWEEP",
                     help="run a Ray Tune sweep from this YAML instead (same as `pixeldrl tune SWEEP`)")
+    tr.add_argument("--variants", default=None, metavar="NAMES", help="comma-separated rows of the sweep's variant grid to run (default all), e.g. "
+                         "train-empty,adv-norm")
     tr.set_defaults(func=_cmd_train)
 
     bl = sub.add_parser("baseline", help="train the supervised MONAI U-Net on the same split and resolution")
@@ -473,6 +481,8 @@ def build_parser() -> argparse.ArgumentParser:
     tu = sub.add_parser("tune", help="a Ray Tune sweep (ASHA, random or Optuna search), each trial an MLflow run")
     tu.add_argument("tune", metavar="SWEEP", help="sweep YAML, e.g. tune_configs/sweep_asha.yaml")
     tu.add_argument("--resume", action="store_true", help="continue an interrupted sweep")
+    tu.add_argument("--variants", default=None, metavar="NAMES", help="comma-separated rows of the sweep's variant grid to run (default all), e.g. "
+                         "train-empty,adv-norm")
     tu.set_defaults(func=_cmd_tune)
 
     cmp_ = sub.add_parser("compare", help="MLflow runs side by side: the params that differ and the metrics")
@@ -517,6 +527,10 @@ def build_parser() -> argparse.ArgumentParser:
     ab.add_argument("--baseline", default="base", help="the variant every row is paired with (default base)")
     ab.add_argument("--json", default=None, help="write every per-fold figure, budgets and the machine here")
     ab.add_argument("--only", default=None, help="comma-separated variants to report (e.g. those with every fold done)")
+    ab.add_argument("--merge", default=None, metavar="JSON",
+                    help="an earlier report of the same sweep: its figures stand in for the variants (the baseline "
+                         "too) that --storage lacks; checked to be the same folds and patients")
+    ab.add_argument("--markdown", action="store_true", help="also print the table as Markdown (the README's)")
     ab.add_argument("--device", default="cpu")
     ab.set_defaults(func=_cmd_ablation_report)
     return p

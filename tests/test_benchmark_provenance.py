@@ -19,6 +19,25 @@ def test_the_command_is_recorded_as_typed_from_the_repository_root(monkeypatch):
     assert machine.command() == "python benchmarks/scaling.py --seconds 75 --json 'a b.json'"
 
 
+def test_a_result_is_written_whole_or_not_at_all(tmp_path: Path, monkeypatch):
+    """A run cut while writing its JSON keeps the previous result file whole (written beside it, then renamed)."""
+    out = tmp_path / "results" / "r.json"
+    machine.write_json(out, {"run": 1})
+    assert json.loads(out.read_text()) == {"run": 1}
+
+    def cut(self, text):  # the new file's write dies half way
+        Path.write_bytes(self, text[: len(text) // 2].encode())
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(Path, "write_text", cut)
+    try:
+        machine.write_json(out, {"run": 2, "more": list(range(100))})
+    except KeyboardInterrupt:
+        pass
+    monkeypatch.undo()
+    assert json.loads(out.read_text()) == {"run": 1}
+
+
 def _run(tmp_path: Path, script: str, *args: str) -> dict:
     out = tmp_path / f"{script}.json"
     subprocess.run([sys.executable, f"benchmarks/{script}.py", *args, "--json", str(out)], cwd=ROOT, check=True,

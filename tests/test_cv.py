@@ -298,6 +298,45 @@ def test_ablation_report_of_a_sweep_in_progress_reports_the_finished_variants(sw
     assert "not in the table, the sweep has not finished them: 1 trial(s)" in out and "pixeldrl (folds [0, 2])" in out
 
 
+def test_an_earlier_reports_figures_stand_in_for_the_trials_a_storage_lacks(sweep: Path, tmp_path: Path, capsys):
+    """A sweep whose baseline trials are gone (a lost storage; the rows split across machines): ``merge`` takes the
+    baseline's figures from an earlier report of the same sweep, and the rows equal those of the whole sweep. Figures
+    of other patients, another baseline or another k do not pool."""
+    from rl_agents.cli import main
+    from rl_agents.experiment.cv import ablation_markdown, ablation_report
+
+    whole = ablation_report(sweep, "cv-t", baseline="unet", splits=("val",), json_out=tmp_path / "whole.json")
+    root = _copy(sweep, tmp_path / "no-baseline")
+    for d in (root / "cv-t").glob("trial_unet_*"):
+        shutil.rmtree(d)
+    with pytest.raises(CVError, match="baseline variant 'unet' not in the sweep"):
+        ablation_report(root, "cv-t", baseline="unet", splits=("val",))
+    ab = ablation_report(root, "cv-t", baseline="unet", splits=("val",), merge=tmp_path / "whole.json",
+                         json_out=tmp_path / "merged.json")
+    assert list(ab["rows"]) == ["unet", "pixeldrl"] and ab["merged"]["variants"] == ["unet"]
+    assert ab["merged"]["command"] == whole["command"] and ab["rows"]["unet"]["changes"] == {"model": "unet"}
+    for m in (*PAPER_METRICS, *WHOLE_METRICS):
+        assert ab["rows"]["pixeldrl"]["val"]["paired"][m] == whole["rows"]["pixeldrl"]["val"]["paired"][m]
+    d = ab["rows"]["pixeldrl"]["val"]["paired"]["dice"]
+    md = ablation_markdown({**ab, "rows": {v: {**r, "test": r["val"]} for v, r in ab["rows"].items()}}).splitlines()
+    assert len(md) == 4 and md[2].startswith("| `unet` (model=unet) | ") and md[3].startswith("| `pixeldrl` | ")
+    assert f"| {d['mean']:+.3f} ± {d['sd']:.3f} ({d['a_wins']}/{K}) |" in md[3]
+    assert main(["ablation-report", "--experiment", "cv-t", "--storage", str(root), "--baseline", "unet",
+                 "--merge", str(tmp_path / "whole.json")]) == 2  # the earlier report has no test figures
+    assert "no figures on split(s) ['test']" in capsys.readouterr().err
+
+    bad = json.loads((tmp_path / "whole.json").read_text())
+    bad["per_fold"]["val"]["unet"]["1"]["patients"] = ["someone-else"]
+    (tmp_path / "bad.json").write_text(json.dumps(bad))
+    with pytest.raises(CVError, match=r"fold 1's val patients differ from those of 'pixeldrl' here"):
+        ablation_report(root, "cv-t", baseline="unet", splits=("val",), merge=tmp_path / "bad.json")
+    with pytest.raises(CVError, match=r"baseline 'unet' with k=3, this report's 'pixeldrl'"):
+        ablation_report(root, "cv-t", baseline="pixeldrl", splits=("val",), merge=tmp_path / "whole.json")
+    (tmp_path / "junk.json").write_text("[1, 2]")
+    with pytest.raises(CVError, match="not an ablation-report JSON"):
+        ablation_report(root, "cv-t", baseline="unet", splits=("val",), merge=tmp_path / "junk.json")
+
+
 def test_ablation_sweep_changes_one_thing_per_row_at_equal_updates():
     from ray.tune.search.variant_generator import generate_variants
 

@@ -3,7 +3,6 @@ geometry, the same masks as the evaluation pipeline, and clear errors for what i
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import nibabel as nib

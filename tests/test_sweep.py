@@ -274,3 +274,22 @@ def test_every_shipped_sweep_file_loads_and_each_of_its_trials_is_a_valid_config
 
 def test_the_shipped_sweeps_include_the_ablations():
     assert {"ablation_heart.yaml", "ablation_lgg.yaml", "cv_heart.yaml", "cv_lgg.yaml"} <= set(SWEEP_FILES)
+
+
+def test_variants_keeps_only_the_named_rows_of_a_sweeps_variant_grid(capsys):
+    """``--variants`` runs part of an ablation (rows left for another machine, or lost with a storage): only the named
+    rows, in the file's order; a name the file lacks, or a sweep without a variant grid, is an error naming both."""
+    from rl_agents.cli import main
+
+    path = ROOT / "tune_configs" / "ablation_lgg.yaml"
+    spec = load_sweep(path, ["keep-0.9", "adv-norm"])
+    assert [r["name"] for r in spec["search_space"]["variant"]["grid"]] == ["adv-norm", "keep-0.9"]
+    assert spec["search_space"]["data.fold"] == load_sweep(path)["search_space"]["data.fold"]
+    assert spec["experiment"] == load_sweep(path)["experiment"]  # the same storage: one report reads both parts
+    with pytest.raises(ValueError, match=r"no row named \['adv_norm'\] in sweep file .*ablation_lgg.yaml; its variant "
+                                         r"rows: \['base', "):
+        load_sweep(path, ["base", "adv_norm"])
+    with pytest.raises(ValueError, match="sweep_asha.yaml has no search_space.variant grid"):
+        load_sweep(ROOT / "tune_configs" / "sweep_asha.yaml", ["base"])
+    assert main(["train", "--tune", str(path), "--variants", "nope"]) == 2  # refused before Ray or MLflow start
+    assert "no row named ['nope']" in capsys.readouterr().err

@@ -30,6 +30,7 @@ from typing import Any
 import numpy as np
 import yaml
 
+from rl_agents.config import flatten
 from rl_agents.experiment.sweep import TRIAL_INFO
 
 PAPER_METRICS = ("dice", "iou", "ppv", "sensitivity", "biou", "hd95")
@@ -328,6 +329,7 @@ def ablation_report(
     json_out: str | Path | None = None,
     command: str | None = None,
     only: list[str] | None = None,
+    merge: str | Path | None = None,
 ) -> dict[str, Any]:
     """Every variant of an ablation sweep (or those in ``only``, the baseline always) against ``baseline``, paired by
     fold, on each fold's ``splits`` patients.
@@ -340,6 +342,11 @@ def ablation_report(
     Without ``only``, a sweep still running (or stopped) is reported as far as it got: the variants with every fold
     finished, and ``incomplete`` (variant -> folds done) and ``unfinished`` (trial folders) for the rest. A
     baseline without every fold is an error: there is nothing yet to pair with.
+
+    ``merge`` is an earlier report's JSON of the same sweep (its trials' folder lost, or the sweep split across
+    machines, e.g. ``train.py --tune ... --variants``): its per-fold figures stand in for the variants, the baseline
+    included, that this storage lacks, and every row is recomputed from the pooled figures. Only figures of the same
+    protocol pool: the same baseline, k, folds and, fold by fold, the same patients in each split (else an error).
     """
     unfinished: list[tuple[Path, str]] | None = None if only else []
     trials = find_trials(storage_dir, experiment, set(only) | {baseline} if only else None, unfinished=unfinished)
@@ -359,16 +366,17 @@ def ablation_report(
                           f"{sorted(sweep_folds)} finished; finish or resume the sweep. Not finished:\n  {pending}")
         incomplete = {v: sorted(ts) for v, ts in by.items() if set(ts) != sweep_folds}
         by = {v: ts for v, ts in by.items() if v not in incomplete}
+    earlier = _earlier_report(merge, baseline, trials[0].folds, splits) if merge else None
     if only:
-        unknown = sorted(set(only) - set(by))
+        unknown = sorted(set(only) - set(by) - set(earlier["rows"] if earlier else ()))
         if unknown:
             raise CVError(f"variant(s) {unknown} not in the sweep at {Path(storage_dir) / (experiment or '')}; "
                           f"found variants {sorted(by)}")
         by = {v: ts for v, ts in by.items() if v in only or v == baseline}
-    if baseline not in by:
+    if baseline not in by and earlier is None:
         raise CVError(f"baseline variant {baseline!r} not in the sweep at {Path(storage_dir) / (experiment or '')}; "
                       f"found variants {sorted(by)}")
-    folds = sorted(by[baseline])
+    folds = sorted(by[baseline]) if baseline in by else earlier["folds"]
     for v, ts in by.items():
         if set(ts) != set(folds):
             raise CVError(_fold_mismatch(v, set(ts), baseline, set(folds)))
@@ -376,17 +384,91 @@ def ablation_report(
     rows = {v: {"changes": _changes(by[v][folds[0]]),
                 "updates": [by[v][f].metrics.get("updates") for f in folds],
                 "wall_time_s": [by[v][f].metrics.get("wall_time_s") for f in folds],
-                "params": by[v][folds[0]].metrics.get("params"),
-                **{split: summarize(per_split[split], v, baseline) for split in splits}}
-            for v in sorted(by, key=lambda v: (v != baseline, v))}
+                "params": by[v][folds[0]].metrics.get("params")} for v in by}
+    merged: dict[str, Any] | None = None
+    if earlier is not None:
+        taken = [v for v in earlier["rows"] if v not in by and (not only or v in only or v == baseline)]
+        for split in splits:
+            theirs = earlier["per_fold"][split]
+            if earlier["folds"] != folds:
+                raise CVError(f"{merge}: folds {earlier['folds']}, this sweep's {folds}: not the same protocol")
+            for f in folds:
+                want = theirs[baseline][f]["patients"]
+                for v in per_split[split]:
+                    if per_split[split][v][f]["patients"] != want:
+                        raise CVError(f"{merge}: fold {f}'s {split} patients differ from those of {v!r} here "
+                                      f"({want} there); figures of different splits do not pool")
+            for v in taken:
+                per_split[split][v] = theirs[v]
+        for v in taken:
+            rows[v] = {k: earlier["rows"][v][k] for k in ("changes", "updates", "wall_time_s", "params")}
+        merged = {"from": str(merge), "variants": sorted(taken), "command": earlier.get("command"),
+                  "machine": earlier.get("machine")}
+    rows = {v: {**rows[v], **{split: summarize(per_split[split], v, baseline) for split in splits}}
+            for v in sorted(rows, key=lambda v: (v != baseline, v))}
     report = {
         "experiment": experiment, "storage": str(Path(storage_dir).resolve()), "baseline": baseline,
         "splits": list(splits), "k": trials[0].folds, "folds": folds, "rows": rows,
         "incomplete": incomplete, "unfinished": [f"{run}: {why}" for run, why in unfinished or []],
         "per_fold": per_split, "lower_is_better": sorted(LOWER_IS_BETTER), "labels": LABELS,
         "machine": machine(), "command": command or _command_line(), "device": device,
+        **({"merged": merged} if merged else {}),
     }
     if json_out:
         Path(json_out).parent.mkdir(parents=True, exist_ok=True)
         Path(json_out).write_text(json.dumps(report, indent=2))
     return report
+
+
+def ablation_markdown(report: dict[str, Any]) -> str:
+    """An :func:`ablation_report` (or its JSON) as the README's Markdown table: the baseline, then the rows by their
+    paired validation Dice difference, best first (the order the validation patients give; test columns beside)."""
+    base, n = report["baseline"], len(report["folds"])
+
+    def pm(stat: dict, digits: int = 3, sign: bool = False) -> str:
+        if stat.get("mean") is None:
+            return "-"
+        sd = "-" if stat.get("sd") is None else f"{stat['sd']:.{digits}f}"
+        return f"{stat['mean']:{'+' if sign else ''}.{digits}f} ± {sd}"
+
+    rows = report["rows"]
+    order = [base] + sorted((v for v in rows if v != base), key=lambda v: -rows[v]["val"]["paired"]["dice"]["mean"])
+    out = [f"| variant ({n} folds; what it sets) | params | val Dice | Δ val Dice (folds better) | test Dice | "
+           "Δ test Dice | Δ test BIoU | Δ test HD95 (px) | Δ test Dice per volume | Δ test empty-slice FP |",
+           "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+    for v in order:
+        row, val, test = rows[v], rows[v]["val"], rows[v]["test"]
+        sets = ", ".join(f"{k}={w}" for k, w in flatten(row["changes"]).items())
+        cells = [f"`{v}`" + (f" ({sets})" if sets else ""), f"{row['params']:,}" if row.get("params") else "-",
+                 pm(val["variants"][v]["dice"])]
+        if v == base:
+            cells += ["", pm(test["variants"][v]["dice"]), "", "", "", "", ""]
+        else:
+            d = val["paired"]["dice"]
+            cells += [f"{pm(d, sign=True)} ({d['a_wins']}/{d['n']})", pm(test["variants"][v]["dice"]),
+                      *(pm(test["paired"][m], 1 if m == "hd95" else 3, sign=True)
+                        for m in ("dice", "biou", "hd95", "volume_dice", "empty_fp_rate"))]
+        out.append(("| " + " | ".join(cells) + " |").replace("|  |", "| |").replace("|  |", "| |"))
+    return "\n".join(out)
+
+
+def _earlier_report(path: str | Path, baseline: str, k: int, splits: tuple[str, ...]) -> dict[str, Any]:
+    """An :func:`ablation_report` JSON, checked to be of the same protocol, with its fold keys as integers again."""
+    p = Path(path)
+    try:
+        rep = json.loads(p.read_text())
+    except (OSError, ValueError) as e:
+        raise CVError(f"--merge {p}: not a readable ablation-report JSON ({e})") from e
+    if not isinstance(rep, dict) or not {"baseline", "k", "folds", "rows", "per_fold"} <= set(rep):
+        raise CVError(f"--merge {p}: not an ablation-report JSON (expected keys baseline, k, folds, rows, per_fold)")
+    if rep["baseline"] != baseline or rep["k"] != k:
+        raise CVError(f"--merge {p}: baseline {rep['baseline']!r} with k={rep['k']}, this report's {baseline!r} "
+                      f"with k={k}: not the same protocol")
+    missing = [s for s in splits if s not in rep["per_fold"]]
+    if missing:
+        raise CVError(f"--merge {p}: no figures on split(s) {missing}")
+    if any(baseline not in rep["per_fold"][s] for s in splits):
+        raise CVError(f"--merge {p}: no figures of the baseline {baseline!r}")
+    rep["per_fold"] = {s: {v: {int(f): fig for f, fig in folds.items()} for v, folds in per.items()}
+                       for s, per in rep["per_fold"].items()}
+    return rep

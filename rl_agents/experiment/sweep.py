@@ -51,8 +51,9 @@ DISTRIBUTIONS = ("loguniform", "uniform", "choice", "randint", "grid")
 TRIAL_INFO = "trial.json"  # beside a trial's config.yaml: what Tune sampled, the variant's name included
 
 
-def load_sweep(path: str | Path) -> dict[str, Any]:
-    """Read and check a sweep file; ``base`` resolved to a full config dict."""
+def load_sweep(path: str | Path, variants: list[str] | None = None) -> dict[str, Any]:
+    """Read and check a sweep file; ``base`` resolved to a full config dict. ``variants`` keeps only those rows of
+    its ``variant`` grid (part of an ablation on another machine, or the rows a lost storage took with it)."""
     from rl_agents.config import load_config, read_yaml_mapping
 
     p = Path(path)
@@ -81,12 +82,21 @@ def load_sweep(path: str | Path) -> dict[str, Any]:
             bad = sorted({k for r in rows for k in flatten(r) if k != "name" and k not in known})
             if bad:
                 raise ValueError(f"sweep file {p}: search_space.variant sets unknown config key(s) {bad}")
+            if variants is not None:
+                names = [r.get("name") for r in rows]
+                unknown = [v for v in variants if v not in names]
+                if unknown or not variants:
+                    raise ValueError(f"--variants {','.join(variants)!r}: no row named {unknown} in sweep file {p}; "
+                                     f"its variant rows: {names}")
+                space = {**space, "variant": {"grid": [r for r in rows if r.get("name") in variants]}}
             continue
         if key not in known:
             raise ValueError(f"sweep file {p}: search_space key {key!r} is not a config key")
         if not (isinstance(dist, dict) and len(dist) == 1 and next(iter(dist)) in DISTRIBUTIONS):
             raise ValueError(f"sweep file {p}: search_space.{key} must be one of {{{', '.join(DISTRIBUTIONS)}: "
                              f"...}}, got {dist!r}")
+    if variants is not None and "variant" not in space:
+        raise ValueError(f"--variants {','.join(variants)!r}: sweep file {p} has no search_space.variant grid")
     sched = spec.get("scheduler") or {"type": "asha"}
     if sched.get("type", "asha") not in ("asha", "fifo"):
         raise ValueError(f"sweep file {p}: scheduler.type must be asha or fifo, got {sched.get('type')!r}")
@@ -291,15 +301,16 @@ def _trial_finished(result) -> bool:
     return bool(result.path) and (Path(result.path) / "run" / "metrics.json").is_file()
 
 
-def run_sweep(path: str | Path, resume: bool = False) -> dict[str, Any]:
-    """Run (or with ``resume``, continue) the sweep in ``path``; returns the best trial's config and metrics."""
+def run_sweep(path: str | Path, resume: bool = False, variants: list[str] | None = None) -> dict[str, Any]:
+    """Run (or with ``resume``, continue) the sweep in ``path``, only the ``variants`` rows of its variant grid if
+    given (a resumed sweep keeps the rows it started with); returns the best trial's config and metrics."""
     import ray
     from ray import tune
 
     from rl_agents.engines.ray_a3c import connect
     from rl_agents.experiment.tracking import end_sweep_run, start_sweep_run
 
-    spec = load_sweep(path)
+    spec = load_sweep(path, variants)
     storage_dir = Path(spec["storage"]) / spec["experiment"]
     marker = storage_dir / "mlflow_parent_run_id"
     exp_id, parent_id = start_sweep_run(spec["experiment"], str(Path(path).resolve()), spec,
