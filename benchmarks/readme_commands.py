@@ -146,10 +146,11 @@ PLAN: dict[str, Step] = {
                                                                      reason="stopped with Ctrl-C after 75 s"),
     "pixeldrl ablation-report --experiment ablation-heart": Step(
         cwd="main", reason="over the ablation sweep in the main checkout's runs/tune (hours of training)"),
-    "python train.py --tune tune_configs/ablation_lgg.yaml --variants adv-norm,keep-0.9": Step(
+    "python train.py --tune tune_configs/ablation_heart.yaml --variants no-attention,no-dilation": Step(
         kind="cap", cap_s=75, reason="stopped with Ctrl-C after 75 s"),
-    "pixeldrl ablation-report --experiment ablation-lgg --merge benchmarks/results/ablation_lgg.json": Step(
-        cwd="main", reason="over the LGG ablation rows in the main checkout's runs/tune (hours of training)"),
+    "pixeldrl ablation-report --experiment ablation-heart --merge benchmarks/results/ablation_heart.json": Step(
+        cwd="main", reason="over the heart ablation's architecture rows in the main checkout's runs/tune, pooled "
+                           "with the earlier report of its other rows (hours of training)"),
     "pixeldrl compare --experiment sweep-asha --metric val/dice": Step(),
     "mlflow ui --backend-store-uri sqlite:///$PWD/mlflow.db": Step(kind="serve"),
     # Clusters

@@ -299,9 +299,9 @@ def test_ablation_report_of_a_sweep_in_progress_reports_the_finished_variants(sw
 
 
 def test_an_earlier_reports_figures_stand_in_for_the_trials_a_storage_lacks(sweep: Path, tmp_path: Path, capsys):
-    """A sweep whose baseline trials are gone (a lost storage; the rows split across machines): ``merge`` takes the
-    baseline's figures from an earlier report of the same sweep, and the rows equal those of the whole sweep. Figures
-    of other patients, another baseline or another k do not pool."""
+    """Rows run later without a baseline of their own (``--variants``): ``merge`` takes the baseline's figures from an
+    earlier report of the same sweep, and the rows equal those of the whole sweep. Figures of other patients, another
+    baseline or another k do not pool, nor into a storage with baseline trials of its own."""
     from rl_agents.cli import main
     from rl_agents.experiment.cv import ablation_markdown, ablation_report
 
@@ -332,6 +332,8 @@ def test_an_earlier_reports_figures_stand_in_for_the_trials_a_storage_lacks(swee
         ablation_report(root, "cv-t", baseline="unet", splits=("val",), merge=tmp_path / "bad.json")
     with pytest.raises(CVError, match=r"baseline 'unet' with k=3, this report's 'pixeldrl'"):
         ablation_report(root, "cv-t", baseline="pixeldrl", splits=("val",), merge=tmp_path / "whole.json")
+    with pytest.raises(CVError, match="has its own 'unet' trials; the earlier report's rows were paired"):
+        ablation_report(sweep, "cv-t", baseline="unet", splits=("val",), merge=tmp_path / "whole.json")
     (tmp_path / "junk.json").write_text("[1, 2]")
     with pytest.raises(CVError, match="not an ablation-report JSON"):
         ablation_report(root, "cv-t", baseline="unet", splits=("val",), merge=tmp_path / "junk.json")

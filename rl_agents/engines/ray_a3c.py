@@ -500,7 +500,7 @@ class RayA3CEngine:
         self.sent_at: dict[Any, float] = {}  # work call -> when it was sent
         self.killed: set = set()  # work calls whose worker was killed as hung
         self.retry_at: dict[int, float] = {}
-        self.restarting: dict[int, float] = {}
+        self.restarting: dict[int, dict[str, Any]] = {}  # worker -> its entry in restart_log while it is gone
         n = cfg.num_workers
         self.restarts, self.rollouts, self.busy_s = [0] * n, [0] * n, [0.0] * n
         # per restart: when the driver saw the worker dead, and when its restarted actor's first work call returned
@@ -649,17 +649,16 @@ class RayA3CEngine:
                 raise RuntimeError(f"worker {i} is dead after {self.restarts[i]} restart(s) (worker_max_restarts="
                                    f"{self.cfg.worker_max_restarts}): {e}") from e
             if i not in self.restarting:
-                self.restarting[i] = time.perf_counter()
                 self.restarts[i] += 1
-                self.restart_log.append({"worker": i, "dead_seen_unix": time.time(), "back_unix": None})
+                self.restarting[i] = {"worker": i, "dead_seen_unix": time.time(), "back_unix": None}
+                self.restart_log.append(self.restarting[i])
                 console.print(f"worker {i} died ({type(e).__name__}); Ray restarts it (restart {self.restarts[i]})")
-            elif time.perf_counter() - self.restarting[i] > 600:
+            elif time.time() - self.restarting[i]["dead_seen_unix"] > 600:
                 raise RuntimeError(f"worker {i} has not come back within 600 s of dying: {e}") from e
             self.retry_at[i] = time.perf_counter() + 0.5
             return None
-        if self.restarting.pop(i, None) is not None:
-            entry = next(r for r in reversed(self.restart_log) if r["worker"] == i)
-            entry["back_unix"] = time.time()
+        if (back := self.restarting.pop(i, None)) is not None:
+            back["back_unix"] = time.time()
         self.rollouts[i] += res["rollouts"]
         self.busy_s[i] += res["compute_s"]
         self.nodes[i] = res["node"]

@@ -343,10 +343,11 @@ def ablation_report(
     finished, and ``incomplete`` (variant -> folds done) and ``unfinished`` (trial folders) for the rest. A
     baseline without every fold is an error: there is nothing yet to pair with.
 
-    ``merge`` is an earlier report's JSON of the same sweep (its trials' folder lost, or the sweep split across
-    machines, e.g. ``train.py --tune ... --variants``): its per-fold figures stand in for the variants, the baseline
-    included, that this storage lacks, and every row is recomputed from the pooled figures. Only figures of the same
-    protocol pool: the same baseline, k, folds and, fold by fold, the same patients in each split (else an error).
+    ``merge`` is an earlier report's JSON of the same sweep, for rows run later without a baseline of their own
+    (``train.py --tune ... --variants``): its per-fold figures stand in for the variants, the baseline included, that
+    this storage lacks, and every row is paired with that baseline. Only figures of the same protocol pool: the same
+    baseline, k, folds and, fold by fold, the same patients in each split; a storage with its own baseline trials is
+    refused (the earlier rows were paired with the baseline trained beside them).
     """
     unfinished: list[tuple[Path, str]] | None = None if only else []
     trials = find_trials(storage_dir, experiment, set(only) | {baseline} if only else None, unfinished=unfinished)
@@ -373,6 +374,10 @@ def ablation_report(
             raise CVError(f"variant(s) {unknown} not in the sweep at {Path(storage_dir) / (experiment or '')}; "
                           f"found variants {sorted(by)}")
         by = {v: ts for v, ts in by.items() if v in only or v == baseline}
+    if baseline in by and earlier is not None:
+        raise CVError(f"--merge {merge}: the sweep at {Path(storage_dir) / (experiment or '')} has its own "
+                      f"{baseline!r} trials; the earlier report's rows were paired with the {baseline!r} trained "
+                      "beside them, so they are merged only into a sweep without one (e.g. run with --variants)")
     if baseline not in by and earlier is None:
         raise CVError(f"baseline variant {baseline!r} not in the sweep at {Path(storage_dir) / (experiment or '')}; "
                       f"found variants {sorted(by)}")
