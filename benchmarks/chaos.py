@@ -293,12 +293,6 @@ def markdown(rows: list[dict[str, Any]]) -> str:
     return "\n".join(lines)
 
 
-def _write(path: str, rec: dict[str, Any]) -> None:
-    from machine import write_json
-
-    write_json(path, rec)
-
-
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--json", default="benchmarks/results/chaos.json")
@@ -308,7 +302,7 @@ def main() -> None:
                                                            "instead of the cases; its per-row table to the JSON")
     p.add_argument("pytest_args", nargs="*", help="with --suite: more pytest arguments (after --)")
     args = p.parse_args()
-    from machine import describe
+    from machine import describe, write_json
 
     cases = {"head_stop": head_stop, "node_removal": node_removal, "learner_kill": learner_kill,
              "slow_learner": slow_learner}
@@ -326,7 +320,7 @@ def main() -> None:
                                 "tests": sorted({t["test"] for t in old["tests"]} - rerun)}
         new["failed"] = [t["test"] for t in new["tests"] if t["outcome"] in ("failure", "error")]
         rec = {**before, "suite": new}
-        _write(args.json, rec)
+        write_json(args.json, rec)
         print(markdown(rec["suite"]["rows"]))
         print(f"{len(rec['suite']['tests'])} tests, failed: {rec['suite']['failed'] or 'none'}; "
               f"{rec['suite']['wall_s']} s; wrote {args.json}")
@@ -345,7 +339,7 @@ def main() -> None:
             r["case_wall_s"] = round(time.time() - t0, 1)
             rec["cases"][name] = r
             print(name, json.dumps({k: v for k, v in r.items() if k != "output_tail"}, default=str)[:600], flush=True)
-    _write(args.json, rec)
+    write_json(args.json, rec)
     print(f"wrote {args.json}")
 
 

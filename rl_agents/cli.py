@@ -275,16 +275,8 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
     return 0
 
 
-def _pm(stat: dict, digits: int) -> str:
-    """``mean ± sd`` of a :func:`rl_agents.experiment.cv.mean_sd` result (``-`` where undefined)."""
-    if stat["mean"] is None:
-        return "-"
-    sd = "-" if stat["sd"] is None else f"{stat['sd']:.{digits}f}"
-    return f"{stat['mean']:.{digits}f} ± {sd}"
-
-
 def _cmd_cv_report(args: argparse.Namespace) -> int:
-    from rl_agents.experiment.cv import LABELS, cv_report
+    from rl_agents.experiment.cv import LABELS, cv_report, pm_text
 
     r = cv_report(Path(args.storage), args.experiment, a=args.a, b=args.b, split=args.split, device=args.device,
                   json_out=args.json)
@@ -305,8 +297,8 @@ def _cmd_cv_report(args: argparse.Namespace) -> int:
         for m in metrics:
             digits = 2 if m == "hd95" else 3
             p = r["paired"][m]
-            table.add_row(LABELS[m], _pm(r["variants"][a][m], digits), _pm(r["variants"][b][m], digits),
-                          _pm(p, digits), f"{p['a_wins']}/{p['n']}" + (f" ({p['ties']} tied)" if p["ties"] else ""))
+            table.add_row(LABELS[m], pm_text(r["variants"][a][m], digits), pm_text(r["variants"][b][m], digits),
+                          pm_text(p, digits), f"{p['a_wins']}/{p['n']}" + (f" ({p['ties']} tied)" if p["ties"] else ""))
         wide.print(table)
     for v in (a, b):
         folds = r["per_fold"][v]
@@ -325,7 +317,7 @@ def _cmd_cv_report(args: argparse.Namespace) -> int:
 
 
 def _cmd_ablation_report(args: argparse.Namespace) -> int:
-    from rl_agents.experiment.cv import ablation_markdown, ablation_report
+    from rl_agents.experiment.cv import ablation_markdown, ablation_report, pm_text
 
     r = ablation_report(Path(args.storage), args.experiment, baseline=args.baseline, device=args.device,
                         json_out=args.json, only=args.only.split(",") if args.only else None, merge=args.merge)
@@ -341,11 +333,11 @@ def _cmd_ablation_report(args: argparse.Namespace) -> int:
         changes = ", ".join(f"{k}={w}" for k, w in row["changes"].items()) or "(the paper's defaults)"
 
         def delta(block: dict, m: str, digits: int = 3) -> str:
-            return "" if v == base else _pm(block["paired"][m], digits)
+            return "" if v == base else pm_text(block["paired"][m], digits)
 
         wins = "" if v == base else f" ({val['paired']['dice']['a_wins']}/{val['paired']['dice']['n']})"
-        table.add_row(v, changes, "/".join(str(u) for u in row["updates"]), _pm(val["variants"][v]["dice"], 3),
-                      delta(val, "dice") + wins, _pm(test["variants"][v]["dice"], 3), delta(test, "dice"),
+        table.add_row(v, changes, "/".join(str(u) for u in row["updates"]), pm_text(val["variants"][v]["dice"], 3),
+                      delta(val, "dice") + wins, pm_text(test["variants"][v]["dice"], 3), delta(test, "dice"),
                       delta(test, "biou"), delta(test, "hd95", 2), delta(test, "volume_dice"),
                       delta(test, "empty_fp_rate"))
     wide.print(table)
@@ -405,6 +397,9 @@ def _add_nifti_args(p: argparse.ArgumentParser) -> None:
                    help="nifti: foreground = label == VALUE (default: any label > 0)")
 
 
+VARIANTS_HELP = "comma-separated rows of the sweep's variant grid to run (default all), e.g. train-empty,adv-norm"
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="pixeldrl", description="PixelDRL-MG: pixel-level deep RL segmentation on Ray")
     p.add_argument("-v", "--verbose", action="store_true", help="log debug messages")
@@ -429,8 +424,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_train_args(tr, "runs/main")
     tr.add_argument("--tune", default=None, metavar="SWEEP",
                     help="run a Ray Tune sweep from this YAML instead (same as `pixeldrl tune SWEEP`)")
-    tr.add_argument("--variants", default=None, metavar="NAMES", help="comma-separated rows of the sweep's variant grid to run (default all), e.g. "
-                         "train-empty,adv-norm")
+    tr.add_argument("--variants", default=None, metavar="NAMES", help=VARIANTS_HELP)
     tr.set_defaults(func=_cmd_train)
 
     bl = sub.add_parser("baseline", help="train the supervised MONAI U-Net on the same split and resolution")
@@ -481,8 +475,7 @@ def build_parser() -> argparse.ArgumentParser:
     tu = sub.add_parser("tune", help="a Ray Tune sweep (ASHA, random or Optuna search), each trial an MLflow run")
     tu.add_argument("tune", metavar="SWEEP", help="sweep YAML, e.g. tune_configs/sweep_asha.yaml")
     tu.add_argument("--resume", action="store_true", help="continue an interrupted sweep")
-    tu.add_argument("--variants", default=None, metavar="NAMES", help="comma-separated rows of the sweep's variant grid to run (default all), e.g. "
-                         "train-empty,adv-norm")
+    tu.add_argument("--variants", default=None, metavar="NAMES", help=VARIANTS_HELP)
     tu.set_defaults(func=_cmd_tune)
 
     cmp_ = sub.add_parser("compare", help="MLflow runs side by side: the params that differ and the metrics")

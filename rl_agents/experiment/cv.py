@@ -393,10 +393,10 @@ def ablation_report(
     merged: dict[str, Any] | None = None
     if earlier is not None:
         taken = [v for v in earlier["rows"] if v not in by and (not only or v in only or v == baseline)]
+        if earlier["folds"] != folds:
+            raise CVError(f"{merge}: folds {earlier['folds']}, this sweep's {folds}: not the same protocol")
         for split in splits:
             theirs = earlier["per_fold"][split]
-            if earlier["folds"] != folds:
-                raise CVError(f"{merge}: folds {earlier['folds']}, this sweep's {folds}: not the same protocol")
             for f in folds:
                 want = theirs[baseline][f]["patients"]
                 for v in per_split[split]:
@@ -425,17 +425,18 @@ def ablation_report(
     return report
 
 
+def pm_text(stat: dict, digits: int = 3, sign: bool = False) -> str:
+    """``mean ± sd`` of a :func:`mean_sd` or :func:`paired` result (``-`` where undefined); ``sign``: ``+`` too."""
+    if stat["mean"] is None:
+        return "-"
+    sd = "-" if stat["sd"] is None else f"{stat['sd']:.{digits}f}"
+    return f"{stat['mean']:{'+' if sign else ''}.{digits}f} ± {sd}"
+
+
 def ablation_markdown(report: dict[str, Any]) -> str:
     """An :func:`ablation_report` (or its JSON) as the README's Markdown table: the baseline, then the rows by their
     paired validation Dice difference, best first (the order the validation patients give; test columns beside)."""
     base, n = report["baseline"], len(report["folds"])
-
-    def pm(stat: dict, digits: int = 3, sign: bool = False) -> str:
-        if stat.get("mean") is None:
-            return "-"
-        sd = "-" if stat.get("sd") is None else f"{stat['sd']:.{digits}f}"
-        return f"{stat['mean']:{'+' if sign else ''}.{digits}f} ± {sd}"
-
     rows = report["rows"]
     order = [base] + sorted((v for v in rows if v != base), key=lambda v: -rows[v]["val"]["paired"]["dice"]["mean"])
     out = [f"| variant ({n} folds; what it sets) | params | val Dice | Δ val Dice (folds better) | test Dice | "
@@ -445,15 +446,15 @@ def ablation_markdown(report: dict[str, Any]) -> str:
         row, val, test = rows[v], rows[v]["val"], rows[v]["test"]
         sets = ", ".join(f"{k}={w}" for k, w in flatten(row["changes"]).items())
         cells = [f"`{v}`" + (f" ({sets})" if sets else ""), f"{row['params']:,}" if row.get("params") else "-",
-                 pm(val["variants"][v]["dice"])]
+                 pm_text(val["variants"][v]["dice"])]
         if v == base:
-            cells += ["", pm(test["variants"][v]["dice"]), "", "", "", "", ""]
+            cells += ["", pm_text(test["variants"][v]["dice"]), "", "", "", "", ""]
         else:
             d = val["paired"]["dice"]
-            cells += [f"{pm(d, sign=True)} ({d['a_wins']}/{d['n']})", pm(test["variants"][v]["dice"]),
-                      *(pm(test["paired"][m], 1 if m == "hd95" else 3, sign=True)
+            cells += [f"{pm_text(d, sign=True)} ({d['a_wins']}/{d['n']})", pm_text(test["variants"][v]["dice"]),
+                      *(pm_text(test["paired"][m], 1 if m == "hd95" else 3, sign=True)
                         for m in ("dice", "biou", "hd95", "volume_dice", "empty_fp_rate"))]
-        out.append(("| " + " | ".join(cells) + " |").replace("|  |", "| |").replace("|  |", "| |"))
+        out.append("|" + "|".join(f" {c} " if c else " " for c in cells) + "|")
     return "\n".join(out)
 
 
