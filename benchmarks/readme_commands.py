@@ -80,6 +80,7 @@ PLAN: dict[str, Step] = {
     "pixeldrl baseline --config tune_configs/lgg_cpu.yaml --output-dir runs/unet": Step(
         kind="cap", cap_s=90, reason="a 55-minute run; stopped with Ctrl-C after 90 s"),
     "pixeldrl evaluate --checkpoint runs/lgg/checkpoints/best.pt --split test --json runs/lgg/test.json": Step(),
+    "pixeldrl evaluate --checkpoint runs/lgg/checkpoints/best.pt --split test --postprocess auto --json runs/lgg/test_pp.json": Step(),
     "pixeldrl env-demo": Step(),
     # Use a trained model
     "pixeldrl predict --checkpoint runs/lgg/checkpoints/best.pt scans/ --output-dir masks/ --overlay --gif": Step(

@@ -170,6 +170,12 @@ class PixelSegEnv(gym.Env):
         return self._unbatch(self._gt.view(np.uint8))
 
     @property
+    def current_images(self) -> np.ndarray:
+        """The images of the current episode as drawn (augmented), float32 ``(C, H, W)`` or ``(B, C, H, W)``: the
+        observation is ``current_images * state``; learners that encode the image once per episode read it here."""
+        return self._unbatch(self._img)
+
+    @property
     def indices(self) -> np.ndarray:
         """Pool indices of the current images."""
         return self._indices.copy()

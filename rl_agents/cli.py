@@ -262,16 +262,25 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
 
     res = evaluate_checkpoint(args.checkpoint, args.format, args.data, split=args.split, json_out=args.json,
                               csv_out=args.csv, device=args.device, skip_bad=args.skip_bad,
-                              overlays=args.overlays, max_overlays=args.max_overlays)
+                              overlays=args.overlays, max_overlays=args.max_overlays, postprocess=args.postprocess)
+    pp = res["postprocess"]
     table = Table(title=f"{args.split} split, slices with foreground (n={res['n_images']}); "
-                        f"all slices n={res['all_slices']['n_images']}")
+                        f"all slices n={res['all_slices']['n_images']}; post-processing: {pp['rule']}"
+                        + (" (chosen on val)" if pp.get("chosen_on") else ""))
     for col in ("slices", "Dice", "IoU", "PPV", "Sens", "BIoU", "HD95", "ASSD"):
         table.add_column(col, justify="right")
-    for name, block in (("foreground", res), ("all", res["all_slices"])):
+    blocks = [("foreground", res), ("all", res["all_slices"])]
+    if "raw" in res:  # the un-post-processed rows beside the post-processed ones
+        blocks = [(f"{name}, {pp['rule']}", b) for name, b in blocks]
+        blocks += [("foreground, raw", res["raw"]), ("all, raw", res["raw"]["all_slices"])]
+    for name, block in blocks:
         if block["n_images"]:
             table.add_row(name, *(f"{block[k]:.3f}" for k in ("dice", "iou", "ppv", "sensitivity", "biou")),
                           f"{block['hd95']:.2f}", f"{block['assd']:.2f}")
     console.print(table)
+    if pp.get("validation_dice"):
+        console.print(f"validation Dice by rule (n={pp['n_validation_images']}): "
+                      + ", ".join(f"{k} {v:.4f}" for k, v in pp["validation_dice"].items()))
     return 0
 
 
@@ -442,6 +451,10 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--skip-bad", action="store_true")
     ev.add_argument("--overlays", default=None, help="write image/truth/prediction/uncertainty PNGs to this folder")
     ev.add_argument("--max-overlays", type=int, default=8)
+    ev.add_argument("--postprocess", default="none", metavar="{none,auto,largest,min:N}",
+                    help="post-process each native-size mask: keep the largest connected component, drop islands "
+                         "under N pixels, or auto (chosen on the validation split by nnU-Net's rule: only when it "
+                         "raises validation Dice); default none")
     ev.set_defaults(func=_cmd_evaluate)
 
     info = sub.add_parser("data-info", help="show the patient-level split of a data set")

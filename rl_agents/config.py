@@ -34,6 +34,10 @@ class TrainConfig:
     dilation: bool = True  # paper ablation: dilated convolutions on/off
     norm: str = "group"  # group (GroupNorm after each conv; ours, the paper does not say) | none
     init_keep_prob: float | None = None  # start near "do nothing" (e.g. 0.9); null = PyTorch default init (paper)
+    # every: each step runs the whole network on image x mask (the paper) | once (ours): the trunk encodes the image
+    # once per episode and each step runs only the heads on [features, mask] (rl_agents/algo/model.py)
+    step_features: str = "every"
+    head_stride: int = 1  # 2 (ours): policy and value heads at half resolution, outputs upsampled bilinearly
     # environment and PA3C
     action_set: str = "paper"  # paper (set background / do nothing) | three (+ set foreground; ours)
     t_max: int = 10
@@ -43,6 +47,9 @@ class TrainConfig:
     bootstrap: str = "terminal"  # terminal: R_T = 0, the episode ends at t_max (PixelRL's code) | value: R_T = V(s_T)
     reward_kernel: int = 5  # side of the learnable reward-map kernel (PixelRL: 33; the paper does not say)
     aux_coef: float = 0.0  # NOT in the paper: supervised term towards the oracle action (0 = pure PA3C)
+    # online: each step's forward keeps its graph | recompute: steps without autograd, then one batched forward and
+    # backward over all T x B observations (the same gradients; rl_agents/algo/rollout.py)
+    rollout_mode: str = "online"
     # options to close the gap to the U-Net, each NOT in the paper and off by default (the paper's row)
     adv_norm: bool = False  # advantages of the policy term scaled to mean 0, std 1 per rollout
     entropy_coef_final: float | None = None  # entropy_coef moves linearly to this over the planned updates
@@ -209,7 +216,8 @@ def config_from_dict(d: dict) -> TrainConfig:
 
 def validate(cfg: TrainConfig) -> None:
     from rl_agents.algo.accel import PRECISIONS
-    from rl_agents.algo.model import PRESETS
+    from rl_agents.algo.model import PRESETS, STEP_FEATURES
+    from rl_agents.algo.rollout import ROLLOUT_MODES
     from pixelrl_env.env import ACTION_SETS
 
     cfg.data.validate()
@@ -225,6 +233,11 @@ def validate(cfg: TrainConfig) -> None:
         (cfg.action_set in ACTION_SETS, f"action_set must be one of {sorted(ACTION_SETS)}, got {cfg.action_set!r}"),
         (cfg.bootstrap in ("terminal", "value"), f"bootstrap must be 'terminal' or 'value', got {cfg.bootstrap!r}"),
         (cfg.t_max >= 1, f"t_max must be >= 1, got {cfg.t_max}"),
+        (cfg.step_features in STEP_FEATURES, f"step_features must be one of {STEP_FEATURES}, got {cfg.step_features!r}"),
+        (cfg.head_stride in (1, 2), f"head_stride must be 1 or 2, got {cfg.head_stride}"),
+        (cfg.engine != "rllib_appo" or cfg.step_features == "every",
+         "engine rllib_appo passes observations (image x mask) to the network: it needs step_features=every"),
+        (cfg.rollout_mode in ROLLOUT_MODES, f"rollout_mode must be one of {ROLLOUT_MODES}, got {cfg.rollout_mode!r}"),
         (cfg.entropy_coef_final is None or cfg.entropy_coef_final >= 0,
          f"entropy_coef_final must be >= 0 or null, got {cfg.entropy_coef_final}"),
         (cfg.lr_warmup_updates >= 0, f"lr_warmup_updates must be >= 0, got {cfg.lr_warmup_updates}"),

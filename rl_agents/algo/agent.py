@@ -21,6 +21,7 @@ from pixelrl_env.metrics import compute_all
 from rl_agents.algo.accel import Accel
 from rl_agents.algo.model import PixelDRLNet
 from rl_agents.algo.pa3c import RewardMapConv, pa3c_loss
+from rl_agents.algo.phases import phase
 from rl_agents.algo.rollout import collect_rollout
 from rl_agents.config import TrainConfig
 
@@ -33,7 +34,8 @@ def n_actions_of(cfg: TrainConfig) -> int:
 
 def build_network(cfg: TrainConfig, in_channels: int) -> PixelDRLNet:
     return PixelDRLNet(in_channels, n_actions_of(cfg), cfg.preset, attention=cfg.attention, dilation=cfg.dilation,
-                       init_keep_prob=cfg.init_keep_prob, norm=cfg.norm)
+                       init_keep_prob=cfg.init_keep_prob, norm=cfg.norm, step_features=cfg.step_features,
+                       head_stride=cfg.head_stride)
 
 
 def updates_per_epoch(cfg: TrainConfig, n_train: int) -> int:
@@ -147,14 +149,15 @@ class PA3CAgent:
     def rollout_and_loss(self, env: PixelSegEnv, gen: torch.Generator):
         """One rollout of ``t_max`` steps and its PA3C loss (graph kept, not yet backpropagated)."""
         cfg = self.cfg
-        roll = collect_rollout(self.net, env, self.device, gen, with_aux=cfg.aux_coef > 0, accel=self.accel)
-        bootstrap = roll.bootstrap if cfg.bootstrap == "value" else torch.zeros_like(roll.bootstrap)
-        loss = pa3c_loss(
-            roll.log_probs, roll.entropies, roll.values, roll.rewards, bootstrap,
-            gamma=cfg.gamma, reward_conv=self.reward_conv, value_coef=cfg.value_coef, entropy_coef=self.entropy_coef(),
-            aux_log_probs=roll.aux_log_probs, aux_coef=cfg.aux_coef, aux_weights=roll.aux_weights,
-            normalize_advantage=cfg.adv_norm,
-        )
+        roll = collect_rollout(self.net, env, self.device, gen, with_aux=cfg.aux_coef > 0, accel=self.accel,
+                               mode=cfg.rollout_mode, bootstrap=cfg.bootstrap == "value")
+        with phase("loss"):
+            loss = pa3c_loss(
+                roll.log_probs, roll.entropies, roll.values, roll.rewards, roll.bootstrap,
+                gamma=cfg.gamma, reward_conv=self.reward_conv, value_coef=cfg.value_coef,
+                entropy_coef=self.entropy_coef(), aux_log_probs=roll.aux_log_probs, aux_coef=cfg.aux_coef,
+                aux_weights=roll.aux_weights, normalize_advantage=cfg.adv_norm,
+            )
         return roll, loss
 
     def compute_gradients(self, env: PixelSegEnv, gen: torch.Generator) -> tuple[list[torch.Tensor], dict]:
@@ -162,7 +165,8 @@ class PA3CAgent:
         roll, loss = self.rollout_and_loss(env, gen)
         for p in self.params:
             p.grad = None
-        loss.total.backward()
+        with phase("backward"):
+            loss.total.backward()
         grads = [p.grad if p.grad is not None else torch.zeros_like(p) for p in self.params]
         stats = {
             **loss.scalars(),
@@ -192,13 +196,14 @@ class PA3CAgent:
             for p in self.params:
                 if p.grad is not None:
                     p.grad.mul_(scale)
-        grad_norm = torch.nn.utils.clip_grad_norm_(self.params, self.cfg.grad_clip)
-        if at_update is not None:
-            for group in self.opt.param_groups:
-                group["lr"] = self.cfg.lr * lr_factor(self.cfg, at_update, self.lr_step)
-        lr = float(self.opt.param_groups[0]["lr"])
-        self.opt.step()
-        self.sched.step()
+        with phase("optimizer"):
+            grad_norm = torch.nn.utils.clip_grad_norm_(self.params, self.cfg.grad_clip)
+            if at_update is not None:
+                for group in self.opt.param_groups:
+                    group["lr"] = self.cfg.lr * lr_factor(self.cfg, at_update, self.lr_step)
+            lr = float(self.opt.param_groups[0]["lr"])
+            self.opt.step()
+            self.sched.step()
         self.update += 1
         return {"charts/grad_norm": float(grad_norm), "charts/lr": lr}
 

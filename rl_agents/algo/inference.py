@@ -25,6 +25,32 @@ def policy_logits(model: torch.nn.Module, x: torch.Tensor) -> torch.Tensor:
     return policy(x) if policy is not None else model(x)[0]
 
 
+# An episode as encode-then-steps (:meth:`rl_agents.algo.model.PixelDRLNet.encode`). ``net`` may be a
+# ``torch.compile`` wrapper: under ``step_features="every"`` a step calls it on ``image * mask``, so the compiled
+# forward runs; a network without ``encode`` (a test double, a wrapper) is treated as ``every``.
+def _once(net: torch.nn.Module) -> torch.nn.Module | None:
+    model = getattr(net, "_orig_mod", net)
+    return model if getattr(model, "step_features", "every") == "once" else None
+
+
+def encode(net: torch.nn.Module, images: torch.Tensor) -> torch.Tensor:
+    """What the steps of an episode share: the images, or under ``step_features="once"`` their features."""
+    model = _once(net)
+    return images if model is None else model.encode(images)
+
+
+def step(net: torch.nn.Module, context: torch.Tensor, state: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Logits and values of one step from :func:`encode`'s context and the masks ``(B, H, W)``."""
+    model = _once(net)
+    return net(context * state[:, None]) if model is None else model.step(context, state)
+
+
+def step_policy(net: torch.nn.Module, context: torch.Tensor, state: torch.Tensor) -> torch.Tensor:
+    """:func:`step`'s logits only."""
+    model = _once(net)
+    return policy_logits(net, context * state[:, None]) if model is None else model.step_policy(context, state)
+
+
 @torch.inference_mode()
 def segment(
     model: torch.nn.Module,
@@ -78,9 +104,10 @@ def segment_with_steps(
         ent = torch.zeros(state.shape, device=device)
         used = torch.full((n,), t_max, dtype=torch.int64)
         live = torch.arange(n, device=device)  # images still changing
+        context = encode(model, x)
         for t in range(t_max):
             s = state[live]
-            logits = policy_logits(model, x[live] * s[:, None]).float()
+            logits = step_policy(model, context[live], s).float()
             logp = F.log_softmax(logits, dim=1)
             step_ent = -(logp.exp() * logp).sum(dim=1)
             new = apply_actions(s, logits.argmax(dim=1), n_actions)
@@ -118,8 +145,9 @@ class GreedySegmenter(torch.nn.Module):
     def forward(self, images: torch.Tensor) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
         state = torch.ones_like(images[:, 0], dtype=torch.bool)
         ent = torch.zeros_like(images[:, 0])
+        context = encode(self.net, images)
         for _ in range(self.t_max):
-            logits = policy_logits(self.net, images * state[:, None])
+            logits = step_policy(self.net, context, state)
             if self.uncertainty:
                 logp = F.log_softmax(logits, dim=1)
                 ent = ent - (logp.exp() * logp).sum(dim=1)

@@ -92,6 +92,7 @@ PRESETS: dict[str, NetSpec] = {
 
 
 NORMS = ("group", "none")
+STEP_FEATURES = ("every", "once")
 
 
 def conv_relu(cin: int, cout: int, k: int = 3, dilation: int = 1, norm: str = "group") -> nn.Sequential:
@@ -149,14 +150,21 @@ class PixelDRLNet(nn.Module):
         dilation: bool = True,
         init_keep_prob: float | None = None,
         norm: str = "group",
+        step_features: str = "every",
+        head_stride: int = 1,
     ):
         super().__init__()
         if preset not in PRESETS:
             raise ValueError(f"unknown network preset {preset!r}; expected one of {sorted(PRESETS)}")
         if norm not in NORMS:
             raise ValueError(f"unknown norm {norm!r}; expected one of {NORMS}")
+        if step_features not in STEP_FEATURES:
+            raise ValueError(f"unknown step_features {step_features!r}; expected one of {STEP_FEATURES}")
         spec = PRESETS[preset]
         self.preset, self.in_channels, self.n_actions = preset, in_channels, n_actions
+        if head_stride not in (1, 2):
+            raise ValueError(f"head_stride must be 1 or 2, got {head_stride}")
+        self.step_features, self.head_stride = step_features, head_stride
         self.use_attention, self.use_dilation = attention, dilation
         self.blocks = nn.ModuleList()
         self.downsample = [b.downsample for b in spec.blocks]
@@ -172,13 +180,15 @@ class PixelDRLNet(nn.Module):
 
         def head(cout: int) -> nn.Sequential:
             layers: list[nn.Module] = []
-            c = spec.fuse_width
+            c = spec.fuse_width + (1 if step_features == "once" else 0)  # "once": the heads also read the mask
             for d in spec.head_dilations:
                 layers.append(conv_relu(c, spec.head_width, 3, d if dilation else 1, norm))
                 c = spec.head_width
             layers.append(nn.Conv2d(c, cout, 1))
             return nn.Sequential(*layers)
 
+        # False: the original fuse (upsample every feature, concatenate, conv); kept to measure and test against
+        self.fuse_at_low_res = True
         self.policy_head = head(n_actions)
         self.value_head = head(1)
         if init_keep_prob is not None:
@@ -203,13 +213,57 @@ class PixelDRLNet(nn.Module):
             last.bias[KEEP] = math.log(keep_prob * (self.n_actions - 1) / (1 - keep_prob))
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """One step on the observation ``x = image * mask``. Under ``step_features="once"`` the mask is not
+        recoverable from ``x``: this is then the first step (mask all ones); episodes go through encode/step."""
+        if self.step_features == "once":
+            return self.step(self.encode(x), torch.ones_like(x[:, 0], dtype=torch.bool))
         z = self.features(x)
-        return self.policy_head(z), self.value_head(z)[:, 0]
+        return self.heads(z)
+
+    # an episode: encode the images once, then one step per mask ------------------------------------------------
+    def encode(self, images: torch.Tensor) -> torch.Tensor:
+        """What every step of an episode shares. ``every`` (the paper): the images themselves, since each step
+        runs the whole network on ``image * mask``. ``once`` (ours, NOT the paper's): the trunk's fused features of
+        the image, computed once per episode; each step then runs only the heads on ``[features, mask]``."""
+        return images if self.step_features == "every" else self.features(images)
+
+    def step(self, context: torch.Tensor, state: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Policy logits ``(B, n_actions, H, W)`` and values ``(B, H, W)`` for masks ``state`` ``(B, H, W)``."""
+        if self.step_features == "every":
+            return self(context * state[:, None])
+        h = self._head_input(context, state)
+        return self.heads(h)
+
+    def step_policy(self, context: torch.Tensor, state: torch.Tensor) -> torch.Tensor:
+        """:meth:`step`'s policy logits only (greedy inference needs no value head)."""
+        if self.step_features == "every":
+            return self.policy(context * state[:, None])
+        return self.heads(self._head_input(context, state), value=False)[0]
+
+    def heads(self, h: torch.Tensor, value: bool = True) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Policy logits and values (None unless ``value``) from the heads' input ``h`` ``(B, c, H, W)``. With
+        ``head_stride=2`` (ours) the heads run on ``h`` average-pooled 2x2 and their outputs are upsampled
+        bilinearly: a quarter of the heads' FLOPs, which are most of a step's under ``step_features="once"``."""
+        size = h.shape[-2:]
+        if self.head_stride > 1:
+            h = F.avg_pool2d(h, self.head_stride)
+        logits = self.policy_head(h)
+        values = self.value_head(h) if value else None
+        if self.head_stride > 1:
+            logits = bilinear_resize(logits, size)
+            values = bilinear_resize(values, size) if value else None
+        return logits, (values[:, 0] if value else None)
+
+    @staticmethod
+    def _head_input(features: torch.Tensor, state: torch.Tensor) -> torch.Tensor:
+        return torch.cat([features, state[:, None].to(features.dtype)], dim=1)
 
     def policy(self, x: torch.Tensor) -> torch.Tensor:
         """Policy logits ``(B, n_actions, H, W)`` only: what greedy inference needs. The value head runs at full
         resolution and costs as much as the policy head, so skipping it saves about a fifth of a step."""
-        return self.policy_head(self.features(x))
+        if self.step_features == "once":
+            return self.step_policy(self.encode(x), torch.ones_like(x[:, 0], dtype=torch.bool))
+        return self.heads(self.features(x), value=False)[0]
 
     def features(self, x: torch.Tensor) -> torch.Tensor:
         """The fused multi-scale features ``(B, fuse_width, H, W)`` that both heads read."""
@@ -223,9 +277,35 @@ class PixelDRLNet(nn.Module):
             feats.append(h)
         if self.attention is not None:
             feats[-1] = self.attention(feats[-1])
+        if self.fuse_at_low_res and self.fuse[0].kernel_size == (1, 1):
+            return self.fuse[1:](self._fuse_low_res(feats, size))
         up = [f if f.shape[-2:] == size else F.interpolate(f, size=size, mode="bilinear", align_corners=False)
               for f in feats]
         return self.fuse(torch.cat(up, dim=1))
+
+    def _fuse_low_res(self, feats: list[torch.Tensor], size: torch.Size) -> torch.Tensor:
+        """The 1x1 fuse conv over ``cat(upsample(f_i))``, computed as ``sum_i upsample(W_i f_i) + b``.
+
+        The same mathematics: a 1x1 conv mixes channels and bilinear upsampling mixes positions (with weights that
+        sum to 1), so they commute. Mixing first shrinks what is upsampled from the trunk's widths (84 channels in
+        ``small``) to the fuse width (16) and never builds the full-resolution concatenation: measured, the
+        upsampling and its copies were a fifth of a CPU update (``benchmarks/update_cost.py``, row
+        ``pa3c-reference``). Upsampling as two matmuls (a faster backward) gained 6 % at 64 px and lost at 256.
+        """
+        conv = self.fuse[0]
+        out = None
+        start = 0
+        for f in feats:
+            w = conv.weight[:, start : start + f.shape[1]]
+            start += f.shape[1]
+            y = F.conv2d(f, w)
+            y = y if y.shape[-2:] == size else bilinear_resize(y, size)
+            out = y if out is None else out + y
+        return out + conv.bias[:, None, None]
+
+
+def bilinear_resize(x: torch.Tensor, size: tuple[int, int] | torch.Size) -> torch.Tensor:
+    return F.interpolate(x, size=tuple(size), mode="bilinear", align_corners=False)
 
 
 def count_parameters(model: nn.Module) -> int:

@@ -27,6 +27,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from rl_agents.algo.phases import phase
+
 
 class RewardMapConv(nn.Module):
     """The learnable ``k x k`` kernel ``w`` of the reward-map convolution, initialised to the identity."""
@@ -66,10 +68,11 @@ def pixel_returns(
         )
     out = []
     R = bootstrap
-    for t in range(rewards.shape[0] - 1, -1, -1):
-        R = rewards[t] + gamma * (reward_conv(R) if reward_conv is not None else R)
-        out.append(R)
-    return torch.stack(out[::-1])
+    with phase("returns"):
+        for t in range(rewards.shape[0] - 1, -1, -1):
+            R = rewards[t] + gamma * (reward_conv(R) if reward_conv is not None else R)
+            out.append(R)
+        return torch.stack(out[::-1])
 
 
 @dataclass
