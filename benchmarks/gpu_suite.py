@@ -12,8 +12,9 @@ Parts, most valuable first:
 * ``throughput``: training image-steps/s and pixel-agent steps/s of the ``paper`` and ``small`` presets (rollout +
   PA3C loss + backward + Adam, the real agent) and of the U-Net (forward + Dice-CE + backward + Adam), for
   ``fp32``, ``tf32``, ``bf16`` autocast, bf16 + ``channels_last`` and bf16 + ``torch.compile``, batch 2 to 64 at 128
-  and 256 px; achieved FLOP/s (3 x forward per graph-keeping step + the bootstrap forward, FLOPs from torch's
-  counter), its fraction of the bf16 peak, peak GPU memory, and the share of wall time spent in the CPU environment.
+  and 256 px, and ``small-once`` (issue 23's cheaper options: ``step_features=once``, ``head_stride=2``,
+  ``t_max=5``); achieved FLOP/s (one real update counted by torch's FLOP counter, backward included), its
+  fraction of the bf16 peak, peak GPU memory, and the share of wall time spent in the CPU environment.
 * ``quality``: the ``paper`` preset trained on the LGG Parquet copy for 4 minutes and the U-Net for 2, through the
   ordinary training lifecycle; validation Dice / IoU / Boundary IoU / HD95 of each best checkpoint.
 * ``latency``: greedy segmentation of 256x256 slices (all ``t_max`` steps) for ``paper``, ``small`` and the U-Net,
@@ -44,6 +45,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from torch.utils.flop_counter import FlopCounterMode
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
@@ -61,6 +63,10 @@ DRY_BUDGETS = {"peak": 5, "throughput": 25, "quality": 25, "latency": 10, "ray":
 # (label, precision, channels_last, compile backend)
 MODES = [("fp32", "fp32", False, None), ("tf32", "tf32", False, None), ("bf16", "bf16", False, None),
          ("bf16+channels_last", "bf16", True, None), ("bf16+compile", "bf16", False, "inductor")]
+
+
+# issue 23's cheaper mathematics (named options, not the paper's): the model key -> its preset and overrides
+VARIANTS = {"small-once": ["preset=small", "step_features=once", "head_stride=2", "t_max=5"]}
 
 
 class Suite:
@@ -190,7 +196,9 @@ def base_cfg(model: str, size: int, batch: int, precision: str, channels_last: b
         f"model={'unet' if model == 'unet' else 'pixeldrl'}", f"preset={preset}", f"batch_size={batch}",
         f"precision={precision}", f"channels_last={str(channels_last).lower()}",
         f"compile={compile_ or 'null'}", f"device={device.type}", "mlflow=false", f"data.size={size}",
-    ])
+    ] if model not in VARIANTS else [f"batch_size={batch}", f"precision={precision}",
+                                     f"channels_last={str(channels_last).lower()}", f"compile={compile_ or 'null'}",
+                                     f"device={device.type}", "mlflow=false", f"data.size={size}", *VARIANTS[model]])
 
 
 @functools.lru_cache(maxsize=None)
@@ -249,7 +257,9 @@ def make_stepper(model: str, cfg, device: torch.device, size: int):
         grads, _ = agent.compute_gradients(env, gen)
         agent.apply_gradients(grads)
 
-    gflop = (3 * cfg.t_max + 1) * cfg.batch_size * forward_gflop(model, cfg.preset, size)
+    with FlopCounterMode(display=False) as counter:  # one real update, backward included, whatever the options
+        step()
+    gflop = counter.get_total_flops() / 1e9
     return step, gflop, cfg.batch_size * cfg.t_max, env_time, sum(p.numel() for p in agent.model.parameters())
 
 
@@ -274,13 +284,15 @@ def throughput_grid(dry: bool) -> list[tuple[str, int, int, tuple]]:
     modes = {m[0]: m for m in MODES}
     if dry:
         # 32 px: the U-Net's 5 levels need 2x2 at the bottom; aot_eager traces and differentiates without codegen
-        return [(m, 32, 2, modes[k]) for m in ("small", "unet") for k in ("fp32", "bf16", "bf16+channels_last")] + [
+        return [(m, 32, 2, modes[k]) for m in ("small", "small-once", "unet")
+                for k in ("fp32", "bf16", "bf16+channels_last")] + [
             ("small", 32, 2, ("bf16+compile", "bf16", False, "aot_eager")), ("small", 32, 4, modes["tf32"])]
     rows = []
     for model in ("paper", "small", "unet"):  # every mode at batch 8, 256 px (compiling takes a minute or so)
         rows += [(model, 256, 8, modes[k]) for k in ("fp32", "tf32", "bf16", "bf16+channels_last")]
         rows += [(model, 256, 8, modes["bf16+compile"])] if model != "small" else []
-    rows += [(m, 256, b, modes["bf16"]) for m in ("paper", "small", "unet") for b in (2, 32, 64)]  # batch
+    rows += [("small-once", 256, 8, modes[k]) for k in ("fp32", "tf32", "bf16", "bf16+channels_last")]
+    rows += [(m, 256, b, modes["bf16"]) for m in ("paper", "small", "small-once", "unet") for b in (2, 32, 64)]
     rows += [(m, 128, b, modes["bf16"]) for m in ("paper", "small", "unet") for b in (2, 8, 32, 64)]  # 128 px
     rows += [(m, 128, 8, modes[k]) for m in ("paper", "small", "unet") for k in ("fp32", "tf32")]
     return rows
@@ -406,7 +418,7 @@ def part_latency(suite: Suite, device: torch.device) -> None:
     size = 32 if suite.dry_run else 256
     with suite.part("latency") as (rec, deadline):
         batches = (1, 32) if not suite.dry_run else (1, 2)
-        plan = [(m, p, b) for b in batches for m in ("paper", "small", "unet") for p in ("tf32", "bf16")
+        plan = [(m, p, b) for b in batches for m in ("paper", "small", "small-once", "unet") for p in ("tf32", "bf16")
                 if not (suite.dry_run and m == "paper" and b > 1)]  # batch 1 of every model first
         for model, precision, batch in plan:
             row = {"model": model, "batch": batch, "size": size, "precision": precision}

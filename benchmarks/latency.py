@@ -6,7 +6,8 @@ Two parts, side by side in one run on one machine:
 1. **Networks at 256x256** (random weights: latency does not depend on them), batch 16 and batch 1, every ``t_max``
    step run. PixelDRL-MG as it was before this benchmark existed (policy and value heads each step, attention on
    PyTorch's math path: ``before``, written out in :class:`Before`), as it is now (policy head only, flash attention:
-   ``torch``), and the exported ONNX graph in onnxruntime (``onnxruntime``); the U-Net in torch and onnxruntime.
+   ``torch``), and the exported ONNX graph in onnxruntime (``onnxruntime``); ``pixeldrl-mg-once``, issue 23's
+   cheaper options (``step_features=once``, ``head_stride=2``, ``t_max=5``); the U-Net in torch and onnxruntime.
    Plus FLOPs per slice and the share of time of the top operators, which says where the time goes.
 2. **Trained checkpoints on real slices**: one fold's PixelDRL-MG and U-Net of a CV sweep (``tune_configs/cv_*.yaml``)
    on that fold's 256x256 test slices, end to end as ``pixeldrl predict`` runs them (prepare at the trained size,
@@ -27,6 +28,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from torch.utils.flop_counter import FlopCounterMode
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
@@ -106,10 +108,11 @@ def networks(size: int, t_max: int, in_channels: int, threads: int, min_s: float
     pa3c = PixelDRLNet(in_channels, 2, "small").eval()
     unet = build_unet(in_channels).eval()
     seg_p, seg_u = segmenter(pa3c, t_max), segmenter(unet, t_max)
+    seg_o = segmenter(once_network(in_channels), ONCE_T_MAX)
     before = Before(pa3c, t_max)
     sessions = {}
     with tempfile.TemporaryDirectory() as tmp:
-        for name, module in (("pixeldrl-mg", seg_p), ("unet", seg_u)):
+        for name, module in (("pixeldrl-mg", seg_p), ("pixeldrl-mg-once", seg_o), ("unet", seg_u)):
             path = Path(tmp) / f"{name}.onnx"
             _write_onnx(module, torch.rand(2, in_channels, size, size), path)  # dynamic batch: one export
             opts = ort.SessionOptions()
@@ -133,14 +136,33 @@ def networks(size: int, t_max: int, in_channels: int, threads: int, min_s: float
             return lambda: sessions[name].run(["masks"], {"images": x.numpy()})
 
         plan = [("pixeldrl-mg", "before", before_call), ("pixeldrl-mg", "torch", torch_call(seg_p)),
-                ("pixeldrl-mg", "onnxruntime", ort_call("pixeldrl-mg")), ("unet", "torch", torch_call(seg_u)),
+                ("pixeldrl-mg", "onnxruntime", ort_call("pixeldrl-mg")),
+                ("pixeldrl-mg-once", "torch", torch_call(seg_o)),
+                ("pixeldrl-mg-once", "onnxruntime", ort_call("pixeldrl-mg-once")), ("unet", "torch", torch_call(seg_u)),
                 ("unet", "onnxruntime", ort_call("unet"))]
+        steps = {"pixeldrl-mg": t_max, "pixeldrl-mg-once": ONCE_T_MAX, "unet": 1}
         for model, runtime, call in plan:
             s = timed(call, 3, min_s)
             rows.append({"model": model, "runtime": runtime, "batch": batch, "size": size,
-                         "steps": t_max if model == "pixeldrl-mg" else 1, "ms_per_slice": 1e3 * s / batch})
+                         "steps": steps[model], "ms_per_slice": 1e3 * s / batch})
             print(f"  {model:11s} {runtime:11s} B={batch:<2d} {1e3 * s / batch:8.1f} ms/slice", flush=True)
     return rows
+
+
+# issue 23's cheaper mathematics (named options, not the paper's): the trunk encodes the slice once, each of
+# t_max=5 steps runs the policy head at half resolution on [features, mask]
+ONCE_T_MAX = 5
+
+
+def once_network(in_channels: int) -> PixelDRLNet:
+    return PixelDRLNet(in_channels, 2, "small", step_features="once", head_stride=2).eval()
+
+
+def segment_flops(module: torch.nn.Module, in_channels: int, size: int) -> float:
+    """FLOPs of one whole greedy segmentation (every step) of one slice, counted by torch's FLOP counter."""
+    with FlopCounterMode(display=False) as counter, torch.no_grad():
+        module(torch.zeros(1, in_channels, size, size))
+    return float(counter.get_total_flops())
 
 
 def trained(experiment: str, storage: str, fold: int, max_slices: int, min_s: float) -> dict:
@@ -202,6 +224,7 @@ def main() -> None:
     p.add_argument("--max-slices", type=int, default=64)
     p.add_argument("--min-seconds", type=float, default=5.0, help="time each case at least this long")
     p.add_argument("--json", default="benchmarks/results/latency.json")
+    p.add_argument("--skip-trained", action="store_true", help="part 1 only (no CV sweep's checkpoints needed)")
     args = p.parse_args()
     torch.set_num_threads(args.threads)
     t0 = time.time()
@@ -213,6 +236,8 @@ def main() -> None:
     rec["flops_per_slice"] = {
         "pixeldrl-mg (all steps, policy only)": args.t_max * forward_flops(_PolicyOnly(pa3c), args.in_channels,
                                                                            args.size),
+        "pixeldrl-mg-once (t_max 5, encode + steps, policy only)": segment_flops(
+            segmenter(once_network(args.in_channels), ONCE_T_MAX), args.in_channels, args.size),
         "unet": forward_flops(unet, args.in_channels, args.size)}
     rec["parameters"] = {"pixeldrl-mg": count_parameters(pa3c), "unet": count_parameters(unet)}
     x = torch.rand(16, args.in_channels, args.size, args.size)
@@ -221,8 +246,9 @@ def main() -> None:
         rec["unet_top_ops"] = top_ops(lambda: unet.eval()(x))
     print(f"networks at {args.size}x{args.size}, {args.threads} threads:", flush=True)
     rec["networks"] = networks(args.size, args.t_max, args.in_channels, args.threads, args.min_seconds)
-    print(f"trained checkpoints, {args.experiment} fold {args.fold}:", flush=True)
-    rec["trained"] = trained(args.experiment, args.storage, args.fold, args.max_slices, args.min_seconds)
+    if not args.skip_trained:
+        print(f"trained checkpoints, {args.experiment} fold {args.fold}:", flush=True)
+        rec["trained"] = trained(args.experiment, args.storage, args.fold, args.max_slices, args.min_seconds)
     rec["wall_s"] = round(time.time() - t0, 1)
     write_json(args.json, rec)
     print(f"wrote {args.json} ({rec['wall_s']} s)")

@@ -49,7 +49,12 @@ ROWS = [
     {"name": "pa3c"},
     {"name": "pa3c-recompute", "rollout_mode": "recompute"},
     {"name": "pa3c-channels-last", "channels_last": True},
+    {"name": "pa3c-compile", "compile": "inductor"},
     {"name": "pa3c-reference", "hooks": (reference_path,)},
+    # issue 23's cheaper mathematics (named options beyond the paper, off by default)
+    {"name": "once", "step_features": "once"},
+    {"name": "once-half", "step_features": "once", "head_stride": 2},
+    {"name": "once-half-channels-last", "step_features": "once", "head_stride": 2, "channels_last": True},
     {"name": "unet", "variant": "unet"},
 ]
 SPECIAL = ("name", "variant", "hooks")

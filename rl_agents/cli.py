@@ -288,12 +288,12 @@ def _cmd_cv_report(args: argparse.Namespace) -> int:
     from rl_agents.experiment.cv import LABELS, cv_report, pm_text
 
     r = cv_report(Path(args.storage), args.experiment, a=args.a, b=args.b, split=args.split, device=args.device,
-                  json_out=args.json)
+                  postprocess=args.postprocess, json_out=args.json)
     a, b, n = r["a"], r["b"], len(r["folds"])
     wide = Console(width=max(console.width, 120))  # a metric per row, each on one line
     pts = ", ".join(f"{f}: {r['n_patients'][f]}" for f in r["folds"])
     wide.print(f"{args.experiment}: {n} of {r['k']} folds, {args.split} patients per fold ({pts}); "
-               f"A = {a}, B = {b}", highlight=False)
+               f"A = {a}, B = {b}; post-processing {args.postprocess}", highlight=False)
     if r["missing_folds"]:
         wide.print(f"[yellow]folds {r['missing_folds']} are missing for both variants: the sweep is not finished",
                    highlight=False)
@@ -506,6 +506,8 @@ def build_parser() -> argparse.ArgumentParser:
                     help="each fold's patients to evaluate on (default test)")
     cv.add_argument("--json", default=None, help="write every per-fold figure, budgets and the machine here")
     cv.add_argument("--device", default="cpu")
+    cv.add_argument("--postprocess", default="none", help="none (default), largest, min:N, or auto: each trial's "
+                    "rule chosen on its fold's validation patients (nnU-Net's rule), the post-processed row")
     cv.set_defaults(func=_cmd_cv_report)
 
     pr = sub.add_parser("predict", help="segment your own images, folders of images or NIfTI volumes (no masks)")

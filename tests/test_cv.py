@@ -377,3 +377,19 @@ def test_a_reports_evaluations_are_cached_under_the_checkpoints_hash(sweep: Path
     shutil.copy(root / "cv-t" / "trial_pixeldrl_0" / "run" / "checkpoints" / "best.pt", ck)
     ablation_report(root, "cv-t", baseline="unet", splits=("val",))
     assert calls == [str(ck)]
+
+
+def test_a_post_processed_report_is_the_evaluation_under_that_rule_cached_apart(sweep: Path, report: dict):
+    pp = cv_report(sweep, "cv-t", a="pixeldrl", b="unet", postprocess="largest", command="x")
+    assert pp["postprocess"] == "largest" and report["postprocess"] == "none"
+    best = sweep / "cv-t" / "trial_unet_1" / "run" / "checkpoints" / "best.pt"
+    ev = evaluate_checkpoint(best, split="test", postprocess="largest")
+    fig = pp["per_fold"]["unet"][1]
+    assert fig["postprocess"]["rule"] == "largest"
+    for m in PAPER_METRICS:
+        assert fig[m] == ev[m]
+    # the raw figures keep their own cache: a report without post-processing still reads the raw evaluation
+    assert (best.parent / "report_eval_test_pp-largest.json").is_file()
+    assert (best.parent / "report_eval_test.json").is_file()
+    raw = cv_report(sweep, "cv-t", a="pixeldrl", b="unet", command="x")
+    assert raw["per_fold"]["unet"][1]["dice"] == report["per_fold"]["unet"][1]["dice"]

@@ -80,3 +80,96 @@ def test_an_unknown_rollout_mode_is_refused():
 
     with pytest.raises(ValueError, match="rollout_mode must be one of"):
         validate(TrainConfig(rollout_mode="batched"))
+
+
+@pytest.mark.parametrize("preset", ["small", "medium"])
+def test_the_fuse_before_upsampling_is_the_same_network(preset):
+    """The default fuse (1x1 conv at low resolution, then upsampling) against the original (upsample, concatenate,
+    conv): the same outputs and the same gradients from the same weights."""
+    from rl_agents.algo.model import PixelDRLNet
+
+    torch.manual_seed(0)
+    net = PixelDRLNet(2, 3, preset)
+    x = torch.rand(2, 2, 32, 32)
+    outs, grads = [], []
+    for low in (True, False):
+        net.fuse_at_low_res = low
+        net.zero_grad()
+        logits, values = net(x)
+        (logits.square().mean() + values.mean()).backward()
+        outs.append((logits.detach(), values.detach()))
+        grads.append([p.grad.clone() for p in net.parameters()])
+    torch.testing.assert_close(outs[0], outs[1], rtol=1e-5, atol=1e-5)
+    for a, b in zip(*grads):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-6)
+
+
+def test_half_resolution_heads_cost_a_quarter_and_answer_at_full_resolution():
+    from torch.utils.flop_counter import FlopCounterMode
+
+    from rl_agents.algo.model import PixelDRLNet
+
+    def step_flops(net):
+        context = net.encode(torch.rand(1, 1, 64, 64))
+        state = torch.ones(1, 64, 64, dtype=torch.bool)
+        with FlopCounterMode(display=False) as counter:
+            logits, values = net.step(context, state)
+        assert logits.shape == (1, 2, 64, 64) and values.shape == (1, 64, 64)
+        return counter.get_total_flops()
+
+    full = step_flops(PixelDRLNet(1, 2, "small", step_features="once"))
+    half = step_flops(PixelDRLNet(1, 2, "small", step_features="once", head_stride=2))
+    assert half == pytest.approx(full / 4, rel=0.01)
+    with pytest.raises(ValueError, match="head_stride must be 1 or 2"):
+        PixelDRLNet(1, 2, "small", head_stride=3)
+
+
+def test_a_once_network_reads_the_mask_at_every_step():
+    """Under step_features=once the trunk sees the image only; the step's answer must still depend on the mask."""
+    from rl_agents.algo.model import PixelDRLNet
+
+    torch.manual_seed(0)
+    net = PixelDRLNet(1, 2, "small", step_features="once")
+    context = net.encode(torch.rand(1, 1, 32, 32))
+    full = torch.ones(1, 32, 32, dtype=torch.bool)
+    half = full.clone()
+    half[:, :, :16] = False
+    assert not torch.allclose(net.step(context, full)[0], net.step(context, half)[0])
+
+
+OPTIONS = [
+    {"step_features": "once"},
+    {"step_features": "once", "head_stride": 2},
+    {"head_stride": 2},
+    {"rollout_mode": "recompute"},
+]
+
+
+@pytest.mark.parametrize("option", OPTIONS, ids=lambda o: ",".join(f"{k}={v}" for k, v in o.items()))
+def test_each_cost_option_trains_the_smoke_config_and_round_trips_a_checkpoint(tmp_path, option):
+    from rl_agents.algo.inference import GreedySegmenter, segment
+    from rl_agents.config import load_config
+    from rl_agents.experiment.checkpoint import read_checkpoint
+    from rl_agents.experiment.evaluate import load_model
+    from rl_agents.experiment.lifecycle import train
+
+    cfg = load_config("tune_configs/smoke.yaml", [
+        "num_workers=0", "max_updates=4", "eval_every=4", "checkpoint_every=2", "eval_max_images=4", "mlflow=false",
+        *[f"{k}={v}" for k, v in option.items()]])
+    metrics = train(cfg, tmp_path / "run", quiet=True)
+    assert metrics["updates"] == 4
+    ckpt = tmp_path / "run" / "checkpoints" / "last.pt"
+    model, loaded_cfg = load_model(ckpt)  # a strict load: the option's architecture must be rebuilt from the config
+    for key, value in option.items():
+        assert getattr(loaded_cfg, key) == value
+    assert model.step_features == option.get("step_features", "every")
+    assert model.head_stride == option.get("head_stride", 1)
+    stored = read_checkpoint(ckpt, map_location="cpu", fallback=False).agent["model"]
+    for k, v in model.state_dict().items():
+        torch.testing.assert_close(v, stored[k])
+    images = torch.rand(3, model.in_channels, 32, 32)
+    early, _ = segment(model, images, cfg.t_max)
+    every, _ = segment(model, images, cfg.t_max, early_exit=False)
+    np.testing.assert_array_equal(early, every)  # early exit stays exact: a step's input is (context, mask)
+    exported = GreedySegmenter(model, cfg.t_max)(images).numpy().astype(np.uint8)
+    np.testing.assert_array_equal(exported, early)

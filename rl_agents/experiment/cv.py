@@ -187,7 +187,7 @@ def summarize(per_fold: dict[str, dict[int, dict[str, Any]]], a: str, b: str) ->
 EVAL_CACHE_VERSION = 1
 
 
-def _figures(checkpoint: Path, split: str, device: str) -> dict[str, Any]:
+def _figures(checkpoint: Path, split: str, device: str, postprocess: str = "none") -> dict[str, Any]:
     """:func:`fold_figures` of ``checkpoint`` on ``split``, cached beside it (``report_eval_<split>.json``) under the
     checkpoint's SHA-256: a report scores every trial of a sweep at native resolution (minutes each on a CPU), and
     a rerun, or a report of a sweep that has gone on, then scores only what is new or changed."""
@@ -197,14 +197,18 @@ def _figures(checkpoint: Path, split: str, device: str) -> dict[str, Any]:
 
     key = {"version": EVAL_CACHE_VERSION, "split": split, "device": device,
            "checkpoint_sha256": hashlib.sha256(checkpoint.read_bytes()).hexdigest()}
-    cache = checkpoint.parent / f"report_eval_{split}.json"
+    if postprocess != "none":  # its own cache: the raw figures stay cached beside it
+        key["postprocess"] = postprocess
+    suffix = "" if postprocess == "none" else "_pp-" + postprocess.replace(":", "")
+    cache = checkpoint.parent / f"report_eval_{split}{suffix}.json"
     try:
         cached = json.loads(cache.read_text())
         if cached.get("key") == key:
             return cached["figures"]
     except (OSError, ValueError, AttributeError):
         pass  # none yet, or unreadable: computed again
-    figures = fold_figures(evaluate_checkpoint(checkpoint, split=split, device=device))
+    ev = evaluate_checkpoint(checkpoint, split=split, device=device, postprocess=postprocess)
+    figures = {**fold_figures(ev), "postprocess": ev.get("postprocess")}
     try:
         tmp = cache.with_name(cache.name + ".tmp")
         tmp.write_text(json.dumps({"key": key, "figures": figures}))
@@ -214,13 +218,16 @@ def _figures(checkpoint: Path, split: str, device: str) -> dict[str, Any]:
     return figures
 
 
-def _evaluate(by: dict[str, dict[int, Trial]], folds: list[int], split: str, device: str) -> dict[str, Any]:
-    """``per_fold[variant][fold]``: each trial's best checkpoint scored on its own fold's ``split`` patients."""
+def _evaluate(by: dict[str, dict[int, Trial]], folds: list[int], split: str, device: str,
+              postprocess: str = "none") -> dict[str, Any]:
+    """``per_fold[variant][fold]``: each trial's best checkpoint scored on its own fold's ``split`` patients (after
+    ``postprocess``; ``auto`` chooses each trial's rule on that fold's validation patients)."""
     per_fold: dict[str, dict[int, dict[str, Any]]] = {}
     for v, trials in by.items():
         per_fold[v] = {}
         for f in folds:
-            per_fold[v][f] = {**_figures(Path(trials[f].checkpoint), split, device), "trial": str(trials[f].path),
+            per_fold[v][f] = {**_figures(Path(trials[f].checkpoint), split, device, postprocess),
+                              "trial": str(trials[f].path),
                               "budget": trials[f].budget()}
     return per_fold
 
@@ -263,6 +270,7 @@ def cv_report(
     device: str = "cpu",
     json_out: str | Path | None = None,
     command: str | None = None,
+    postprocess: str = "none",
 ) -> dict[str, Any]:
     """Evaluate every trial of variants ``a`` and ``b`` on its fold's ``split`` patients and compare them fold by fold.
 
@@ -285,7 +293,7 @@ def cv_report(
     k = trials[0].folds
     folds = sorted(by[a])
 
-    per_fold = _evaluate(by, folds, split, device)
+    per_fold = _evaluate(by, folds, split, device, postprocess)
     patients = {}
     for f in folds:
         pa, pb = per_fold[a][f]["patients"], per_fold[b][f]["patients"]
@@ -306,7 +314,7 @@ def cv_report(
         "budgets": budgets, "budgets_equal": budgets[a] == budgets[b],
         "other_variants": [v for v in variants if v not in (a, b)],
         "machine": machine(), "command": command or _command_line(),
-        "device": device,
+        "device": device, "postprocess": postprocess,
     }
     if json_out:
         Path(json_out).parent.mkdir(parents=True, exist_ok=True)
