@@ -235,6 +235,9 @@ def validate(cfg: TrainConfig) -> None:
         (cfg.t_max >= 1, f"t_max must be >= 1, got {cfg.t_max}"),
         (cfg.step_features in STEP_FEATURES, f"step_features must be one of {STEP_FEATURES}, got {cfg.step_features!r}"),
         (cfg.head_stride in (1, 2), f"head_stride must be 1 or 2, got {cfg.head_stride}"),
+        (cfg.step_features == "every" or not cfg.compile,
+         "compile wraps the network's whole-observation forward; step_features=once runs encode and step instead, "
+         "which it would leave uncompiled: use compile with step_features=every"),
         (cfg.engine != "rllib_appo" or cfg.step_features == "every",
          "engine rllib_appo passes observations (image x mask) to the network: it needs step_features=every"),
         (cfg.rollout_mode in ROLLOUT_MODES, f"rollout_mode must be one of {ROLLOUT_MODES}, got {cfg.rollout_mode!r}"),

@@ -112,8 +112,11 @@ def test_gpu_suite_dry_run_measures_every_part(tmp_path: Path):
     assert 0 <= small["env_fraction"] <= 1
     q = {r["model"]: r for r in parts["quality"]["rows"]}
     assert set(q) == {"small", "unet"} and all(0 <= q[m]["val/dice"] <= 1 and q[m]["updates"] >= 1 for m in q)
+    once = next(r for r in rows if r["model"] == "small-once" and r["mode"] == "fp32")  # issue 23's options
+    assert once["train_tflop_per_s"] > 0 and once["image_steps_per_s"] > 0
     lat = parts["latency"]["rows"]
-    assert {r["model"] for r in lat} == {"paper", "small", "unet"} and all(r["ms_per_call"] > 0 for r in lat)
+    assert {r["model"] for r in lat} == {"paper", "small", "small-once", "unet"}
+    assert all(r["ms_per_call"] > 0 for r in lat)
     ray_rows = parts["ray"]["rows"]
     assert ray_rows and ray_rows[0]["status"] == "ok" and ray_rows[0]["updates_per_s"] > 0
     assert ray_rows[0]["per_worker_efficiency"] == pytest.approx(1.0)

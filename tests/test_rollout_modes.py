@@ -75,11 +75,17 @@ def test_phase_timer_times_nested_phases_once():
         pass
 
 
-def test_an_unknown_rollout_mode_is_refused():
+def test_unknown_or_incompatible_cost_options_are_refused():
     from rl_agents.config import validate
 
     with pytest.raises(ValueError, match="rollout_mode must be one of"):
         validate(TrainConfig(rollout_mode="batched"))
+    with pytest.raises(ValueError, match="step_features must be one of"):
+        validate(TrainConfig(step_features="twice"))
+    with pytest.raises(ValueError, match="leave uncompiled"):
+        validate(TrainConfig(step_features="once", compile="inductor"))
+    with pytest.raises(ValueError, match="rllib_appo passes observations"):
+        validate(TrainConfig(step_features="once", engine="rllib_appo", num_workers=1))
 
 
 @pytest.mark.parametrize("preset", ["small", "medium"])
