@@ -60,5 +60,6 @@ def test_env_throughput_and_train_flops_write_machine_versions_and_command(tmp_p
     assert counted.keys() == {"small", "medium", "paper"}
     assert counted["small"]["params"] == row["params"]
     assert counted["small"]["forward_gflop_128px"] == row["gflop_per_image_step"]
-    # convolutions only: four times the pixels, four times the work
-    assert abs(counted["paper"]["forward_gflop_256px"] / counted["paper"]["forward_gflop_128px"] - 4) < 0.05
+    # four times the pixels: four times the convolutions' work, sixteen times the attention's (its positions squared;
+    # 2 % of the paper preset's forward at 256 px), so a little over 4x in all
+    assert 4 < counted["paper"]["forward_gflop_256px"] / counted["paper"]["forward_gflop_128px"] < 4.1
