@@ -214,10 +214,26 @@ def config_from_dict(d: dict) -> TrainConfig:
     return _from_dict(TrainConfig, d)
 
 
+def _cost_option_checks(cfg: TrainConfig) -> list[tuple[bool, str]]:
+    """Issue 23's options (rl_agents/algo/model.py, rollout.py): known values, and the engines they fit."""
+    from rl_agents.algo.model import STEP_FEATURES
+    from rl_agents.algo.rollout import ROLLOUT_MODES
+
+    return [
+        (cfg.step_features in STEP_FEATURES, f"step_features must be one of {STEP_FEATURES}, got {cfg.step_features!r}"),
+        (cfg.head_stride in (1, 2), f"head_stride must be 1 or 2, got {cfg.head_stride}"),
+        (cfg.step_features == "every" or not cfg.compile,
+         "compile wraps the network's whole-observation forward; step_features=once runs encode and step instead, "
+         "which it would leave uncompiled: use compile with step_features=every"),
+        (cfg.engine != "rllib_appo" or cfg.step_features == "every",
+         "engine rllib_appo passes observations (image x mask) to the network: it needs step_features=every"),
+        (cfg.rollout_mode in ROLLOUT_MODES, f"rollout_mode must be one of {ROLLOUT_MODES}, got {cfg.rollout_mode!r}"),
+    ]
+
+
 def validate(cfg: TrainConfig) -> None:
     from rl_agents.algo.accel import PRECISIONS
-    from rl_agents.algo.model import PRESETS, STEP_FEATURES
-    from rl_agents.algo.rollout import ROLLOUT_MODES
+    from rl_agents.algo.model import PRESETS
     from pixelrl_env.env import ACTION_SETS
 
     cfg.data.validate()
@@ -233,14 +249,7 @@ def validate(cfg: TrainConfig) -> None:
         (cfg.action_set in ACTION_SETS, f"action_set must be one of {sorted(ACTION_SETS)}, got {cfg.action_set!r}"),
         (cfg.bootstrap in ("terminal", "value"), f"bootstrap must be 'terminal' or 'value', got {cfg.bootstrap!r}"),
         (cfg.t_max >= 1, f"t_max must be >= 1, got {cfg.t_max}"),
-        (cfg.step_features in STEP_FEATURES, f"step_features must be one of {STEP_FEATURES}, got {cfg.step_features!r}"),
-        (cfg.head_stride in (1, 2), f"head_stride must be 1 or 2, got {cfg.head_stride}"),
-        (cfg.step_features == "every" or not cfg.compile,
-         "compile wraps the network's whole-observation forward; step_features=once runs encode and step instead, "
-         "which it would leave uncompiled: use compile with step_features=every"),
-        (cfg.engine != "rllib_appo" or cfg.step_features == "every",
-         "engine rllib_appo passes observations (image x mask) to the network: it needs step_features=every"),
-        (cfg.rollout_mode in ROLLOUT_MODES, f"rollout_mode must be one of {ROLLOUT_MODES}, got {cfg.rollout_mode!r}"),
+        *_cost_option_checks(cfg),
         (cfg.entropy_coef_final is None or cfg.entropy_coef_final >= 0,
          f"entropy_coef_final must be >= 0 or null, got {cfg.entropy_coef_final}"),
         (cfg.lr_warmup_updates >= 0, f"lr_warmup_updates must be >= 0, got {cfg.lr_warmup_updates}"),
