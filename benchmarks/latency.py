@@ -7,7 +7,8 @@ Two parts, side by side in one run on one machine:
    step run. PixelDRL-MG as it was before this benchmark existed (policy and value heads each step, attention on
    PyTorch's math path: ``before``, written out in :class:`Before`), as it is now (policy head only, flash attention:
    ``torch``), and the exported ONNX graph in onnxruntime (``onnxruntime``); ``pixeldrl-mg-once``, issue 23's
-   cheaper options (``step_features=once``, ``head_stride=2``, ``t_max=5``); the U-Net in torch and onnxruntime.
+   cheaper options (``step_features=once``, ``head_stride=2``, ``t_max=5``), also with ``attn_stride=2``; the U-Net in
+   torch and onnxruntime.
    Plus FLOPs per slice and the share of time of the top operators, which says where the time goes.
 2. **Trained checkpoints on real slices**: one fold's PixelDRL-MG and U-Net of a CV sweep (``tune_configs/cv_*.yaml``)
    on that fold's 256x256 test slices, end to end as ``pixeldrl predict`` runs them (prepare at the trained size,
@@ -107,12 +108,13 @@ def networks(size: int, t_max: int, in_channels: int, threads: int, min_s: float
     torch.manual_seed(0)
     pa3c = PixelDRLNet(in_channels, 2, "small").eval()
     unet = build_unet(in_channels).eval()
-    seg_p, seg_u = segmenter(pa3c, t_max), segmenter(unet, t_max)
-    seg_o = segmenter(once_network(in_channels), ONCE_T_MAX)
+    segs = {"pixeldrl-mg": segmenter(pa3c, t_max), "unet": segmenter(unet, t_max),
+            **{name: segmenter(once_network(in_channels, **kw), ONCE_T_MAX) for name, kw in ONCE_ROWS.items()}}
+    steps = {"pixeldrl-mg": t_max, "unet": 1, **{name: ONCE_T_MAX for name in ONCE_ROWS}}
     before = Before(pa3c, t_max)
     sessions = {}
     with tempfile.TemporaryDirectory() as tmp:
-        for name, module in (("pixeldrl-mg", seg_p), ("pixeldrl-mg-once", seg_o), ("unet", seg_u)):
+        for name, module in segs.items():
             path = Path(tmp) / f"{name}.onnx"
             _write_onnx(module, torch.rand(2, in_channels, size, size), path)  # dynamic batch: one export
             opts = ort.SessionOptions()
@@ -135,27 +137,25 @@ def networks(size: int, t_max: int, in_channels: int, threads: int, min_s: float
         def ort_call(name):
             return lambda: sessions[name].run(["masks"], {"images": x.numpy()})
 
-        plan = [("pixeldrl-mg", "before", before_call), ("pixeldrl-mg", "torch", torch_call(seg_p)),
-                ("pixeldrl-mg", "onnxruntime", ort_call("pixeldrl-mg")),
-                ("pixeldrl-mg-once", "torch", torch_call(seg_o)),
-                ("pixeldrl-mg-once", "onnxruntime", ort_call("pixeldrl-mg-once")), ("unet", "torch", torch_call(seg_u)),
-                ("unet", "onnxruntime", ort_call("unet"))]
-        steps = {"pixeldrl-mg": t_max, "pixeldrl-mg-once": ONCE_T_MAX, "unet": 1}
+        plan = [("pixeldrl-mg", "before", before_call)]
+        plan += [(name, runtime, torch_call(segs[name]) if runtime == "torch" else ort_call(name))
+                 for name in segs for runtime in ("torch", "onnxruntime")]
         for model, runtime, call in plan:
             s = timed(call, 3, min_s)
             rows.append({"model": model, "runtime": runtime, "batch": batch, "size": size,
                          "steps": steps[model], "ms_per_slice": 1e3 * s / batch})
-            print(f"  {model:11s} {runtime:11s} B={batch:<2d} {1e3 * s / batch:8.1f} ms/slice", flush=True)
+            print(f"  {model:22s} {runtime:11s} B={batch:<2d} {1e3 * s / batch:8.1f} ms/slice", flush=True)
     return rows
 
 
 # issue 23's cheaper mathematics (named options, not the paper's): the trunk encodes the slice once, each of
-# t_max=5 steps runs the policy head at half resolution on [features, mask]
+# t_max=5 steps runs the policy head at half resolution on [features, mask]; one row per further option
 ONCE_T_MAX = 5
+ONCE_ROWS = {"pixeldrl-mg-once": {}, "pixeldrl-mg-once-attn2": {"attn_stride": 2}}
 
 
-def once_network(in_channels: int) -> PixelDRLNet:
-    return PixelDRLNet(in_channels, 2, "small", step_features="once", head_stride=2).eval()
+def once_network(in_channels: int, **options) -> PixelDRLNet:
+    return PixelDRLNet(in_channels, 2, "small", step_features="once", head_stride=2, **options).eval()
 
 
 def segment_flops(module: torch.nn.Module, in_channels: int, size: int) -> float:
@@ -236,13 +236,16 @@ def main() -> None:
     rec["flops_per_slice"] = {
         "pixeldrl-mg (all steps, policy only)": args.t_max * forward_flops(_PolicyOnly(pa3c), args.in_channels,
                                                                            args.size),
-        "pixeldrl-mg-once (t_max 5, encode + steps, policy only)": segment_flops(
-            segmenter(once_network(args.in_channels), ONCE_T_MAX), args.in_channels, args.size),
+        **{f"{name} (t_max 5, encode + steps, policy only)": segment_flops(
+            segmenter(once_network(args.in_channels, **kw), ONCE_T_MAX), args.in_channels, args.size)
+           for name, kw in ONCE_ROWS.items()},
         "unet": forward_flops(unet, args.in_channels, args.size)}
     rec["parameters"] = {"pixeldrl-mg": count_parameters(pa3c), "unet": count_parameters(unet)}
     x = torch.rand(16, args.in_channels, args.size, args.size)
+    recipe = segmenter(once_network(args.in_channels, attn_stride=2), ONCE_T_MAX)
     with torch.inference_mode():
         rec["pixeldrl_step_top_ops"] = top_ops(lambda: pa3c.eval().policy(x))
+        rec["pixeldrl_once_attn2_segment_top_ops"] = top_ops(lambda: recipe(x))
         rec["unet_top_ops"] = top_ops(lambda: unet.eval()(x))
     print(f"networks at {args.size}x{args.size}, {args.threads} threads:", flush=True)
     rec["networks"] = networks(args.size, args.t_max, args.in_channels, args.threads, args.min_seconds)

@@ -40,7 +40,7 @@ sys.path.insert(0, str(ROOT))
 
 from machine import command, describe, write_json  # noqa: E402
 
-from rl_agents.config import load_config  # noqa: E402
+from rl_agents.config import PAPER_STEP, load_config  # noqa: E402
 from rl_agents.experiment.lifecycle import run_training  # noqa: E402
 
 SMOKE = ROOT / "tune_configs" / "smoke.yaml"
@@ -217,7 +217,7 @@ def main() -> None:
         print(json.dumps(res["stock_training"]), flush=True)
     synthetic = ["batch_size=8", "eval_every=25", "checkpoint_every=100000"]
     # LGG at 64 px (the scaling benchmark's size), 4 images of 10 steps per update as lgg_cpu.yaml
-    lgg = ["data.size=64", "eval_every=50", "checkpoint_every=100000"]
+    lgg = ["data.size=64", "eval_every=50", "checkpoint_every=100000", *PAPER_STEP]
     with tempfile.TemporaryDirectory() as tmp:
         if "synthetic" in parts:
             res["synthetic"] = []

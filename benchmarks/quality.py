@@ -18,11 +18,13 @@ from pathlib import Path
 
 from machine import describe, write_json
 
+from rl_agents.config import PAPER_STEP
+
 ROOT = Path(__file__).resolve().parents[1]
 
 # name -> (config, overrides, run directory)
 MAIN: dict[str, tuple[str, list[str], str]] = {
-    "PixelDRL-MG small, PA3C (paper actions)": ("tune_configs/lgg_cpu.yaml", [], "runs/lgg_small"),
+    "PixelDRL-MG small, PA3C (paper actions)": ("tune_configs/lgg_cpu.yaml", list(PAPER_STEP), "runs/lgg_small"),
     "U-Net (MONAI, Dice+BCE)": (
         "tune_configs/lgg_cpu.yaml", ["model=unet", "batch_size=8", "max_minutes=30"], "runs/lgg_unet"
     ),
@@ -31,7 +33,7 @@ MAIN: dict[str, tuple[str, list[str], str]] = {
 # Ablation and extension rows at equal work: 800 updates at 64 px (a quarter of the 128 px cost, so five rows fit in
 # about half an hour with two rows training side by side, 1 thread each, on 2 cores). Compare them with each other,
 # not with the 55-minute rows above.
-_EQ = ["max_updates=800", "max_minutes=null", "threads=1", "data.size=64"]
+_EQ = ["max_updates=800", "max_minutes=null", "threads=1", "data.size=64", *PAPER_STEP]
 ABLATION: dict[str, tuple[str, list[str], str]] = {
     "small, PA3C (paper)": ("tune_configs/lgg_cpu.yaml", _EQ, "runs/abl_base"),
     "small, no self-attention (paper ablation)": (

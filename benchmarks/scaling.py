@@ -32,7 +32,7 @@ from machine import command, describe, write_json
 
 import ray
 
-from rl_agents.config import load_config
+from rl_agents.config import PAPER_STEP, load_config
 from rl_agents.engines.ray_a3c import train_distributed
 from rl_agents.engines.hogwild import run_hogwild
 
@@ -121,7 +121,7 @@ def hogwild_run(size: int, n: int, seconds: float) -> dict:
 def lgg_time_to_dice(n: int, target: float, minutes: float) -> dict:
     cfg = load_config(ROOT / "tune_configs" / "lgg_cpu.yaml", [
         "data.size=64", f"num_workers={n}", "worker_cpus=1", "learner_cpus=0", f"stop_at_val_dice={target}",
-        f"max_minutes={minutes}", "eval_every=25", "eval_max_images=null", "checkpoint_every=100",
+        f"max_minutes={minutes}", "eval_every=25", "eval_max_images=null", "checkpoint_every=100", *PAPER_STEP,
     ])
     ray.init(num_cpus=2, include_dashboard=False, _node_ip_address="127.0.0.1", log_to_driver=False)
     try:
@@ -223,7 +223,7 @@ def main() -> None:
     if args.equal_cores_lgg:
         lgg = load_config(ROOT / "tune_configs" / "lgg_cpu.yaml", [
             "worker_cpus=1", "learner_cpus=0", "eval_every=1000000", "checkpoint_every=1000000", "report_every_s=2",
-            "rollouts_per_call=2", "epochs=100000"])
+            "rollouts_per_call=2", "epochs=100000", *PAPER_STEP])
         runs["lgg_local2"] = local_run(lgg.data.size, 2, args.seconds, cfg=lgg)
         runs["lgg_ray2"] = ray_run(lgg.data.size, 2, args.seconds, cfg=lgg)
         summary["lgg_ray_2_over_local_2_threads"] = runs["lgg_ray2"]["updates_per_s"] / runs["lgg_local2"]["updates_per_s"]

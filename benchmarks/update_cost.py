@@ -55,6 +55,7 @@ ROWS = [
     {"name": "once", "step_features": "once"},
     {"name": "once-half", "step_features": "once", "head_stride": 2},
     {"name": "once-half-channels-last", "step_features": "once", "head_stride": 2, "channels_last": True},
+    {"name": "once-half-attn2", "step_features": "once", "head_stride": 2, "attn_stride": 2},
     {"name": "unet", "variant": "unet"},
 ]
 SPECIAL = ("name", "variant", "hooks")

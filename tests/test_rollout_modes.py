@@ -82,6 +82,8 @@ def test_unknown_or_incompatible_cost_options_are_refused():
         validate(TrainConfig(rollout_mode="batched"))
     with pytest.raises(ValueError, match="step_features must be one of"):
         validate(TrainConfig(step_features="twice"))
+    with pytest.raises(ValueError, match="attn_stride must be one of"):
+        validate(TrainConfig(attn_stride=3))
     with pytest.raises(ValueError, match="leave uncompiled"):
         validate(TrainConfig(step_features="once", compile="inductor"))
     with pytest.raises(ValueError, match="rllib_appo passes observations"):
@@ -143,9 +145,41 @@ def test_a_once_network_reads_the_mask_at_every_step():
     assert not torch.allclose(net.step(context, full)[0], net.step(context, half)[0])
 
 
+def test_strided_attention_costs_a_sixteenth_and_keeps_the_block_shape():
+    """attn_stride=2 attends over 2x2-pooled features: 1/4 of the positions, so 1/16 of the (HW x HW) products."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    from rl_agents.algo.model import PixelDRLNet, SelfAttention2d
+
+    def attention_flops(block, x):
+        with FlopCounterMode(display=False) as counter:
+            y = block(x)
+        sdpa = {str(k): v for k, v in counter.get_flop_counts()["Global"].items() if "attention" in str(k)}
+        assert sdpa, "the SDPA kernel was not counted"
+        return sum(sdpa.values()), y
+
+    torch.manual_seed(0)
+    x = torch.rand(2, 48, 32, 32)
+    full, strided = SelfAttention2d(48, 12, 24), SelfAttention2d(48, 12, 24, stride=2)
+    strided.load_state_dict(full.state_dict())  # the same parameters: only where the block attends changes
+    f1, y1 = attention_flops(full, x)
+    f2, y2 = attention_flops(strided, x)
+    assert f2 == pytest.approx(f1 / 16, rel=0.01)
+    torch.testing.assert_close(y2, x)  # zero gate: both start as the identity
+    with torch.no_grad():
+        full.gamma.fill_(1.0)
+        strided.gamma.fill_(1.0)
+    y1, y2 = full(x), strided(x)
+    assert y2.shape == x.shape and not torch.allclose(y1, y2)
+    with pytest.raises(ValueError, match="attn_stride must be one of"):
+        PixelDRLNet(1, 2, "small", attn_stride=3)
+
+
 OPTIONS = [
     {"step_features": "once"},
     {"step_features": "once", "head_stride": 2},
+    {"attn_stride": 2},
+    {"step_features": "once", "head_stride": 2, "attn_stride": 2},
     {"head_stride": 2},
     {"rollout_mode": "recompute"},
 ]
@@ -170,6 +204,7 @@ def test_each_cost_option_trains_the_smoke_config_and_round_trips_a_checkpoint(t
         assert getattr(loaded_cfg, key) == value
     assert model.step_features == option.get("step_features", "every")
     assert model.head_stride == option.get("head_stride", 1)
+    assert model.attention.stride == option.get("attn_stride", 1)
     stored = read_checkpoint(ckpt, map_location="cpu", fallback=False).agent["model"]
     for k, v in model.state_dict().items():
         torch.testing.assert_close(v, stored[k])

@@ -293,3 +293,22 @@ def test_variants_keeps_only_the_named_rows_of_a_sweeps_variant_grid(capsys):
         load_sweep(ROOT / "tune_configs" / "sweep_asha.yaml", ["base"])
     assert main(["train", "--tune", str(path), "--variants", "nope"]) == 2  # refused before Ray or MLflow start
     assert "no row named ['nope']" in capsys.readouterr().err
+
+
+# sweeps whose recorded figures (benchmarks/results/*.json) were measured with the paper's step, before the CPU
+# configs took issue 23's recipe
+PAPER_STEP_SWEEPS = ["ablation.yaml", "ablation_lgg.yaml", "cv_lgg.yaml", "cv_lgg_tmax5.yaml", "cv_lgg_recipe.yaml",
+                     "fewshot.yaml", "cost_lgg.yaml", "ablation_heart.yaml", "cv_heart.yaml", "cv_heart_recipe.yaml"]
+
+
+def test_the_cpu_configs_carry_the_recipe_and_older_sweeps_still_run_the_papers_step():
+    from rl_agents.config import PAPER_STEP, load_config
+
+    lgg = load_config(ROOT / "tune_configs" / "lgg_cpu.yaml", [])
+    assert (lgg.t_max, lgg.step_features, lgg.head_stride) == (5, "once", 2)
+    paper = dict(s.split("=") for s in PAPER_STEP)
+    for name in PAPER_STEP_SWEEPS:
+        base = load_sweep(ROOT / "tune_configs" / name)["base"]
+        expected_t_max = 5 if name == "cost_lgg.yaml" else int(paper["t_max"])  # cost_lgg's rows all ran t_max 5
+        assert (base["t_max"], base["step_features"], base["head_stride"]) == (
+            expected_t_max, paper["step_features"], int(paper["head_stride"])), name

@@ -35,7 +35,7 @@ def n_actions_of(cfg: TrainConfig) -> int:
 def build_network(cfg: TrainConfig, in_channels: int) -> PixelDRLNet:
     return PixelDRLNet(in_channels, n_actions_of(cfg), cfg.preset, attention=cfg.attention, dilation=cfg.dilation,
                        init_keep_prob=cfg.init_keep_prob, norm=cfg.norm, step_features=cfg.step_features,
-                       head_stride=cfg.head_stride)
+                       head_stride=cfg.head_stride, attn_stride=cfg.attn_stride)
 
 
 def updates_per_epoch(cfg: TrainConfig, n_train: int) -> int:

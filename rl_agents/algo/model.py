@@ -94,6 +94,7 @@ PRESETS: dict[str, NetSpec] = {
 
 NORMS = ("group", "none")
 STEP_FEATURES = ("every", "once")
+ATTN_STRIDES = (1, 2, 4)
 
 
 def conv_relu(cin: int, cout: int, k: int = 3, dilation: int = 1, norm: str = "group") -> nn.Sequential:
@@ -106,10 +107,15 @@ def conv_relu(cin: int, cout: int, k: int = 3, dilation: int = 1, norm: str = "g
 
 class SelfAttention2d(nn.Module):
     """Non-local block (Wang et al. 2018, embedded Gaussian) with a zero-initialised residual gate (SAGAN), so that
-    the network starts as if the block were absent and learns how much global context to mix in."""
+    the network starts as if the block were absent and learns how much global context to mix in.
 
-    def __init__(self, channels: int, key: int, value: int):
+    ``stride`` > 1 (ours, NOT the paper's) attends over the features average-pooled ``stride`` x ``stride`` and
+    upsamples the block's output bilinearly before the residual sum: the same parameters, ``stride**4`` times fewer
+    attention FLOPs (the (HW x HW) products), which are most of a ``small`` forward at 256 px."""
+
+    def __init__(self, channels: int, key: int, value: int, stride: int = 1):
         super().__init__()
+        self.stride = stride
         self.q = nn.Conv2d(channels, key, 1)
         self.k = nn.Conv2d(channels, key, 1)
         self.v = nn.Conv2d(channels, value, 1)
@@ -117,6 +123,12 @@ class SelfAttention2d(nn.Module):
         self.gamma = nn.Parameter(torch.zeros(1))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.stride == 1:
+            return x + self.gamma * self.out(self._attend(x))
+        y = self.out(self._attend(F.avg_pool2d(x, self.stride)))
+        return x + self.gamma * bilinear_resize(y, x.shape[-2:])
+
+    def _attend(self, x: torch.Tensor) -> torch.Tensor:
         b, _, h, w = x.shape
         # (B, 1, HW, width), one head, contiguous: PyTorch's CPU flash-attention kernel takes only 4-D inputs whose
         # last dimension is contiguous and of one width for q, k and v; otherwise SDPA falls back to the math path,
@@ -132,8 +144,7 @@ class SelfAttention2d(nn.Module):
         elif e_v < e_qk:
             v = F.pad(v, (0, e_qk - e_v))
         y = F.scaled_dot_product_attention(q, k, v, scale=e_qk**-0.5)[:, 0, :, :e_v]  # (B, HW, value)
-        y = y.transpose(1, 2).reshape(b, -1, h, w)
-        return x + self.gamma * self.out(y)
+        return y.transpose(1, 2).reshape(b, -1, h, w)
 
 
 class PixelDRLNet(nn.Module):
@@ -153,6 +164,7 @@ class PixelDRLNet(nn.Module):
         norm: str = "group",
         step_features: str = "every",
         head_stride: int = 1,
+        attn_stride: int = 1,
     ):
         super().__init__()
         if preset not in PRESETS:
@@ -165,7 +177,9 @@ class PixelDRLNet(nn.Module):
         self.preset, self.in_channels, self.n_actions = preset, in_channels, n_actions
         if head_stride not in (1, 2):
             raise ValueError(f"head_stride must be 1 or 2, got {head_stride}")
-        self.step_features, self.head_stride = step_features, head_stride
+        if attn_stride not in ATTN_STRIDES:
+            raise ValueError(f"attn_stride must be one of {ATTN_STRIDES}, got {attn_stride}")
+        self.step_features, self.head_stride, self.attn_stride = step_features, head_stride, attn_stride
         self.use_attention, self.use_dilation = attention, dilation
         self.blocks = nn.ModuleList()
         self.downsample = [b.downsample for b in spec.blocks]
@@ -175,7 +189,7 @@ class PixelDRLNet(nn.Module):
                       for i, d in enumerate(b.dilations)]
             self.blocks.append(nn.Sequential(*layers))
             cin = b.width
-        self.attention = SelfAttention2d(cin, spec.attn_key, spec.attn_value) if attention else None
+        self.attention = SelfAttention2d(cin, spec.attn_key, spec.attn_value, attn_stride) if attention else None
         total = sum(b.width for b in spec.blocks)
         self.fuse = conv_relu(total, spec.fuse_width, spec.fuse_kernel, 1, norm)
 
