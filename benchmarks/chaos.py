@@ -27,9 +27,40 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 SMOKE = ROOT / "tune_configs" / "smoke.yaml"
 
+import ray  # noqa: E402
+
+from rl_agents.experiment.checkpoint import read_checkpoint  # noqa: E402
+
 
 def _sets(args: list[str]) -> list[str]:
     return [x for a in args for x in ("--set", a)]
+
+
+class KillLearnerAfterCheckpoint:
+    """An ``on_report`` callback for fault drills (tests and ``benchmarks/chaos.py``): kills the learner actor once,
+    after ``checkpoints/last.pt`` exists, and records ``killed = [{"update", "checkpoint_update", "t"}]``.
+
+    It waits for the learner to be ``lead`` updates past that checkpoint, so that the restore has work to redo; once
+    the learner reaches ``by_update`` it kills it whatever the lead. Reports land at chance moments against the
+    checkpoint cadence (on a busy machine every report of a short run can fall just after a save), and a drill
+    must not end without its fault. The checkpoint read here is the one the restore uses: the driver, which calls
+    this, is also the only writer of ``last.pt``, so no save can land between the read and the kill.
+    """
+
+    def __init__(self, last: str | Path, lead: int = 2, by_update: int | None = None):
+        self.last, self.lead, self.by_update = Path(last), lead, by_update
+        self.killed: list[dict[str, Any]] = []
+        self.seen: list[tuple[int, int | None]] = []  # (learner update, checkpoint update) per report: a miss's why
+
+    def __call__(self, state: dict[str, Any]) -> None:
+        if self.killed:
+            return
+        update = int(state["stats"]["update"])
+        at = read_checkpoint(self.last).update if self.last.exists() else None
+        self.seen.append((update, at))
+        if at is not None and (update >= at + self.lead or (self.by_update is not None and update >= self.by_update)):
+            ray.kill(state["learner"], no_restart=True)
+            self.killed.append({"update": update, "checkpoint_update": at, "t": time.time()})
 
 
 @contextlib.contextmanager
@@ -117,7 +148,7 @@ def node_removal(out: Path, epochs: int = 80, remove_at: int = 40, down_s: float
     from ray.cluster_utils import Cluster
 
     from rl_agents.config import load_config
-    from rl_agents.engines.ray_a3c import train_distributed
+    from rl_agents.experiment.lifecycle import train_distributed
 
     temp = tempfile.mkdtemp(prefix="rc", dir="/tmp")  # short: socket paths live under it
     node_args = {"num_cpus": 1, "node_ip_address": "127.0.0.1", "temp_dir": temp}
@@ -177,7 +208,7 @@ def learner_kill(out: Path, epochs: int = 40) -> dict[str, Any]:
     import ray
 
     from rl_agents.config import load_config
-    from rl_agents.engines.ray_a3c import KillLearnerAfterCheckpoint, train_distributed
+    from rl_agents.experiment.lifecycle import train_distributed
 
     kill = KillLearnerAfterCheckpoint(out / "checkpoints" / "last.pt", lead=2)
 
@@ -215,7 +246,8 @@ def slow_learner(out: Path, workers: int = 4, delay_s: float = 0.25, epochs: int
 
     from rl_agents.algo.model import count_parameters
     from rl_agents.config import load_config
-    from rl_agents.engines.ray_a3c import Learner, train_distributed
+    from rl_agents.engines.ray_actors import Learner
+    from rl_agents.experiment.lifecycle import train_distributed
 
     class SlowLearner(Learner):
         def push(self, worker, version, grads, stats):

@@ -167,7 +167,7 @@ def segment_flops(module: torch.nn.Module, in_channels: int, size: int) -> float
 
 def trained(experiment: str, storage: str, fold: int, max_slices: int, min_s: float) -> dict:
     from pixelrl_env.dataset import config_split, iter_samples, prepare_rows
-    from pixelrl_env.sources import Sample
+    from pixelrl_env.io import Sample
     from rl_agents.experiment.cv import find_trials
     from rl_agents.experiment.predict import load, segment_array
 

@@ -146,7 +146,7 @@ def stock_training(updates: int = 3, size: int = 32, batch: int = 8) -> dict:
 
     from rl_agents.config import to_dict
     from rl_agents.engines import rllib_appo as R
-    from rl_agents.engines.ray_a3c import connect
+    from rl_agents.engines.ray_runtime import connect
 
     cfg = load_config(SMOKE, ["engine=rllib_appo", "num_workers=0", "mlflow=false", f"batch_size={batch}",
                               f"data.size={size}", "seed=0"])

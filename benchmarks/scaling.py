@@ -33,7 +33,7 @@ from machine import command, describe, write_json
 import ray
 
 from rl_agents.config import PAPER_STEP, load_config
-from rl_agents.engines.ray_a3c import train_distributed
+from rl_agents.experiment.lifecycle import train_distributed
 from rl_agents.engines.hogwild import run_hogwild
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -4,8 +4,8 @@ import gymnasium as gym
 
 from .dataset import ArraySet, DataConfig, Splits, describe, load_part, load_splits
 from .env import ACTION_SETS, PixelSegEnv
-from .io import DataError
-from .sources import FORMATS, Sample, iter_source
+from .io import DataError, Sample
+from .sources import FORMATS, iter_source
 
 __all__ = [
     "ACTION_SETS",

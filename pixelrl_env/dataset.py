@@ -32,8 +32,8 @@ import numpy as np
 from PIL import Image
 
 from .folds import kfold_groups
-from .io import BadFiles, DataError, image_header, read_mask, read_pair
-from .sources import FORMATS, Sample, folder_pairs, group_of, iter_source, lgg_pairs
+from .io import BadFiles, DataError, Sample, image_header, read_mask, read_pair
+from .sources import FORMATS, folder_pairs, group_of, iter_source, lgg_pairs
 
 NORMALIZATIONS = ("minmax", "zscore", "none")
 SPLITS = ("train", "val", "test")

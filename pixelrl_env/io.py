@@ -29,6 +29,24 @@ _LOSSY_FORMATS = {"JPEG", "MPO"}
 _MID_BAND_MAX_FRACTION = 0.05
 
 
+@dataclass(frozen=True)
+class Sample:
+    """One annotated slice.
+
+    Attributes:
+        image: ``(H, W, C)`` uint8 or uint16 as stored, or float32 for NIfTI volumes (scaled by the header's
+            ``scl_slope``/``scl_inter``, otherwise unchanged: intensities can be negative, e.g. z-scored MRI or CT).
+        mask: ``(H, W)`` uint8 in {0, 1}.
+        group: the patient (or other unit) the slice belongs to; splits never divide a group.
+        source: where it came from (file path, or ``synthetic:<seed>/<patient>/<slice>``).
+    """
+
+    image: np.ndarray
+    mask: np.ndarray
+    group: str
+    source: str
+
+
 class DataError(ValueError):
     """Bad input data. The message names the file or value and what was expected."""
 

@@ -42,8 +42,7 @@ import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 from PIL import Image
 
-from .io import BadFiles, DataError, image_to_array, mask_from_image
-from .sources import Sample
+from .io import BadFiles, DataError, Sample, image_to_array, mask_from_image
 
 MANIFEST = "_manifest.json"  # folders written before were read the same: the reader lists *.parquet
 SCHEMA = pa.schema(

@@ -17,33 +17,15 @@ from __future__ import annotations
 import re
 import zlib
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
-from .io import IMAGE_SUFFIXES, BadFiles, DataError, read_pair
+from .io import IMAGE_SUFFIXES, BadFiles, DataError, Sample, read_pair
+from .parquet import iter_parquet
 from .synthetic import synthetic_slice
 
 FORMATS = ("lgg", "folder", "parquet", "synthetic", "nifti")
-
-
-@dataclass(frozen=True)
-class Sample:
-    """One annotated slice.
-
-    Attributes:
-        image: ``(H, W, C)`` uint8 or uint16 as stored, or float32 for NIfTI volumes (scaled by the header's
-            ``scl_slope``/``scl_inter``, otherwise unchanged: intensities can be negative, e.g. z-scored MRI or CT).
-        mask: ``(H, W)`` uint8 in {0, 1}.
-        group: the patient (or other unit) the slice belongs to; splits never divide a group.
-        source: where it came from (file path, or ``synthetic:<seed>/<patient>/<slice>``).
-    """
-
-    image: np.ndarray
-    mask: np.ndarray
-    group: str
-    source: str
 
 
 def _existing_dir(root: str | Path, expected: str) -> Path:
@@ -426,8 +408,6 @@ def iter_source(
     if fmt == "folder":
         return iter_folder(path, bad, group_pattern)
     if fmt == "parquet":
-        from .parquet import iter_parquet
-
         return iter_parquet(str(path), bad)
     if fmt == "nifti":
         return iter_nifti(path, bad, slice_axis, label_value)

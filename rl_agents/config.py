@@ -78,7 +78,7 @@ class TrainConfig:
     precision: str = "tf32"
     channels_last: bool = False
     compile: str | None = None
-    # distribution on Ray (rl_agents/engines/ray_a3c.py): 0 workers = one process trains alone (rl_agents/engines/local.py)
+    # distribution on Ray (rl_agents/engines/ray_a3c.py, ray_actors.py): 0 workers = one process trains alone (rl_agents/engines/local.py)
     # engine (rl_agents/experiment/lifecycle.py::make_engine): auto = supervised for the U-Net, ray when num_workers
     # >= 1, else local; hogwild = num_workers torch.multiprocessing processes on this machine (the classic A3C)
     engine: str = "auto"  # auto | local | ray | hogwild | rllib_appo (RLlib APPO: num_workers = env runners)

@@ -4,21 +4,17 @@ workers. Each case starts its own Ray cluster on 127.0.0.1 (own temp dir and por
 
 from __future__ import annotations
 
-import importlib.util
-import sys
 from pathlib import Path
 
 import pytest
 
-from rl_agents.engines.ray_a3c import EXIT_HEAD_LOST
+from rl_agents.engines.ray_runtime import EXIT_HEAD_LOST
+from tests.conftest import benchmark_module
 
 ROOT = Path(__file__).resolve().parents[1]
 # each case takes 1-2 minutes on 2 cores: run by benchmarks/chaos.py --suite (or pytest -m chaos), not by CI
 pytestmark = pytest.mark.chaos
-_spec = importlib.util.spec_from_file_location("chaos", ROOT / "benchmarks" / "chaos.py")
-chaos = importlib.util.module_from_spec(_spec)
-sys.modules["chaos"] = chaos
-_spec.loader.exec_module(chaos)
+chaos = benchmark_module("chaos")
 
 
 @pytest.fixture

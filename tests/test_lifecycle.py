@@ -19,7 +19,8 @@ import ray
 import torch
 
 from rl_agents.config import load_config
-from rl_agents.engines.ray_a3c import Worker, train_distributed
+from rl_agents.engines.ray_actors import Worker
+from rl_agents.experiment.lifecycle import train_distributed
 from rl_agents.experiment.checkpoint import (CheckpointError, make_payload, previous_path, read_checkpoint,
                                              write_checkpoint)
 from rl_agents.experiment.evaluate import evaluate_checkpoint, load_model
@@ -261,7 +262,7 @@ def test_worker_restarts_used_up_end_the_run_with_a_clear_error(ray_local, tmp_p
 
 
 def test_the_architecture_keeps_one_place_for_each_concern():
-    """MLflow is written by tracking.py only, Ray is started by ray_a3c.connect only, the engine is chosen by
+    """MLflow is written by tracking.py only, Ray is started by ray_runtime.connect only, the engine is chosen by
     lifecycle.make_engine only, gradients are applied by the agents only; pixelrl_env imports no Ray or rl_agents."""
     src = {f.relative_to(ROOT).as_posix(): f.read_text() for f in (ROOT / "rl_agents").rglob("*.py")}
     env_src = {f.relative_to(ROOT).as_posix(): f.read_text() for f in (ROOT / "pixelrl_env").rglob("*.py")}
@@ -270,9 +271,9 @@ def test_the_architecture_keeps_one_place_for_each_concern():
         return {name for name, text in files.items() if re.search(pattern, text, re.M)}
 
     assert where(r"^\s*(import mlflow|from mlflow)") == {"rl_agents/experiment/tracking.py"}
-    assert where(r"ray\.init\(") == {"rl_agents/engines/ray_a3c.py"}
-    assert where(r"(LocalEngine|RayA3CEngine|SupervisedEngine|HogwildEngine)\(cfg|as Engine") == {
-        "rl_agents/experiment/lifecycle.py", "rl_agents/engines/ray_a3c.py"}  # ray_a3c: train_distributed's hooks
+    assert where(r"ray\.init\(") == {"rl_agents/engines/ray_runtime.py"}
+    assert where(r"(LocalEngine|RayA3CEngine|SupervisedEngine|HogwildEngine|RLlibAPPOEngine)\(cfg|ENGINES\[") == {
+        "rl_agents/experiment/lifecycle.py"}  # the registry, and train_distributed's test and benchmark hooks
     assert where(r"\.step\(\)\s*$") - {"rl_agents/experiment/lifecycle.py"} <= {
         "rl_agents/algo/agent.py", "rl_agents/engines/supervised.py"}  # optimiser steps live in the agents
     assert where(r"clip_grad_norm_") == {"rl_agents/algo/agent.py", "rl_agents/engines/supervised.py"}

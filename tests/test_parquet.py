@@ -45,7 +45,7 @@ def test_round_trip_lgg_layout_identical_and_sharded(lgg_dir: Path, tmp_path: Pa
 
 
 def test_round_trip_grey_and_16_bit(tmp_path: Path):
-    from pixelrl_env.sources import Sample
+    from pixelrl_env.io import Sample
 
     rng = np.random.default_rng(1)
     samples = [

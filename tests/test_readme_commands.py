@@ -3,15 +3,12 @@ an entry saying how the fresh-clone check runs it, and no entry is left for a co
 
 from __future__ import annotations
 
-import importlib.util
-import sys
 from pathlib import Path
 
+from tests.conftest import benchmark_module
+
 ROOT = Path(__file__).resolve().parents[1]
-_spec = importlib.util.spec_from_file_location("readme_commands", ROOT / "benchmarks" / "readme_commands.py")
-rc = importlib.util.module_from_spec(_spec)
-sys.modules["readme_commands"] = rc  # dataclasses look their module up there
-_spec.loader.exec_module(rc)
+rc = benchmark_module("readme_commands")
 
 
 def test_parsing_joins_continuations_and_drops_comments():

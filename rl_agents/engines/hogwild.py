@@ -24,6 +24,7 @@ import torch.multiprocessing as mp
 
 from rl_agents.algo.agent import PA3CAgent, make_train_env
 from rl_agents.config import TrainConfig, config_from_dict, to_dict
+from rl_agents.engines.base import DoneEval, actor_seed, evaluate_arrays
 
 
 def _train_process(rank: int, n: int, cfg_dict: dict, shared: list[torch.nn.Module], n_train: int, counters,
@@ -39,8 +40,6 @@ def _train_process(rank: int, n: int, cfg_dict: dict, shared: list[torch.nn.Modu
 
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the driver's to handle (it stops us via ``stop``)
     reserved, applied = counters
-    from rl_agents.engines.ray_a3c import actor_seed
-
     cfg = config_from_dict(cfg_dict)
     torch.set_num_threads(1)
     seed = actor_seed(cfg.seed, rank, start_update)
@@ -166,14 +165,10 @@ class HogwildEngine:
         return {**copy.deepcopy(self.agent.state_dict()), "update": self.update}
 
     def start_eval(self, max_images: int | None):
-        from rl_agents.engines.local import DoneEval
-
         snap = self._snapshot()
         return DoneEval({"update": snap["update"], **self._evaluate(snap, max_images)}, lambda: snap)
 
     def _evaluate(self, state: dict, max_images: int | None) -> dict:
-        from rl_agents.engines.local import evaluate_arrays
-
         if self.val is None:
             return {}
         self.judge.load_state_dict(state, weights_only=True)

@@ -1,21 +1,8 @@
-"""Asynchronous A3C on Ray: one learner actor, N worker actors, an evaluator actor; no barrier anywhere.
-
-The shape follows Ray's parameter-server example: small actors with one verb each, plain CPU arrays between them,
-``ray.wait`` in the driver.
-
-* :class:`Learner` holds the global :class:`~rl_agents.algo.agent.PA3CAgent` (on a GPU when the node has one).
-  ``push`` applies one worker's gradient the moment it arrives (an actor runs its calls one at a time, so gradients
-  are applied in arrival order) and answers with the newest weights.
-* :class:`Worker` holds a local agent, its own environment and its own part of the training split, which it reads
-  itself (only its part: :func:`pixelrl_env.dataset.load_part`; images never pass through the driver). ``work``
-  runs rollouts of ``t_max`` steps, computes the PA3C gradient, pushes it, and carries on with the weights it gets.
-* :class:`Evaluator` reads only the validation split and scores a set of weights.
-* :class:`RayA3CEngine` is the driver side: it keeps workers busy (:meth:`~RayA3CEngine.step`), restarts the ones
-  that die, and hands evaluations and checkpoints to the shared run lifecycle, which writes them on the driver's
-  disk (under ``ray job submit`` the learner may sit on a GPU node that does not share it).
-
-Staleness: every gradient carries the learner version its weights came from; ``staleness = version_now - version``.
-Above ``staleness_bound`` a gradient is dropped or down-weighted by ``1 / (1 + staleness - bound)`` and counted.
+"""Asynchronous A3C on Ray, the driver side: one learner actor, N worker actors, an evaluator actor
+(:mod:`rl_agents.engines.ray_actors`); no barrier anywhere. :class:`RayA3CEngine` keeps workers busy
+(:meth:`~RayA3CEngine.step`, ``ray.wait``), restarts the ones that die, restores a dead learner from the last
+checkpoint, and hands evaluations and checkpoints to the shared run lifecycle, which writes them on the driver's disk
+(under ``ray job submit`` the learner may sit on a GPU node that does not share it).
 
 Reproducibility: the order in which gradients arrive depends on timing, so two asynchronous runs with the same seed
 differ (as in any A3C); each actor's own randomness is seeded from ``(seed, worker index, starting update)``.
@@ -23,363 +10,24 @@ differ (as in any A3C); each actor's own randomness is seeded from ``(seed, work
 
 from __future__ import annotations
 
-import itertools
-import logging
-import math
-import os
+import copy
 import time
-from collections import defaultdict
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
-import numpy as np
-import torch
+import ray
+from ray.exceptions import ActorDiedError, ActorUnavailableError, GetTimeoutError, RayActorError, RayTaskError
 from rich.console import Console
 
-from rl_agents.algo.agent import PA3CAgent, Weights, make_train_env
+from rl_agents.algo.agent import PA3CAgent
 from rl_agents.algo.model import count_parameters, forward_flops
-from rl_agents.config import TrainConfig, config_from_dict, to_dict
+from rl_agents.config import TrainConfig, to_dict
+from rl_agents.engines.ray_actors import Evaluator, Learner, Worker
+from rl_agents.engines.ray_runtime import HeadWatchdog, connect, on_this_node, pin
 
 console = Console()
 
-
-def _threads(cpus: float) -> int:
-    return max(1, int(round(cpus)))
-
-
-def actor_seed(seed: int, index: int, start_update: int) -> int:
-    """Seed of worker ``index`` (index -1: the learner) in a run that starts (or resumes) at ``start_update``."""
-    return int(np.random.SeedSequence([seed, index + 1, start_update]).generate_state(1)[0])
-
-
-class Learner:
-    """The global agent. One verb: :meth:`push` (apply a gradient, answer with the newest weights)."""
-
-    def __init__(self, cfg_dict: dict, in_channels: int, n_train: int, resume: dict | None = None,
-                 pixel_agent_steps: int = 0):
-        self.cfg = cfg = config_from_dict(cfg_dict)
-        torch.set_num_threads(_threads(cfg.learner_cpus))
-        # fake GPU nodes (and CPU-only torch) report a GPU torch cannot use: fall back to the CPU
-        device = torch.device("cuda" if torch.cuda.is_available() and cfg.device != "cpu" else "cpu")
-        torch.manual_seed(cfg.seed)
-        self.agent = PA3CAgent(cfg, in_channels, n_train, device)
-        if resume is not None:
-            self.agent.load_state_dict(resume)
-        self.counters: dict[str, Any] = {"pixel_agent_steps": int(pixel_agent_steps), "dropped": 0,
-                                         "downweighted": 0, "busy_s": 0.0, "staleness_sum": 0, "staleness_max": 0,
-                                         "pushes": 0, "ahead": 0, "applied": 0, "duplicates": 0}
-        self.seen: set[str] = set()  # gradient ids applied: a push that arrives twice (a retried call) is not
-        self.per_worker: dict[int, int] = defaultdict(int)
-        self.last_stats: dict[str, float] = {}
-        self.stopped = False
-        self._cache: tuple[int, list[Weights]] | None = None
-        self.t0 = time.perf_counter()
-
-    def placement(self) -> tuple[str, str]:
-        """``(device, Ray node id)``: where the learner computes, and on which node (metrics, autoscaling test)."""
-        import ray
-
-        d = self.agent.device
-        device = str(d) + (f" ({torch.cuda.get_device_name()})" if d.type == "cuda" else "")
-        return device, ray.get_runtime_context().get_node_id()
-
-    def weights(self) -> tuple[int, list[Weights], bool, int]:
-        """``(version, [network, reward kernel] as CPU arrays, done, pixel-agent steps applied so far)``."""
-        if self._cache is None or self._cache[0] != self.agent.update:
-            self._cache = (self.agent.update, self.agent.weights())
-        return self.agent.update, self._cache[1], self.done(), self.counters["pixel_agent_steps"]
-
-    def done(self) -> bool:
-        return self.stopped or self.agent.update >= self.agent.total_updates
-
-    def _scale(self, staleness: int) -> float | None:
-        """1.0, a down-weighting factor, or None (drop), by the staleness rule; counted."""
-        c, bound = self.counters, self.cfg.staleness_bound
-        c["pushes"] += 1
-        c["staleness_sum"] += staleness
-        c["staleness_max"] = max(c["staleness_max"], staleness)
-        if bound is None or staleness <= bound:
-            return 1.0
-        if self.cfg.stale_policy == "drop":
-            c["dropped"] += 1
-            return None
-        c["downweighted"] += 1
-        return 1.0 / (1 + staleness - bound)
-
-    def push(self, worker: int, version: int, grads: list[np.ndarray], stats: dict[str, float]):
-        """Apply one gradient (computed on weights of ``version``) unless it is too stale; return :meth:`weights`."""
-        t = time.perf_counter()
-        gid = stats.pop("gradient_id", None)
-        if self.done():
-            return self.weights()
-        if gid is not None:
-            if gid in self.seen:
-                self.counters["duplicates"] += 1
-                return self.weights()
-            self.seen.add(gid)
-        staleness = self.agent.update - version
-        if staleness < 0:  # weights newer than this learner's: a worker that missed a learner restore
-            self.counters["ahead"] += 1
-        scale = self._scale(staleness)
-        if scale is not None:
-            charts = self.agent.apply_gradients(grads, scale)
-            self.counters["applied"] += 1
-            self.counters["pixel_agent_steps"] += int(stats.get("pixel_agent_steps", 0))
-            self.per_worker[worker] += 1
-            self.last_stats = {**{k: v for k, v in stats.items() if k != "pixel_agent_steps"}, **charts,
-                               "charts/staleness": float(staleness)}
-        self.counters["busy_s"] += time.perf_counter() - t
-        return self.weights()
-
-    def stop(self) -> int:
-        self.stopped = True
-        return self.agent.update
-
-    def stats(self) -> dict[str, Any]:
-        c = self.counters
-        return {
-            "update": self.agent.update,
-            "pixel_agent_steps": c["pixel_agent_steps"],
-            "staleness_mean": c["staleness_sum"] / max(c["pushes"], 1),
-            "staleness_max": c["staleness_max"],
-            "dropped": c["dropped"],
-            "downweighted": c["downweighted"],
-            "ahead": c["ahead"],
-            "applied": c["applied"],
-            "duplicates": c["duplicates"],
-            "busy_s": c["busy_s"],
-            "wall_s": time.perf_counter() - self.t0,
-            "per_worker_updates": dict(self.per_worker),
-            "last": dict(self.last_stats),
-        }
-
-    def state_dict(self) -> dict[str, Any]:
-        """The agent's state (the checkpoint's ``agent`` part), every tensor on the CPU."""
-        return self.agent.state_dict()
-
-
-class Worker:
-    """A local agent and an environment over this worker's part of the data. One verb: :meth:`work`."""
-
-    def __init__(self, cfg_dict: dict, index: int, n_workers: int, start_update: int = 0, slowdown: float = 1.0):
-        from pixelrl_env.dataset import load_part
-
-        self.cfg = cfg = config_from_dict(cfg_dict)
-        self.index = index
-        self.slowdown = slowdown
-        torch.set_num_threads(_threads(cfg.worker_cpus))
-        seed = actor_seed(cfg.seed, index, start_update)
-        torch.manual_seed(seed)
-        self.read_stats: dict[str, Any] = {}
-        part = load_part(cfg.data, "train", index, n_workers, stats=self.read_stats)
-        self.env = make_train_env(cfg, part.images, part.masks, seed)
-        self.agent = PA3CAgent(cfg, part.images.shape[1], len(part), optimizer=False)
-        self.gen = torch.Generator().manual_seed(seed)
-        self.version: int | None = None
-        # every gradient gets an id unique to this incarnation of the worker: the learner applies each id once
-        self.gradient_ids = (f"{index}:{os.getpid()}:{time.time_ns()}:{k}" for k in itertools.count())
-
-    def reset(self) -> None:
-        """Forget the weights: the next :meth:`work` starts from the learner's (after a learner restore)."""
-        self.version = None
-
-    def _set(self, version: int, weights: list[Weights]) -> None:
-        self.agent.set_weights(weights)
-        self.version = self.agent.update = version  # schedules (entropy_coef_final) follow the learner's version
-
-    def work(self, learner, n_rollouts: int) -> dict[str, Any]:
-        """Run up to ``n_rollouts`` rollouts, pushing each gradient to ``learner``; stop early when it is done."""
-        import ray
-
-        t0 = time.perf_counter()
-        done = False
-        applied = 0
-        if self.version is None:
-            version, weights, done, applied = ray.get(learner.weights.remote())
-            self._set(version, weights)
-        n = steps = 0
-        compute_s = 0.0
-        stats: dict[str, float] = {}
-        while n < n_rollouts and not done:
-            t = time.perf_counter()
-            grads, stats = self.agent.compute_gradients(self.env, self.gen)
-            grads = [g.numpy() for g in grads]
-            dt = time.perf_counter() - t
-            compute_s += dt
-            if self.slowdown > 1:
-                time.sleep((self.slowdown - 1) * dt)
-            version, weights, done, applied = ray.get(learner.push.remote(self.index, self.version, grads,
-                                                                     {**stats, "gradient_id": next(self.gradient_ids)}))
-            self._set(version, weights)
-            n += 1
-            steps += int(stats["pixel_agent_steps"])
-        return {"worker": self.index, "node": ray.get_runtime_context().get_node_id(), "rollouts": n,
-                "pixel_agent_steps": steps, "wall_s": time.perf_counter() - t0, "compute_s": compute_s, "done": done,
-                "version": self.version, "applied_pixel_agent_steps": applied, "stats": stats,
-                "read": dict(self.read_stats)}
-
-
-class Evaluator:
-    """Reads only the validation split. One verb: :meth:`evaluate` (greedy segmentation, mean metrics)."""
-
-    def __init__(self, cfg_dict: dict):
-        from pixelrl_env.dataset import describe, load_part
-
-        self.cfg = cfg = config_from_dict(cfg_dict)
-        torch.set_num_threads(1)
-        self.desc = describe(cfg.data)
-        self.val = load_part(cfg.data, "val") if self.desc["n_val"] else None
-        self.agent = PA3CAgent(cfg, self.desc["in_channels"], max(self.desc["n_train"], 1), optimizer=False)
-
-    def info(self) -> dict[str, int]:
-        return dict(self.desc)
-
-    def evaluate(self, versioned: tuple, max_images: int | None) -> dict[str, Any]:
-        from rl_agents.engines.local import evaluate_arrays
-
-        version, weights = versioned[0], versioned[1]
-        self.agent.set_weights(weights)
-        if self.val is None:
-            return {"update": version}
-        metrics = evaluate_arrays(self.agent.model, self.val, self.cfg, torch.device("cpu"), max_images)
-        return {"update": version, **metrics}
-
-    def evaluate_state(self, state: dict[str, Any]) -> dict[str, Any]:
-        self.agent.load_state_dict(state, weights_only=True)
-        return self.evaluate((int(state["update"]), self.agent.weights()), None)
-
-
-class _DropMessage(logging.Filter):
-    def __init__(self, prefix: str):
-        super().__init__()
-        self.prefix = prefix
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        return not record.getMessage().startswith(self.prefix)
-
-
-def connect(address: str | None, num_cpus: float | None = None) -> bool:
-    """Connect to Ray (``address``, else ``RAY_ADDRESS``, else a local Ray on 127.0.0.1); True when this call
-    started it (and so must shut it down). The one ``ray.init`` of the project: training and sweeps use it."""
-    import ray
-
-    if ray.is_initialized():
-        return False
-    address = address or os.environ.get("RAY_ADDRESS")
-    if address:
-        ray.init(address=address, log_to_driver=True)
-    else:
-        cpus = max(os.cpu_count() or 1, math.ceil(num_cpus or 0))
-        # Ray 2.60 turns token authentication on for a local cluster and warns at every start that it did ("Set
-        # RAY_AUTH_MODE=disabled to opt out"): we want it on, so the notice is noise. Setting RAY_AUTH_MODE=token
-        # here instead would not do: Ray has read its config at import, and the driver would then be refused by its
-        # own GCS. Other warnings of that logger (auth disabled by the user) still show.
-        auth_log = logging.getLogger("ray._private.authentication.authentication_token_setup")
-        quiet = _DropMessage("Token authentication is enabled")
-        auth_log.addFilter(quiet)
-        try:
-            ray.init(num_cpus=cpus, include_dashboard=False, _node_ip_address="127.0.0.1")
-        finally:
-            auth_log.removeFilter(quiet)
-    return True
-
-
-EXIT_HEAD_LOST = 75  # EX_TEMPFAIL: the cluster went away; the same command with --resume on a new one continues
-
-
-class HeadWatchdog:
-    """Ends the driver when the Ray head goes away: a TCP connection to its GCS is tried every 0.2 s; when the
-    connection is refused (nothing listens: the GCS has stopped) or has failed for ``timeout_s`` (the head
-    unreachable), the process prints what happened and exits with :data:`EXIT_HEAD_LOST`.
-
-    Why a process exit, and why this fast: a driver whose node's raylet dies with the head is ended by Ray within
-    seconds with exit status 1 and no word on the console (the reason goes to a log file under the session dir);
-    a driver on another node blocks on actors that died with the head until Ray's reconnect timeout (60 s). On the
-    head's own machine this is a race that Ray can still win under load (status 1, no message). Nothing
-    can be saved at that point (the learner died with the cluster): ``checkpoints/last.pt`` is as the last periodic
-    checkpoint wrote it.
-    """
-
-    def __init__(self, gcs_address: str, timeout_s: float, checkpoint: Path | None):
-        import threading
-
-        host, port = gcs_address.rsplit(":", 1)
-        self.addr, self.timeout_s, self.checkpoint = (host, int(port)), timeout_s, checkpoint
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, name="ray-head-watchdog", daemon=True)
-        self._thread.start()
-
-    def _run(self) -> None:
-        import socket
-
-        failing_since, refused = None, 0
-        while not self._stop.wait(0.2):
-            try:
-                socket.create_connection(self.addr, timeout=2).close()
-                failing_since, refused = None, 0
-                continue
-            except ConnectionRefusedError:
-                refused += 1
-            except OSError:
-                refused = 0
-            failing_since = failing_since or time.monotonic()
-            if refused or time.monotonic() - failing_since >= self.timeout_s:
-                self._give_up("stopped (connection refused)" if refused else
-                              f"unreachable for {self.timeout_s:g} s")
-
-    def _give_up(self, what: str) -> None:
-        import sys
-
-        import ray
-
-        if self._stop.is_set() or not ray.is_initialized():  # this process shut Ray down itself: nothing is lost
-            return
-        where = f"{self.checkpoint} is as last written" if self.checkpoint else "no checkpoint was written"
-        print(f"\nerror: the Ray cluster's head (GCS at {self.addr[0]}:{self.addr[1]}) is {what}: the cluster is "
-              f"gone, and this run cannot go on. {where}; start a cluster and run the same command with --resume.",
-              file=sys.stderr, flush=True)
-        os._exit(EXIT_HEAD_LOST)
-
-    def stop(self) -> None:
-        self._stop.set()
-
-
-def ray_bundles(cfg: TrainConfig) -> list[dict[str, float]]:
-    """The placement-group layout of a Ray A3C run: ``[driver + evaluator, learner, worker 0, worker 1, ...]``.
-
-    Sweeps reserve exactly this (:func:`rl_agents.experiment.sweep.trial_resources`) and the engine pins each actor
-    to its own bundle of it (:func:`_pin`): one definition, so the two cannot drift apart.
-    """
-    learner = {"CPU": max(cfg.learner_cpus, 0.01)}
-    if cfg.learner_gpus:
-        learner["GPU"] = cfg.learner_gpus
-    return [{"CPU": 0.01}, learner] + [{"CPU": cfg.worker_cpus}] * cfg.num_workers
-
-
-def _pin(cfg: TrainConfig, index: int) -> dict[str, Any]:
-    """Actor options that pin an actor to bundle ``index`` of the placement group this code runs in, if any.
-
-    Left to "any bundle", the learner (0.25 CPU) can take half of a worker's bundle (0.5 CPU) and leave the last
-    worker with no bundle that fits: the trial then waits forever. Outside a placement group of our layout, none.
-    """
-    from ray.util import get_current_placement_group
-    from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
-
-    pg = get_current_placement_group()
-    if pg is None or pg.bundle_specs != ray_bundles(cfg):
-        return {}
-    return {"scheduling_strategy": PlacementGroupSchedulingStrategy(pg, placement_group_bundle_index=index)}
-
-
 EVALUATOR_MAX_RESTARTS = 3
-
-
-def _on_this_node() -> dict[str, Any]:
-    """Actor options that put an actor on the driver's node when it has room (soft: elsewhere otherwise)."""
-    import ray
-    from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
-
-    return {"scheduling_strategy": NodeAffinitySchedulingStrategy(ray.get_runtime_context().get_node_id(), soft=True)}
 
 
 # how long a validation pass is asked again while its evaluator is unreachable: a node lost without grace is
@@ -403,9 +51,6 @@ class RayEval:
         self.result_ref = self.engine.evaluator.evaluate.remote(self.weights_ref, self.max_images)
 
     def result(self, block: bool) -> dict[str, Any] | None:
-        import ray
-        from ray.exceptions import RayActorError, RayTaskError
-
         done, _ = ray.wait([self.result_ref], timeout=None if block else 0)
         if not done:
             return None
@@ -418,8 +63,6 @@ class RayEval:
             return self.result(block)
 
     def _evaluator_restarting(self, error: Exception) -> bool:
-        from ray.exceptions import ActorUnavailableError
-
         if not isinstance(error, ActorUnavailableError):
             return False
         now = time.monotonic()
@@ -431,44 +74,11 @@ class RayEval:
 
     def snapshot(self) -> dict[str, Any]:
         """The evaluated weights as an agent state (no optimiser: a best checkpoint is for use, not for resuming)."""
-        import ray
-
         version, weights = ray.get(self.weights_ref)[:2]
-        tensors = [{k: torch.tensor(v) for k, v in w.items()} for w in weights]
-        return {"kind": "pixeldrl", "in_channels": self.engine.info["in_channels"],
-                "n_actions": self.engine.n_actions, "update": version,
-                "model": tensors[0], "reward_conv": tensors[1], "optimizer": None, "scheduler": None}
-
-
-class KillLearnerAfterCheckpoint:
-    """An ``on_report`` callback for fault drills (tests and ``benchmarks/chaos.py``): kills the learner actor once,
-    after ``checkpoints/last.pt`` exists, and records ``killed = [{"update", "checkpoint_update", "t"}]``.
-
-    It waits for the learner to be ``lead`` updates past that checkpoint, so that the restore has work to redo; once
-    the learner reaches ``by_update`` it kills it whatever the lead. Reports land at chance moments against the
-    checkpoint cadence (on a busy machine every report of a short run can fall just after a save), and a drill
-    must not end without its fault. The checkpoint read here is the one the restore uses: the driver, which calls
-    this, is also the only writer of ``last.pt``, so no save can land between the read and the kill.
-    """
-
-    def __init__(self, last: str | Path, lead: int = 2, by_update: int | None = None):
-        self.last, self.lead, self.by_update = Path(last), lead, by_update
-        self.killed: list[dict[str, Any]] = []
-        self.seen: list[tuple[int, int | None]] = []  # (learner update, checkpoint update) per report: a miss's why
-
-    def __call__(self, state: dict[str, Any]) -> None:
-        import ray
-
-        from rl_agents.experiment.checkpoint import read_checkpoint
-
-        if self.killed:
-            return
-        update = int(state["stats"]["update"])
-        at = read_checkpoint(self.last).update if self.last.exists() else None
-        self.seen.append((update, at))
-        if at is not None and (update >= at + self.lead or (self.by_update is not None and update >= self.by_update)):
-            ray.kill(state["learner"], no_restart=True)
-            self.killed.append({"update": update, "checkpoint_update": at, "t": time.time()})
+        agent = self.engine.probe
+        agent.set_weights(weights)
+        agent.update = version
+        return copy.deepcopy(agent.state_dict())  # the probe's next snapshot must not change this one
 
 
 class RayA3CEngine:
@@ -478,7 +88,7 @@ class RayA3CEngine:
     ``worker_cls``, ``learner_cls`` and ``evaluator_cls`` replace :class:`Worker`, :class:`Learner` and
     :class:`Evaluator` (fault injection).
 
-    A dead learner is rebuilt from ``last_checkpoint`` (set by the run lifecycle to ``checkpoints/last.pt``; before
+    A dead learner is rebuilt from ``read_last_checkpoint()`` (set by the run lifecycle: ``checkpoints/last.pt``; before
     the first checkpoint, from the state the run started with), at most ``learner_max_restarts`` times: its update
     counter is the checkpoint's, every worker forgets its weights and takes the restored learner's, and the
     gradients in flight to the dead learner are dropped with it. Ray's own actor restart would not do: it rebuilds
@@ -509,15 +119,14 @@ class RayA3CEngine:
         self.update = self.pixel_agent_steps = 0
         self.stopped = False
         self.t0 = time.perf_counter()
-        self.last_checkpoint: Path | None = None  # set by the run lifecycle
+        self.last_checkpoint: Path | None = None  # set by the run lifecycle, with its reader
+        self.read_last_checkpoint: Callable[[], Any] | None = None
         self.epoch = 0  # the learner's incarnation; a work call sent to an earlier one failed with it
         self.sent_epoch: dict[Any, int] = {}
         self.needs_reset: set[int] = set()
         self.learner_restores: list[dict[str, Any]] = []
 
     def setup(self, resume=None) -> dict[str, Any]:
-        import ray
-
         cfg = self.cfg
         self.started = connect(cfg.ray_address, cfg.num_workers * cfg.worker_cpus + cfg.learner_cpus)
         self.watchdog = HeadWatchdog(ray.get_runtime_context().gcs_address, cfg.head_timeout_s,
@@ -528,7 +137,7 @@ class RayA3CEngine:
         # node go anyway, Ray restarts it and runs the pass it lost again (a pure function of the weights)
         self.evaluator = ray.remote(self.evaluator_cls).options(num_cpus=0, max_restarts=EVALUATOR_MAX_RESTARTS,
                                                        max_task_retries=EVALUATOR_MAX_RESTARTS,
-                                                       **(_pin(cfg, 0) or _on_this_node())).remote(cfg_dict)
+                                                       **(pin(cfg, 0) or on_this_node())).remote(cfg_dict)
         self.info = info = ray.get(self.evaluator.info.remote())
         if info["n_train"] == 0:
             raise ValueError("the training split is empty; check data.split, data.k_shot and data.drop_empty")
@@ -539,11 +148,12 @@ class RayA3CEngine:
         self._start_learner(resume.agent if resume else None, self.pixel_agent_steps)
         slow = list(cfg.worker_slowdown or [])
         self.workers = [ray.remote(self.worker_cls).options(num_cpus=cfg.worker_cpus, max_restarts=cfg.worker_max_restarts,
-                                                   max_task_retries=0, **_pin(cfg, 2 + i)).remote(
+                                                   max_task_retries=0, **pin(cfg, 2 + i)).remote(
                             cfg_dict, i, cfg.num_workers, self.update, float(slow[i]) if i < len(slow) else 1.0)
                         for i in range(cfg.num_workers)]
         self.learner_device, self.learner_node = ray.get(self.learner.placement.remote())
-        probe = PA3CAgent(cfg, info["in_channels"], info["n_train"], optimizer=False)
+        # the driver's copy of the agent, without an optimiser: it sizes the run and turns weights into states
+        self.probe = probe = PA3CAgent(cfg, info["in_channels"], info["n_train"], optimizer=False)
         self.n_actions, self.total_updates = probe.n_actions, probe.total_updates
         self.flops = forward_flops(probe.model, info["in_channels"], info["image_size"])
         n_params = count_parameters(probe.model)
@@ -558,17 +168,13 @@ class RayA3CEngine:
                           f"{self.flops / 1e9:.3f} GFLOP per image-step; {self.total_updates} updates planned"}
 
     def _start_learner(self, agent: dict | None, pixel_agent_steps: int) -> None:
-        import ray
-
         cfg = self.cfg
         self.learner = ray.remote(self.learner_cls).options(
-            num_cpus=cfg.learner_cpus, num_gpus=self.gpus, **_pin(cfg, 1)).remote(
+            num_cpus=cfg.learner_cpus, num_gpus=self.gpus, **pin(cfg, 1)).remote(
             to_dict(cfg), self.info["in_channels"], self.info["n_train"], ray.put(agent) if agent else None,
             pixel_agent_steps)
 
     def _learner_gpus(self) -> float:
-        import ray
-
         cfg = self.cfg
         if cfg.learner_gpus is not None:
             return cfg.learner_gpus
@@ -592,8 +198,6 @@ class RayA3CEngine:
         """Kill a worker whose work call is older than ``worker_timeout_s`` (a rollout stuck in I/O or a deadlock never
         returns, and ``ray.wait`` alone would wait for it forever). Ray restarts the actor; its call then fails as a
         death, and :meth:`_collect` counts the restart and hands the new actor work."""
-        import ray
-
         limit = self.cfg.worker_timeout_s
         if limit is None:
             return
@@ -607,8 +211,6 @@ class RayA3CEngine:
 
     def step(self) -> dict[str, float]:
         """Wait (at most 1 s) for a worker's batch of rollouts, hand it more work; returns its last update's scalars."""
-        import ray
-
         stats: dict[str, float] = {}
         ready, _ = ray.wait(list(self.running), num_returns=1, timeout=1.0) if self.running else ([], [])
         if not self.running:
@@ -633,9 +235,6 @@ class RayA3CEngine:
     def _collect(self, ref, i: int, epoch: int) -> dict | None:
         """A worker's result, or None if it died (Ray restarts it; it is retried shortly, up to the restart limit)
         or its learner died (the learner is restored; the worker is handed work again)."""
-        import ray
-        from ray.exceptions import ActorDiedError, RayActorError, RayTaskError
-
         try:
             res = ray.get(ref)
         except RayTaskError as e:  # the work call raised: a bug in the worker, or the learner it pushes to died
@@ -669,9 +268,6 @@ class RayA3CEngine:
 
     def _call(self, method: str, *args):
         """A learner call's result; if the learner is dead, it is restored (:meth:`_check_learner`) and asked again."""
-        import ray
-        from ray.exceptions import RayActorError, RayTaskError
-
         for attempt in (0, 1):
             try:
                 return ray.get(getattr(self.learner, method).remote(*args))
@@ -682,9 +278,6 @@ class RayA3CEngine:
     def _check_learner(self, cause: Exception) -> bool:
         """False if the learner is alive (``cause`` is someone else's); True once a dead learner is restored; a
         clear error when it may not be restored again."""
-        import ray
-        from ray.exceptions import GetTimeoutError, RayActorError
-
         try:
             ray.get(self.learner.stats.remote(), timeout=60)
             return False
@@ -693,18 +286,13 @@ class RayA3CEngine:
             return True
 
     def _restore_learner(self, error: Exception, cause: Exception) -> None:
-        import ray
-
-        from rl_agents.experiment.checkpoint import previous_path, read_checkpoint
-
         n, limit = len(self.learner_restores), self.cfg.learner_max_restarts
         if n >= limit:
             raise RuntimeError(
                 f"the learner actor died ({type(error).__name__}) at about update {self.update}"
                 f"{f' after {n} restore(s)' if n else ''} (learner_max_restarts={limit}); workers cannot go on. "
                 "The last checkpoint (checkpoints/last.pt) is intact: continue with --resume") from cause
-        path = self.last_checkpoint
-        ckpt = read_checkpoint(path) if path is not None and (path.exists() or previous_path(path).exists()) else None
+        ckpt = self.read_last_checkpoint() if self.read_last_checkpoint is not None else None
         agent, update, steps = (ckpt.agent, ckpt.update, int(ckpt.run.get("pixel_agent_steps", 0))) if ckpt \
             else self.start
         died_at = self.update
@@ -725,8 +313,6 @@ class RayA3CEngine:
             self._call("stop")
 
     def close(self) -> None:
-        import ray
-
         if getattr(self, "watchdog", None) is not None:
             self.watchdog.stop()  # before a shutdown of our own makes the head go away
         if self.started:
@@ -738,8 +324,6 @@ class RayA3CEngine:
         return RayEval(self, max_images)
 
     def evaluate_state(self, state: dict[str, Any]) -> dict[str, float]:
-        import ray
-
         return ray.get(self.evaluator.evaluate_state.remote(state))
 
     def agent_state(self) -> dict[str, Any]:
@@ -793,20 +377,7 @@ class RayA3CEngine:
 
     def _placement(self) -> dict[str, Any]:
         """Which nodes the learner and each worker ran on, with each node's resources (an autoscaler's doing shows)."""
-        import ray
-
         used = {self.learner_node, *(n for n in self.nodes if n)}
         nodes = {n["NodeID"]: {"address": n["NodeManagerAddress"], "resources": n["Resources"]}
                  for n in ray.nodes() if n["NodeID"] in used}
         return {"cluster/learner_node": self.learner_node, "cluster/worker_nodes": self.nodes, "cluster/nodes": nodes}
-
-
-def train_distributed(cfg: TrainConfig, output_dir: str | Path, resume: bool = False, quiet: bool = False,
-                      on_report=None, on_eval=None, worker_cls=None, learner_cls=None,
-                      evaluator_cls=None) -> dict[str, Any]:
-    """Ray A3C through the shared run lifecycle, without MLflow, with test and benchmark hooks."""
-    from rl_agents.experiment.lifecycle import train
-
-    engine = RayA3CEngine(cfg, quiet=quiet, on_report=on_report, worker_cls=worker_cls, learner_cls=learner_cls,
-                          evaluator_cls=evaluator_cls)
-    return train(cfg, output_dir, resume=resume, quiet=quiet, on_eval=on_eval, engine=engine)

@@ -41,7 +41,8 @@ from pixelrl_env.env import ACTION_SETS, PixelSegEnv
 from rl_agents.algo.agent import PA3CAgent, build_network, make_augment
 from rl_agents.algo.model import count_parameters, forward_flops
 from rl_agents.config import TrainConfig, config_from_dict, to_dict
-from rl_agents.engines.local import InProcessEngine, evaluate_arrays
+from rl_agents.engines.base import InProcessEngine, evaluate_arrays
+from rl_agents.engines.ray_runtime import connect
 
 REWARD_MAP = "reward_map"  # info key (env) and train-batch column (learner connector)
 MODULE = "default_policy"
@@ -390,8 +391,6 @@ class RLlibAPPOEngine(InProcessEngine):
         self.env_runner_restarts = 0
 
     def setup(self, resume=None) -> dict[str, Any]:
-        from rl_agents.engines.ray_a3c import connect
-
         cfg = self.cfg
         self.train_set, self.val_set = self._prepare()
         in_channels, size = self.train_set.images.shape[1], self.train_set.images.shape[-1]

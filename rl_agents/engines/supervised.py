@@ -19,7 +19,7 @@ from rl_agents.algo.accel import Accel
 from rl_agents.algo.agent import cpu_state, make_augment, planned_updates
 from rl_agents.algo.model import count_parameters
 from rl_agents.config import TrainConfig
-from rl_agents.engines.local import InProcessEngine
+from rl_agents.engines.base import InProcessEngine
 
 
 def build_unet(in_channels: int) -> torch.nn.Module:

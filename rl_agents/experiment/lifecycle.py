@@ -30,7 +30,14 @@ from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
 from rl_agents.config import TrainConfig, to_dict
-from rl_agents.experiment.checkpoint import Checkpoint, CheckpointError, make_payload, read_checkpoint, write_checkpoint
+from rl_agents.engines.base import Engine
+from rl_agents.engines.hogwild import HogwildEngine
+from rl_agents.engines.local import LocalEngine
+from rl_agents.engines.ray_a3c import RayA3CEngine
+from rl_agents.engines.rllib_appo import RLlibAPPOEngine
+from rl_agents.engines.supervised import SupervisedEngine
+from rl_agents.experiment.checkpoint import (Checkpoint, CheckpointError, make_payload, previous_path, read_checkpoint,
+                                             write_checkpoint)
 
 console = Console()
 
@@ -45,20 +52,13 @@ def engine_name(cfg: TrainConfig) -> str:
     return cfg.engine
 
 
+ENGINES: dict[str, Callable[..., Engine]] = {"supervised": SupervisedEngine, "hogwild": HogwildEngine,
+                                             "ray": RayA3CEngine, "rllib_appo": RLlibAPPOEngine, "local": LocalEngine}
+
+
 def make_engine(cfg: TrainConfig, quiet: bool = False):
     """The engine ``cfg`` asks for: the single place where the CLI and sweep trials choose how to train."""
-    name = engine_name(cfg)
-    if name == "supervised":
-        from rl_agents.engines.supervised import SupervisedEngine as Engine
-    elif name == "hogwild":
-        from rl_agents.engines.hogwild import HogwildEngine as Engine
-    elif name == "ray":
-        from rl_agents.engines.ray_a3c import RayA3CEngine as Engine
-    elif name == "rllib_appo":
-        from rl_agents.engines.rllib_appo import RLlibAPPOEngine as Engine
-    else:
-        from rl_agents.engines.local import LocalEngine as Engine
-    return Engine(cfg, quiet=quiet)
+    return ENGINES[engine_name(cfg)](cfg, quiet=quiet)
 
 
 @dataclass
@@ -191,7 +191,10 @@ class Run:
     def execute(self, resume: bool = False) -> dict[str, Any]:
         self.out.mkdir(parents=True, exist_ok=True)
         ckpt = self._resume_from() if resume else None
-        self.engine.last_checkpoint = self.ckpt_dir / "last.pt"  # where an engine restores a dead learner from
+        # where a distributed engine restores a dead learner from
+        self.engine.last_checkpoint = last = self.ckpt_dir / "last.pt"
+        self.engine.read_last_checkpoint = lambda: read_checkpoint(last) if (
+            last.exists() or previous_path(last).exists()) else None
         info = self.engine.setup(ckpt)
         (self.out / "config.yaml").write_text(yaml.safe_dump(to_dict(self.cfg), sort_keys=False))
         if not self.quiet:
@@ -262,6 +265,16 @@ def train(cfg: TrainConfig, output_dir: str | Path, resume: bool = False, quiet:
         return Run(cfg, output_dir, engine, quiet=quiet, on_eval=on_eval).execute(resume)
     finally:
         engine.close()
+
+
+def train_distributed(cfg: TrainConfig, output_dir: str | Path, resume: bool = False, quiet: bool = False,
+                      on_report=None, on_eval=None, worker_cls=None, learner_cls=None,
+                      evaluator_cls=None) -> dict[str, Any]:
+    """Ray A3C through the run lifecycle, without MLflow, with the engine's test and benchmark hooks (fault
+    injection: ``on_report``, and actor classes in place of :mod:`rl_agents.engines.ray_actors`')."""
+    engine = RayA3CEngine(cfg, quiet=quiet, on_report=on_report, worker_cls=worker_cls, learner_cls=learner_cls,
+                          evaluator_cls=evaluator_cls)
+    return train(cfg, output_dir, resume=resume, quiet=quiet, on_eval=on_eval, engine=engine)
 
 
 def run_training(cfg: TrainConfig, output_dir: str | Path, resume: bool = False, quiet: bool = False,

@@ -29,7 +29,7 @@ import torch
 
 from pixelrl_env.dataset import prepare_rows, resize_mask
 from pixelrl_env.io import DataError, read_image
-from pixelrl_env.sources import Sample
+from pixelrl_env.io import Sample
 from rl_agents.config import TrainConfig
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp")

@@ -26,7 +26,7 @@ and ``trial.json`` naming its variant), which :mod:`rl_agents.experiment.cv` rea
 
 Each validation pass of a trial is one Tune report (``training_iteration``), so ASHA's ``grace_period`` counts
 validation passes. A trial with ``num_workers >= 1`` reserves its actors with a placement group laid out by
-:func:`rl_agents.engines.ray_a3c.ray_bundles` (bundle 0: the trial's driver and the evaluator, bundle 1: the
+:func:`rl_agents.engines.ray_runtime.ray_bundles` (bundle 0: the trial's driver and the evaluator, bundle 1: the
 learner, then one bundle per worker); the engine pins each actor to its own bundle.
 """
 
@@ -220,7 +220,7 @@ def trial_resources(spec: dict):
     starts into its placement group), a single-process trial its CPUs."""
     from ray import tune
 
-    from rl_agents.engines.ray_a3c import ray_bundles
+    from rl_agents.engines.ray_runtime import ray_bundles
     from rl_agents.experiment.lifecycle import engine_name
 
     cfg = config_from_dict(spec["base"])
@@ -307,7 +307,7 @@ def run_sweep(path: str | Path, resume: bool = False, variants: list[str] | None
     import ray
     from ray import tune
 
-    from rl_agents.engines.ray_a3c import connect
+    from rl_agents.engines.ray_runtime import connect
     from rl_agents.experiment.tracking import end_sweep_run, start_sweep_run
 
     spec = load_sweep(path, variants)

@@ -1,0 +1,108 @@
+"""The import graph of ``pixelrl_env`` and ``rl_agents``, every import counted (those inside functions too): no
+circle, no layer importing the one above it, no engine importing another engine."""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+# bottom to top: the environment and data; the network, PA3C and the config; ways to train; runs, reports, tools;
+# the command line
+LAYERS = [("pixelrl_env",), ("rl_agents.config", "rl_agents.algo"), ("rl_agents.engines",), ("rl_agents.experiment",),
+          ("rl_agents.cli", "rl_agents")]
+# what engines may share: no engine module imports another engine
+ENGINE_SHARED = {"rl_agents.engines", "rl_agents.engines.base", "rl_agents.engines.ray_runtime",
+                 "rl_agents.engines.ray_actors"}
+
+
+def modules() -> dict[str, Path]:
+    out = {}
+    for pkg in ("pixelrl_env", "rl_agents"):
+        for f in (ROOT / pkg).rglob("*.py"):
+            parts = f.relative_to(ROOT).with_suffix("").parts
+            out[".".join(parts[:-1] if parts[-1] == "__init__" else parts)] = f
+    return out
+
+
+def imports_of(name: str, path: Path, known: set[str]) -> set[str]:
+    """The project modules ``name`` imports anywhere in its file, relative imports resolved."""
+    package = name if path.name == "__init__.py" else name.rpartition(".")[0]
+    found = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.Import):
+            found |= {a.name for a in node.names}
+        elif isinstance(node, ast.ImportFrom):
+            base = package.split(".")[: len(package.split(".")) - node.level + 1] if node.level else []
+            module = ".".join([*base, *([node.module] if node.module else [])])
+            found |= {module, *(f"{module}.{a.name}" for a in node.names)}
+    return {m for m in found if m in known and m != name}
+
+
+def graph() -> dict[str, set[str]]:
+    mods = modules()
+    return {name: imports_of(name, path, set(mods)) for name, path in mods.items()}
+
+
+def layer(module: str) -> int:
+    return next(i for i, prefixes in enumerate(LAYERS)
+                if any(module == p or module.startswith(p + ".") for p in prefixes))
+
+
+def cycles(g: dict[str, set[str]]) -> list[list[str]]:
+    """Strongly connected components with more than one module (Tarjan)."""
+    index: dict[str, int] = {}
+    low: dict[str, int] = {}
+    stack: list[str] = []
+    found: list[list[str]] = []
+
+    def visit(v: str) -> None:
+        index[v] = low[v] = len(index)
+        stack.append(v)
+        for w in sorted(g[v]):
+            if w not in index:
+                visit(w)
+                low[v] = min(low[v], low[w])
+            elif w in stack:
+                low[v] = min(low[v], index[w])
+        if low[v] == index[v]:
+            comp = []
+            while not comp or comp[-1] != v:
+                comp.append(stack.pop())
+            if len(comp) > 1:
+                found.append(sorted(comp))
+
+    for v in sorted(g):
+        if v not in index:
+            visit(v)
+    return found
+
+
+def test_the_checker_sees_relative_and_function_level_imports_and_circles(tmp_path):
+    pkg = tmp_path / "pixelrl_env"
+    pkg.mkdir()
+    (pkg / "__init__.py").write_text("")
+    (pkg / "a.py").write_text("from .b import x\n")
+    (pkg / "b.py").write_text("def f():\n    from pixelrl_env import a\n")
+    known = {"pixelrl_env", "pixelrl_env.a", "pixelrl_env.b"}
+    g = {m: imports_of(m, pkg / (m.split(".")[-1] + ".py") if "." in m else pkg / "__init__.py", known) for m in known}
+    assert g["pixelrl_env.a"] == {"pixelrl_env.b"} and g["pixelrl_env.b"] == {"pixelrl_env", "pixelrl_env.a"}
+    assert cycles(g) == [["pixelrl_env.a", "pixelrl_env.b"]]
+
+
+def test_no_import_circle():
+    assert cycles(graph()) == []
+
+
+def test_no_layer_imports_the_one_above():
+    upward = sorted(f"{m} -> {t}" for m, ts in graph().items() for t in ts if layer(t) > layer(m))
+    assert upward == []
+
+
+@pytest.mark.parametrize("engine", sorted(m for m in modules() if m.startswith("rl_agents.engines.")
+                                          and m not in ENGINE_SHARED))
+def test_no_engine_imports_another_engine(engine):
+    others = {t for t in graph()[engine] if t.startswith("rl_agents.engines") and t not in ENGINE_SHARED}
+    assert others == set(), f"{engine} imports {others}: shared code belongs in engines/base.py or ray_runtime.py"
