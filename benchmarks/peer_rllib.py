@@ -12,7 +12,7 @@ Every arm trains the same network (``small`` preset), on the same data, through 
 Reported per arm: pixel-agent steps/s and updates/s over the run, wall time to the first validation pass at or above
 ``--target`` (validation time included for the in-process engines; Ray's evaluator runs beside training), and the
 best validation Dice within the budget. Fairness settings of APPO (circular buffer off, no minimum iteration time,
-learner in this process, one update per ``train()``) are in :func:`rl_agents.engines.rllib_appo.build_config`.
+learner in this process, one update per ``train()``) are in :func:`rl_agents.engines.rllib.config.build_config`.
 
 The stock path is measured apart, twice. RLlib maps ``MultiDiscrete([2] * H * W)`` to ``TorchMultiCategorical``,
 one distribution object per pixel: ``distributions`` times its sample + log-prob + entropy for one step's batch
@@ -114,9 +114,9 @@ def stock_classes():
     from ray.rllib.core.columns import Columns
     from ray.rllib.core.distribution.torch.torch_distribution import TorchMultiCategorical
 
-    from rl_agents.engines import rllib_appo as R
+    from rl_agents.engines.rllib.module import PixelDRLRLModule
 
-    class StockMultiDiscreteModule(R.classes()[0]):
+    class StockMultiDiscreteModule(PixelDRLRLModule):
         def setup(self):
             super().setup()
             self.action_dist_cls = TorchMultiCategorical.get_partial_dist_cls(
@@ -145,24 +145,25 @@ def stock_training(updates: int = 3, size: int = 32, batch: int = 8) -> dict:
     from ray.rllib.core.rl_module.rl_module import RLModuleSpec
 
     from rl_agents.config import to_dict
-    from rl_agents.engines import rllib_appo as R
+    from rl_agents.engines.rllib.config import build_config
+    from rl_agents.engines.rllib.engine import MODULE
     from rl_agents.engines.ray_runtime import connect
 
     cfg = load_config(SMOKE, ["engine=rllib_appo", "num_workers=0", "mlflow=false", f"batch_size={batch}",
                               f"data.size={size}", "seed=0"])
     started = connect(None, 2)
     module_cls, learner_cls = stock_classes()
-    stock_cfg = R.build_config(cfg).rl_module(
+    stock_cfg = build_config(cfg).rl_module(
         rl_module_spec=RLModuleSpec(module_class=module_cls, model_config={"cfg": to_dict(cfg)}))
     stock_cfg = stock_cfg.learners(learner_class=learner_cls, learner_connector=None)
-    algos = {"per_pixel_categorical": R.build_config(cfg).build_algo(), "stock_multidiscrete": stock_cfg.build_algo()}
+    algos = {"per_pixel_categorical": build_config(cfg).build_algo(), "stock_multidiscrete": stock_cfg.build_algo()}
     times = {k: [] for k in algos}
     try:
         for i in range(updates + 1):
             for name, algo in algos.items():
                 t0 = time.perf_counter()
                 res = algo.train()
-                loss = (res.get("learners") or {}).get(R.MODULE, {}).get("total_loss")
+                loss = (res.get("learners") or {}).get(MODULE, {}).get("total_loss")
                 assert loss is not None and math.isfinite(loss), f"{name}: train() made no update ({loss})"
                 if i:
                     times[name].append(time.perf_counter() - t0)

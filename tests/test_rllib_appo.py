@@ -1,4 +1,4 @@
-"""The RLlib APPO engine (rl_agents/engines/rllib_appo.py): its env, RLModule, reward-map connector, per-pixel
+"""The RLlib APPO engine (rl_agents/engines/rllib/): its env, RLModule, reward-map connector, per-pixel
 V-trace (against hand-computed returns, and RLlib's truncation convention checked), an env runner that crashes,
 and a run through the lifecycle that learns the easy synthetic set and leaves a checkpoint `evaluate` reads."""
 
@@ -16,7 +16,11 @@ import torch
 from gymnasium.utils.env_checker import check_env
 
 from rl_agents.config import load_config, to_dict
-from rl_agents.engines import rllib_appo as R
+from rl_agents.engines.rllib.config import build_config
+from rl_agents.engines.rllib.engine import MODULE, RLlibAPPOEngine
+from rl_agents.engines.rllib.env import REWARD_MAP, PixelSegRLlibEnv
+from rl_agents.engines.rllib.learner import episode_rows, pixel_vtrace
+from rl_agents.engines.rllib.module import PixelDRLRLModule
 
 ROOT = Path(__file__).resolve().parents[1]
 SMOKE = ROOT / "tune_configs" / "smoke.yaml"
@@ -34,7 +38,7 @@ def ray_2cpu():
 
 
 def test_env_spaces_rewards_and_termination():
-    env = R.PixelSegRLlibEnv({"cfg": to_dict(_cfg())})
+    env = PixelSegRLlibEnv({"cfg": to_dict(_cfg())})
     check_env(env, skip_render_check=True)
     obs, _ = env.reset(seed=0)
     c, h, w = env.observation_space.shape
@@ -43,7 +47,7 @@ def test_env_spaces_rewards_and_termination():
     rng = np.random.default_rng(0)
     for t in range(3):
         obs, r, term, trunc, info = env.step(rng.integers(0, 2, h * w))
-        rm = info[R.REWARD_MAP]
+        rm = info[REWARD_MAP]
         assert rm.shape == (h * w,) and rm.dtype == np.float32
         assert r == pytest.approx(float(rm.mean()))  # the scalar RLlib needs: the mean of the reward map
         assert term == (t == 2) and trunc is False
@@ -54,8 +58,8 @@ def test_module_gives_per_pixel_actions_log_probs_and_values():
     from ray.rllib.core.rl_module.apis import TARGET_NETWORK_ACTION_DIST_INPUTS
 
     cfg = _cfg()
-    env = R.PixelSegRLlibEnv({"cfg": to_dict(cfg)})
-    module_cls = R.classes()[0]
+    env = PixelSegRLlibEnv({"cfg": to_dict(cfg)})
+    module_cls = PixelDRLRLModule
     mod = module_cls(observation_space=env.observation_space, action_space=env.action_space,
                      model_config={"cfg": to_dict(cfg)})
     mod.make_target_networks()
@@ -130,7 +134,7 @@ def test_pixel_vtrace_matches_the_projects_per_pixel_returns():
     mask = torch.ones(T + 1, B)
     mask[T] = 0
     logp = torch.zeros(T + 1, B, N)
-    vs, _ = R.pixel_vtrace(behaviour_logp=logp, target_logp=logp, rewards=torch.cat([rew, torch.zeros(1, B, N)]),
+    vs, _ = pixel_vtrace(behaviour_logp=logp, target_logp=logp, rewards=torch.cat([rew, torch.zeros(1, B, N)]),
                            values=val, terminateds=term, loss_mask=mask, gamma=g,
                            bootstrap_values=torch.full((B, N), 99.0))
     hand, ret = [], torch.zeros(B, N)
@@ -143,28 +147,28 @@ def test_pixel_vtrace_matches_the_projects_per_pixel_returns():
 
 
 def test_episode_rows_refuses_partial_episodes():
-    assert R.episode_rows(torch.tensor([1, 1, 1, 0, 1, 1, 1, 0], dtype=torch.bool)) == 4
+    assert episode_rows(torch.tensor([1, 1, 1, 0, 1, 1, 1, 0], dtype=torch.bool)) == 4
     with pytest.raises(ValueError, match="not complete episodes of 3 steps"):
-        R.episode_rows(torch.tensor([1, 1, 1, 0, 1, 1, 0], dtype=torch.bool))
+        episode_rows(torch.tensor([1, 1, 1, 0, 1, 1, 0], dtype=torch.bool))
 
 
 def test_connector_puts_each_steps_reward_map_on_its_row(ray_2cpu):
     from ray.rllib.core.columns import Columns
 
-    algo = R.build_config(_cfg("batch_size=2")).build_algo()
+    algo = build_config(_cfg("batch_size=2")).build_algo()
     try:
         eps = algo.env_runner.sample()
         assert len(eps) == 2 and all(len(e) == 3 and e.is_terminated for e in eps)
         learner = algo.learner_group._learner
         batch = learner._learner_connector(rl_module=learner.module, batch={}, episodes=eps, shared_data={},
-                                           metrics=None)[R.MODULE]
+                                           metrics=None)[MODULE]
         n = 32 * 32
-        assert batch[R.REWARD_MAP].shape == batch[Columns.ACTIONS].shape == batch[Columns.ACTION_LOGP].shape == (8, n)
+        assert batch[REWARD_MAP].shape == batch[Columns.ACTIONS].shape == batch[Columns.ACTION_LOGP].shape == (8, n)
         assert batch[Columns.LOSS_MASK].tolist() == [True, True, True, False] * 2
         assert batch[Columns.TERMINATEDS].tolist() == [False, False, True, False] * 2
         # row t's map is the reward of action t: its mean is the scalar reward of step t
-        torch.testing.assert_close(batch[R.REWARD_MAP].mean(1), batch[Columns.REWARDS].float())
-        stats = algo.train()["learners"][R.MODULE]
+        torch.testing.assert_close(batch[REWARD_MAP].mean(1), batch[Columns.REWARDS].float())
+        stats = algo.train()["learners"][MODULE]
         assert np.isfinite(stats["total_loss"]) and np.isfinite(stats["advantage_mean"])
     finally:
         algo.stop()
@@ -174,7 +178,7 @@ def test_an_env_runner_that_crashes_is_restarted_and_training_goes_on(ray_2cpu, 
     """One remote env runner whose env raises once in step(): restart_failed_env_runners brings it back and
     training goes on (3 more batches trained after the crash, the runner healthy again)."""
     marker = tmp_path / "crashed"
-    algo = R.build_config(_cfg("batch_size=2", "num_workers=1", "worker_cpus=0.5"),
+    algo = build_config(_cfg("batch_size=2", "num_workers=1", "worker_cpus=0.5"),
                           crash_once_file=str(marker)).build_algo()
     try:
         deadline = time.monotonic() + 150
@@ -233,7 +237,7 @@ def test_a_remote_learner_trains_and_its_weights_reach_the_mirror_and_back():
     agent's mirror equals them, and weights put back (a resume) are what the remote learner then holds."""
     import copy
 
-    engine = R.RLlibAPPOEngine(_cfg("batch_size=2", "rllib_learners=1", "learner_cpus=0.5", "learner_gpus=0"),
+    engine = RLlibAPPOEngine(_cfg("batch_size=2", "rllib_learners=1", "learner_cpus=0.5", "learner_gpus=0"),
                                quiet=True)
     try:
         engine.setup()

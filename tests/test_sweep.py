@@ -215,7 +215,7 @@ def test_a_trial_trains_with_ray_workers_inside_its_placement_group(tmp_path: Pa
 
 def test_rllib_bundles_reserve_the_runners_and_learners_a_trial_starts():
     from rl_agents.config import load_config
-    from rl_agents.engines.rllib_appo import rllib_bundles
+    from rl_agents.engines.rllib.engine import rllib_bundles
 
     smoke = ROOT / "tune_configs" / "smoke.yaml"
     local = load_config(smoke, ["engine=rllib_appo", "num_workers=0"])

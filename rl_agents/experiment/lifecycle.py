@@ -34,7 +34,7 @@ from rl_agents.engines.base import Engine
 from rl_agents.engines.hogwild import HogwildEngine
 from rl_agents.engines.local import LocalEngine
 from rl_agents.engines.ray_a3c import RayA3CEngine
-from rl_agents.engines.rllib_appo import RLlibAPPOEngine
+from rl_agents.engines.rllib.engine import RLlibAPPOEngine
 from rl_agents.engines.supervised import SupervisedEngine
 from rl_agents.experiment.checkpoint import (Checkpoint, CheckpointError, make_payload, previous_path, read_checkpoint,
                                              write_checkpoint)

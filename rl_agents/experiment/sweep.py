@@ -231,7 +231,7 @@ def trial_resources(spec: dict):
     if engine_name(cfg) == "rllib_appo":
         import ray
 
-        from rl_agents.engines.rllib_appo import rllib_bundles
+        from rl_agents.engines.rllib.engine import rllib_bundles
 
         return tune.PlacementGroupFactory(rllib_bundles(cfg, spec["cpus_per_trial"],
                                                         ray.cluster_resources().get("GPU", 0)))
