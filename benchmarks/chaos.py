@@ -334,7 +334,7 @@ def main() -> None:
                                                            "instead of the cases; its per-row table to the JSON")
     p.add_argument("pytest_args", nargs="*", help="with --suite: more pytest arguments (after --)")
     args = p.parse_args()
-    from machine import describe, write_json
+    from rl_agents.experiment.provenance import describe, write_json
 
     cases = {"head_stop": head_stop, "node_removal": node_removal, "learner_kill": learner_kill,
              "slow_learner": slow_learner}

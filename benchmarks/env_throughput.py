@@ -22,7 +22,7 @@ import time  # noqa: E402
 
 import numpy as np  # noqa: E402
 
-from machine import command, describe, write_json  # noqa: E402
+from rl_agents.experiment.provenance import command, describe, write_json  # noqa: E402
 from pixelrl_env.env import PixelSegEnv  # noqa: E402
 
 TARGET = 100e6

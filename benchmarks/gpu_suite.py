@@ -51,7 +51,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
-from machine import describe  # noqa: E402
+from rl_agents.experiment.provenance import describe, write_json  # noqa: E402
 
 from rl_agents.config import load_config  # noqa: E402
 
@@ -93,9 +93,7 @@ class Suite:
         return self.budget_s - (time.perf_counter() - self.t0)
 
     def save(self) -> None:
-        tmp = self.out / "gpu_suite.json.tmp"
-        tmp.write_text(json.dumps(self.results, indent=2, default=str))
-        os.replace(tmp, self.out / "gpu_suite.json")
+        write_json(self.out / "gpu_suite.json", self.results)
 
     @contextmanager
     def part(self, name: str):

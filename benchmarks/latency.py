@@ -34,7 +34,7 @@ from torch.utils.flop_counter import FlopCounterMode
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from machine import command, describe, write_json  # noqa: E402
+from rl_agents.experiment.provenance import command, describe, write_json  # noqa: E402
 
 from rl_agents.algo.inference import segment_with_steps  # noqa: E402
 from rl_agents.algo.model import PixelDRLNet, count_parameters, forward_flops  # noqa: E402

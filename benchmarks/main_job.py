@@ -25,7 +25,7 @@ import time
 from pathlib import Path
 
 import yaml
-from machine import describe, write_json
+from rl_agents.experiment.provenance import describe, write_json
 
 ROOT = Path(__file__).resolve().parents[1]
 

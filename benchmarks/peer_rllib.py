@@ -38,7 +38,7 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from machine import command, describe, write_json  # noqa: E402
+from rl_agents.experiment.provenance import command, describe, write_json  # noqa: E402
 
 from rl_agents.config import PAPER_STEP, load_config  # noqa: E402
 from rl_agents.experiment.lifecycle import run_training  # noqa: E402

@@ -16,7 +16,7 @@ import shlex
 import sys
 from pathlib import Path
 
-from machine import describe, write_json
+from rl_agents.experiment.provenance import describe, write_json
 
 from rl_agents.config import PAPER_STEP
 

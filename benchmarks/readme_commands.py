@@ -362,7 +362,7 @@ def main() -> None:
     p.add_argument("--to", dest="stop", type=int, default=None, help="last command to run (a part of the README)")
     args = p.parse_args()
     sys.path.insert(0, str(ROOT))
-    from machine import describe, write_json
+    from rl_agents.experiment.provenance import describe, write_json
     from tests.ray_head import RayHead
 
     clone = ROOT

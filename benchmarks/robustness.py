@@ -25,7 +25,7 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from machine import describe, write_json  # noqa: E402
+from rl_agents.experiment.provenance import describe, write_json  # noqa: E402
 
 from pixelrl_env.corrupt import KINDS, LEVELS, corrupt  # noqa: E402
 from pixelrl_env.dataset import load_splits  # noqa: E402

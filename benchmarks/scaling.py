@@ -28,7 +28,7 @@ import time
 from dataclasses import replace
 from pathlib import Path
 
-from machine import command, describe, write_json
+from rl_agents.experiment.provenance import command, describe, write_json
 
 import ray
 

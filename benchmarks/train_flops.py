@@ -15,7 +15,7 @@ import time
 import numpy as np
 import torch
 
-from machine import command, describe, write_json
+from rl_agents.experiment.provenance import command, describe, write_json
 from pixelrl_env.env import PixelSegEnv
 from rl_agents.algo.model import PixelDRLNet, count_parameters, forward_flops
 from rl_agents.algo.pa3c import RewardMapConv, pa3c_loss

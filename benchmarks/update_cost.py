@@ -28,7 +28,7 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from machine import command, describe, write_json  # noqa: E402
+from rl_agents.experiment.provenance import command, describe, write_json  # noqa: E402
 from train_flops import matmul_peak  # noqa: E402
 
 from rl_agents.algo.phases import PhaseTimer, phase  # noqa: E402

@@ -27,7 +27,7 @@ from pathlib import Path
 
 import numpy as np
 import pyarrow.parquet as pq
-from machine import describe as machine, write_json
+from rl_agents.experiment.provenance import describe as machine, write_json
 
 from pixelrl_env.dataset import DataConfig, describe, load_part, load_splits
 from pixelrl_env.parquet import shard_paths, write_shards

@@ -326,7 +326,8 @@ def _cmd_cv_report(args: argparse.Namespace) -> int:
 
 
 def _cmd_ablation_report(args: argparse.Namespace) -> int:
-    from rl_agents.experiment.cv import ablation_markdown, ablation_report, pm_text
+    from rl_agents.experiment.ablation import ablation_markdown, ablation_report
+    from rl_agents.experiment.cv import pm_text
 
     r = ablation_report(Path(args.storage), args.experiment, baseline=args.baseline, device=args.device,
                         json_out=args.json, only=args.only.split(",") if args.only else None, merge=args.merge)

@@ -8,21 +8,22 @@ import subprocess
 import sys
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / "benchmarks"))
+from rl_agents.experiment import provenance
 
-import machine  # noqa: E402
+ROOT = Path(__file__).resolve().parents[1]
 
 
 def test_the_command_is_recorded_as_typed_from_the_repository_root(monkeypatch):
     monkeypatch.setattr(sys, "argv", [str(ROOT / "benchmarks" / "scaling.py"), "--seconds", "75", "--json", "a b.json"])
-    assert machine.command() == "python benchmarks/scaling.py --seconds 75 --json 'a b.json'"
+    assert provenance.command() == "python benchmarks/scaling.py --seconds 75 --json 'a b.json'"
+    monkeypatch.setattr(sys, "argv", ["/home/u/.venv/bin/pixeldrl", "cv-report", "--experiment", "cv-lgg"])
+    assert provenance.command() == "pixeldrl cv-report --experiment cv-lgg"
 
 
 def test_a_result_is_written_whole_or_not_at_all(tmp_path: Path, monkeypatch):
     """A run cut while writing its JSON keeps the previous result file whole (written beside it, then renamed)."""
     out = tmp_path / "results" / "r.json"
-    machine.write_json(out, {"run": 1})
+    provenance.write_json(out, {"run": 1})
     assert json.loads(out.read_text()) == {"run": 1}
 
     def cut(self, text):  # the new file's write dies half way
@@ -31,7 +32,7 @@ def test_a_result_is_written_whole_or_not_at_all(tmp_path: Path, monkeypatch):
 
     monkeypatch.setattr(Path, "write_text", cut)
     try:
-        machine.write_json(out, {"run": 2, "more": list(range(100))})
+        provenance.write_json(out, {"run": 2, "more": list(range(100))})
     except KeyboardInterrupt:
         pass
     monkeypatch.undo()

@@ -250,7 +250,7 @@ def test_ablation_report_pairs_every_variant_with_the_baseline(sweep: Path, repo
     """The same sweep read as an ablation with the U-Net as baseline: the test-split row is cv_report's paired
     difference, every checkpoint is also scored on its validation patients, and each row names its config changes."""
     from rl_agents.cli import main
-    from rl_agents.experiment.cv import ablation_report
+    from rl_agents.experiment.ablation import ablation_report
 
     ab = ablation_report(sweep, "cv-t", baseline="unet", json_out=tmp_path / "ab.json")
     assert list(ab["rows"]) == ["unet", "pixeldrl"] and ab["folds"] == list(range(K))
@@ -281,7 +281,7 @@ def test_ablation_report_of_a_sweep_in_progress_reports_the_finished_variants(sw
     that has not finished; the finished ones are reported as usual. An unfinished baseline has nothing to pair
     with: an error naming the trial. ``--only`` still insists on what it names."""
     from rl_agents.cli import main
-    from rl_agents.experiment.cv import ablation_report
+    from rl_agents.experiment.ablation import ablation_report
 
     root = _copy(sweep, tmp_path / "running")
     (root / "cv-t" / "trial_pixeldrl_1" / "run" / "checkpoints" / "best.pt").unlink()
@@ -303,7 +303,7 @@ def test_an_earlier_reports_figures_stand_in_for_the_trials_a_storage_lacks(swee
     earlier report of the same sweep, and the rows equal those of the whole sweep. Figures of other patients, another
     baseline or another k do not pool, nor into a storage with baseline trials of its own."""
     from rl_agents.cli import main
-    from rl_agents.experiment.cv import ablation_markdown, ablation_report
+    from rl_agents.experiment.ablation import ablation_markdown, ablation_report
 
     whole = ablation_report(sweep, "cv-t", baseline="unet", splits=("val",), json_out=tmp_path / "whole.json")
     root = _copy(sweep, tmp_path / "no-baseline")
@@ -363,7 +363,7 @@ def test_a_reports_evaluations_are_cached_under_the_checkpoints_hash(sweep: Path
     import shutil
 
     import rl_agents.experiment.evaluate as E
-    from rl_agents.experiment.cv import ablation_report
+    from rl_agents.experiment.ablation import ablation_report
 
     root = _copy(sweep, tmp_path / "cached")
     first = ablation_report(root, "cv-t", baseline="unet", splits=("val",))

@@ -19,10 +19,6 @@ The report refuses, naming what it found, rather than pair folds that do not mat
 from __future__ import annotations
 
 import json
-import os
-import platform
-import shlex
-import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -30,7 +26,8 @@ from typing import Any
 import numpy as np
 import yaml
 
-from rl_agents.config import flatten
+from rl_agents.experiment.provenance import command as this_command
+from rl_agents.experiment.provenance import describe, write_json
 from rl_agents.experiment.sweep import TRIAL_INFO
 
 PAPER_METRICS = ("dice", "iou", "ppv", "sensitivity", "biou", "hd95")
@@ -210,9 +207,7 @@ def _figures(checkpoint: Path, split: str, device: str, postprocess: str = "none
     ev = evaluate_checkpoint(checkpoint, split=split, device=device, postprocess=postprocess)
     figures = {**fold_figures(ev), "postprocess": ev.get("postprocess")}
     try:
-        tmp = cache.with_name(cache.name + ".tmp")
-        tmp.write_text(json.dumps({"key": key, "figures": figures}))
-        os.replace(tmp, cache)
+        write_json(cache, {"key": key, "figures": figures}, indent=None)
     except OSError:
         pass  # a read-only sweep folder: the report still stands, uncached
     return figures
@@ -236,29 +231,6 @@ def _fold_mismatch(a: str, fa: set[int], b: str, fb: set[int]) -> str:
     return (f"variants {a!r} and {b!r} do not cover the same folds, so no paired difference: {a!r} has folds "
             f"{sorted(fa)}, {b!r} has {sorted(fb)}; missing from {a!r}: {sorted(fb - fa)}, from {b!r}: "
             f"{sorted(fa - fb)} (finish or resume the sweep)")
-
-
-def machine() -> dict[str, Any]:
-    """Where this report ran: CPU model, cores, torch version (the trials of a local sweep ran here too)."""
-    import torch
-
-    cpu = platform.processor() or ""
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    return {"cpu": cpu, "cores": os.cpu_count(), "torch": torch.__version__, "python": platform.python_version(),
-            "platform": platform.platform(),
-            "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None}
-
-
-def _command_line() -> str:
-    """This process's command as typed: ``pixeldrl cv-report ...`` or ``python train.py cv-report ...``."""
-    prog = Path(sys.argv[0]).name
-    return shlex.join([*(["python"] if prog.endswith(".py") else []), prog, *sys.argv[1:]])
 
 
 def cv_report(
@@ -313,123 +285,11 @@ def cv_report(
         "per_fold": per_fold, **summarize(per_fold, a, b),
         "budgets": budgets, "budgets_equal": budgets[a] == budgets[b],
         "other_variants": [v for v in variants if v not in (a, b)],
-        "machine": machine(), "command": command or _command_line(),
+        "machine": describe(), "command": command or this_command(),
         "device": device, "postprocess": postprocess,
     }
     if json_out:
-        Path(json_out).parent.mkdir(parents=True, exist_ok=True)
-        Path(json_out).write_text(json.dumps(report, indent=2))
-    return report
-
-
-def _changes(t: Trial) -> dict[str, Any]:
-    """The config keys a variant sets (its ``trial.json`` record less the name): the row's label in a report."""
-    info = json.loads((t.path / TRIAL_INFO).read_text()) if (t.path / TRIAL_INFO).is_file() else {}
-    return {k: v for k, v in ((info.get("sampled") or {}).get("variant") or {}).items() if k != "name"}
-
-
-def ablation_report(
-    storage_dir: str | Path,
-    experiment: str | None,
-    baseline: str = "base",
-    splits: tuple[str, ...] = ("val", "test"),
-    device: str = "cpu",
-    json_out: str | Path | None = None,
-    command: str | None = None,
-    only: list[str] | None = None,
-    merge: str | Path | None = None,
-) -> dict[str, Any]:
-    """Every variant of an ablation sweep (or those in ``only``, the baseline always) against ``baseline``, paired by
-    fold, on each fold's ``splits`` patients.
-
-    Rows are read on the validation patients (``val``, carved from each fold's training part) to say what helped;
-    the test patients' figures are reported beside them but choose nothing, so no option is tuned on a test fold.
-    Each checkpoint is evaluated once per split. Returns (and writes to ``json_out``) ``rows[variant][split]`` with
-    the :func:`summarize` of variant minus baseline, each variant's config ``changes``, budgets, machine and command.
-
-    Without ``only``, a sweep still running (or stopped) is reported as far as it got: the variants with every fold
-    finished, and ``incomplete`` (variant -> folds done) and ``unfinished`` (trial folders) for the rest. A
-    baseline without every fold is an error: there is nothing yet to pair with.
-
-    ``merge`` is an earlier report's JSON of the same sweep, for rows run later without a baseline of their own
-    (``train.py --tune ... --variants``): its per-fold figures stand in for the variants, the baseline included, that
-    this storage lacks, and every row is paired with that baseline. Only figures of the same protocol pool: the same
-    baseline, k, folds and, fold by fold, the same patients in each split; a storage with its own baseline trials is
-    refused (the earlier rows were paired with the baseline trained beside them).
-    """
-    unfinished: list[tuple[Path, str]] | None = None if only else []
-    trials = find_trials(storage_dir, experiment, set(only) | {baseline} if only else None, unfinished=unfinished)
-    pending = "\n  ".join(f"{run}: {why}" for run, why in unfinished or [])
-    if not trials:
-        raise CVError(f"no finished trial in {Path(storage_dir) / (experiment or '')} yet:\n  {pending}")
-    by: dict[str, dict[int, Trial]] = {}
-    for t in trials:
-        by.setdefault(t.variant, {})[t.fold] = t
-    incomplete: dict[str, list[int]] = {}
-    if unfinished:
-        # the folds the sweep trains: those any of its trials has, finished or not
-        sweep_folds = {t.fold for t in trials} | {
-            int(yaml.safe_load((run / "config.yaml").read_text())["data"]["fold"]) for run, _ in unfinished}
-        if baseline in by and set(by[baseline]) != sweep_folds:
-            raise CVError(f"baseline variant {baseline!r} has folds {sorted(by[baseline])} of the sweep's "
-                          f"{sorted(sweep_folds)} finished; finish or resume the sweep. Not finished:\n  {pending}")
-        incomplete = {v: sorted(ts) for v, ts in by.items() if set(ts) != sweep_folds}
-        by = {v: ts for v, ts in by.items() if v not in incomplete}
-    earlier = _earlier_report(merge, baseline, trials[0].folds, splits) if merge else None
-    if only:
-        unknown = sorted(set(only) - set(by) - set(earlier["rows"] if earlier else ()))
-        if unknown:
-            raise CVError(f"variant(s) {unknown} not in the sweep at {Path(storage_dir) / (experiment or '')}; "
-                          f"found variants {sorted(by)}")
-        by = {v: ts for v, ts in by.items() if v in only or v == baseline}
-    if baseline in by and earlier is not None:
-        raise CVError(f"--merge {merge}: the sweep at {Path(storage_dir) / (experiment or '')} has its own "
-                      f"{baseline!r} trials; the earlier report's rows were paired with the {baseline!r} trained "
-                      "beside them, so they are merged only into a sweep without one (e.g. run with --variants)")
-    if baseline not in by and earlier is None:
-        raise CVError(f"baseline variant {baseline!r} not in the sweep at {Path(storage_dir) / (experiment or '')}; "
-                      f"found variants {sorted(by)}")
-    folds = sorted(by[baseline]) if baseline in by else earlier["folds"]
-    for v, ts in by.items():
-        if set(ts) != set(folds):
-            raise CVError(_fold_mismatch(v, set(ts), baseline, set(folds)))
-    per_split = {split: _evaluate(by, folds, split, device) for split in splits}
-    rows = {v: {"changes": _changes(by[v][folds[0]]),
-                "updates": [by[v][f].metrics.get("updates") for f in folds],
-                "wall_time_s": [by[v][f].metrics.get("wall_time_s") for f in folds],
-                "params": by[v][folds[0]].metrics.get("params")} for v in by}
-    merged: dict[str, Any] | None = None
-    if earlier is not None:
-        taken = [v for v in earlier["rows"] if v not in by and (not only or v in only or v == baseline)]
-        if earlier["folds"] != folds:
-            raise CVError(f"{merge}: folds {earlier['folds']}, this sweep's {folds}: not the same protocol")
-        for split in splits:
-            theirs = earlier["per_fold"][split]
-            for f in folds:
-                want = theirs[baseline][f]["patients"]
-                for v in per_split[split]:
-                    if per_split[split][v][f]["patients"] != want:
-                        raise CVError(f"{merge}: fold {f}'s {split} patients differ from those of {v!r} here "
-                                      f"({want} there); figures of different splits do not pool")
-            for v in taken:
-                per_split[split][v] = theirs[v]
-        for v in taken:
-            rows[v] = {k: earlier["rows"][v][k] for k in ("changes", "updates", "wall_time_s", "params")}
-        merged = {"from": str(merge), "variants": sorted(taken), "command": earlier.get("command"),
-                  "machine": earlier.get("machine")}
-    rows = {v: {**rows[v], **{split: summarize(per_split[split], v, baseline) for split in splits}}
-            for v in sorted(rows, key=lambda v: (v != baseline, v))}
-    report = {
-        "experiment": experiment, "storage": str(Path(storage_dir).resolve()), "baseline": baseline,
-        "splits": list(splits), "k": trials[0].folds, "folds": folds, "rows": rows,
-        "incomplete": incomplete, "unfinished": [f"{run}: {why}" for run, why in unfinished or []],
-        "per_fold": per_split, "lower_is_better": sorted(LOWER_IS_BETTER), "labels": LABELS,
-        "machine": machine(), "command": command or _command_line(), "device": device,
-        **({"merged": merged} if merged else {}),
-    }
-    if json_out:
-        Path(json_out).parent.mkdir(parents=True, exist_ok=True)
-        Path(json_out).write_text(json.dumps(report, indent=2))
+        write_json(json_out, report)
     return report
 
 
@@ -439,50 +299,3 @@ def pm_text(stat: dict, digits: int = 3, sign: bool = False) -> str:
         return "-"
     sd = "-" if stat["sd"] is None else f"{stat['sd']:.{digits}f}"
     return f"{stat['mean']:{'+' if sign else ''}.{digits}f} ± {sd}"
-
-
-def ablation_markdown(report: dict[str, Any]) -> str:
-    """An :func:`ablation_report` (or its JSON) as the README's Markdown table: the baseline, then the rows by their
-    paired validation Dice difference, best first (the order the validation patients give; test columns beside)."""
-    base, n = report["baseline"], len(report["folds"])
-    rows = report["rows"]
-    order = [base] + sorted((v for v in rows if v != base), key=lambda v: -rows[v]["val"]["paired"]["dice"]["mean"])
-    out = [f"| variant ({n} folds; what it sets) | params | val Dice | Δ val Dice (folds better) | test Dice | "
-           "Δ test Dice | Δ test BIoU | Δ test HD95 (px) | Δ test Dice per volume | Δ test empty-slice FP |",
-           "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
-    for v in order:
-        row, val, test = rows[v], rows[v]["val"], rows[v]["test"]
-        sets = ", ".join(f"{k}={w}" for k, w in flatten(row["changes"]).items())
-        cells = [f"`{v}`" + (f" ({sets})" if sets else ""), f"{row['params']:,}" if row.get("params") else "-",
-                 pm_text(val["variants"][v]["dice"])]
-        if v == base:
-            cells += ["", pm_text(test["variants"][v]["dice"]), "", "", "", "", ""]
-        else:
-            d = val["paired"]["dice"]
-            cells += [f"{pm_text(d, sign=True)} ({d['a_wins']}/{d['n']})", pm_text(test["variants"][v]["dice"]),
-                      *(pm_text(test["paired"][m], 1 if m == "hd95" else 3, sign=True)
-                        for m in ("dice", "biou", "hd95", "volume_dice", "empty_fp_rate"))]
-        out.append("|" + "|".join(f" {c} " if c else " " for c in cells) + "|")
-    return "\n".join(out)
-
-
-def _earlier_report(path: str | Path, baseline: str, k: int, splits: tuple[str, ...]) -> dict[str, Any]:
-    """An :func:`ablation_report` JSON, checked to be of the same protocol, with its fold keys as integers again."""
-    p = Path(path)
-    try:
-        rep = json.loads(p.read_text())
-    except (OSError, ValueError) as e:
-        raise CVError(f"--merge {p}: not a readable ablation-report JSON ({e})") from e
-    if not isinstance(rep, dict) or not {"baseline", "k", "folds", "rows", "per_fold"} <= set(rep):
-        raise CVError(f"--merge {p}: not an ablation-report JSON (expected keys baseline, k, folds, rows, per_fold)")
-    if rep["baseline"] != baseline or rep["k"] != k:
-        raise CVError(f"--merge {p}: baseline {rep['baseline']!r} with k={rep['k']}, this report's {baseline!r} "
-                      f"with k={k}: not the same protocol")
-    missing = [s for s in splits if s not in rep["per_fold"]]
-    if missing:
-        raise CVError(f"--merge {p}: no figures on split(s) {missing}")
-    if any(baseline not in rep["per_fold"][s] for s in splits):
-        raise CVError(f"--merge {p}: no figures of the baseline {baseline!r}")
-    rep["per_fold"] = {s: {v: {int(f): fig for f, fig in folds.items()} for v, folds in per.items()}
-                       for s, per in rep["per_fold"].items()}
-    return rep
