@@ -94,7 +94,7 @@ def test_training_runs_are_tracked_and_compared(tmp_path: Path, capsys):
 
 
 def test_cells_and_trial_names_are_readable():
-    from rl_agents.cli import _cell
+    from rl_agents.cli.common import cell as _cell
     from rl_agents.experiment.sweep import trial_run_name
 
     assert [_cell(v) for v in (71584.0, 0.98512, 379.23, "0.0012345678", "2026", "small", float("nan"))] == [
