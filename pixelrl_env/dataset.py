@@ -23,17 +23,17 @@ sizes and array shapes without decoding images.
 
 from __future__ import annotations
 
-import os
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
-from pathlib import Path
 
 import numpy as np
 from PIL import Image
 
 from .folds import kfold_groups
-from .io import BadFiles, DataError, Sample, image_header, read_mask, read_pair
-from .sources import FORMATS, folder_pairs, group_of, iter_source, lgg_pairs
+from .io import BadFiles, DataError, Sample
+from .nifti import VolumeRows
+from .parquet import ParquetIndex
+from .sources import FORMATS, FileRows, SampleRows, folder_pairs, group_of, iter_source, lgg_pairs
 
 NORMALIZATIONS = ("minmax", "zscore", "none")
 SPLITS = ("train", "val", "test")
@@ -366,204 +366,24 @@ def load_splits(cfg: DataConfig) -> Splits:
 # --- One worker's part -------------------------------------------------------------------------------------------
 
 
-def _file_size(path: Path) -> int:
-    try:
-        return os.path.getsize(path)
-    except OSError:
-        return 0
-
-
-class _FileRows:
-    """lgg / folder rows: groups from the file listing; a mask file is read when asked, an image only for its part.
-
-    ``stats["bytes_read"]`` adds the size of each file decoded (a decode reads the whole file); header reads, made only
-    for native size or ``describe``, count as opened but not as bytes.
-    """
-
-    def __init__(self, pairs: list[tuple[str, Path, Path]], stats: dict):
-        self._pairs, self.stats = pairs, stats
-        self.groups = [g for g, _, _ in pairs]
-        self.sources = [str(p) for _, p, _ in pairs]
-
-    def _opened(self, *paths: Path, decoded: bool = True) -> None:
-        self.stats["files_opened"] += len(paths)
-        if decoded:
-            self.stats["bytes_read"] += sum(_file_size(p) for p in paths)
-
-    def where(self, i: int) -> str:
-        return self.sources[i]  # as iter_lgg / iter_folder name a bad pair
-
-    def image_shape(self, i: int) -> tuple[int, int, int]:
-        self._opened(self._pairs[i][1], decoded=False)
-        return image_header(self._pairs[i][1])
-
-    def mask(self, i: int) -> np.ndarray:
-        self._opened(self._pairs[i][2])
-        return read_mask(self._pairs[i][2])
-
-    def samples(self, rows: Iterable[int], bad: BadFiles) -> list[Sample]:
-        out = []
-        for i in rows:
-            group, img_path, mask_path = self._pairs[i]
-            self._opened(img_path, mask_path)
-            self.stats["rows_decoded"] += 1
-            try:
-                image, mask = read_pair(img_path, mask_path)
-            except DataError as e:
-                bad.handle(img_path, e)
-                continue
-            out.append(Sample(image, mask, group, str(img_path)))
-        return out
-
-    def close(self) -> None:
-        pass
-
-
-class _SampleRows:
-    """Synthetic rows: generated whole (cheap, nothing to download), then selected; every row counts as decoded."""
-
-    def __init__(self, samples: list[Sample], stats: dict):
-        self._samples = samples
-        self.groups = [s.group for s in samples]
-        self.sources = [s.source for s in samples]
-        stats["rows_decoded"] += len(samples)
-
-    def where(self, i: int) -> str:
-        return self.sources[i]
-
-    def image_shape(self, i: int) -> tuple[int, int, int]:
-        img = self._samples[i].image
-        return (*img.shape[:2], img.shape[2] if img.ndim == 3 else 1)
-
-    def mask(self, i: int) -> np.ndarray:
-        return self._samples[i].mask
-
-    def samples(self, rows: Iterable[int], bad: BadFiles) -> list[Sample]:
-        return [self._samples[i] for i in rows]
-
-    def close(self) -> None:
-        pass
-
-
-class _VolumeRows:
-    """nifti rows, one per slice, listed from the volume headers (no voxels read).
-
-    A volume's labels are decompressed when one of its masks is asked (drop_empty), its image only when one of its
-    slices is in this part; the last volume read stays cached, as rows are visited in volume order. A volume found bad
-    under ``skip_bad`` loses all its rows and is counted once, as :func:`pixelrl_env.sources.iter_nifti` counts it.
-    ``stats`` counts the (compressed) size of each file read, header-only reads as opened but not as bytes.
-    """
-
-    def __init__(self, cfg: DataConfig, stats: dict, bad: BadFiles):
-        from .sources import check_label_value, nifti_header, nifti_pairs, nifti_source, slice_axis_index
-
-        self.stats, self._label_value = stats, cfg.label_value
-        self._axis = slice_axis_index(cfg.slice_axis, cfg.path)
-        pairs = nifti_pairs(cfg.path)
-        if cfg.label_value is not None:
-            n = check_label_value(pairs, cfg.label_value, cfg.path)
-            stats["files_opened"] += n
-            stats["bytes_read"] += sum(_file_size(lp) for _, _, lp in pairs[:n])
-        self._vols: list[tuple[str, Path, Path]] = []
-        self._loc: list[tuple[int, int]] = []  # (volume, slice) of each row
-        self._shapes: list[tuple[int, int]] = []  # (H, W) of each volume's slices
-        self.groups: list[str] = []
-        self.sources: list[str] = []
-        for vid, img_path, lbl_path in pairs:
-            stats["files_opened"] += 2
-            try:
-                shape = nifti_header(img_path, lbl_path)
-            except DataError as e:
-                bad.handle(img_path, e)
-                continue
-            v = len(self._vols)
-            self._vols.append((vid, img_path, lbl_path))
-            self._shapes.append(tuple(n for a, n in enumerate(shape) if a != self._axis))  # type: ignore[arg-type]
-            for k in range(shape[self._axis]):
-                self._loc.append((v, k))
-                self.groups.append(vid)
-                self.sources.append(nifti_source(img_path, self._axis, k))
-        self._failed: dict[int, DataError] = {}
-        self._mask_cache: tuple[int, np.ndarray] | None = None
-        self._volume_cache: tuple[int, np.ndarray, np.ndarray] | None = None
-
-    def _read(self, v: int, paths: tuple[Path, ...], read):
-        if v in self._failed:
-            raise self._failed[v]
-        self.stats["files_opened"] += len(paths)
-        self.stats["bytes_read"] += sum(_file_size(p) for p in paths)
-        try:
-            return read()
-        except DataError as e:
-            self._failed[v] = e
-            raise
-
-    def where(self, i: int) -> str:
-        return str(self._vols[self._loc[i][0]][1])  # the image file, as iter_nifti names a bad volume
-
-    def image_shape(self, i: int) -> tuple[int, int, int]:
-        return (*self._shapes[self._loc[i][0]], 1)
-
-    def mask(self, i: int) -> np.ndarray:
-        from .sources import read_nifti_mask
-
-        v, k = self._loc[i]
-        if self._volume_cache is not None and self._volume_cache[0] == v:
-            return self._volume_cache[2][k]
-        if self._mask_cache is None or self._mask_cache[0] != v:
-            _, img_path, lbl_path = self._vols[v]
-            read = lambda: read_nifti_mask(img_path, lbl_path, self._axis, self._label_value)  # noqa: E731
-            self._mask_cache = (v, self._read(v, (lbl_path,), read))
-        return self._mask_cache[1][k]
-
-    def samples(self, rows: Iterable[int], bad: BadFiles) -> list[Sample]:
-        from .sources import read_nifti_volume
-
-        out = []
-        for i in rows:
-            v, k = self._loc[i]
-            vid, img_path, lbl_path = self._vols[v]
-            if self._volume_cache is None or self._volume_cache[0] != v:
-                read = lambda: read_nifti_volume(img_path, lbl_path, self._axis, self._label_value)  # noqa: E731
-                try:
-                    self._volume_cache = (v, *self._read(v, (img_path, lbl_path), read))
-                except DataError as e:
-                    bad.handle(img_path, e)
-                    continue
-            _, image, mask = self._volume_cache
-            self.stats["rows_decoded"] += 1
-            out.append(Sample(np.ascontiguousarray(image[k])[..., None], np.ascontiguousarray(mask[k]), vid,
-                              self.sources[i]))
-        return out
-
-    def n_read(self, bad: BadFiles) -> int:
-        """Rows listed less those of volumes found bad after listing (a bad entry is a volume, not a row)."""
-        return len(self.groups) - sum(1 for v, _ in self._loc if v in self._failed)
-
-    def close(self) -> None:
-        self._mask_cache = self._volume_cache = None
-
-
 def _open_rows(cfg: DataConfig, stats: dict, bad: BadFiles):
     """The rows of ``cfg``'s source, in load_splits' read order, with nothing but groups and sources read."""
     if cfg.format == "synthetic":
-        return _SampleRows(list(iter_source("synthetic", synthetic=_synthetic_args(cfg))), stats)
+        return SampleRows(list(iter_source("synthetic", synthetic=_synthetic_args(cfg))), stats)
     if cfg.path is None or str(cfg.path) == "":
         raise DataError(f"format {cfg.format!r} needs a data path")
     if cfg.format == "parquet":
-        from .parquet import ParquetIndex
-
         return ParquetIndex(str(cfg.path), stats)
     if cfg.format == "nifti":
-        return _VolumeRows(cfg, stats, bad)
+        return VolumeRows(cfg.path, cfg.slice_axis, cfg.label_value, stats, bad)
     if cfg.format == "lgg":
-        return _FileRows(lgg_pairs(cfg.path), stats)
-    return _FileRows([(group_of(stem, cfg.group_pattern), i, m) for stem, i, m in folder_pairs(cfg.path)], stats)
+        return FileRows(lgg_pairs(cfg.path), stats)
+    return FileRows([(group_of(stem, cfg.group_pattern), i, m) for stem, i, m in folder_pairs(cfg.path)], stats)
 
 
 @dataclass
 class _Plan:
-    rows: object  # _FileRows | _SampleRows | _VolumeRows | parquet.ParquetIndex
+    rows: object  # sources.FileRows | sources.SampleRows | nifti.VolumeRows | parquet.ParquetIndex
     kept: dict[str, np.ndarray]  # per split: row numbers kept, in read order
     native: dict[str, tuple | None]  # per split: common (H, W) when cfg.size is None
 
@@ -629,7 +449,7 @@ def _fresh_stats(stats: dict | None) -> dict:
 
 def _finish_stats(stats: dict, plan: _Plan, bad: BadFiles) -> None:
     rows = plan.rows
-    n_read = rows.n_read(bad) if isinstance(rows, _VolumeRows) else len(rows.groups) - len(bad)
+    n_read = rows.n_read(bad) if isinstance(rows, VolumeRows) else len(rows.groups) - len(bad)
     stats.update(n_read=n_read, n_bad_skipped=len(bad), bad_files=list(bad.entries))
 
 

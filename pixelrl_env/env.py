@@ -102,34 +102,8 @@ class PixelSegEnv(gym.Env):
         render_mode: str | None = None,
         transform: Callable[[np.ndarray, np.ndarray, np.random.Generator], tuple[np.ndarray, np.ndarray]] | None = None,
     ):
-        if action_set not in ACTION_SETS:
-            raise ValueError(f"action_set must be one of {sorted(ACTION_SETS)}, got {action_set!r}")
-        if start not in ("foreground", "background"):
-            raise ValueError(f"start must be 'foreground' or 'background', got {start!r}")
-        if action_set == "paper" and start == "background":
-            raise ValueError("the paper's action set can only remove foreground: start='background' would be stuck")
-        if t_max < 1:
-            raise ValueError(f"t_max must be >= 1, got {t_max}")
-        if batch_size is not None and batch_size < 1:
-            raise ValueError(f"batch_size must be >= 1 or None, got {batch_size}")
-        if render_mode is not None and render_mode not in self.metadata["render_modes"]:
-            raise ValueError(f"render_mode must be one of {self.metadata['render_modes']} or None, got {render_mode!r}")
-        if images is None:
-            if masks is not None:
-                raise ValueError("masks given without images")
-            cfg = DEFAULT_DATA if data is None else data if isinstance(data, DataConfig) else DataConfig(**data)
-            pool: ArraySet = load_splits(cfg).train
-            images, masks = pool.images, pool.masks
-        images = np.ascontiguousarray(images, dtype=np.float32)
-        masks = np.asarray(masks)
-        if images.ndim != 4:
-            raise ValueError(f"images must be (N, C, H, W), got shape {images.shape}")
-        if masks.shape != (images.shape[0],) + images.shape[2:]:
-            raise ValueError(f"masks must be (N, H, W) = {(images.shape[0],) + images.shape[2:]}, got {masks.shape}")
-        if masks.size and not np.isin(masks, (0, 1)).all():
-            raise ValueError("masks must hold only 0 and 1")
-        if len(images) == 0:
-            raise ValueError("no images to segment (the pool is empty)")
+        self._check_options(action_set, start, t_max, batch_size, render_mode)
+        images, masks = self._pool(images, masks, data)
         self.images = images
         self.masks = masks.astype(bool)
         self.batch_size = batch_size
@@ -154,6 +128,42 @@ class PixelSegEnv(gym.Env):
         self._gt = np.zeros((self._b, h, w), bool)
         self._state = np.zeros((self._b, h, w), bool)
         self._done = True
+
+    def _check_options(self, action_set: str, start: str, t_max: int, batch_size: int | None,
+                       render_mode: str | None) -> None:
+        if action_set not in ACTION_SETS:
+            raise ValueError(f"action_set must be one of {sorted(ACTION_SETS)}, got {action_set!r}")
+        if start not in ("foreground", "background"):
+            raise ValueError(f"start must be 'foreground' or 'background', got {start!r}")
+        if action_set == "paper" and start == "background":
+            raise ValueError("the paper's action set can only remove foreground: start='background' would be stuck")
+        if t_max < 1:
+            raise ValueError(f"t_max must be >= 1, got {t_max}")
+        if batch_size is not None and batch_size < 1:
+            raise ValueError(f"batch_size must be >= 1 or None, got {batch_size}")
+        if render_mode is not None and render_mode not in self.metadata["render_modes"]:
+            raise ValueError(f"render_mode must be one of {self.metadata['render_modes']} or None, got {render_mode!r}")
+
+    @staticmethod
+    def _pool(images, masks, data) -> tuple[np.ndarray, np.ndarray]:
+        """The images and masks episodes draw from, given or read from ``data``, checked."""
+        if images is None:
+            if masks is not None:
+                raise ValueError("masks given without images")
+            cfg = DEFAULT_DATA if data is None else data if isinstance(data, DataConfig) else DataConfig(**data)
+            pool: ArraySet = load_splits(cfg).train
+            images, masks = pool.images, pool.masks
+        images = np.ascontiguousarray(images, dtype=np.float32)
+        masks = np.asarray(masks)
+        if images.ndim != 4:
+            raise ValueError(f"images must be (N, C, H, W), got shape {images.shape}")
+        if masks.shape != (images.shape[0],) + images.shape[2:]:
+            raise ValueError(f"masks must be (N, H, W) = {(images.shape[0],) + images.shape[2:]}, got {masks.shape}")
+        if masks.size and not np.isin(masks, (0, 1)).all():
+            raise ValueError("masks must hold only 0 and 1")
+        if len(images) == 0:
+            raise ValueError("no images to segment (the pool is empty)")
+        return images, masks
 
     # -- views for learners and oracles ------------------------------------------------------------------------
     def _unbatch(self, x: np.ndarray) -> np.ndarray:

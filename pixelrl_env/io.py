@@ -13,6 +13,7 @@ Mask rule (documented in the README, applied by every source):
 from __future__ import annotations
 
 import logging
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -227,3 +228,55 @@ def read_pair(image_path: str | Path, mask_path: str | Path) -> tuple[np.ndarray
             f"{mask.shape[1]}x{mask.shape[0]}; expected the same size"
         )
     return image, mask
+
+
+# --- folder layouts: what the format readers share --------------------------------------------------------------
+
+def existing_dir(root: str | Path, expected: str) -> Path:
+    root = Path(root)
+    if not root.exists():
+        raise DataError(f"data path does not exist: {root} (expected {expected})")
+    if not root.is_dir():
+        raise DataError(f"data path is not a folder: {root} (expected {expected})")
+    return root
+
+
+def two_dirs(root: str | Path, first: str, second: str, expected: str) -> tuple[Path, Path]:
+    """``root/first`` and ``root/second``, each required to exist (errors name the missing folder)."""
+    root = existing_dir(root, expected)
+    dirs = (root / first, root / second)
+    for d in dirs:
+        if not d.is_dir():
+            raise DataError(f"missing folder {d}; expected {expected}")
+    return dirs
+
+
+def index_files(d: Path, key, what: str) -> dict[str, Path]:
+    """``{key(name): file}`` over the files of ``d`` whose ``key`` is not None; two files with one key are refused."""
+    out: dict[str, Path] = {}
+    for f in sorted(d.iterdir()):
+        k = key(f.name) if f.is_file() else None
+        if k is None:
+            continue
+        if k in out:
+            raise DataError(f"two files hold {what} {k!r} in {d}: {out[k].name} and {f.name}")
+        out[k] = f
+    return out
+
+
+def check_paired(have: dict[str, Path], other: dict[str, Path], what: str, other_what: str, expected) -> None:
+    """Refuse the first key of ``have`` missing from ``other``, naming its file and ``expected(key, file)``."""
+    missing = sorted(set(have) - set(other))
+    if missing:
+        first = have[missing[0]]
+        raise DataError(
+            f"{what} {first} has no {other_what}; expected {expected(missing[0], first)}"
+            + (f"; {len(missing) - 1} more {what}s lack one" if len(missing) > 1 else "")
+        )
+
+
+def file_size(path: Path) -> int:
+    try:
+        return os.path.getsize(path)
+    except OSError:
+        return 0

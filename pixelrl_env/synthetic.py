@@ -63,24 +63,31 @@ def synthetic_slice(
     d = DIFFICULTIES[difficulty]
     prng = np.random.default_rng([seed, patient, 7919])
     srng = np.random.default_rng([seed, patient, index, 104729])
-    scale = size / 128.0
-
-    yy, xx = np.mgrid[0:size, 0:size].astype(np.float32)
+    grid = np.mgrid[0:size, 0:size].astype(np.float32)
     c = (size - 1) / 2.0
     # Head: an ellipse of brain tissue inside a bright skull ring.
-    ax, ay = size * prng.uniform(0.36, 0.42), size * prng.uniform(0.40, 0.46)
-    head_r = np.sqrt(((xx - c) / ax) ** 2 + ((yy - c) / ay) ** 2)
+    axes = (size * prng.uniform(0.36, 0.42), size * prng.uniform(0.40, 0.46))
+    head_r = np.sqrt(((grid[1] - c) / axes[0]) ** 2 + ((grid[0] - c) / axes[1]) ** 2)
     brain = head_r < 0.92
     skull = (head_r >= 0.92) & (head_r < 1.0)
-    texture = _smooth_noise(srng, size, 3.0 * scale)
-
-    # Lesion: an ellipsoid in (x, y, z); this slice cuts it at height z.
+    texture = _smooth_noise(srng, size, 3.0 * size / 128.0)
     z = (index + 0.5) / n_slices * 2.0 - 1.0
+    mask, lesion = _lesion(prng, d, grid, axes, z, brain)
+    channels = _tissue(srng, d, grid, axes, brain, skull, texture, lesion)
+    return _acquire(prng, srng, d, channels, grid), mask.astype(np.uint8)
+
+
+def _lesion(prng, d, grid, axes, z, brain) -> tuple[np.ndarray, np.ndarray]:
+    """An ellipsoid lesion in (x, y, z) with an irregular, partly soft edge, cut at height ``z`` in [-1, 1]: its mask
+    and its intensity profile (0 outside, 1 inside)."""
+    yy, xx = grid
+    size = xx.shape[0]
+    scale, c = size / 128.0, (size - 1) / 2.0
     lz0, lz_half = prng.uniform(-0.25, 0.25), prng.uniform(0.55, 0.8)
     zrel = (z - lz0) / lz_half
     lr_max = size * prng.uniform(0.08, 0.16)
     lr = lr_max * np.sqrt(max(0.0, 1.0 - zrel**2))
-    off = prng.uniform(-0.35, 0.35, size=2) * np.array([ax, ay]) * 0.7
+    off = prng.uniform(-0.35, 0.35, size=2) * np.array(axes) * 0.7
     lx, ly = c + off[0], c + off[1]
     theta = np.arctan2(yy - ly, xx - lx)
     outline = np.ones_like(theta)
@@ -88,38 +95,47 @@ def synthetic_slice(
         amp = d.irregularity * prng.uniform(0.3, 1.0) / np.sqrt(k)
         outline += amp * np.cos(k * theta + prng.uniform(0, 2 * np.pi) + 0.4 * zrel)
     r_edge = lr * np.clip(outline, 0.3, None)
-    rad = np.sqrt((xx - lx) ** 2 + (yy - ly) ** 2)
-    signed = rad - r_edge  # < 0 inside
+    signed = np.sqrt((xx - lx) ** 2 + (yy - ly) ** 2) - r_edge  # < 0 inside
     soft_dir = prng.uniform(0, 2 * np.pi)
     width = scale * (0.25 + d.softness * np.clip(np.cos(theta - soft_dir), 0.0, None))
-    lesion_profile = 1.0 / (1.0 + np.exp(np.clip(signed / width, -30, 30)))
+    profile = 1.0 / (1.0 + np.exp(np.clip(signed / width, -30, 30)))
     mask = (signed < 0) & brain
     if lr < 1.5 * scale:  # a lesion too thin to annotate reliably is left out of both image and mask
         mask[:] = False
-        lesion_profile[:] = 0.0
-    lesion_profile = lesion_profile * brain
+        profile[:] = 0.0
+    return mask, profile * brain
 
+
+def _tissue(srng, d, grid, axes, brain, skull, texture, lesion) -> np.ndarray:
+    """Pre-contrast, FLAIR and post-contrast channels ``(H, W, 3)`` of the head with its lesion and distractors."""
+    yy, xx = grid
+    size = xx.shape[0]
+    c = (size - 1) / 2.0
     flair = 0.35 + 0.06 * texture
     flair = np.where(brain, flair, 0.0) + 0.15 * skull
-    flair = flair + d.contrast * lesion_profile
-    pre = np.where(brain, 0.45 + 0.05 * texture, 0.0) + 0.5 * skull - 0.4 * d.contrast * lesion_profile
-    post = np.where(brain, 0.4 + 0.05 * texture, 0.0) + 0.45 * skull + 0.25 * d.contrast * lesion_profile
-
+    flair = flair + d.contrast * lesion
+    pre = np.where(brain, 0.45 + 0.05 * texture, 0.0) + 0.5 * skull - 0.4 * d.contrast * lesion
+    post = np.where(brain, 0.4 + 0.05 * texture, 0.0) + 0.45 * skull + 0.25 * d.contrast * lesion
     for _ in range(d.distractors):  # bright spots that are not lesion
-        dx, dy = srng.uniform(-0.6, 0.6, size=2) * np.array([ax, ay])
+        dx, dy = srng.uniform(-0.6, 0.6, size=2) * np.array(axes)
         rr = size * srng.uniform(0.02, 0.05)
         blob = np.exp(-(((xx - c - dx) ** 2 + (yy - c - dy) ** 2) / (2 * rr**2))) * brain
         flair = flair + 0.8 * d.contrast * blob
+    return np.stack([pre, flair, post], axis=-1)
 
-    channels = np.stack([pre, flair, post], axis=-1)
+
+def _acquire(prng, srng, d, channels, grid) -> np.ndarray:
+    """The scanner's part: a smooth bias field, then Rician noise (the magnitude of a complex signal with Gaussian
+    noise on both parts, as in MR magnitude images); uint8."""
+    yy, xx = grid
+    size = xx.shape[0]
+    c = (size - 1) / 2.0
     if d.bias > 0:
         gx, gy, gxy = prng.uniform(-1, 1, size=3)
         u, v = (xx - c) / size, (yy - c) / size
         field = np.exp(d.bias * (gx * u + gy * v + 2 * gxy * u * v))
         channels = channels * field[..., None]
-    # Rician noise: magnitude of a complex signal with Gaussian noise on both parts, as in MR magnitude images.
     n1 = srng.standard_normal(channels.shape) * d.noise
     n2 = srng.standard_normal(channels.shape) * d.noise
     channels = np.sqrt((channels + n1) ** 2 + n2**2)
-    image = np.clip(channels * 255.0, 0, 255).astype(np.uint8)
-    return image, mask.astype(np.uint8)
+    return np.clip(channels * 255.0, 0, 255).astype(np.uint8)

@@ -13,7 +13,8 @@ import pytest
 
 from pixelrl_env.dataset import DataConfig, config_split, describe, load_part, load_splits, prepare_image
 from pixelrl_env.io import BadFiles, DataError
-from pixelrl_env.sources import iter_nifti, iter_source
+from pixelrl_env.nifti import iter_nifti
+from pixelrl_env.sources import iter_source
 from rl_agents.cli import main
 from tests.conftest import need_shared
 

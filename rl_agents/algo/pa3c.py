@@ -139,16 +139,8 @@ def pa3c_loss(
     policy = -(log_probs * advantage).mean()
     value = value_coef * delta.pow(2).mean()
     entropy = -entropy_coef * entropies.mean()
-    if aux_coef > 0:
-        if aux_log_probs is None:
-            raise ValueError("aux_coef > 0 needs aux_log_probs (log-probabilities of the oracle actions)")
-        if aux_weights is None:
-            aux = aux_coef * (-aux_log_probs).mean()
-        else:
-            w = torch.broadcast_to(aux_weights, shape)
-            aux = aux_coef * (-(aux_log_probs * w)).sum() / w.sum().clamp_min(1e-12)
-    else:
-        aux = torch.zeros((), device=rewards.device)
+    aux = _aux_term(aux_log_probs, aux_coef, aux_weights, shape) if aux_coef > 0 else torch.zeros(
+        (), device=rewards.device)
     return PA3CLoss(
         total=policy + value + entropy + aux,
         policy=policy,
@@ -158,6 +150,17 @@ def pa3c_loss(
         advantage_mean=advantage.mean(),
         returns_mean=returns.detach().mean(),
     )
+
+
+def _aux_term(aux_log_probs: torch.Tensor | None, aux_coef: float, aux_weights: torch.Tensor | None,
+              shape: torch.Size) -> torch.Tensor:
+    """The optional supervised term: ``aux_coef`` x the (weighted) mean negative log-probability of the oracle actions."""
+    if aux_log_probs is None:
+        raise ValueError("aux_coef > 0 needs aux_log_probs (log-probabilities of the oracle actions)")
+    if aux_weights is None:
+        return aux_coef * (-aux_log_probs).mean()
+    w = torch.broadcast_to(aux_weights, shape)
+    return aux_coef * (-(aux_log_probs * w)).sum() / w.sum().clamp_min(1e-12)
 
 
 def class_balanced_weights(ground_truth: torch.Tensor) -> torch.Tensor:

@@ -28,8 +28,8 @@ import numpy as np
 import torch
 
 from pixelrl_env.dataset import prepare_rows, resize_mask
-from pixelrl_env.io import DataError, read_image
-from pixelrl_env.io import Sample
+from pixelrl_env.io import DataError, Sample, read_image
+from pixelrl_env.nifti import read_nifti_image, slice_axis_index
 from rl_agents.config import TrainConfig
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp")
@@ -235,8 +235,6 @@ def _predict_image(m: Loaded, f: Path, out: Path, overlay: bool, gif: bool) -> d
 
 
 def _read_volume(m: Loaded, f: Path):
-    from pixelrl_env.sources import read_nifti_image, slice_axis_index
-
     img, data = read_nifti_image(f)
     return img, slice_axis_index(m.cfg.data.slice_axis, f), data
 
