@@ -166,7 +166,9 @@ def segment_flops(module: torch.nn.Module, in_channels: int, size: int) -> float
 
 
 def trained(experiment: str, storage: str, fold: int, max_slices: int, min_s: float) -> dict:
-    from pixelrl_env.dataset import config_split, iter_samples, prepare_rows
+    from pixelrl_env.dataset import iter_samples
+    from pixelrl_env.folds import config_split
+    from pixelrl_env.prepare import prepare_rows
     from pixelrl_env.io import Sample
     from rl_agents.experiment.cv import find_trials
     from rl_agents.experiment.predict import load, segment_array

@@ -2,7 +2,8 @@
 
 import gymnasium as gym
 
-from .dataset import ArraySet, DataConfig, Splits, describe, load_part, load_splits
+from .data_config import DataConfig
+from .dataset import ArraySet, Splits, describe, load_part, load_splits
 from .env import ACTION_SETS, PixelSegEnv
 from .io import DataError, Sample
 from .sources import FORMATS, iter_source

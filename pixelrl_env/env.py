@@ -8,7 +8,8 @@ import gymnasium as gym
 import numpy as np
 from gymnasium import spaces
 
-from .dataset import ArraySet, DataConfig, load_splits
+from .data_config import DataConfig
+from .dataset import ArraySet, load_splits
 
 ACTION_SETS = {
     # the paper's: 0 = set background, 1 = do nothing; the mask starts all foreground

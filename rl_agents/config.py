@@ -10,7 +10,7 @@ from typing import Any
 
 import yaml
 
-from pixelrl_env.dataset import DataConfig
+from pixelrl_env.data_config import DataConfig
 
 
 def _default_data() -> DataConfig:

@@ -15,7 +15,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from pixelrl_env.dataset import DataConfig, load_splits
+from pixelrl_env.dataset import load_splits
+
+from pixelrl_env.data_config import DataConfig
 from pixelrl_env.io import DataError
 from tests.conftest import blob_mask
 
@@ -96,7 +98,7 @@ def test_the_huge_file_is_refused_before_it_is_decoded(bad_folder: Path):
     """A child process reads the whole set; its peak memory stays far below the 400 MB one decoded image would take."""
     script = (
         "import json, sys\n"
-        "from pixelrl_env.dataset import DataConfig, load_splits\n"
+        "from pixelrl_env.data_config import DataConfig\nfrom pixelrl_env.dataset import load_splits\n"
         "s = load_splits(DataConfig(format='folder', path=sys.argv[1], size=32, drop_empty=False, skip_bad=True,"
         " group_pattern=r'^([a-z0-9]+?)_', split=[0.6, 0.2, 0.2]))\n"
         # VmHWM: this process's peak resident memory (ru_maxrss would carry over the forking pytest's peak)

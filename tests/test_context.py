@@ -9,7 +9,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from pixelrl_env.dataset import DataConfig, context_rows, describe, load_part, load_splits, prepare_image
+from pixelrl_env.dataset import describe, load_part, load_splits
+
+from pixelrl_env.data_config import DataConfig
+
+from pixelrl_env.prepare import context_rows, prepare_image
 from pixelrl_env.io import DataError
 from pixelrl_env.sources import iter_source
 from tests.test_nifti import SHAPE, write_nifti_layout

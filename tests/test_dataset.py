@@ -6,7 +6,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from pixelrl_env.dataset import DataConfig, load_splits, normalize_image, prepare_image, resize_mask, split_groups
+from pixelrl_env.dataset import load_splits
+
+from pixelrl_env.data_config import DataConfig
+
+from pixelrl_env.folds import split_groups
+
+from pixelrl_env.prepare import normalize_image, prepare_image, resize_mask
 from pixelrl_env.io import DataError
 from tests.conftest import assert_patient_split, lgg_on_disk, need_shared
 

@@ -7,7 +7,11 @@ import dataclasses
 import numpy as np
 import pytest
 
-from pixelrl_env.dataset import DataConfig, config_split, describe, load_part, load_splits
+from pixelrl_env.dataset import describe, load_part, load_splits
+
+from pixelrl_env.data_config import DataConfig
+
+from pixelrl_env.folds import config_split
 from pixelrl_env.folds import fold_of, kfold_groups
 from pixelrl_env.io import DataError
 

@@ -11,7 +11,13 @@ import nibabel as nib
 import numpy as np
 import pytest
 
-from pixelrl_env.dataset import DataConfig, config_split, describe, load_part, load_splits, prepare_image
+from pixelrl_env.dataset import describe, load_part, load_splits
+
+from pixelrl_env.data_config import DataConfig
+
+from pixelrl_env.folds import config_split
+
+from pixelrl_env.prepare import prepare_image
 from pixelrl_env.io import BadFiles, DataError
 from pixelrl_env.nifti import iter_nifti
 from pixelrl_env.sources import iter_source

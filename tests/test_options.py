@@ -8,7 +8,8 @@ import pytest
 import torch
 
 from pixelrl_env.augment import Augment
-from pixelrl_env.dataset import DataConfig, load_splits
+from pixelrl_env.dataset import load_splits
+from pixelrl_env.data_config import DataConfig
 from pixelrl_env.env import PixelSegEnv
 from rl_agents.algo.agent import PA3CAgent, build_network, make_train_env
 from rl_agents.algo.model import count_parameters

@@ -9,7 +9,9 @@ import numpy as np
 import pyarrow.parquet as pq
 import pytest
 
-from pixelrl_env.dataset import DataConfig, describe, load_part, load_splits
+from pixelrl_env.dataset import describe, load_part, load_splits
+
+from pixelrl_env.data_config import DataConfig
 from pixelrl_env.io import DataError
 from pixelrl_env.parquet import write_shards
 from pixelrl_env.sources import iter_source

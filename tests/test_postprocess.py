@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from pixelrl_env.dataset import resize_mask
+from pixelrl_env.prepare import resize_mask
 from pixelrl_env.metrics import dice
 from pixelrl_env.postprocess import (DEFAULT_CANDIDATES, Rule, apply_rule, choose_rule, drop_small, keep_largest,
                                      parse_rule)

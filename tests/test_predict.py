@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from pixelrl_env.dataset import prepare_image, resize_mask
+from pixelrl_env.prepare import prepare_image, resize_mask
 from pixelrl_env.io import DataError
 from rl_agents.cli import main
 from rl_agents.experiment.evaluate import load_model, predict

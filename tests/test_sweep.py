@@ -71,7 +71,8 @@ ASHA_DICE_FLOOR = 0.2  # the fast trial passes ~0.3 at its first validation pass
 
 def _all_foreground_dice(base: dict) -> float:
     """Validation Dice of the all-foreground start (the environment's initial state), from the data itself."""
-    from pixelrl_env.dataset import DataConfig, load_splits
+    from pixelrl_env.dataset import load_splits
+    from pixelrl_env.data_config import DataConfig
 
     data = {**base["data"], "split": tuple(base["data"]["split"])}
     gt = load_splits(DataConfig(**data)).val.masks.astype(bool)

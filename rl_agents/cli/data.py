@@ -11,7 +11,9 @@ from pathlib import Path
 from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from pixelrl_env.dataset import DataConfig, load_splits
+from pixelrl_env.dataset import load_splits
+
+from pixelrl_env.data_config import DataConfig
 from pixelrl_env.io import BadFiles, DataError
 from pixelrl_env.parquet import write_shards
 from pixelrl_env.sources import iter_source

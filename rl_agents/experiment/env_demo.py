@@ -10,7 +10,9 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from pixelrl_env.dataset import DataConfig, load_splits
+from pixelrl_env.dataset import load_splits
+
+from pixelrl_env.data_config import DataConfig
 from pixelrl_env.env import KEEP, PixelSegEnv
 from pixelrl_env.metrics import compute_all
 from pixelrl_env.policies import oracle_actions, random_actions

@@ -28,7 +28,13 @@ from typing import Any
 import numpy as np
 import torch
 
-from pixelrl_env.dataset import DataConfig, config_split, iter_samples, prepare_rows, resize_mask
+from pixelrl_env.dataset import iter_samples
+
+from pixelrl_env.data_config import DataConfig
+
+from pixelrl_env.folds import config_split
+
+from pixelrl_env.prepare import prepare_rows, resize_mask
 from pixelrl_env.io import BadFiles
 from pixelrl_env.metrics import ALL_METRICS, compute_all
 from pixelrl_env.postprocess import RULE_SPECS, Rule, RuleChoice, apply_rule, choose_rule, parse_rule

@@ -27,7 +27,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from pixelrl_env.dataset import prepare_rows, resize_mask
+from pixelrl_env.prepare import prepare_rows, resize_mask
 from pixelrl_env.io import DataError, Sample, read_image
 from pixelrl_env.nifti import read_nifti_image, slice_axis_index
 from rl_agents.config import TrainConfig
