@@ -32,7 +32,8 @@ from rl_agents.experiment.provenance import describe as machine, write_json
 from pixelrl_env.dataset import describe, load_part, load_splits
 
 from pixelrl_env.data_config import DataConfig
-from pixelrl_env.parquet import shard_paths, write_shards
+from pixelrl_env.parquet import shard_paths
+from pixelrl_env.parquet_write import write_shards
 from pixelrl_env.sources import iter_source, lgg_pairs
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -9,7 +9,8 @@ import pyarrow.parquet as pq
 import pytest
 
 from pixelrl_env.io import BadFiles, DataError
-from pixelrl_env.parquet import iter_parquet, write_shards
+from pixelrl_env.parquet import iter_parquet
+from pixelrl_env.parquet_write import write_shards
 from pixelrl_env.sources import iter_folder, iter_lgg, iter_synthetic
 from rl_agents.cli import main
 from tests.conftest import need_shared, write_lgg_layout

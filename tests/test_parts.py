@@ -13,7 +13,7 @@ from pixelrl_env.dataset import describe, load_part, load_splits
 
 from pixelrl_env.data_config import DataConfig
 from pixelrl_env.io import DataError
-from pixelrl_env.parquet import write_shards
+from pixelrl_env.parquet_write import write_shards
 from pixelrl_env.sources import iter_source
 from tests.conftest import write_folder_layout, write_lgg_layout
 

@@ -15,7 +15,7 @@ from pixelrl_env.dataset import load_splits
 
 from pixelrl_env.data_config import DataConfig
 from pixelrl_env.io import BadFiles, DataError
-from pixelrl_env.parquet import write_shards
+from pixelrl_env.parquet_write import write_shards
 from pixelrl_env.sources import iter_source
 from rl_agents.cli.common import console, err_console, removed_if_left_empty
 from rl_agents.experiment import env_demo as demo
