@@ -30,6 +30,7 @@ import argparse
 import json
 import os
 import re
+import secrets
 import shlex
 import shutil
 import signal
@@ -37,166 +38,12 @@ import subprocess
 import sys
 import time
 import urllib.request
-from dataclasses import dataclass, field
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 SHARED = ROOT.parent / "shared" / "data"
 
-
-@dataclass
-class Step:
-    kind: str = "run"                      # run | cap | serve | skip
-    cap_s: float = 0.0                     # cap: Ctrl-C after this long
-    until: str = ""                        # cap: ... or a few seconds after this file exists
-    reason: str = ""                       # skip: why; otherwise a note on what was changed and why
-    subs: dict[str, str] = field(default_factory=dict)   # placeholder -> value, applied to the command
-    setup: str = ""                        # name of a function in SETUPS run before the command
-    prelude: str = ""                      # Python run before a python block (placeholders)
-    cwd: str = "clone"                     # clone | main: reports over sweeps of hours run where those sweeps are
-    ray_head: bool = False                 # a local Ray head with token auth on 127.0.0.1:8265 for this command
-
-
-NO_CLOUD = "no cloud account on this machine; the config is validated offline by tests/test_cluster.py"
-NO_K8S = ("no Docker engine and no Kubernetes cluster on this machine (docker and kubectl are clients only); the "
-          "manifests are parsed and checked by tests/test_cluster.py")
-
-PLAN: dict[str, Step] = {
-    # Quickstart
-    'pip install torch==2.13.0 -e ".[test]" && python train.py': Step(),
-    "python -m pytest -q": Step(kind="skip", reason="the test suite is what .ci/run runs (same command); its time "
-                                "is in the CI run of this commit, not repeated here"),
-    # Training and evaluation
-    "python train.py --config tune_configs/lgg_cpu.yaml --output-dir runs/lgg": Step(
-        kind="cap", cap_s=900, until="runs/lgg/checkpoints/best.pt",
-        reason="a 55-minute run; stopped with Ctrl-C once its first best.pt exists (the commands below need it)"),
-    "python train.py --config tune_configs/lgg_cpu.yaml --output-dir runs/lgg --resume": Step(
-        kind="cap", cap_s=60, reason="continues the run above; stopped with Ctrl-C after 60 s"),
-    "python train.py --config tune_configs/heart_cpu.yaml --output-dir runs/heart": Step(
-        kind="cap", cap_s=900, until="runs/heart/checkpoints/best.pt",
-        reason="a 12-minute run; stopped with Ctrl-C once its first best.pt exists (predict below needs it)"),
-    "python train.py --set lr=3e-4 --set t_max=5 --set data.synthetic.difficulty=hard": Step(
-        kind="cap", cap_s=60, reason="a 10-minute run; stopped with Ctrl-C after 60 s"),
-    "pixeldrl baseline --config tune_configs/lgg_cpu.yaml --output-dir runs/unet": Step(
-        kind="cap", cap_s=90, reason="a 55-minute run; stopped with Ctrl-C after 90 s"),
-    "pixeldrl evaluate --checkpoint runs/lgg/checkpoints/best.pt --split test --json runs/lgg/test.json": Step(),
-    "pixeldrl evaluate --checkpoint runs/lgg/checkpoints/best.pt --split test --postprocess auto --json runs/lgg/test_pp.json": Step(),
-    "pixeldrl env-demo": Step(),
-    # Use a trained model
-    "pixeldrl predict --checkpoint runs/lgg/checkpoints/best.pt scans/ --output-dir masks/ --overlay --gif": Step(
-        setup="scans", reason="scans/ = 3 LGG slices as downloaded (TIFF)"),
-    "pixeldrl predict --checkpoint runs/heart/checkpoints/best.pt case7.nii.gz --output-dir masks/": Step(
-        setup="scans", reason="case7.nii.gz = the first left-atrium volume of ../shared/data/la_heart"),
-    "from rl_agents.experiment.predict import segment_array\n"
-    'masks, uncertainty = segment_array("runs/lgg/checkpoints/best.pt", image)': Step(
-        prelude="import numpy as np\nfrom PIL import Image\n"
-                "image = np.asarray(Image.open(sorted(__import__('glob').glob('scans/*.tif'))[0]))\n",
-        reason="image = one LGG slice as read by Pillow"),
-    'pip install -e ".[export]"': Step(),
-    "pixeldrl export --checkpoint runs/lgg/checkpoints/best.pt --format onnx": Step(),
-    "pixeldrl export --checkpoint runs/lgg/checkpoints/best.pt --format torchscript": Step(),
-    "import onnxruntime as ort\n"
-    'masks, uncertainty = ort.InferenceSession("runs/lgg/checkpoints/best.onnx").run(None, {"images": x})\n'
-    "import torch\n"
-    'masks, uncertainty = torch.jit.load("runs/lgg/checkpoints/best.ts.pt")(torch.from_numpy(x))': Step(
-        prelude="import json, numpy as np\n"
-                "_, c, s, _ = json.load(open('runs/lgg/checkpoints/best.onnx.json'))['inputs']['images']['shape']\n"
-                "x = np.random.default_rng(0).random((3, c, s, s), dtype=np.float32)\n",
-        reason="x = a batch of 3 random images of the shape the export's JSON gives"),
-    "import mlflow, torch\n"
-    'model = mlflow.pytorch.load_model("models:/<model id>")\n'
-    "masks = model(torch.from_numpy(x))": Step(
-        prelude="import mlflow, numpy as np\n"
-                "_ids = [e.experiment_id for e in mlflow.search_experiments()]\n"
-                "_m = mlflow.search_logged_models(experiment_ids=_ids, output_format='list', max_results=1, "
-                "order_by=[{'field_name': 'creation_time', 'ascending': False}])[0]\n"
-                "_shape = mlflow.models.get_model_info(f'models:/{_m.model_id}').signature.inputs.to_dict()[0]"
-                "['tensor-spec']['shape']\n"
-                "x = np.random.default_rng(0).random((3, *_shape[1:]), dtype=np.float32)\n",
-        subs={"<model id>": "{model_id}"},
-        reason="<model id> = the newest model logged in this clone's MLflow store; x = a batch of 3 random images"),
-    # Distributed training on Ray
-    "python train.py --set num_workers=2 --set worker_cpus=1 --set learner_cpus=0": Step(
-        kind="cap", cap_s=60, reason="a 10-minute run; stopped with Ctrl-C after 60 s"),
-    "python train.py --config tune_configs/smoke.yaml": Step(),
-    "export RAY_AUTH_MODE=token": Step(),
-    "python train.py --config tune_configs/smoke.yaml --set engine=rllib_appo --set num_workers=0 --set "
-    "batch_size=8 --set epochs=60": Step(),
-    "ray job submit --address http://127.0.0.1:8265 --working-dir . --runtime-env-json "
-    '"{\\"env_vars\\": {\\"MLFLOW_TRACKING_URI\\": \\"sqlite:///$PWD/mlflow.db\\"}}" -- python train.py --config '
-    "tune_configs/lgg_cpu.yaml --set num_workers=14 --set learner_gpus=1 --output-dir /shared/runs/lgg": Step(
-        ray_head=True,
-        subs={"tune_configs/lgg_cpu.yaml": "tune_configs/smoke.yaml", "num_workers=14": "num_workers=2",
-              "learner_gpus=1": "learner_gpus=0", "/shared/runs/lgg": "$PWD/runs/job"},
-        reason="on a local head (token auth, 127.0.0.1:8265, 2 CPUs): the smoke config with 2 workers, no GPU, "
-               "and an output folder that exists here, instead of 14 workers and a GPU learner"),
-    # Sweeps and tracking
-    "python train.py --tune tune_configs/sweep_asha.yaml": Step(
-        kind="cap", cap_s=180, reason="a sweep of hours; stopped with Ctrl-C after 180 s (Tune saves its state)"),
-    "python train.py --tune tune_configs/sweep_asha.yaml --resume": Step(
-        kind="cap", cap_s=90, reason="resumes the sweep above; stopped with Ctrl-C after 90 s"),
-    "python train.py --tune tune_configs/ablation.yaml": Step(kind="cap", cap_s=75,
-                                                           reason="stopped with Ctrl-C after 75 s"),
-    "python train.py --tune tune_configs/fewshot.yaml": Step(kind="cap", cap_s=75,
-                                                           reason="stopped with Ctrl-C after 75 s"),
-    "python train.py --tune tune_configs/cv_heart.yaml": Step(kind="cap", cap_s=75,
-                                                           reason="stopped with Ctrl-C after 75 s"),
-    "pixeldrl cv-report --experiment cv-heart": Step(
-        cwd="main", reason="over the full 10-trial sweep in the main checkout's runs/tune (50 minutes of training)"),
-    "python train.py --tune tune_configs/ablation_heart.yaml": Step(kind="cap", cap_s=75,
-                                                                     reason="stopped with Ctrl-C after 75 s"),
-    "pixeldrl ablation-report --experiment ablation-heart": Step(
-        cwd="main", reason="over the ablation sweep in the main checkout's runs/tune (hours of training)"),
-    "python train.py --tune tune_configs/ablation_heart.yaml --variants no-attention,no-dilation": Step(
-        kind="cap", cap_s=75, reason="stopped with Ctrl-C after 75 s"),
-    "pixeldrl ablation-report --experiment ablation-heart --merge benchmarks/results/ablation_heart.json": Step(
-        cwd="main", reason="over the heart ablation's architecture rows in the main checkout's runs/tune, pooled "
-                           "with the earlier report of its other rows (hours of training)"),
-    "pixeldrl compare --experiment sweep-asha --metric val/dice": Step(),
-    "mlflow ui --backend-store-uri sqlite:///$PWD/mlflow.db": Step(kind="serve"),
-    # Clusters
-    "ray get-auth-token --generate": Step(kind="skip", reason="writes ~/.ray/auth_token for the cloud cluster below; "
-                                          "not needed without one"),
-    "ray up cluster/aws.yaml": Step(kind="skip", reason=NO_CLOUD),
-    "ray dashboard cluster/aws.yaml &": Step(kind="skip", reason=NO_CLOUD),
-    "RAY_AUTH_MODE=token ray job submit --address http://127.0.0.1:8265 --working-dir . --runtime-env-json "
-    "'{\"env_vars\": {\"MLFLOW_TRACKING_URI\": \"http://127.0.0.1:5000\"}}' -- python train.py --config "
-    "tune_configs/paper_brain.yaml --set data.format=parquet --set data.path=s3://BUCKET/lgg --set num_workers=14 "
-    "--set learner_gpus=1 --output-dir /home/ray/runs/paper": Step(kind="skip", reason=NO_CLOUD),
-    "ray down cluster/aws.yaml": Step(kind="skip", reason=NO_CLOUD),
-    "docker build -f cluster/kuberay/Dockerfile -t REGISTRY/pixeldrl-mg:0.1.0 . && docker push "
-    "REGISTRY/pixeldrl-mg:0.1.0": Step(kind="skip", reason=NO_K8S),
-    "kubectl apply -f cluster/kuberay/raycluster.yaml": Step(kind="skip", reason=NO_K8S),
-    "kubectl apply -f cluster/kuberay/rayjob.yaml": Step(kind="skip", reason=NO_K8S),
-    "kubectl port-forward svc/pixeldrl-head-svc 8265 5000": Step(kind="skip", reason=NO_K8S),
-    "kubectl delete -f cluster/kuberay/rayjob.yaml -f cluster/kuberay/raycluster.yaml": Step(kind="skip",
-                                                                                             reason=NO_K8S),
-    "export RAY_FAKE_CLUSTER=1 RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0 RAY_AUTH_MODE=token "
-    "RAY_AUTH_TOKEN=$(openssl rand -hex 16)": Step(),
-    "ray start --head --node-ip-address=127.0.0.1 --port=6379 --num-cpus=1 "
-    "--autoscaling-config=cluster/fake_multinode.yaml": Step(),
-    "ray job submit -- python $PWD/train.py --config $PWD/tune_configs/smoke.yaml --set num_workers=4 --set "
-    "worker_cpus=1 --set learner_cpus=1 --set learner_gpus=1": Step(),
-    "ray status": Step(),
-    "ray stop": Step(),
-    # Data
-    "pixeldrl prepare-data ../shared/data/lgg_kaggle_3m shards/lgg --format lgg --shard-size 256": Step(),
-    "pixeldrl prepare-data ../shared/data/kvasir_seg shards/kvasir --format folder --skip-bad": Step(),
-    "pixeldrl prepare-data ../shared/data/lgg_kaggle_3m s3://my-bucket/lgg/v1 --format lgg": Step(
-        kind="skip", reason="no object store reachable from this machine (no network, no credentials); the s3:// "
-                            "path goes through pyarrow's filesystem layer, tested with a local file:// URI"),
-    "pixeldrl data-info --format lgg --path ../shared/data/lgg_kaggle_3m --channels 1": Step(),
-    "pixeldrl data-info --format parquet --path shards/lgg --k-shot 50": Step(),
-    # The pixel-agent environment
-    "import gymnasium as gym\n"
-    "import pixelrl_env\n"
-    'env = gym.make("PixelSegBatch-v0", batch_size=32, t_max=10, action_set="paper",\n'
-    '               data={"format": "lgg", "path": "../shared/data/lgg_kaggle_3m", "size": 128, "channels": [1]})\n'
-    "obs, info = env.reset(seed=0)\n"
-    "obs, r, terminated, truncated, info = env.step(env.action_space.sample())\n"
-    'info["reward_map"]\n'
-    'info["state"]': Step(),
-}
+from readme_plan import PLAN, Step  # noqa: E402  (beside this script)
 
 
 def readme_blocks(text: str) -> list[tuple[str, str, list[str]]]:
@@ -351,7 +198,7 @@ def _model_id(cwd: Path, env: dict) -> str:
     return r.stdout.strip().splitlines()[-1] if r.returncode == 0 and r.stdout.strip() else "<none found>"
 
 
-def main() -> None:
+def _args() -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--json", default="benchmarks/results/readme_commands.json")
     p.add_argument("--main", default=str(ROOT.parent / "main"),
@@ -360,19 +207,64 @@ def main() -> None:
     p.add_argument("--reuse", default=None, help="an earlier JSON of this script: take its entries before --from")
     p.add_argument("--from", dest="start", type=int, default=0, help="first command to run (with --reuse)")
     p.add_argument("--to", dest="stop", type=int, default=None, help="last command to run (a part of the README)")
-    args = p.parse_args()
-    sys.path.insert(0, str(ROOT))
-    from rl_agents.experiment.provenance import describe, write_json
+    return p.parse_args()
+
+
+def _reused(n: int, section: str, lang: str, cmd: str, step: Step, reuse: str) -> dict:
+    """Entry ``n`` of an earlier run's JSON (``--reuse``), which must be of the same command."""
+    old = next((e for e in json.loads(Path(reuse).read_text())["commands"] if e["n"] == n), None)
+    if old is not None and old["as_written"] != cmd:
+        raise SystemExit(f"--reuse {reuse}: entry {n} is not {cmd!r}")
+    if old is None or (not old.get("ran") and step.kind != "skip"):
+        old = {"n": n, "section": section, "language": lang, "as_written": cmd, "how": step.kind,
+               "note": "not run in this check", "ran": False, "not_reached": True}
+    return {**old, "reused_from": str(reuse)}
+
+
+def _run(entry: dict, cmd: str, lang: str, step: Step, clone: Path, main_dir: Path, env: dict,
+         log: Path) -> tuple[dict, dict]:
+    """Run one command as its plan says; returns ``(result, env)``, the environment the shell left for the next."""
     from tests.ray_head import RayHead
+
+    run_cmd = cmd
+    for a, b in step.subs.items():
+        b = b.format(model_id=_model_id(clone, env)) if "{model_id}" in b else b
+        run_cmd = run_cmd.replace(a, b)
+    if run_cmd != cmd:
+        entry["ran_as"] = run_cmd
+    if step.setup:
+        SETUPS[step.setup](clone)
+    cwd = main_dir if step.cwd == "main" else clone
+    if step.cwd == "main":
+        entry["cwd"] = str(cwd)
+    head, run_env = None, env
+    if step.ray_head:
+        run_env = {**env, "RAY_AUTH_TOKEN": secrets.token_hex(16)}
+        head = RayHead({**run_env, "RAY_AUTH_MODE": "token"}, ["--num-cpus=2"], dashboard_port=8265).start()
+    try:
+        if step.kind == "serve":
+            return _serve(run_cmd, cwd, run_env, log), env
+        if lang == "python":
+            return _run_python(run_cmd, cwd, run_env, step, log), env
+        res, new_env = _run_shell(run_cmd, cwd, run_env, step, log)
+        return res, (env if step.ray_head else new_env)
+    finally:
+        if head is not None:
+            head.stop()
+            head.cleanup()
+
+
+def main() -> None:
+    args = _args()
+    sys.path.insert(0, str(ROOT))  # the clone's packages, before the Quickstart has installed them
+    from rl_agents.experiment.provenance import describe, write_json
 
     clone = ROOT
     commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=clone, capture_output=True, text=True).stdout.strip()
     commands = readme_commands((clone / "README.md").read_text())
     missing = [c for _, _, c in commands if c not in PLAN]
     if missing:
-        raise SystemExit("README commands without a plan entry in benchmarks/readme_commands.py:\n" +
-                         "\n".join(missing))
-    Path(args.json).parent.mkdir(parents=True, exist_ok=True)
+        raise SystemExit("README commands without a plan entry in benchmarks/readme_plan.py:\n" + "\n".join(missing))
     logs = clone / "runs" / "readme_commands"
     logs.mkdir(parents=True, exist_ok=True)
     env = {k: v for k, v in os.environ.items() if not k.startswith(("RAY_", "MLFLOW_"))}
@@ -381,78 +273,37 @@ def main() -> None:
            "python": shutil.which("python", path=env["PATH"]), "commands": []}
     t_all = time.time()
     for n, (section, lang, cmd) in enumerate(commands):
-        if args.only and args.only not in cmd:
-            continue
         step = PLAN[cmd]
-        if args.stop is not None and n > args.stop:
-            break
+        if (args.only and args.only not in cmd) or (args.stop is not None and n > args.stop):
+            continue
         if n < args.start:
-            old = next((e for e in json.loads(Path(args.reuse).read_text())["commands"] if e["n"] == n), None)
-            if old is not None and old["as_written"] != cmd:
-                raise SystemExit(f"--reuse {args.reuse}: entry {n} is not {cmd!r}")
-            if old is None or (not old.get("ran") and step.kind != "skip"):
-                old = {"n": n, "section": section, "language": lang, "as_written": cmd, "how": step.kind,
-                       "note": "not run in this check", "ran": False, "not_reached": True}
-            rec["commands"].append({**old, "reused_from": str(args.reuse)})
+            rec["commands"].append(_reused(n, section, lang, cmd, step, args.reuse))
             print(f"[{n:2d}] reused from {args.reuse}", flush=True)
             continue
         entry = {"n": n, "section": section, "language": lang, "as_written": cmd, "how": step.kind,
                  "note": step.reason}
         if step.kind == "skip":
-            entry["ran"] = False
-            rec["commands"].append(entry)
+            rec["commands"].append({**entry, "ran": False})
             print(f"[{n:2d}] skip  {cmd.splitlines()[0][:90]}  ({step.reason[:60]})", flush=True)
             continue
-        run_cmd = cmd
-        for a, b in step.subs.items():
-            b = b.format(model_id=_model_id(clone, env)) if "{model_id}" in b else b
-            run_cmd = run_cmd.replace(a, b)
-        if run_cmd != cmd:
-            entry["ran_as"] = run_cmd
-        if step.setup:
-            SETUPS[step.setup](clone)
-        cwd = Path(args.main) if step.cwd == "main" else clone
-        if step.cwd == "main":
-            entry["cwd"] = str(cwd)
-        log = logs / f"{n:02d}.log"
-        head = None
-        run_env = env
-        if step.ray_head:
-            import secrets
-            run_env = {**env, "RAY_AUTH_TOKEN": secrets.token_hex(16)}
-            head = RayHead({**run_env, "RAY_AUTH_MODE": "token"}, ["--num-cpus=2"], dashboard_port=8265).start()
-        try:
-            if step.kind == "serve":
-                res = _serve(run_cmd, cwd, run_env, log)
-            elif lang == "python":
-                res = _run_python(run_cmd, cwd, run_env, step, log)
-            else:
-                res, new_env = _run_shell(run_cmd, cwd, run_env, step, log)
-                if not step.ray_head:
-                    env = new_env
-        finally:
-            if head is not None:
-                head.stop()
-                head.cleanup()
+        res, env = _run(entry, cmd, lang, step, clone, Path(args.main), env, logs / f"{n:02d}.log")
         entry.update(ran=True, **res)
         # a capped run that Ctrl-C stopped counts as working when it was still running (its exit status after
         # Ctrl-C is the program's choice); a command that ended by itself must exit 0
         entry["ok"] = res["stopped_by_ctrl_c"] or (res["rc"] == 0 and not res.get("killed_after_ctrl_c"))
         rec["commands"].append(entry)
-        mark = "ok  " if entry["ok"] else "FAIL"
-        print(f"[{n:2d}] {mark} {res['wall_s']:7.1f} s  {cmd.splitlines()[0][:90]}"
+        print(f"[{n:2d}] {'ok  ' if entry['ok'] else 'FAIL'} {res['wall_s']:7.1f} s  {cmd.splitlines()[0][:90]}"
               f"{'  (Ctrl-C)' if res['stopped_by_ctrl_c'] else ''}", flush=True)
         if not entry["ok"]:
             print("      " + "\n      ".join(res["output_tail"]), flush=True)
         write_json(args.json, rec)  # so far: a cut run keeps what it measured
     rec["wall_s"] = round(time.time() - t_all, 1)
-    rec["machine"] = describe()  # imports torch: installed by the Quickstart's first command
+    rec["machine"] = describe()
     rec["failed"] = [e["n"] for e in rec["commands"] if e.get("ran") and not e["ok"]]
     write_json(args.json, rec)
     print(f"wrote {args.json}: {sum(e.get('ran', False) for e in rec['commands'])} ran, "
           f"{len(rec['failed'])} failed, {sum(not e.get('ran') for e in rec['commands'])} not run "
           f"({rec['wall_s']} s)")
-
 
 if __name__ == "__main__":
     main()

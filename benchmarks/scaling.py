@@ -31,6 +31,7 @@ from pathlib import Path
 from rl_agents.experiment.provenance import command, describe, write_json
 
 import ray
+import torch
 
 from rl_agents.config import PAPER_STEP, load_config
 from rl_agents.experiment.lifecycle import train_distributed
@@ -174,7 +175,7 @@ def equal_cores(size: int, seconds: float, repeats: int, json_path: str) -> None
     write_json(json_path, out)
 
 
-def main() -> None:
+def _args() -> argparse.Namespace:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--seconds", type=float, default=90)
     ap.add_argument("--size", type=int, default=128)
@@ -190,7 +191,26 @@ def main() -> None:
                     help="only: K interleaved (one process 2 threads, Ray 2 workers) pairs, written to "
                          "benchmarks/results/scaling_equal_cores.json")
     ap.add_argument("--json", default="benchmarks/results/scaling.json")
-    args = ap.parse_args()
+    return ap.parse_args()
+
+
+def _summary(runs: dict) -> dict:
+    unslowed = sum(runs["ray2"]["per_worker_updates_per_s"]) / 2
+    return {
+        "ray_2_over_1": runs["ray2"]["updates_per_s"] / runs["ray1"]["updates_per_s"],
+        "hogwild_2_over_1": runs["hogwild2"]["updates_per_s"] / runs["hogwild1"]["updates_per_s"],
+        "ray_over_hogwild_1": runs["ray1"]["updates_per_s"] / runs["hogwild1"]["updates_per_s"],
+        "ray_over_hogwild_2": runs["ray2"]["updates_per_s"] / runs["hogwild2"]["updates_per_s"],
+        "ray_1_over_local_1_thread": runs["ray1"]["updates_per_s"] / runs["local1"]["updates_per_s"],
+        "ray_2_over_local_2_threads": runs["ray2"]["updates_per_s"] / runs["local2"]["updates_per_s"],
+        "local_2_threads_over_1": runs["local2"]["updates_per_s"] / runs["local1"]["updates_per_s"],
+        "slowed_run_fast_worker_over_unslowed": runs["ray2_slow1"]["per_worker_updates_per_s"][0] / unslowed,
+        "slowed_run_slow_worker_over_unslowed": runs["ray2_slow1"]["per_worker_updates_per_s"][1] / unslowed,
+    }
+
+
+def main() -> None:
+    args = _args()
     if args.asynchrony_repeats:
         return asynchrony(args.size, args.seconds, args.asynchrony_repeats)
     if args.equal_cores_repeats:
@@ -208,18 +228,7 @@ def main() -> None:
     for k, r in runs.items():
         print(f"{k:11s} {r['updates_per_s']:6.3f} upd/s  {r['pixel_agent_steps_per_s'] / 1e6:6.2f} M px-steps/s  "
               f"per worker {[round(x, 3) for x in r['per_worker_updates_per_s']]}  window {r['window_s']} s")
-    unslowed = sum(runs["ray2"]["per_worker_updates_per_s"]) / 2
-    summary = {
-        "ray_2_over_1": runs["ray2"]["updates_per_s"] / runs["ray1"]["updates_per_s"],
-        "hogwild_2_over_1": runs["hogwild2"]["updates_per_s"] / runs["hogwild1"]["updates_per_s"],
-        "ray_over_hogwild_1": runs["ray1"]["updates_per_s"] / runs["hogwild1"]["updates_per_s"],
-        "ray_over_hogwild_2": runs["ray2"]["updates_per_s"] / runs["hogwild2"]["updates_per_s"],
-        "ray_1_over_local_1_thread": runs["ray1"]["updates_per_s"] / runs["local1"]["updates_per_s"],
-        "ray_2_over_local_2_threads": runs["ray2"]["updates_per_s"] / runs["local2"]["updates_per_s"],
-        "local_2_threads_over_1": runs["local2"]["updates_per_s"] / runs["local1"]["updates_per_s"],
-        "slowed_run_fast_worker_over_unslowed": runs["ray2_slow1"]["per_worker_updates_per_s"][0] / unslowed,
-        "slowed_run_slow_worker_over_unslowed": runs["ray2_slow1"]["per_worker_updates_per_s"][1] / unslowed,
-    }
+    summary = _summary(runs)
     if args.equal_cores_lgg:
         lgg = load_config(ROOT / "tune_configs" / "lgg_cpu.yaml", [
             "worker_cpus=1", "learner_cpus=0", "eval_every=1000000", "checkpoint_every=1000000", "report_every_s=2",
@@ -233,8 +242,6 @@ def main() -> None:
         summary["lgg_time_to_dice"] = [lgg_time_to_dice(n, args.lgg_target, args.lgg_minutes) for n in (1, 2)]
     for k, v in summary.items():
         print(f"{k:40s} {v if isinstance(v, list) else round(v, 3)}")
-    import torch
-
     base = _cfg(args.size)  # what every synthetic run above was built from, read back rather than restated
     gpu = torch.cuda.get_device_name() if torch.cuda.is_available() else None
     out = {"command": command(), "machine": {**describe(), "gpu": gpu},

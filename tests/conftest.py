@@ -36,7 +36,11 @@ def benchmark_module(name: str):
                                                       f"{name}.py")
         module = importlib.util.module_from_spec(spec)
         sys.modules[name] = module  # dataclasses look their module up there
-        spec.loader.exec_module(module)
+        sys.path.insert(0, str(Path(spec.origin).parent))  # as when run as a script: its siblings import
+        try:
+            spec.loader.exec_module(module)
+        finally:
+            sys.path.remove(str(Path(spec.origin).parent))
     return sys.modules[name]
 
 

@@ -112,3 +112,36 @@ def test_no_engine_imports_another_engine(engine):
     others = {t for t in graph()[engine] if t.startswith("rl_agents.engines") and t not in ENGINE_SHARED
               and engine_of(t) != engine_of(engine)}
     assert others == set(), f"{engine} imports {others}: shared code belongs in engines/base.py or ray_runtime.py"
+
+
+@pytest.mark.parametrize("name", ["supervised", "hogwild", "ray", "rllib_appo", "local"])
+def test_every_registered_engine_is_a_class_with_the_members_the_lifecycle_calls(name):
+    from rl_agents.engines.base import Engine
+    from rl_agents.experiment.lifecycle import ENGINES, engine_class
+
+    assert set(ENGINES) == {"supervised", "hogwild", "ray", "rllib_appo", "local"}
+    cls = engine_class(name)
+    protocol = {m for m in vars(Engine) if not m.startswith("_")} | set(Engine.__annotations__)
+    set_later = {"update", "total_updates", "pixel_agent_steps", "last_checkpoint", "read_last_checkpoint"}
+    missing = sorted(m for m in protocol - set_later if not hasattr(cls, m))
+    assert missing == [] and cls.name == name
+
+
+MAX_FUNCTION_LINES, MAX_MODULE_LINES = 60, 400
+
+
+def test_no_function_over_60_lines_and_no_module_over_400():
+    """The project's size limits (docs: a newcomer reads a function on one screen, a module in one sitting)."""
+    too_long = []
+    for pkg in ("pixelrl_env", "rl_agents", "benchmarks"):
+        for f in sorted((ROOT / pkg).rglob("*.py")):
+            text = f.read_text()
+            name = f.relative_to(ROOT).as_posix()
+            if len(text.splitlines()) > MAX_MODULE_LINES:
+                too_long.append(f"{name}: {len(text.splitlines())} lines")
+            for node in ast.walk(ast.parse(text)):
+                if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
+                    n = node.end_lineno - node.lineno + 1
+                    if n > MAX_FUNCTION_LINES:
+                        too_long.append(f"{name}:{node.lineno} {node.name}: {n} lines")
+    assert too_long == []

@@ -273,7 +273,7 @@ def test_the_architecture_keeps_one_place_for_each_concern():
     assert where(r"^\s*(import mlflow|from mlflow)") == {"rl_agents/experiment/tracking.py"}
     assert where(r"ray\.init\(") == {"rl_agents/engines/ray_runtime.py"}
     assert where(r"(LocalEngine|RayA3CEngine|SupervisedEngine|HogwildEngine|RLlibAPPOEngine)\(cfg|ENGINES\[") == {
-        "rl_agents/experiment/lifecycle.py"}  # the registry, and train_distributed's test and benchmark hooks
+        "rl_agents/experiment/lifecycle.py"}  # the registry (train_distributed's hooks go through it too)
     assert where(r"\.step\(\)\s*$") - {"rl_agents/experiment/lifecycle.py"} <= {
         "rl_agents/algo/agent.py", "rl_agents/engines/supervised.py"}  # optimiser steps live in the agents
     assert where(r"clip_grad_norm_") == {"rl_agents/algo/agent.py", "rl_agents/engines/supervised.py"}

@@ -23,7 +23,7 @@ def test_every_readme_command_has_a_plan_and_every_plan_a_command():
     assert len(commands) > 30  # the parser found the blocks
     missing = [c for c in commands if c not in rc.PLAN]
     stale = [c for c in rc.PLAN if c not in commands]
-    assert not missing, f"README commands with no entry in benchmarks/readme_commands.py PLAN: {missing}"
+    assert not missing, f"README commands with no entry in benchmarks/readme_plan.py PLAN: {missing}"
     assert not stale, f"PLAN entries for commands the README no longer has: {stale}"
     for c, step in rc.PLAN.items():
         assert step.kind in {"run", "cap", "serve", "skip"}, (c, step.kind)

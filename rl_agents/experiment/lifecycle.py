@@ -19,6 +19,7 @@ and the one call into MLflow (:func:`rl_agents.experiment.tracking.log_run`).
 
 from __future__ import annotations
 
+import importlib
 import json
 import time
 from dataclasses import dataclass, field
@@ -31,11 +32,6 @@ from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
 from rl_agents.config import TrainConfig, to_dict
 from rl_agents.engines.base import Engine
-from rl_agents.engines.hogwild import HogwildEngine
-from rl_agents.engines.local import LocalEngine
-from rl_agents.engines.ray_a3c import RayA3CEngine
-from rl_agents.engines.rllib.engine import RLlibAPPOEngine
-from rl_agents.engines.supervised import SupervisedEngine
 from rl_agents.experiment.checkpoint import (Checkpoint, CheckpointError, make_payload, previous_path, read_checkpoint,
                                              write_checkpoint)
 
@@ -52,13 +48,21 @@ def engine_name(cfg: TrainConfig) -> str:
     return cfg.engine
 
 
-ENGINES: dict[str, Callable[..., Engine]] = {"supervised": SupervisedEngine, "hogwild": HogwildEngine,
-                                             "ray": RayA3CEngine, "rllib_appo": RLlibAPPOEngine, "local": LocalEngine}
+# name -> "module:class". Imported when chosen: a machine without Ray (the GPU suite's) still trains locally, and a
+# local run does not pay for importing Ray and RLlib
+ENGINES = {"supervised": "rl_agents.engines.supervised:SupervisedEngine",
+           "hogwild": "rl_agents.engines.hogwild:HogwildEngine", "ray": "rl_agents.engines.ray_a3c:RayA3CEngine",
+           "rllib_appo": "rl_agents.engines.rllib.engine:RLlibAPPOEngine", "local": "rl_agents.engines.local:LocalEngine"}
+
+
+def engine_class(name: str) -> Callable[..., Engine]:
+    module, cls = ENGINES[name].split(":")
+    return getattr(importlib.import_module(module), cls)
 
 
 def make_engine(cfg: TrainConfig, quiet: bool = False):
     """The engine ``cfg`` asks for: the single place where the CLI and sweep trials choose how to train."""
-    return ENGINES[engine_name(cfg)](cfg, quiet=quiet)
+    return engine_class(engine_name(cfg))(cfg, quiet=quiet)
 
 
 @dataclass
@@ -272,7 +276,7 @@ def train_distributed(cfg: TrainConfig, output_dir: str | Path, resume: bool = F
                       evaluator_cls=None) -> dict[str, Any]:
     """Ray A3C through the run lifecycle, without MLflow, with the engine's test and benchmark hooks (fault
     injection: ``on_report``, and actor classes in place of :mod:`rl_agents.engines.ray_actors`')."""
-    engine = RayA3CEngine(cfg, quiet=quiet, on_report=on_report, worker_cls=worker_cls, learner_cls=learner_cls,
+    engine = engine_class("ray")(cfg, quiet=quiet, on_report=on_report, worker_cls=worker_cls, learner_cls=learner_cls,
                           evaluator_cls=evaluator_cls)
     return train(cfg, output_dir, resume=resume, quiet=quiet, on_eval=on_eval, engine=engine)
 

@@ -11,8 +11,6 @@ import sys
 from pathlib import Path
 from typing import Any
 
-import torch
-
 ROOT = Path(__file__).resolve().parents[2]
 
 
@@ -26,6 +24,10 @@ def cpu_name() -> str:
 
 def describe() -> dict[str, Any]:
     """CPU model, cores, Python, torch, platform and the GPU torch sees (None without one)."""
+    # imported here: benchmarks/readme_commands.py writes its JSON with this module before the Quickstart it runs
+    # has installed torch
+    import torch
+
     return {"cpu": cpu_name(), "cores": os.cpu_count(), "python": platform.python_version(), "torch": torch.__version__,
             "platform": platform.platform(),
             "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None}
