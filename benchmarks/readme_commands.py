@@ -1,7 +1,7 @@
 """Run every command block of the README as written, in order, in a fresh clone, and record what happened.
 
-A README that users copy from has to work as written. This script reads ``README.md``'s fenced ``bash`` and
-``python`` blocks, runs each command in the clone it lives in (a fresh ``git clone`` with ``../shared`` beside it, and
+A README that users copy from has to work as written. This script reads the fenced ``bash`` and ``python`` blocks of
+``README.md`` and the ``docs/`` pages (:data:`DOCS`, in that order), runs each command in the clone it lives in (a fresh ``git clone`` with ``../shared`` beside it, and
 a fresh virtual environment that the Quickstart's ``pip install`` fills), and writes for every command: what ran,
 exit status, wall time, and the tail of its output, to ``benchmarks/results/readme_commands.json``.
 
@@ -93,6 +93,17 @@ def _strip_comment(line: str) -> str:
 
 def readme_commands(text: str) -> list[tuple[str, str, str]]:
     return [(sec, lang, c) for sec, lang, cmds in readme_blocks(text) for c in cmds]
+
+
+# the README, then the docs pages in the order a user meets them (later commands need what earlier ones wrote:
+# predict in training.md reads the run the README's first commands trained)
+DOCS = ("README.md", "docs/training.md", "docs/distributed.md", "docs/sweeps.md", "docs/clusters.md", "docs/data.md",
+        "docs/results.md", "docs/reliability.md", "docs/architecture.md", "docs/cost.md")
+
+
+def doc_commands(root: Path) -> list[tuple[str, str, str]]:
+    """Every command of :data:`DOCS` in order, each section named with its page (``docs/training.md: ...``)."""
+    return [(f"{page}: {sec}", lang, c) for page in DOCS for sec, lang, c in readme_commands((root / page).read_text())]
 
 
 # --- placeholders -----------------------------------------------------------------------------------------------
@@ -261,7 +272,7 @@ def main() -> None:
 
     clone = ROOT
     commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=clone, capture_output=True, text=True).stdout.strip()
-    commands = readme_commands((clone / "README.md").read_text())
+    commands = doc_commands(clone)
     missing = [c for _, _, c in commands if c not in PLAN]
     if missing:
         raise SystemExit("README commands without a plan entry in benchmarks/readme_plan.py:\n" + "\n".join(missing))

@@ -145,3 +145,25 @@ def test_no_function_over_60_lines_and_no_module_over_400():
                     if n > MAX_FUNCTION_LINES:
                         too_long.append(f"{name}:{node.lineno} {node.name}: {n} lines")
     assert too_long == []
+
+
+def test_every_file_and_module_the_architecture_page_names_exists():
+    import re
+
+    page = (ROOT / "docs" / "architecture.md").read_text()
+    paths = set(re.findall(r"`((?:pixelrl_env|rl_agents|benchmarks|tests)/[\w/]+\.(?:py|sh))(?:::\w+)?`", page))
+    assert len(paths) >= 8, paths  # the pattern found the page's paths
+    assert sorted(p for p in paths if not (ROOT / p).is_file()) == []
+    # the diagram's and the listing's bare names: modules of their package
+    for pkg, names in (("pixelrl_env", ["data_config", "sources", "nifti", "parquet", "parquet_write", "folds",
+                                        "prepare", "dataset", "env", "metrics", "postprocess"]),
+                       ("rl_agents/engines", ["base", "ray_runtime", "local", "ray_a3c", "ray_actors", "hogwild",
+                                              "supervised", "rllib"]),
+                       ("rl_agents/experiment", ["lifecycle", "checkpoint", "tracking", "sweep", "evaluate", "cv",
+                                                 "ablation", "predict", "export", "provenance"]),
+                       ("rl_agents/cli", ["parsers", "data", "training", "reports", "use"]),
+                       ("benchmarks", ["chaos", "readme_commands", "readme_plan", "gpu_suite", "gpu_measure",
+                                       "gpu_prepare", "update_cost", "latency"])):
+        for name in names:
+            assert name in page, f"{name} is not on the page"
+            assert (ROOT / pkg / f"{name}.py").is_file() or (ROOT / pkg / name).is_dir(), f"{pkg}/{name}"

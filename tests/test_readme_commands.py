@@ -19,7 +19,7 @@ def test_parsing_joins_continuations_and_drops_comments():
 
 
 def test_every_readme_command_has_a_plan_and_every_plan_a_command():
-    commands = [c for _, _, c in rc.readme_commands((ROOT / "README.md").read_text())]
+    commands = [c for _, _, c in rc.doc_commands(ROOT)]
     assert len(commands) > 30  # the parser found the blocks
     missing = [c for c in commands if c not in rc.PLAN]
     stale = [c for c in rc.PLAN if c not in commands]
@@ -31,3 +31,9 @@ def test_every_readme_command_has_a_plan_and_every_plan_a_command():
         assert step.kind != "cap" or step.cap_s > 0, c
         assert all(a in c for a in step.subs), f"a substitution names text the command lacks: {c}"
         assert not step.setup or step.setup in rc.SETUPS, step.setup
+
+
+def test_every_docs_page_is_in_the_checked_order():
+    """A page left out of readme_commands.DOCS would have commands nobody runs."""
+    assert sorted(p.relative_to(ROOT).as_posix() for p in (ROOT / "docs").glob("*.md")) == sorted(
+        p for p in rc.DOCS if p.startswith("docs/"))
