@@ -44,6 +44,33 @@ def benchmark_module(name: str):
     return sys.modules[name]
 
 
+@contextlib.contextmanager
+def local_ray():
+    """Ray on 127.0.0.1 only, 2 CPUs (fractional requests share them), shut down after: the one Ray of the tests that
+    need a connected driver (tests that start a cluster of their own use tests/ray_head.py)."""
+    import ray
+
+    ray.init(num_cpus=2, include_dashboard=False, _node_ip_address="127.0.0.1", log_to_driver=False)
+    try:
+        yield
+    finally:
+        ray.shutdown()
+
+
+@pytest.fixture(scope="module")
+def ray_local():
+    """:func:`local_ray` for every test of a module that asks for it (Ray's start is seconds)."""
+    with local_ray():
+        yield
+
+
+@pytest.fixture
+def ray_2cpu():
+    """:func:`local_ray` for one test."""
+    with local_ray():
+        yield
+
+
 def need_shared(name: str) -> Path:
     """Path to a real data set; fails under CI=true when missing (never silently skipped there)."""
     path = SHARED_DATA / name

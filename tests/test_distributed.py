@@ -23,13 +23,6 @@ ROOT = Path(__file__).resolve().parents[1]
 SMOKE = ROOT / "tune_configs" / "smoke.yaml"
 
 
-@pytest.fixture(scope="module")
-def ray_local():
-    ray.init(num_cpus=2, include_dashboard=False, _node_ip_address="127.0.0.1", log_to_driver=False)
-    yield
-    ray.shutdown()
-
-
 def _grads(learner: Learner, value: float) -> list[np.ndarray]:
     return [np.full(tuple(p.shape), value, np.float32) for p in learner.agent.params]
 

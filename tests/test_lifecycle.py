@@ -33,13 +33,6 @@ LOCAL = ["num_workers=0", "max_minutes=null"]
 RAY = ["max_minutes=null"]
 
 
-@pytest.fixture(scope="module")
-def ray_local():
-    ray.init(num_cpus=2, include_dashboard=False, _node_ip_address="127.0.0.1", log_to_driver=False)
-    yield
-    ray.shutdown()
-
-
 def _updates_per_epoch(m: dict, batch: int = 4) -> int:
     return -(-m["n_train"] // batch)
 

@@ -11,7 +11,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import ray
 import torch
 from gymnasium.utils.env_checker import check_env
 
@@ -28,13 +27,6 @@ SMOKE = ROOT / "tune_configs" / "smoke.yaml"
 
 def _cfg(*overrides: str):
     return load_config(SMOKE, ["engine=rllib_appo", "num_workers=0", "mlflow=false", "max_minutes=null", *overrides])
-
-
-@pytest.fixture
-def ray_2cpu():
-    ray.init(num_cpus=2, include_dashboard=False, _node_ip_address="127.0.0.1", log_to_driver=False)
-    yield
-    ray.shutdown()
 
 
 def test_env_spaces_rewards_and_termination():

@@ -13,7 +13,6 @@ from pathlib import Path
 import mlflow
 import numpy as np
 import pytest
-import ray
 import yaml
 from mlflow.tracking import MlflowClient
 
@@ -31,13 +30,6 @@ def _sweep_file(tmp_path: Path, name: str, **over) -> Path:
     p = tmp_path / f"{name}.yaml"
     p.write_text(yaml.safe_dump(spec))
     return p
-
-
-@pytest.fixture
-def ray_2cpu():
-    ray.init(num_cpus=2, include_dashboard=False, _node_ip_address="127.0.0.1", log_to_driver=False)
-    yield
-    ray.shutdown()
 
 
 def test_sweep_file_is_checked(tmp_path: Path):
