@@ -31,7 +31,8 @@ from pixelrl_env.corrupt import KINDS, LEVELS, corrupt  # noqa: E402
 from pixelrl_env.dataset import load_splits  # noqa: E402
 from pixelrl_env.metrics import compute_all  # noqa: E402
 from rl_agents.experiment.cv import find_trials  # noqa: E402
-from rl_agents.experiment.evaluate import load_model, predict  # noqa: E402
+from rl_agents.experiment.evaluate import predict  # noqa: E402
+from rl_agents.experiment.loaded import load_model  # noqa: E402
 
 
 def test_slices(cfg, max_slices: int | None, seed: int) -> tuple[np.ndarray, np.ndarray]:

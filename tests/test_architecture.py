@@ -159,7 +159,7 @@ def test_every_file_and_module_the_architecture_page_names_exists():
                                         "prepare", "dataset", "env", "metrics", "postprocess"]),
                        ("rl_agents/engines", ["base", "ray_runtime", "local", "ray_a3c", "ray_actors", "hogwild",
                                               "supervised", "rllib"]),
-                       ("rl_agents/experiment", ["lifecycle", "checkpoint", "tracking", "sweep", "evaluate", "cv",
+                       ("rl_agents/experiment", ["lifecycle", "checkpoint", "tracking", "sweep", "loaded", "evaluate", "cv",
                                                  "ablation", "predict", "export", "provenance"]),
                        ("rl_agents/cli", ["parsers", "data", "training", "reports", "use"]),
                        ("benchmarks", ["chaos", "readme_commands", "readme_plan", "gpu_suite", "gpu_measure",

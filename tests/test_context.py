@@ -77,7 +77,8 @@ def test_bad_context_values_are_named():
 def test_a_25d_model_trains_and_is_evaluated_at_native_size(heart, tmp_path: Path):
     """Training sees 3 channels; evaluate_checkpoint stacks the same neighbours from the volume at native size."""
     from rl_agents.config import load_config
-    from rl_agents.experiment.evaluate import evaluate_checkpoint, load_model
+    from rl_agents.experiment.evaluate import evaluate_checkpoint
+    from rl_agents.experiment.loaded import load_model
     from rl_agents.experiment.lifecycle import train
 
     root, _ = heart

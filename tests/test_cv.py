@@ -227,7 +227,7 @@ def test_robustness_benchmark_on_the_cv_folds(sweep: Path, tmp_path: Path):
     import robustness
 
     from pixelrl_env.corrupt import LEVELS
-    from rl_agents.experiment.evaluate import load_model
+    from rl_agents.experiment.loaded import load_model
 
     out, png = tmp_path / "rob.json", tmp_path / "rob.png"
     assert robustness.main(["--experiment", "cv-t", "--storage", str(sweep), "--kinds", "gaussian", "contrast",

@@ -15,7 +15,7 @@ import ray
 
 from rl_agents.config import load_config, to_dict
 from rl_agents.engines.ray_actors import Evaluator, Learner, Worker
-from rl_agents.experiment.evaluate import load_model
+from rl_agents.experiment.loaded import load_model
 from rl_agents.experiment.lifecycle import train_distributed
 from tests.conftest import benchmark_module
 

@@ -16,7 +16,8 @@ from pixelrl_env.dataset import load_part
 from rl_agents.algo.inference import GreedySegmenter, segment, segment_with_steps
 from rl_agents.algo.model import PixelDRLNet, SelfAttention2d
 from rl_agents.cli import main
-from rl_agents.experiment.evaluate import load_model, predict
+from rl_agents.experiment.evaluate import predict
+from rl_agents.experiment.loaded import load_model
 from tests.test_predict import _train
 
 SYNTH = ["data.format=synthetic", "data.size=32", "data.synthetic={n_patients: 6, slices_per_patient: 4, size: 32}"]

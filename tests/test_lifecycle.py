@@ -23,7 +23,8 @@ from rl_agents.engines.ray_actors import Worker
 from rl_agents.experiment.lifecycle import train_distributed
 from rl_agents.experiment.checkpoint import (CheckpointError, make_payload, previous_path, read_checkpoint,
                                              write_checkpoint)
-from rl_agents.experiment.evaluate import evaluate_checkpoint, load_model
+from rl_agents.experiment.evaluate import evaluate_checkpoint
+from rl_agents.experiment.loaded import load_model
 from rl_agents.experiment.lifecycle import train
 from tests.conftest import interrupt_after_checkpoint
 

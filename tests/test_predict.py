@@ -13,7 +13,8 @@ from PIL import Image
 from pixelrl_env.prepare import prepare_image, resize_mask
 from pixelrl_env.io import DataError
 from rl_agents.cli import main
-from rl_agents.experiment.evaluate import load_model, predict
+from rl_agents.experiment.evaluate import predict
+from rl_agents.experiment.loaded import load_model
 from rl_agents.experiment.predict import expand_inputs, load, segment_array
 from rl_agents.experiment.visualize import TITLE_PX
 from tests.test_nifti import AFFINE, write_nifti_layout

@@ -190,7 +190,7 @@ def test_each_cost_option_trains_the_smoke_config_and_round_trips_a_checkpoint(t
     from rl_agents.algo.inference import GreedySegmenter, segment
     from rl_agents.config import load_config
     from rl_agents.experiment.checkpoint import read_checkpoint
-    from rl_agents.experiment.evaluate import load_model
+    from rl_agents.experiment.loaded import load_model
     from rl_agents.experiment.lifecycle import train
 
     cfg = load_config("tune_configs/smoke.yaml", [

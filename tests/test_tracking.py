@@ -70,7 +70,7 @@ def test_training_runs_are_tracked_and_compared(tmp_path: Path, capsys):
     from mlflow import pytorch as mlflow_pytorch
 
     from rl_agents.algo.inference import GreedySegmenter
-    from rl_agents.experiment.evaluate import load_model
+    from rl_agents.experiment.loaded import load_model
 
     uri = f"runs:/{run.info.run_id}/model"
     logged = client.search_logged_models(experiment_ids=[run.info.experiment_id])

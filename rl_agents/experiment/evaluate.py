@@ -39,36 +39,13 @@ from pixelrl_env.io import BadFiles
 from pixelrl_env.metrics import ALL_METRICS, compute_all
 from pixelrl_env.postprocess import RULE_SPECS, Rule, RuleChoice, apply_rule, choose_rule, parse_rule
 
-from rl_agents.experiment.checkpoint import read_checkpoint
+from rl_agents.experiment.loaded import load_model
 from rl_agents.config import TrainConfig
 from rl_agents.algo.inference import segment
 
 SPLITS = ("train", "val", "test", "all")
 CRITERION = ("nnU-Net's rule: 'none' unless a candidate raises the mean validation Dice (slices with foreground) "
              "strictly")
-
-
-def load_model(checkpoint: str | Path, device: str | torch.device = "cpu") -> tuple[torch.nn.Module, TrainConfig]:
-    """Rebuild the model stored in a checkpoint (PixelDRL-MG or the U-Net baseline) with its training config.
-
-    Reads through :func:`rl_agents.experiment.checkpoint.read_checkpoint` (safe loading, format checked), so a
-    checkpoint from any engine (single process, Ray, supervised) loads here.
-    """
-    ckpt = read_checkpoint(checkpoint, map_location="cpu", fallback=False)
-    state = ckpt.agent
-    if ckpt.kind == "unet":
-        from rl_agents.engines.supervised import build_unet
-
-        model = build_unet(int(state["in_channels"]))
-    else:
-        from rl_agents.algo.agent import build_network
-
-        model = build_network(ckpt.config, int(state["in_channels"]))
-        if model.n_actions != int(state["n_actions"]):
-            raise ValueError(f"{checkpoint}: {state['n_actions']} actions stored, but its config builds "
-                             f"{model.n_actions}")
-    model.load_state_dict(state["model"])
-    return model.to(device).eval(), ckpt.config
 
 
 @torch.no_grad()

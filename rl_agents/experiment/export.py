@@ -29,7 +29,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from rl_agents.experiment.evaluate import load_model
+from rl_agents.experiment.loaded import load_model
 
 log = logging.getLogger(__name__)
 

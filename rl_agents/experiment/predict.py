@@ -20,7 +20,6 @@ From Python, one call on an array: :func:`segment_array`.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -30,7 +29,7 @@ import torch
 from pixelrl_env.prepare import prepare_rows, resize_mask
 from pixelrl_env.io import DataError, Sample, read_image
 from pixelrl_env.nifti import read_nifti_image, slice_axis_index
-from rl_agents.config import TrainConfig
+from rl_agents.experiment.loaded import Loaded, load
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp")
 NIFTI_SUFFIXES = (".nii", ".nii.gz")
@@ -43,24 +42,6 @@ def _is_nifti(path: Path) -> bool:
 def _stem(path: Path) -> str:
     name = path.name
     return name[: -len(".nii.gz")] if name.lower().endswith(".nii.gz") else path.stem
-
-
-@dataclass
-class Loaded:
-    """A model ready to segment: the network (or U-Net), its training config and device."""
-
-    model: torch.nn.Module
-    cfg: TrainConfig
-    device: torch.device
-
-
-def load(checkpoint: str | Path | Loaded, device: str = "cpu") -> Loaded:
-    from rl_agents.experiment.evaluate import load_model
-
-    if isinstance(checkpoint, Loaded):
-        return checkpoint
-    model, cfg = load_model(checkpoint, device)
-    return Loaded(model, cfg, torch.device(device))
 
 
 def _as_slices(array: np.ndarray) -> np.ndarray:

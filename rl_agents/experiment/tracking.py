@@ -182,7 +182,9 @@ def _log_model_and_overlays(best: Path, n_overlays: int) -> None:
     import mlflow.pytorch
     import numpy as np
 
-    from rl_agents.experiment.evaluate import evaluate_checkpoint, load_model
+    from rl_agents.experiment.evaluate import evaluate_checkpoint
+
+    from rl_agents.experiment.loaded import load_model
 
     model, cfg = load_model(best)
     in_ch = int(model.in_channels)  # PixelDRLNet and MONAI's UNet both keep it

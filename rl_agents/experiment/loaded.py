@@ -1,0 +1,50 @@
+"""A checkpoint made a ready model, in one place: ``evaluate``, ``predict``, ``export`` and MLflow's model take it from
+here. Read through :func:`rl_agents.experiment.checkpoint.read_checkpoint` (safe loading, format checked), so a
+checkpoint of any engine loads."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from rl_agents.algo.agent import build_network
+from rl_agents.config import TrainConfig
+from rl_agents.engines.supervised import build_unet
+from rl_agents.experiment.checkpoint import read_checkpoint
+
+
+def load_model(checkpoint: str | Path, device: str | torch.device = "cpu") -> tuple[torch.nn.Module, TrainConfig]:
+    """Rebuild the model stored in a checkpoint (PixelDRL-MG or the U-Net baseline) with its training config.
+
+    Reads through :func:`rl_agents.experiment.checkpoint.read_checkpoint` (safe loading, format checked), so a
+    checkpoint from any engine (single process, Ray, supervised) loads here.
+    """
+    ckpt = read_checkpoint(checkpoint, map_location="cpu", fallback=False)
+    state = ckpt.agent
+    if ckpt.kind == "unet":
+        model = build_unet(int(state["in_channels"]))
+    else:
+        model = build_network(ckpt.config, int(state["in_channels"]))
+        if model.n_actions != int(state["n_actions"]):
+            raise ValueError(f"{checkpoint}: {state['n_actions']} actions stored, but its config builds "
+                             f"{model.n_actions}")
+    model.load_state_dict(state["model"])
+    return model.to(device).eval(), ckpt.config
+
+
+@dataclass
+class Loaded:
+    """A model ready to segment: the network (or U-Net), its training config and device."""
+
+    model: torch.nn.Module
+    cfg: TrainConfig
+    device: torch.device
+
+
+def load(checkpoint: str | Path | Loaded, device: str = "cpu") -> Loaded:
+    if isinstance(checkpoint, Loaded):
+        return checkpoint
+    model, cfg = load_model(checkpoint, device)
+    return Loaded(model, cfg, torch.device(device))
