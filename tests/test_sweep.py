@@ -297,8 +297,9 @@ PAPER_STEP_SWEEPS = ["ablation.yaml", "ablation_lgg.yaml", "cv_lgg.yaml", "cv_lg
 def test_the_cpu_configs_carry_the_recipe_and_older_sweeps_still_run_the_papers_step():
     from rl_agents.config import PAPER_STEP, load_config
 
-    lgg = load_config(ROOT / "tune_configs" / "lgg_cpu.yaml", [])
-    assert (lgg.t_max, lgg.step_features, lgg.head_stride) == (5, "once", 2)
+    for name in ("lgg_cpu.yaml", "heart_cpu.yaml"):
+        cfg = load_config(ROOT / "tune_configs" / name, [])
+        assert (cfg.t_max, cfg.step_features, cfg.head_stride) == (5, "once", 2), name
     paper = dict(s.split("=") for s in PAPER_STEP)
     for name in PAPER_STEP_SWEEPS:
         base = load_sweep(ROOT / "tune_configs" / name)["base"]
