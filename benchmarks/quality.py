@@ -24,9 +24,9 @@ ROOT = Path(__file__).resolve().parents[1]
 
 # name -> (config, overrides, run directory)
 MAIN: dict[str, tuple[str, list[str], str]] = {
-    "PixelDRL-MG small, PA3C (paper actions)": ("tune_configs/lgg_cpu.yaml", list(PAPER_STEP), "runs/lgg_small"),
+    "PixelDRL-MG small, PA3C (paper actions)": ("tune_configs/lgg_cpu.yaml", ["data.size=128", *PAPER_STEP], "runs/lgg_small"),
     "U-Net (MONAI, Dice+BCE)": (
-        "tune_configs/lgg_cpu.yaml", ["model=unet", "batch_size=8", "max_minutes=30"], "runs/lgg_unet"
+        "tune_configs/lgg_cpu.yaml", ["model=unet", "batch_size=8", "max_minutes=30", "data.size=128"], "runs/lgg_unet"
     ),
 }
 

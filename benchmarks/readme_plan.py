@@ -29,6 +29,8 @@ PLAN: dict[str, Step] = {
     "python -m pytest -q": Step(kind="skip", reason="the test suite is what .ci/run runs (same command); its time "
                                 "is in the CI run of this commit, not repeated here"),
     # Training and evaluation
+    "python train.py --config tune_configs/lgg_cpu.yaml --set max_minutes=8 --set threads=1 --output-dir runs/lgg8": Step(
+        kind="cap", cap_s=120, reason="an 8-minute run; stopped with Ctrl-C after 120 s"),
     "python train.py --config tune_configs/lgg_cpu.yaml --output-dir runs/lgg": Step(
         kind="cap", cap_s=900, until="runs/lgg/checkpoints/best.pt",
         reason="a 55-minute run; stopped with Ctrl-C once its first best.pt exists (the commands below need it)"),

@@ -232,7 +232,7 @@ def main() -> None:
     if args.equal_cores_lgg:
         lgg = load_config(ROOT / "tune_configs" / "lgg_cpu.yaml", [
             "worker_cpus=1", "learner_cpus=0", "eval_every=1000000", "checkpoint_every=1000000", "report_every_s=2",
-            "rollouts_per_call=2", "epochs=100000", *PAPER_STEP])
+            "rollouts_per_call=2", "epochs=100000", "data.size=128", *PAPER_STEP])
         runs["lgg_local2"] = local_run(lgg.data.size, 2, args.seconds, cfg=lgg)
         runs["lgg_ray2"] = ray_run(lgg.data.size, 2, args.seconds, cfg=lgg)
         summary["lgg_ray_2_over_local_2_threads"] = runs["lgg_ray2"]["updates_per_s"] / runs["lgg_local2"]["updates_per_s"]

@@ -132,6 +132,41 @@ def test_half_resolution_heads_cost_a_quarter_and_answer_at_full_resolution():
         PixelDRLNet(1, 2, "small", head_stride=3)
 
 
+def test_pooling_the_features_once_per_episode_is_the_same_network():
+    """Under step_features=once with head_stride=2 the encoded features are pooled once per episode and the mask per
+    step: the same outputs and gradients as pooling [features, mask] at every step (the layout before)."""
+    from rl_agents.algo.model import PixelDRLNet
+
+    torch.manual_seed(0)
+    net = PixelDRLNet(1, 2, "small", step_features="once", head_stride=2)
+    x = torch.rand(2, 1, 32, 32)
+    state = torch.rand(2, 32, 32) > 0.3
+    outs, grads = [], []
+    for pooled_once in (True, False):
+        net.zero_grad()
+        if pooled_once:
+            logits, values = net.step(net.encode(x), state)
+        else:  # every step: the full-resolution concatenation, pooled inside the heads
+            logits, values = net.heads(torch.cat([net.features(x), state[:, None].float()], dim=1))
+        (logits.square().mean() + values.mean()).backward()
+        outs.append((logits.detach(), values.detach()))
+        grads.append([p.grad.clone() for p in net.parameters() if p.grad is not None])
+    torch.testing.assert_close(outs[0], outs[1], rtol=1e-5, atol=1e-6)
+    assert len(grads[0]) == len(grads[1]) > 0
+    for a, b in zip(*grads):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-6)
+
+
+def test_greedy_actions_are_the_argmax_ties_included():
+    from rl_agents.algo.inference import greedy_actions
+
+    torch.manual_seed(0)
+    for n in (2, 3):
+        logits = torch.randn(4, n, 8, 8)
+        logits[:, 1, :2] = logits[:, 0, :2]  # ties: argmax takes the first
+        assert torch.equal(greedy_actions(logits), logits.argmax(dim=1))
+
+
 def test_a_once_network_reads_the_mask_at_every_step():
     """Under step_features=once the trunk sees the image only; the step's answer must still depend on the mask."""
     from rl_agents.algo.model import PixelDRLNet

@@ -239,21 +239,37 @@ class PixelDRLNet(nn.Module):
     def encode(self, images: torch.Tensor) -> torch.Tensor:
         """What every step of an episode shares. ``every`` (the paper): the images themselves, since each step
         runs the whole network on ``image * mask``. ``once`` (ours, NOT the paper's): the trunk's fused features of
-        the image, computed once per episode; each step then runs only the heads on ``[features, mask]``."""
-        return images if self.step_features == "every" else self.features(images)
+        the image, computed once per episode; each step then runs only the heads on ``[features, mask]``. Under
+        ``head_stride`` those features are kept average-pooled: the heads read ``[features, mask]`` pooled, and
+        pooling acts on each channel alone, so pooling the features once per episode and the mask per step is the
+        same mathematics as pooling their concatenation per step, without a full-resolution copy per step."""
+        if self.step_features == "every":
+            return images
+        features = self.features(images)
+        return features if self.head_stride == 1 else F.avg_pool2d(features, self.head_stride)
 
     def step(self, context: torch.Tensor, state: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Policy logits ``(B, n_actions, H, W)`` and values ``(B, H, W)`` for masks ``state`` ``(B, H, W)``."""
         if self.step_features == "every":
             return self(context * state[:, None])
-        h = self._head_input(context, state)
-        return self.heads(h)
+        return self._step_heads(context, state, value=True)
 
     def step_policy(self, context: torch.Tensor, state: torch.Tensor) -> torch.Tensor:
         """:meth:`step`'s policy logits only (greedy inference needs no value head)."""
         if self.step_features == "every":
             return self.policy(context * state[:, None])
-        return self.heads(self._head_input(context, state), value=False)[0]
+        return self._step_heads(context, state, value=False)[0]
+
+    def _step_heads(self, context: torch.Tensor, state: torch.Tensor, value: bool):
+        """The heads on ``[context, mask]`` at the context's resolution (pooled under ``head_stride``), answered at
+        the mask's."""
+        mask = state[:, None].to(context.dtype)
+        if self.head_stride == 1:
+            return self.heads(torch.cat([context, mask], dim=1), value=value)
+        h = torch.cat([context, F.avg_pool2d(mask, self.head_stride)], dim=1)
+        logits = bilinear_resize(self.policy_head(h), state.shape[-2:])
+        values = bilinear_resize(self.value_head(h), state.shape[-2:])[:, 0] if value else None
+        return logits, values
 
     def heads(self, h: torch.Tensor, value: bool = True) -> tuple[torch.Tensor, torch.Tensor | None]:
         """Policy logits and values (None unless ``value``) from the heads' input ``h`` ``(B, c, H, W)``. With
@@ -268,10 +284,6 @@ class PixelDRLNet(nn.Module):
             logits = bilinear_resize(logits, size)
             values = bilinear_resize(values, size) if value else None
         return logits, (values[:, 0] if value else None)
-
-    @staticmethod
-    def _head_input(features: torch.Tensor, state: torch.Tensor) -> torch.Tensor:
-        return torch.cat([features, state[:, None].to(features.dtype)], dim=1)
 
     def policy(self, x: torch.Tensor) -> torch.Tensor:
         """Policy logits ``(B, n_actions, H, W)`` only: what greedy inference needs. The value head runs at full

@@ -93,7 +93,7 @@ def _resize_float(x: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
 @torch.no_grad()
 def mask_steps(m: Loaded, image: np.ndarray) -> list[np.ndarray]:
     """The mask at the start and after each of the ``t_max`` greedy steps, ``(H, W)`` uint8 at the working size."""
-    from rl_agents.algo.inference import apply_actions, encode, step_policy
+    from rl_agents.algo.inference import apply_actions, encode, greedy_actions, step_policy
 
     if getattr(m.model, "is_unet", False):
         raise ValueError("the U-Net segments in one step: a GIF of the steps is for PixelDRL-MG checkpoints")
@@ -103,7 +103,7 @@ def mask_steps(m: Loaded, image: np.ndarray) -> list[np.ndarray]:
     context = encode(m.model, x)
     for _ in range(m.cfg.t_max):
         logits = step_policy(m.model, context, state)
-        state = apply_actions(state, logits.argmax(dim=1), m.model.n_actions)
+        state = apply_actions(state, greedy_actions(logits), m.model.n_actions)
         frames.append(state[0].to(torch.uint8).cpu().numpy())
     return frames
 
