@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import time
-from dataclasses import asdict, replace
+from dataclasses import asdict, fields, replace
 from pathlib import Path
 
 from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
@@ -112,15 +112,8 @@ def data_info(args: argparse.Namespace) -> int:
 
 
 def env_demo(args: argparse.Namespace) -> int:
-    cfg = demo.DemoConfig(
-        size=args.size,
-        difficulty=args.difficulty,
-        n_patients=args.n_patients,
-        batch_size=args.batch_size,
-        t_max=args.t_max,
-        action_set=args.action_set,
-        seed=args.seed,
-    )
+    # every flag of env-demo is a DemoConfig field (the others keep their defaults)
+    cfg = demo.DemoConfig(**{f.name: getattr(args, f.name) for f in fields(demo.DemoConfig) if hasattr(args, f.name)})
     console.print(f"env-demo config: {asdict(cfg)}")
     t0 = time.perf_counter()
     results = demo.env_demo(cfg)

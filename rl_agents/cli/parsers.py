@@ -106,8 +106,7 @@ def _report_commands(sub) -> None:
     ev.set_defaults(run="reports:evaluate")
 
     cv = sub.add_parser("cv-report", help="k-fold CV sweep: two variants compared fold by fold on test patients")
-    cv.add_argument("--experiment", required=True, help="the sweep's experiment, e.g. cv-heart")
-    cv.add_argument("--storage", default="runs/tune", help="the sweep's storage folder (default runs/tune)")
+    _add_sweep_args(cv, "cv-heart")
     cv.add_argument("--a", default="pixeldrl", help="variant A (default pixeldrl)")
     cv.add_argument("--b", default="unet", help="variant B, the baseline (default unet)")
     cv.add_argument("--split", default="test", choices=("train", "val", "test"),
@@ -119,8 +118,7 @@ def _report_commands(sub) -> None:
     cv.set_defaults(run="reports:cv_report")
 
     ab = sub.add_parser("ablation-report", help="k-fold ablation sweep: every variant minus the baseline, by fold")
-    ab.add_argument("--experiment", required=True, help="the sweep's experiment, e.g. ablation-heart")
-    ab.add_argument("--storage", default="runs/tune", help="the sweep's storage folder (default runs/tune)")
+    _add_sweep_args(ab, "ablation-heart")
     ab.add_argument("--baseline", default="base", help="the variant every row is paired with (default base)")
     ab.add_argument("--json", default=None, help="write every per-fold figure, budgets and the machine here")
     ab.add_argument("--only", default=None, help="comma-separated variants to report (e.g. those with every fold done)")
@@ -167,3 +165,8 @@ def _add_nifti_args(p: argparse.ArgumentParser) -> None:
                    help="nifti: volume axis cut into 2-D slices (default -1, the last)")
     p.add_argument("--label-value", type=int, default=None,
                    help="nifti: foreground = label == VALUE (default: any label > 0)")
+
+
+def _add_sweep_args(p: argparse.ArgumentParser, example: str) -> None:
+    p.add_argument("--experiment", required=True, help=f"the sweep's experiment, e.g. {example}")
+    p.add_argument("--storage", default="runs/tune", help="the sweep's storage folder (default runs/tune)")
