@@ -244,7 +244,7 @@ def main() -> None:
         "unet": forward_flops(unet, args.in_channels, args.size)}
     rec["parameters"] = {"pixeldrl-mg": count_parameters(pa3c), "unet": count_parameters(unet)}
     x = torch.rand(16, args.in_channels, args.size, args.size)
-    recipe = segmenter(once_network(args.in_channels, attn_stride=2), ONCE_T_MAX)
+    recipe = segmenter(once_network(args.in_channels, **ONCE_ROWS["pixeldrl-mg-once-attn2"]), ONCE_T_MAX)
     with torch.inference_mode():
         rec["pixeldrl_step_top_ops"] = top_ops(lambda: pa3c.eval().policy(x))
         rec["pixeldrl_once_attn2_segment_top_ops"] = top_ops(lambda: recipe(x))

@@ -179,7 +179,7 @@ class PixelDRLNet(nn.Module):
             raise ValueError(f"head_stride must be 1 or 2, got {head_stride}")
         if attn_stride not in ATTN_STRIDES:
             raise ValueError(f"attn_stride must be one of {ATTN_STRIDES}, got {attn_stride}")
-        self.step_features, self.head_stride, self.attn_stride = step_features, head_stride, attn_stride
+        self.step_features, self.head_stride = step_features, head_stride
         self.use_attention, self.use_dilation = attention, dilation
         self.blocks = nn.ModuleList()
         self.downsample = [b.downsample for b in spec.blocks]
@@ -264,23 +264,23 @@ class PixelDRLNet(nn.Module):
         """The heads on ``[context, mask]`` at the context's resolution (pooled under ``head_stride``), answered at
         the mask's."""
         mask = state[:, None].to(context.dtype)
-        if self.head_stride == 1:
-            return self.heads(torch.cat([context, mask], dim=1), value=value)
-        h = torch.cat([context, F.avg_pool2d(mask, self.head_stride)], dim=1)
-        logits = bilinear_resize(self.policy_head(h), state.shape[-2:])
-        values = bilinear_resize(self.value_head(h), state.shape[-2:])[:, 0] if value else None
-        return logits, values
+        if self.head_stride > 1:
+            mask = F.avg_pool2d(mask, self.head_stride)
+        return self.heads(torch.cat([context, mask], dim=1), value=value, size=state.shape[-2:])
 
-    def heads(self, h: torch.Tensor, value: bool = True) -> tuple[torch.Tensor, torch.Tensor | None]:
+    def heads(self, h: torch.Tensor, value: bool = True,
+              size: torch.Size | None = None) -> tuple[torch.Tensor, torch.Tensor | None]:
         """Policy logits and values (None unless ``value``) from the heads' input ``h`` ``(B, c, H, W)``. With
         ``head_stride=2`` (ours) the heads run on ``h`` average-pooled 2x2 and their outputs are upsampled
-        bilinearly: a quarter of the heads' FLOPs, which are most of a step's under ``step_features="once"``."""
-        size = h.shape[-2:]
-        if self.head_stride > 1:
-            h = F.avg_pool2d(h, self.head_stride)
+        bilinearly: a quarter of the heads' FLOPs, which are most of a step's under ``step_features="once"``.
+        ``size``: ``h`` is already at the heads' resolution and the answer is wanted at ``size``."""
+        if size is None:
+            size = h.shape[-2:]
+            if self.head_stride > 1:
+                h = F.avg_pool2d(h, self.head_stride)
         logits = self.policy_head(h)
         values = self.value_head(h) if value else None
-        if self.head_stride > 1:
+        if logits.shape[-2:] != size:
             logits = bilinear_resize(logits, size)
             values = bilinear_resize(values, size) if value else None
         return logits, (values[:, 0] if value else None)
