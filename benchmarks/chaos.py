@@ -96,8 +96,8 @@ def head_stop(out: Path, epochs: int = 8, head_timeout_s: float = 10) -> dict[st
     for k in ("RAY_ADDRESS", "RAY_AUTH_TOKEN_PATH", "MLFLOW_TRACKING_URI"):
         env.pop(k, None)
     cmd = [sys.executable, "train.py", "--config", str(SMOKE),
-           *_sets(["max_minutes=null", f"epochs={epochs}", "checkpoint_every=4", "eval_every=1000", "mlflow=false",
-                   f"head_timeout_s={head_timeout_s}"]), "--output-dir", str(out), "--quiet"]
+           *_sets(["budget.max_minutes=null", f"budget.epochs={epochs}", "eval.checkpoint_every=4", "eval.every=1000", "tracking.mlflow=false",
+                   f"ray.head_timeout_s={head_timeout_s}"]), "--output-dir", str(out), "--quiet"]
     last = out / "checkpoints" / "last.pt"
     res: dict[str, Any] = {"case": "head stopped", "head_timeout_s": head_timeout_s}
     head = RayHead(env, ["--num-cpus=2"]).start()
@@ -175,8 +175,8 @@ def node_removal(out: Path, epochs: int = 80, remove_at: int = 40, down_s: float
             nodes.append(cluster.add_node(**node_args))
             events.append({"event": "added", "t": time.time(), "update": upd})
 
-    cfg = load_config(SMOKE, ["max_minutes=null", "batch_size=8", f"epochs={epochs}", f"eval_every={epochs}",
-                              "report_every_s=0.5", "worker_cpus=1", "learner_cpus=0.25", "mlflow=false"])
+    cfg = load_config(SMOKE, ["budget.max_minutes=null", "optim.batch_size=8", f"budget.epochs={epochs}", f"eval.every={epochs}",
+                              "tracking.report_every_s=0.5", "ray.worker_cpus=1", "ray.learner_cpus=0.25", "tracking.mlflow=false"])
     with _loopback_only():
         cluster = Cluster(initialize_head=True, head_node_args=head_args)
         try:
@@ -212,8 +212,8 @@ def learner_kill(out: Path, epochs: int = 40) -> dict[str, Any]:
 
     kill = KillLearnerAfterCheckpoint(out / "checkpoints" / "last.pt", lead=2)
 
-    cfg = load_config(SMOKE, ["max_minutes=null", f"epochs={epochs}", "report_every_s=0.3", "checkpoint_every=4",
-                              "eval_every=1000", "mlflow=false"])
+    cfg = load_config(SMOKE, ["budget.max_minutes=null", f"budget.epochs={epochs}", "tracking.report_every_s=0.3", "eval.checkpoint_every=4",
+                              "eval.every=1000", "tracking.mlflow=false"])
     ray.init(num_cpus=2, include_dashboard=False, _node_ip_address="127.0.0.1", log_to_driver=False)
     try:
         m = train_distributed(cfg, out, quiet=True, on_report=kill)
@@ -259,9 +259,9 @@ def slow_learner(out: Path, workers: int = 4, delay_s: float = 0.25, epochs: int
     def sample(state):
         samples.append(object_store_usage())
 
-    cfg = load_config(SMOKE, ["max_minutes=null", f"epochs={epochs}", f"num_workers={workers}",
-                              f"worker_cpus={1.5 / workers}", "learner_cpus=0.25", "report_every_s=0.2",
-                              "eval_every=1000", "mlflow=false"])
+    cfg = load_config(SMOKE, ["budget.max_minutes=null", f"budget.epochs={epochs}", f"num_workers={workers}",
+                              f"ray.worker_cpus={1.5 / workers}", "ray.learner_cpus=0.25", "tracking.report_every_s=0.2",
+                              "eval.every=1000", "tracking.mlflow=false"])
     ray.init(num_cpus=2, include_dashboard=False, _node_ip_address="127.0.0.1", log_to_driver=False)
     try:
         m = train_distributed(cfg, out, quiet=True, on_report=sample, learner_cls=SlowLearner)
@@ -269,7 +269,7 @@ def slow_learner(out: Path, workers: int = 4, delay_s: float = 0.25, epochs: int
         ray.shutdown()
     from rl_agents.algo.agent import build_network
 
-    model_bytes = 4 * (count_parameters(build_network(cfg, 1)) + cfg.reward_kernel ** 2)
+    model_bytes = 4 * (count_parameters(build_network(cfg, 1)) + cfg.pa3c.reward_kernel ** 2)
     half = len(samples) // 2
     return {"case": "slow learner", "workers": workers, "learner_delay_s": delay_s, "samples": len(samples),
             "peak_object_store_bytes": max(b for b, _ in samples), "peak_objects": max(n for _, n in samples),

@@ -18,7 +18,7 @@ MODES = [("fp32", "fp32", False, None), ("tf32", "tf32", False, None), ("bf16", 
          ("bf16+channels_last", "bf16", True, None), ("bf16+compile", "bf16", False, "inductor")]
 
 # issue 23's cheaper options as a network row of their own (named options beyond the paper; the recipe)
-VARIANTS = {"small-once": ["preset=small", "step_features=once", "head_stride=2", "t_max=5"]}
+VARIANTS = {"small-once": ["network.preset=small", "network.step_features=once", "network.head_stride=2", "pa3c.t_max=5"]}
 
 
 def sync(device: torch.device) -> None:
@@ -66,12 +66,12 @@ def base_cfg(model: str, size: int, batch: int, precision: str, channels_last: b
              device: torch.device):
     preset = "small" if model == "unet" else model
     return load_config(None, [
-        f"model={'unet' if model == 'unet' else 'pixeldrl'}", f"preset={preset}", f"batch_size={batch}",
-        f"precision={precision}", f"channels_last={str(channels_last).lower()}",
-        f"compile={compile_ or 'null'}", f"device={device.type}", "mlflow=false", f"data.size={size}",
-    ] if model not in VARIANTS else [f"batch_size={batch}", f"precision={precision}",
-                                     f"channels_last={str(channels_last).lower()}", f"compile={compile_ or 'null'}",
-                                     f"device={device.type}", "mlflow=false", f"data.size={size}", *VARIANTS[model]])
+        f"model={'unet' if model == 'unet' else 'pixeldrl'}", f"network.preset={preset}", f"optim.batch_size={batch}",
+        f"compute.precision={precision}", f"compute.channels_last={str(channels_last).lower()}",
+        f"compute.compile={compile_ or 'null'}", f"compute.device={device.type}", "tracking.mlflow=false", f"data.size={size}",
+    ] if model not in VARIANTS else [f"optim.batch_size={batch}", f"compute.precision={precision}",
+                                     f"compute.channels_last={str(channels_last).lower()}", f"compute.compile={compile_ or 'null'}",
+                                     f"compute.device={device.type}", "tracking.mlflow=false", f"data.size={size}", *VARIANTS[model]])
 
 
 @functools.lru_cache(maxsize=None)
@@ -81,7 +81,7 @@ def forward_gflop(model: str, preset: str, size: int) -> float:
     from rl_agents.algo.model import forward_flops
     from rl_agents.engines.supervised import build_unet
 
-    net = build_unet(1) if model == "unet" else build_network(load_config(None, [f"preset={preset}"]), 1)
+    net = build_unet(1) if model == "unet" else build_network(load_config(None, [f"network.preset={preset}"]), 1)
     return forward_flops(net, 1, size) / 1e9
 
 
@@ -89,7 +89,7 @@ def make_stepper(model: str, cfg, device: torch.device, size: int):
     """``(step(), GFLOP per update, image-steps per update, env seconds counter, parameters)`` for one setting."""
     from rl_agents.algo.agent import PA3CAgent, make_train_env
 
-    n = max(cfg.batch_size, 8)
+    n = max(cfg.optim.batch_size, 8)
     images, masks = toy_data(n, size)
     env_time = [0.0]
     if model == "unet":
@@ -99,7 +99,7 @@ def make_stepper(model: str, cfg, device: torch.device, size: int):
 
         agent = UNetAgent(cfg, 1, n, device)
         loss_fn = DiceCELoss(sigmoid=True)
-        x, y = torch.as_tensor(images[: cfg.batch_size]), torch.as_tensor(masks[: cfg.batch_size, None]).float()
+        x, y = torch.as_tensor(images[: cfg.optim.batch_size]), torch.as_tensor(masks[: cfg.optim.batch_size, None]).float()
         accel = agent.accel
 
         def step():
@@ -111,7 +111,7 @@ def make_stepper(model: str, cfg, device: torch.device, size: int):
             agent.apply_gradients()
 
         params = sum(p.numel() for p in agent.model.parameters())
-        return step, 3 * cfg.batch_size * forward_gflop(model, cfg.preset, size), cfg.batch_size, env_time, params
+        return step, 3 * cfg.optim.batch_size * forward_gflop(model, cfg.network.preset, size), cfg.optim.batch_size, env_time, params
 
     agent = PA3CAgent(cfg, 1, n, device)
     env = make_train_env(cfg, images, masks, seed=0)
@@ -133,7 +133,7 @@ def make_stepper(model: str, cfg, device: torch.device, size: int):
     with FlopCounterMode(display=False) as counter:  # one real update, backward included, whatever the options
         step()
     gflop = counter.get_total_flops() / 1e9
-    return step, gflop, cfg.batch_size * cfg.t_max, env_time, sum(p.numel() for p in agent.model.parameters())
+    return step, gflop, cfg.optim.batch_size * cfg.pa3c.t_max, env_time, sum(p.numel() for p in agent.model.parameters())
 
 
 def measure(step, device: torch.device, warmup: int, min_updates: int, max_s: float) -> tuple[float, float, int]:

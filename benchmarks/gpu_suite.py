@@ -220,15 +220,15 @@ def part_quality(suite: Suite, device: torch.device, data: str | None) -> None:
                 rec["rows"].append({"model": name, "status": "skipped: part budget spent"})
                 continue
             cfg = load_config(ROOT / "tune_configs" / "paper_brain.yaml", src + [
-                f"data.size={size}", f"model={model}", f"device={device.type}", "mlflow=false",
-                f"max_minutes={minutes}", "epochs=100000", "eval_every=100000", "checkpoint_every=100000",
-                "eval_max_images=null", "precision=bf16" if device.type == "cuda" else "precision=fp32",
-                f"eval_every={eval_cadence(name, suite.dry_run)}",
-            ] + ([] if model == "unet" else [f"preset={name}"]) + (["batch_size=8"] if model == "unet" else []))
+                f"data.size={size}", f"model={model}", f"compute.device={device.type}", "tracking.mlflow=false",
+                f"budget.max_minutes={minutes}", "budget.epochs=100000", "eval.every=100000", "eval.checkpoint_every=100000",
+                "eval.max_images=null", "compute.precision=bf16" if device.type == "cuda" else "compute.precision=fp32",
+                f"eval.every={eval_cadence(name, suite.dry_run)}",
+            ] + ([] if model == "unet" else [f"network.preset={name}"]) + (["optim.batch_size=8"] if model == "unet" else []))
             t = time.perf_counter()
             m = train(cfg, suite.out / f"quality_{name}", quiet=True)
-            row = {"model": name, "status": "ok", "train_minutes": round(minutes, 2), "precision": cfg.precision,
-                   "batch_size": cfg.batch_size, "size": size, "params": m["params"], "updates": m["updates"],
+            row = {"model": name, "status": "ok", "train_minutes": round(minutes, 2), "precision": cfg.compute.precision,
+                   "batch_size": cfg.optim.batch_size, "size": size, "params": m["params"], "updates": m["updates"],
                    "best_update": m["best_update"], "wall_s": round(time.perf_counter() - t, 1),
                    "n_train": m["n_train"], "n_val": m["n_val"],
                    **{k: v for k, v in m.items() if k.startswith("val/")}}
@@ -266,7 +266,7 @@ def part_latency(suite: Suite, device: torch.device) -> None:
                 with torch.no_grad(), accel.autocast():
                     if model == "unet":
                         return (net(x)[:, 0] > 0).cpu()
-                    return segment(net, x, cfg.t_max, batch_size=batch, device=device)
+                    return segment(net, x, cfg.pa3c.t_max, batch_size=batch, device=device)
 
             try:
                 times = timed_calls(call, device, deadline, warmup=1 if suite.dry_run else 2,
@@ -328,8 +328,8 @@ def ray_rows(suite: Suite, rec: dict, plan, seconds: float, size: int, gpu: bool
             rec["rows"].append({**row, "status": "skipped: part budget spent"})
             continue
         try:
-            r = ray_run(size, n, seconds, overrides={"learner_gpus": learner_gpus, "report_every_s": 1.0,
-                                                     "device": "cuda" if learner_gpus else "cpu"},
+            r = ray_run(size, n, seconds, overrides={"ray.learner_gpus": learner_gpus, "tracking.report_every_s": 1.0,
+                                                     "compute.device": "cuda" if learner_gpus else "cpu"},
                         out_dir=suite.out / "ray_runs")
             row.update(status="ok", **{k: r[k] for k in ("updates_per_s", "pixel_agent_steps_per_s",
                                                          "per_worker_updates_per_s", "staleness_mean",

@@ -49,15 +49,15 @@ LGG = ROOT / "tune_configs" / "lgg_cpu.yaml"
 PARTS = ("distributions", "stock_training", "synthetic", "lgg")
 ARMS = {
     "local": ["engine=local", "num_workers=0"],
-    "ray": ["engine=ray", "num_workers=2", "worker_cpus=0.5", "learner_cpus=0.25"],
+    "ray": ["engine=ray", "num_workers=2", "ray.worker_cpus=0.5", "ray.learner_cpus=0.25"],
     "rllib_appo": ["engine=rllib_appo", "num_workers=0"],
-    "rllib_appo_remote": ["engine=rllib_appo", "num_workers=1", "worker_cpus=0.5"],
+    "rllib_appo_remote": ["engine=rllib_appo", "num_workers=1", "ray.worker_cpus=0.5"],
 }
 
 
 def arm(name: str, base: Path, overrides: list[str], seconds: float, target: float, out: Path) -> dict:
-    cfg = load_config(base, [*overrides, *ARMS[name], f"max_minutes={seconds / 60}", "epochs=100000",
-                             "max_updates=null", "mlflow=false", "seed=0"])
+    cfg = load_config(base, [*overrides, *ARMS[name], f"budget.max_minutes={seconds / 60}", "budget.epochs=100000",
+                             "budget.max_updates=null", "tracking.mlflow=false", "seed=0"])
     t0 = time.perf_counter()
     m = run_training(cfg, out / name, quiet=True)
     hist = [h for h in m["history"] if "val/dice" in h]
@@ -149,7 +149,7 @@ def stock_training(updates: int = 3, size: int = 32, batch: int = 8) -> dict:
     from rl_agents.engines.rllib.engine import MODULE
     from rl_agents.engines.ray_runtime import connect
 
-    cfg = load_config(SMOKE, ["engine=rllib_appo", "num_workers=0", "mlflow=false", f"batch_size={batch}",
+    cfg = load_config(SMOKE, ["engine=rllib_appo", "num_workers=0", "tracking.mlflow=false", f"optim.batch_size={batch}",
                               f"data.size={size}", "seed=0"])
     started = connect(None, 2)
     module_cls, learner_cls = stock_classes()
@@ -174,8 +174,8 @@ def stock_training(updates: int = 3, size: int = 32, batch: int = 8) -> dict:
             import ray
 
             ray.shutdown()
-    steps = batch * cfg.t_max * size * size
-    row = {"size": size, "batch": batch, "t_max": cfg.t_max, "updates_timed": updates}
+    steps = batch * cfg.pa3c.t_max * size * size
+    row = {"size": size, "batch": batch, "t_max": cfg.pa3c.t_max, "updates_timed": updates}
     for name, ts in times.items():
         mean = sum(ts) / len(ts)
         row[name] = {"s_per_update": round(mean, 3), "updates_per_s": round(1 / mean, 4),
@@ -216,9 +216,9 @@ def main() -> None:
     if "stock_training" in parts:
         res["stock_training"] = stock_training(args.stock_updates)
         print(json.dumps(res["stock_training"]), flush=True)
-    synthetic = ["batch_size=8", "eval_every=25", "checkpoint_every=100000"]
+    synthetic = ["optim.batch_size=8", "eval.every=25", "eval.checkpoint_every=100000"]
     # LGG at 64 px (the scaling benchmark's size), 4 images of 10 steps per update as lgg_cpu.yaml
-    lgg = ["data.size=64", "eval_every=50", "checkpoint_every=100000", *PAPER_STEP]
+    lgg = ["data.size=64", "eval.every=50", "eval.checkpoint_every=100000", *PAPER_STEP]
     with tempfile.TemporaryDirectory() as tmp:
         if "synthetic" in parts:
             res["synthetic"] = []

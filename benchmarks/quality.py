@@ -26,21 +26,21 @@ ROOT = Path(__file__).resolve().parents[1]
 MAIN: dict[str, tuple[str, list[str], str]] = {
     "PixelDRL-MG small, PA3C (paper actions)": ("tune_configs/lgg_cpu.yaml", ["data.size=128", *PAPER_STEP], "runs/lgg_small"),
     "U-Net (MONAI, Dice+BCE)": (
-        "tune_configs/lgg_cpu.yaml", ["model=unet", "batch_size=8", "max_minutes=30", "data.size=128"], "runs/lgg_unet"
+        "tune_configs/lgg_cpu.yaml", ["model=unet", "optim.batch_size=8", "budget.max_minutes=30", "data.size=128"], "runs/lgg_unet"
     ),
 }
 
 # Ablation and extension rows at equal work: 800 updates at 64 px (a quarter of the 128 px cost, so five rows fit in
 # about half an hour with two rows training side by side, 1 thread each, on 2 cores). Compare them with each other,
 # not with the 55-minute rows above.
-_EQ = ["max_updates=800", "max_minutes=null", "threads=1", "data.size=64", *PAPER_STEP]
+_EQ = ["budget.max_updates=800", "budget.max_minutes=null", "compute.threads=1", "data.size=64", *PAPER_STEP]
 ABLATION: dict[str, tuple[str, list[str], str]] = {
     "small, PA3C (paper)": ("tune_configs/lgg_cpu.yaml", _EQ, "runs/abl_base"),
     "small, no self-attention (paper ablation)": (
-        "tune_configs/lgg_cpu.yaml", _EQ + ["attention=false"], "runs/abl_no_attention"),
-    "small, no dilation (paper ablation)": ("tune_configs/lgg_cpu.yaml", _EQ + ["dilation=false"], "runs/abl_no_dilation"),
-    "small, three actions (ours)": ("tune_configs/lgg_cpu.yaml", _EQ + ["action_set=three"], "runs/abl_three"),
-    "small, + balanced supervised aux (ours)": ("tune_configs/lgg_cpu.yaml", _EQ + ["aux_coef=1.0"], "runs/abl_aux"),
+        "tune_configs/lgg_cpu.yaml", _EQ + ["network.attention=false"], "runs/abl_no_attention"),
+    "small, no dilation (paper ablation)": ("tune_configs/lgg_cpu.yaml", _EQ + ["network.dilation=false"], "runs/abl_no_dilation"),
+    "small, three actions (ours)": ("tune_configs/lgg_cpu.yaml", _EQ + ["pa3c.action_set=three"], "runs/abl_three"),
+    "small, + balanced supervised aux (ours)": ("tune_configs/lgg_cpu.yaml", _EQ + ["pa3c.aux_coef=1.0"], "runs/abl_aux"),
 }
 SUITES = {"main": (MAIN, "benchmarks/results/quality_lgg.json"),
           "ablation": (ABLATION, "benchmarks/results/ablation_lgg.json")}

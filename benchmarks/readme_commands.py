@@ -98,7 +98,7 @@ def readme_commands(text: str) -> list[tuple[str, str, str]]:
 # the README, then the docs pages in the order a user meets them (later commands need what earlier ones wrote:
 # predict in training.md reads the run the README's first commands trained)
 DOCS = ("README.md", "docs/training.md", "docs/distributed.md", "docs/sweeps.md", "docs/clusters.md", "docs/data.md",
-        "docs/results.md", "docs/reliability.md", "docs/architecture.md", "docs/cost.md")
+        "docs/results.md", "docs/reliability.md", "docs/architecture.md", "docs/cost.md", "docs/config.md")
 
 
 def doc_commands(root: Path) -> list[tuple[str, str, str]]:

@@ -29,7 +29,7 @@ PLAN: dict[str, Step] = {
     "python -m pytest -q": Step(kind="skip", reason="the test suite is what .ci/run runs (same command); its time "
                                 "is in the CI run of this commit, not repeated here"),
     # Training and evaluation
-    "python train.py --config tune_configs/lgg_cpu.yaml --set max_minutes=8 --set threads=1 --output-dir runs/lgg8": Step(
+    "python train.py --config tune_configs/lgg_cpu.yaml --set budget.max_minutes=8 --set compute.threads=1 --output-dir runs/lgg8": Step(
         kind="cap", cap_s=120, reason="an 8-minute run; stopped with Ctrl-C after 120 s"),
     "python train.py --config tune_configs/lgg_cpu.yaml --output-dir runs/lgg": Step(
         kind="cap", cap_s=900, until="runs/lgg/checkpoints/best.pt",
@@ -39,7 +39,7 @@ PLAN: dict[str, Step] = {
     "python train.py --config tune_configs/heart_cpu.yaml --output-dir runs/heart": Step(
         kind="cap", cap_s=900, until="runs/heart/checkpoints/best.pt",
         reason="a 12-minute run; stopped with Ctrl-C once its first best.pt exists (predict below needs it)"),
-    "python train.py --set lr=3e-4 --set t_max=5 --set data.synthetic.difficulty=hard": Step(
+    "python train.py --set optim.lr=3e-4 --set pa3c.t_max=5 --set data.synthetic.difficulty=hard": Step(
         kind="cap", cap_s=60, reason="a 10-minute run; stopped with Ctrl-C after 60 s"),
     "pixeldrl baseline --config tune_configs/lgg_cpu.yaml --output-dir runs/unet": Step(
         kind="cap", cap_s=90, reason="a 55-minute run; stopped with Ctrl-C after 90 s"),
@@ -80,18 +80,18 @@ PLAN: dict[str, Step] = {
         subs={"<model id>": "{model_id}"},
         reason="<model id> = the newest model logged in this clone's MLflow store; x = a batch of 3 random images"),
     # Distributed training on Ray
-    "python train.py --set num_workers=2 --set worker_cpus=1 --set learner_cpus=0": Step(
+    "python train.py --set num_workers=2 --set ray.worker_cpus=1 --set ray.learner_cpus=0": Step(
         kind="cap", cap_s=60, reason="a 10-minute run; stopped with Ctrl-C after 60 s"),
     "python train.py --config tune_configs/smoke.yaml": Step(),
     "export RAY_AUTH_MODE=token": Step(),
     "python train.py --config tune_configs/smoke.yaml --set engine=rllib_appo --set num_workers=0 --set "
-    "batch_size=8 --set epochs=60": Step(),
+    "optim.batch_size=8 --set budget.epochs=60": Step(),
     "ray job submit --address http://127.0.0.1:8265 --working-dir . --runtime-env-json "
     '"{\\"env_vars\\": {\\"MLFLOW_TRACKING_URI\\": \\"sqlite:///$PWD/mlflow.db\\"}}" -- python train.py --config '
-    "tune_configs/lgg_cpu.yaml --set num_workers=14 --set learner_gpus=1 --output-dir /shared/runs/lgg": Step(
+    "tune_configs/lgg_cpu.yaml --set num_workers=14 --set ray.learner_gpus=1 --output-dir /shared/runs/lgg": Step(
         ray_head=True,
         subs={"tune_configs/lgg_cpu.yaml": "tune_configs/smoke.yaml", "num_workers=14": "num_workers=2",
-              "learner_gpus=1": "learner_gpus=0", "/shared/runs/lgg": "$PWD/runs/job"},
+              "ray.learner_gpus=1": "ray.learner_gpus=0", "/shared/runs/lgg": "$PWD/runs/job"},
         reason="on a local head (token auth, 127.0.0.1:8265, 2 CPUs): the smoke config with 2 workers, no GPU, "
                "and an output folder that exists here, instead of 14 workers and a GPU learner"),
     # Sweeps and tracking
@@ -126,7 +126,7 @@ PLAN: dict[str, Step] = {
     "RAY_AUTH_MODE=token ray job submit --address http://127.0.0.1:8265 --working-dir . --runtime-env-json "
     "'{\"env_vars\": {\"MLFLOW_TRACKING_URI\": \"http://127.0.0.1:5000\"}}' -- python train.py --config "
     "tune_configs/paper_brain.yaml --set data.format=parquet --set data.path=s3://BUCKET/lgg --set num_workers=14 "
-    "--set learner_gpus=1 --output-dir /home/ray/runs/paper": Step(kind="skip", reason=NO_CLOUD),
+    "--set ray.learner_gpus=1 --output-dir /home/ray/runs/paper": Step(kind="skip", reason=NO_CLOUD),
     "ray down cluster/aws.yaml": Step(kind="skip", reason=NO_CLOUD),
     "docker build -f cluster/kuberay/Dockerfile -t REGISTRY/pixeldrl-mg:0.1.0 . && docker push "
     "REGISTRY/pixeldrl-mg:0.1.0": Step(kind="skip", reason=NO_K8S),
@@ -140,7 +140,7 @@ PLAN: dict[str, Step] = {
     "ray start --head --node-ip-address=127.0.0.1 --port=6379 --num-cpus=1 "
     "--autoscaling-config=cluster/fake_multinode.yaml": Step(),
     "ray job submit -- python $PWD/train.py --config $PWD/tune_configs/smoke.yaml --set num_workers=4 --set "
-    "worker_cpus=1 --set learner_cpus=1 --set learner_gpus=1": Step(),
+    "ray.worker_cpus=1 --set ray.learner_cpus=1 --set ray.learner_gpus=1": Step(),
     "ray status": Step(),
     "ray stop": Step(),
     # Data
@@ -149,8 +149,8 @@ PLAN: dict[str, Step] = {
     "pixeldrl prepare-data ../shared/data/lgg_kaggle_3m s3://my-bucket/lgg/v1 --format lgg": Step(
         kind="skip", reason="no object store reachable from this machine (no network, no credentials); the s3:// "
                             "path goes through pyarrow's filesystem layer, tested with a local file:// URI"),
-    "pixeldrl data-info --format lgg --path ../shared/data/lgg_kaggle_3m --channels 1": Step(),
-    "pixeldrl data-info --format parquet --path shards/lgg --k-shot 50": Step(),
+    "pixeldrl data-info --config tune_configs/lgg_cpu.yaml": Step(),
+    "pixeldrl data-info --config tune_configs/lgg_cpu.yaml --set data.format=parquet --set data.path=shards/lgg --set data.k_shot=50": Step(),
     # The pixel-agent environment
     "import gymnasium as gym\n"
     "import pixelrl_env\n"

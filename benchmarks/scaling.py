@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import argparse
 import time
-from dataclasses import replace
 from pathlib import Path
 
 from rl_agents.experiment.provenance import command, describe, write_json
@@ -33,29 +32,29 @@ from rl_agents.experiment.provenance import command, describe, write_json
 import ray
 import torch
 
-from rl_agents.config import PAPER_STEP, load_config
+from rl_agents.config import PAPER_STEP, load_config, override
 from rl_agents.experiment.lifecycle import train_distributed
 from rl_agents.engines.hogwild import run_hogwild
 
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def _cfg(size: int, **kw):
+def _cfg(size: int):
     cfg = load_config(None, [
-        f"data.size={size}", f"data.synthetic.size={size}", "data.synthetic.n_patients=40", "batch_size=4",
-        "t_max=10", "learner_cpus=0", "worker_cpus=1", "epochs=100000", "max_updates=null", "eval_every=1000000",
-        "checkpoint_every=1000000", "report_every_s=2", "rollouts_per_call=2",
+        f"data.size={size}", f"data.synthetic.size={size}", "data.synthetic.n_patients=40", "optim.batch_size=4",
+        "pa3c.t_max=10", "ray.learner_cpus=0", "ray.worker_cpus=1", "budget.epochs=100000", "budget.max_updates=null", "eval.every=1000000",
+        "eval.checkpoint_every=1000000", "tracking.report_every_s=2", "ray.rollouts_per_call=2",
     ])
-    return replace(cfg, **kw)
+    return cfg
 
 
 def ray_run(size: int, n: int, seconds: float, slowdown=None, cfg=None, overrides: dict | None = None,
             out_dir: Path | None = None) -> dict:
     """``n`` Ray workers for ``seconds``; a local 2-CPU Ray unless one is already running (the GPU suite's)."""
-    cfg = replace(cfg or _cfg(size), num_workers=n, max_minutes=seconds / 60, worker_slowdown=slowdown,
-                  **(overrides or {}))
+    cfg = override(cfg or _cfg(size), {"num_workers": n, "budget.max_minutes": seconds / 60,
+                                       "ray.worker_slowdown": slowdown, **(overrides or {})})
     size = cfg.data.size
-    px_per_update = cfg.batch_size * cfg.t_max * size * size
+    px_per_update = cfg.optim.batch_size * cfg.pa3c.t_max * size * size
     samples = []
     started = not ray.is_initialized()
     if started:
@@ -89,7 +88,7 @@ def local_run(size: int, threads: int, seconds: float, cfg=None) -> dict:
     from rl_agents.engines.local import LocalEngine
     from rl_agents.experiment.lifecycle import train
 
-    cfg = replace(cfg or _cfg(size), num_workers=0, threads=threads, max_minutes=seconds / 60)
+    cfg = override(cfg or _cfg(size), {"num_workers": 0, "compute.threads": threads, "budget.max_minutes": seconds / 60})
     size = cfg.data.size
     times: list[float] = []
 
@@ -104,13 +103,13 @@ def local_run(size: int, threads: int, seconds: float, cfg=None) -> dict:
     rate = (len(times) - 1) / dt
     return {"system": "local", "threads": threads, "interop_threads": torch.get_num_interop_threads(),
             "window_s": round(dt, 1), "updates_per_s": rate,
-            "pixel_agent_steps_per_s": rate * cfg.batch_size * cfg.t_max * size * size,
+            "pixel_agent_steps_per_s": rate * cfg.optim.batch_size * cfg.pa3c.t_max * size * size,
             "per_worker_updates_per_s": [rate]}
 
 
 def hogwild_run(size: int, n: int, seconds: float) -> dict:
     cfg = _cfg(size)
-    px_per_update = cfg.batch_size * cfg.t_max * size * size
+    px_per_update = cfg.optim.batch_size * cfg.pa3c.t_max * size * size
     out = run_hogwild(cfg, n, seconds)
     t0 = max(min(ts) for ts in out["times"].values())  # every process has finished one update
     t1 = min(max(ts) for ts in out["times"].values())
@@ -121,8 +120,8 @@ def hogwild_run(size: int, n: int, seconds: float) -> dict:
 
 def lgg_time_to_dice(n: int, target: float, minutes: float) -> dict:
     cfg = load_config(ROOT / "tune_configs" / "lgg_cpu.yaml", [
-        "data.size=64", f"num_workers={n}", "worker_cpus=1", "learner_cpus=0", f"stop_at_val_dice={target}",
-        f"max_minutes={minutes}", "eval_every=25", "eval_max_images=null", "checkpoint_every=100", *PAPER_STEP,
+        "data.size=64", f"num_workers={n}", "ray.worker_cpus=1", "ray.learner_cpus=0", f"budget.stop_at_val_dice={target}",
+        f"budget.max_minutes={minutes}", "eval.every=25", "eval.max_images=null", "eval.checkpoint_every=100", *PAPER_STEP,
     ])
     ray.init(num_cpus=2, include_dashboard=False, _node_ip_address="127.0.0.1", log_to_driver=False)
     try:
@@ -231,8 +230,8 @@ def main() -> None:
     summary = _summary(runs)
     if args.equal_cores_lgg:
         lgg = load_config(ROOT / "tune_configs" / "lgg_cpu.yaml", [
-            "worker_cpus=1", "learner_cpus=0", "eval_every=1000000", "checkpoint_every=1000000", "report_every_s=2",
-            "rollouts_per_call=2", "epochs=100000", "data.size=128", *PAPER_STEP])
+            "ray.worker_cpus=1", "ray.learner_cpus=0", "eval.every=1000000", "eval.checkpoint_every=1000000", "tracking.report_every_s=2",
+            "ray.rollouts_per_call=2", "budget.epochs=100000", "data.size=128", *PAPER_STEP])
         runs["lgg_local2"] = local_run(lgg.data.size, 2, args.seconds, cfg=lgg)
         runs["lgg_ray2"] = ray_run(lgg.data.size, 2, args.seconds, cfg=lgg)
         summary["lgg_ray_2_over_local_2_threads"] = runs["lgg_ray2"]["updates_per_s"] / runs["lgg_local2"]["updates_per_s"]
@@ -245,9 +244,9 @@ def main() -> None:
     base = _cfg(args.size)  # what every synthetic run above was built from, read back rather than restated
     gpu = torch.cuda.get_device_name() if torch.cuda.is_available() else None
     out = {"command": command(), "machine": {**describe(), "gpu": gpu},
-           "setup": {"size": base.data.size, "batch_size": base.batch_size, "t_max": base.t_max,
-                     "preset": base.preset, "threads_per_worker": 1, "seconds": args.seconds,
-                     "learner_cpus": base.learner_cpus,
+           "setup": {"size": base.data.size, "batch_size": base.optim.batch_size, "t_max": base.pa3c.t_max,
+                     "preset": base.network.preset, "threads_per_worker": 1, "seconds": args.seconds,
+                     "learner_cpus": base.ray.learner_cpus,
                      "threads": "Ray workers and Hogwild processes: 1 intra-op thread each (torch.set_num_threads(1)); "
                                 "local1/local2: one process with 1 / 2 intra-op threads; inter-op threads: torch's "
                                 "default (reported per local run)"},

@@ -105,7 +105,7 @@ def pa3c_update(cfg, hooks, images, masks):
         grads, _ = agent.compute_gradients(env, gen)
         agent.apply_gradients(grads)
 
-    return update, {"steps_per_update": cfg.t_max}
+    return update, {"steps_per_update": cfg.pa3c.t_max}
 
 
 def unet_update(cfg, hooks, images, masks):
@@ -126,7 +126,7 @@ def unet_update(cfg, hooks, images, masks):
 
     def update() -> None:
         with phase("batch"):
-            idx = torch.as_tensor(eng.rng.choice(len(eng.tr), size=min(cfg.batch_size, len(eng.tr)), replace=False))
+            idx = torch.as_tensor(eng.rng.choice(len(eng.tr), size=min(cfg.optim.batch_size, len(eng.tr)), replace=False))
             x, y = eng.images[idx], eng.masks[idx]
             if eng.augment is not None:
                 im, m = eng.augment(x.numpy(), y[:, 0].numpy(), eng.rng)
@@ -209,9 +209,9 @@ def run_row(row: dict, base: dict, variants: dict, size: int, args) -> dict:
         update, extra = make(cfg, row.get("hooks", ()), images, masks)
     except (ValueError, TypeError, AttributeError) as e:  # a config or hook the installed code does not have
         return {**rec, "status": "skipped", "reason": f"{type(e).__name__}: {e}"}
-    rec.update(status="ok", model=cfg.model, batch_size=cfg.batch_size, t_max=cfg.t_max,
+    rec.update(status="ok", model=cfg.model, batch_size=cfg.optim.batch_size, t_max=cfg.pa3c.t_max,
                rollout_mode=getattr(cfg, "rollout_mode", None))
-    return {**rec, **measure(update, extra, cfg.batch_size, args)}
+    return {**rec, **measure(update, extra, cfg.optim.batch_size, args)}
 
 
 def add_ratios(rows: list[dict], peak: float) -> None:

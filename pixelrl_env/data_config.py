@@ -24,19 +24,21 @@ class DataConfig:
     normalize: str = "minmax"
     drop_empty: bool = True  # drop slices without foreground, as the paper does
     split: tuple[float, float, float] = (0.7, 0.1, 0.2)  # train/val/test fractions of groups
-    seed: int = 0
+    seed: int = 0  # seeds the split of groups into train/val/test (and the synthetic images)
     # patient-level k-fold cross-validation: k folds of groups, fold `fold` is the test set, validation groups are
     # split[1] / (split[0] + split[1]) of the rest (split[2] unused); null = the train/val/test split above
     folds: int | None = None
     fold: int = 0  # which fold (0..folds-1) is the test set
     k_shot: int | None = None  # keep only k training slices (50, 100 in the paper's low-resource study)
-    train_empty: float = 0.0  # with drop_empty: keep this fraction of the training split's empty slices (ours;
-    # a user's scan is mostly empty slices, which a model trained on foreground slices only never saw)
-    skip_bad: bool = False
+    # with drop_empty: keep this fraction of the training split's empty slices (ours; a user's scan is mostly empty
+    # slices, which a model trained on foreground slices only never saw)
+    train_empty: float = 0.0
+    skip_bad: bool = False  # log and skip unreadable or invalid files instead of stopping
     group_pattern: str | None = None  # folder format: regex on the file stem giving the patient id
     context: int = 0  # 2.5-D: this many neighbouring slices on either side of a slice join it as channels (ours)
     slice_axis: int = -1  # nifti: the volume axis cut into 2-D slices (-1 = last, the axial axis of MSD volumes)
     label_value: int | None = None  # nifti: foreground = label == this value; null = any label > 0
+    # the built-in generator: patients, slices per patient, image side, difficulty (easy | medium | hard)
     synthetic: dict = field(
         default_factory=lambda: {"n_patients": 20, "slices_per_patient": 8, "size": 128, "difficulty": "easy"}
     )

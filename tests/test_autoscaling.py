@@ -62,9 +62,9 @@ def test_fake_cluster_scales_up_for_a_gpu_learner_and_workers_then_down(tmp_path
             RAY + ["job", "submit", "--address", head.dashboard_url, "--",
                    sys.executable, str(ROOT / "train.py"), "--config", str(ROOT / "tune_configs" / "smoke.yaml"),
                    "--output-dir", str(out), "--quiet",
-                   "--set", "num_workers=4", "--set", "worker_cpus=1", "--set", "learner_cpus=1",
-                   "--set", "learner_gpus=1", "--set", "max_updates=16", "--set", "epochs=1000",
-                   "--set", "mlflow=false"],
+                   "--set", "num_workers=4", "--set", "ray.worker_cpus=1", "--set", "ray.learner_cpus=1",
+                   "--set", "ray.learner_gpus=1", "--set", "budget.max_updates=16", "--set", "budget.epochs=1000",
+                   "--set", "tracking.mlflow=false"],
             cwd=ROOT, env=env, capture_output=True, text=True, timeout=SUBMIT)
         assert job.returncode == 0, job.stdout[-4000:] + job.stderr[-4000:]
         metrics = json.loads((out / "metrics.json").read_text())

@@ -118,9 +118,9 @@ def test_the_rest_trains(bad_folder: Path, tmp_path: Path, caplog, reliability):
     from rl_agents.experiment.lifecycle import train
 
     cfg = load_config(None, ["data.format=folder", f"data.path={bad_folder}", "data.size=32", "data.skip_bad=true",
-                             "data.group_pattern='^([a-z0-9]+?)_'", "data.split=[0.6, 0.2, 0.2]", "max_updates=2",
-                             "max_minutes=null", "eval_every=2", "checkpoint_every=2", "t_max=2", "batch_size=2",
-                             "num_workers=0", "threads=1", "mlflow=false"])
+                             "data.group_pattern='^([a-z0-9]+?)_'", "data.split=[0.6, 0.2, 0.2]", "budget.max_updates=2",
+                             "budget.max_minutes=null", "eval.every=2", "eval.checkpoint_every=2", "pa3c.t_max=2", "optim.batch_size=2",
+                             "num_workers=0", "compute.threads=1", "tracking.mlflow=false"])
     metrics = train(cfg, tmp_path / "run", quiet=True)
     assert metrics["updates"] == 2 and (tmp_path / "run" / "checkpoints" / "best.pt").exists()
     assert 0 < metrics["n_train"] + metrics["n_val"] < N_GOOD

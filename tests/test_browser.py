@@ -40,7 +40,7 @@ def test_mlflow_ui_shows_a_runs_metrics_and_overlays_in_a_browser(tmp_path: Path
     store = f"sqlite:///{tmp_path / 'mlflow.db'}"
     monkeypatch.setenv("MLFLOW_TRACKING_URI", store)
     assert main(["train", "--config", str(ROOT / "tune_configs" / "smoke.yaml"), "--set", "num_workers=0",
-                 "--set", "epochs=1", "--set", "experiment=browser", "--set", "run_name=browser-run",
+                 "--set", "budget.epochs=1", "--set", "tracking.experiment=browser", "--set", "tracking.run_name=browser-run",
                  "--output-dir", str(tmp_path / "run"), "--quiet"]) == 0
     run = mlflow.search_runs(experiment_names=["browser"], output_format="list")[0]
     exp_id, run_id = run.info.experiment_id, run.info.run_id

@@ -15,9 +15,15 @@ from tests.conftest import lgg_on_disk, need_shared
 ROOT = Path(__file__).resolve().parents[1]
 
 
+def _demo_data(size: int, patients: int) -> list[str]:
+    """env-demo's --set flags for a synthetic set of this size (the medium difficulty: shapes with texture)."""
+    return [f for kv in (f"data.size={size}", f"data.synthetic.size={size}", f"data.synthetic.n_patients={patients}",
+                         "data.synthetic.difficulty=medium", "optim.batch_size=16") for f in ("--set", kv)]
+
+
 def test_env_demo_oracle_reaches_dice_one(tmp_path: Path, capsys):
     out = tmp_path / "demo.json"
-    assert main(["env-demo", "--size", "64", "--n-patients", "8", "--json", str(out)]) == 0
+    assert main(["env-demo", *_demo_data(64, 8), "--json", str(out)]) == 0
     res = json.loads(out.read_text())["results"]
     assert res["oracle"]["dice"] == 1.0 and res["oracle"]["biou"] == 1.0 and res["oracle"]["hd95"] == 0.0
     assert res["random"]["dice"] < 0.5
@@ -31,21 +37,20 @@ def test_env_demo_oracle_reaches_dice_one(tmp_path: Path, capsys):
 
 def test_env_demo_three_actions(tmp_path: Path):
     out = tmp_path / "demo.json"
-    assert main(["env-demo", "--size", "48", "--n-patients", "6", "--action-set", "three", "--json", str(out)]) == 0
+    assert main(["env-demo", *_demo_data(48, 6), "--set", "pa3c.action_set=three", "--json", str(out)]) == 0
     assert json.loads(out.read_text())["results"]["oracle"]["dice"] == 1.0
 
 
 def test_train_py_trains_by_default_and_runs_other_commands(tmp_path: Path):
     env = {**os.environ, "COLUMNS": "120"}
-    r = subprocess.run([sys.executable, "train.py", "--config", "tune_configs/smoke.yaml", "--set", "epochs=1", "--set", "num_workers=0",
+    r = subprocess.run([sys.executable, "train.py", "--config", "tune_configs/smoke.yaml", "--set", "budget.epochs=1", "--set", "num_workers=0",
                         "--output-dir", str(tmp_path / "run"), "--quiet"], cwd=ROOT, env=env,
                        capture_output=True, text=True, timeout=300)
     assert r.returncode == 0, r.stderr
     metrics = json.loads((tmp_path / "run" / "metrics.json").read_text())
     assert metrics["updates"] >= 1 and "val/dice" in metrics and "Dice" in r.stdout
     demo = tmp_path / "demo.json"
-    r = subprocess.run([sys.executable, "train.py", "env-demo", "--size", "48", "--n-patients", "6", "--json",
-                        str(demo)], cwd=ROOT, env=env, capture_output=True, text=True, timeout=120)
+    r = subprocess.run([sys.executable, "train.py", "env-demo", *_demo_data(48, 6), "--json", str(demo)], cwd=ROOT, env=env, capture_output=True, text=True, timeout=120)
     assert r.returncode == 0, r.stderr
     dice = _table_column(r.stdout, "Dice")
     assert dice["oracle"] == 1.0, r.stdout
@@ -88,8 +93,8 @@ def test_data_info_on_real_lgg(tmp_path: Path):
     out = tmp_path / "info.json"
     disk = lgg_on_disk(root)
     n_patients = len(disk["patients"])
-    assert main(["data-info", "--format", "lgg", "--path", str(root), "--channels", "1", "--keep-empty",
-                 "--json", str(out)]) == 0
+    assert main(["data-info", "--set", "data.format=lgg", "--set", f"data.path={root}", "--set", "data.channels=[1]",
+                 "--set", "data.drop_empty=false", "--json", str(out)]) == 0
     s = json.loads(out.read_text())
     parts = [s[k] for k in ("train", "val", "test")]
     assert s["n_read"] == disk["pairs"] and sum(p["slices"] for p in parts) == disk["pairs"]
@@ -107,13 +112,13 @@ def test_malformed_yaml_is_one_line_naming_file_and_line(tmp_path: Path, capsys)
         err = capsys.readouterr().err.strip()
         assert "Traceback" not in err and len(err.splitlines()) <= 2, err  # rich may wrap one long line
         assert re.search(rf"(config|sweep) file {re.escape(str(bad))}:\d+:\d+: not valid YAML", err.replace("\n", ""))
-    assert main(["train", "--set", "lr=[1e-3"]) == 2
-    assert "--set lr=[1e-3: the value is not valid YAML" in capsys.readouterr().err.replace("\n", "")
+    assert main(["train", "--set", "optim.lr=[1e-3"]) == 2
+    assert "--set optim.lr=[1e-3: the value is not valid YAML" in capsys.readouterr().err.replace("\n", "")
 
 
 def test_a_failed_command_leaves_no_empty_output_folder(tmp_path: Path):
     missing = tmp_path / "no-such-data"
-    assert main(["train", "--set", "data.format=lgg", "--set", f"data.path={missing}", "--set", "mlflow=false",
+    assert main(["train", "--set", "data.format=lgg", "--set", f"data.path={missing}", "--set", "tracking.mlflow=false",
                  "--output-dir", str(tmp_path / "run")]) == 2
     assert not (tmp_path / "run").exists()
     assert main(["prepare-data", str(missing), str(tmp_path / "pq"), "--format", "folder"]) == 2

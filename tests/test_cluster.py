@@ -64,7 +64,7 @@ def test_kuberay_manifests_have_what_matters():
     assert "nvidia.com/gpu" not in groups["cpu-worker"]["template"]["spec"]["containers"][0]["resources"]["limits"]
     assert job["kind"] == "RayJob" and job["spec"]["clusterSelector"]["ray.io/cluster"] == cluster["metadata"]["name"]
     entry = job["spec"]["entrypoint"]
-    assert entry.startswith("python /home/ray/pixeldrl/train.py --config ") and "learner_gpus=1" in entry
+    assert entry.startswith("python /home/ray/pixeldrl/train.py --config ") and "ray.learner_gpus=1" in entry
     config = entry.split("--config ")[1].split()[0].replace("/home/ray/pixeldrl/", "")
     assert (ROOT / config).is_file()
 

@@ -84,8 +84,8 @@ def test_a_25d_model_trains_and_is_evaluated_at_native_size(heart, tmp_path: Pat
     root, _ = heart
     cfg = load_config(None, [
         "data.format=nifti", f"data.path={root}", "data.size=8", "data.context=1", "data.split=[0.6, 0.2, 0.2]",
-        "max_updates=2", "max_minutes=null", "eval_every=2", "checkpoint_every=2", "t_max=2", "batch_size=2",
-        "num_workers=0", "threads=1", "mlflow=false"])
+        "budget.max_updates=2", "budget.max_minutes=null", "eval.every=2", "eval.checkpoint_every=2", "pa3c.t_max=2", "optim.batch_size=2",
+        "num_workers=0", "compute.threads=1", "tracking.mlflow=false"])
     m = train(cfg, tmp_path / "run", quiet=True)
     model, saved = load_model(tmp_path / "run" / "checkpoints" / "best.pt")
     assert saved.data.context == 1 and m["updates"] == 2

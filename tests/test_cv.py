@@ -39,8 +39,8 @@ def sweep(tmp_path_factory) -> Path:
             cfg = load_config(None, [
                 "data.format=synthetic", "data.size=32", f"data.folds={K}", f"data.fold={fold}",
                 "data.synthetic={n_patients: 6, slices_per_patient: 4, size: 32, difficulty: easy}",
-                "max_updates=2", "max_minutes=null", "eval_every=2", "checkpoint_every=2", "t_max=2", "batch_size=2",
-                "num_workers=0", "threads=1", "mlflow=false", *extra])
+                "budget.max_updates=2", "budget.max_minutes=null", "eval.every=2", "eval.checkpoint_every=2", "pa3c.t_max=2", "optim.batch_size=2",
+                "num_workers=0", "compute.threads=1", "tracking.mlflow=false", *extra])
             out = storage / "cv-t" / f"trial_{variant}_{fold}" / "run"
             train(cfg, out, quiet=True)
             record_trial(out, f"{variant}_{fold}", {"data.fold": fold, "variant": {"name": variant, **(
@@ -209,11 +209,11 @@ def test_cv_sweep_files_give_five_folds_of_each_model_at_equal_budget(name: str)
     assert len(trials) == 10
     assert sorted((v, c.data.fold) for v, c in trials) == [(v, f) for v in ("pixeldrl", "unet") for f in range(5)]
     for v, c in trials:
-        assert c.data.folds == 5 and c.model == v and c.threads == 1
-        assert c.max_updates is None and c.aux_coef == 0.0  # pure PA3C; the U-Net ignores it
-        assert c.batch_size == (8 if v == "unet" else 4)
+        assert c.data.folds == 5 and c.model == v and c.compute.threads == 1
+        assert c.budget.max_updates is None and c.pa3c.aux_coef == 0.0  # pure PA3C; the U-Net ignores it
+        assert c.optim.batch_size == (8 if v == "unet" else 4)
         assert Path(c.data.path).is_absolute()
-    budgets = {v: {c.max_minutes for w, c in trials if w == v} for v in ("pixeldrl", "unet")}
+    budgets = {v: {c.budget.max_minutes for w, c in trials if w == v} for v in ("pixeldrl", "unet")}
     assert budgets["pixeldrl"] == budgets["unet"] and len(budgets["unet"]) == 1  # equal wall clock, every fold
     assert next(iter(budgets["unet"])) > 0
 
@@ -352,7 +352,7 @@ def test_ablation_sweep_changes_one_thing_per_row_at_equal_updates():
     base = {c.data.fold: flatten(to_dict(c)) for v, c in trials if v["name"] == "base"}
     assert sorted(base) == [0, 1, 2]
     for v, c in trials:
-        assert c.max_updates == 200 and c.max_minutes is None and c.threads == 1 and c.data.folds == 5
+        assert c.budget.max_updates == 200 and c.budget.max_minutes is None and c.compute.threads == 1 and c.data.folds == 5
         diff = {k for k, x in flatten(to_dict(c)).items() if base[c.data.fold][k] != x}
         assert diff == set(flatten({k: x for k, x in v.items() if k != "name"})), v["name"]  # exactly its own change
 

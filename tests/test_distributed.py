@@ -29,7 +29,7 @@ def _grads(learner: Learner, value: float) -> list[np.ndarray]:
 
 @pytest.mark.parametrize("policy", ["drop", "downweight"])
 def test_learner_bounds_staleness(policy):
-    cfg = load_config(SMOKE, ["staleness_bound=1", f"stale_policy={policy}", "grad_clip=1e9"])
+    cfg = load_config(SMOKE, ["ray.staleness_bound=1", f"ray.stale_policy={policy}", "optim.grad_clip=1e9"])
     learner = Learner(to_dict(cfg), in_channels=3, n_train=40)
     g = _grads(learner, 1e-3)
     assert learner.push(0, 0, g, {"pixel_agent_steps": 10})[0] == 1  # fresh: applied
@@ -61,7 +61,7 @@ def test_learner_applies_a_gradient_id_once():
 
 
 def test_learner_stops_at_the_planned_updates():
-    cfg = load_config(SMOKE, ["max_updates=2"])
+    cfg = load_config(SMOKE, ["budget.max_updates=2"])
     learner = Learner(to_dict(cfg), in_channels=3, n_train=40)
     g = _grads(learner, 1e-3)
     learner.push(0, 0, g, {})
@@ -70,10 +70,10 @@ def test_learner_stops_at_the_planned_updates():
 
 
 def test_two_workers_train_checkpoint_and_resume(ray_local, tmp_path: Path):
-    cfg = load_config(SMOKE, ["max_minutes=null"])
+    cfg = load_config(SMOKE, ["budget.max_minutes=null"])
     m = train_distributed(cfg, tmp_path, quiet=True)
     planned = m["updates"]
-    assert planned == 2 * -(-m["n_train"] // cfg.batch_size)  # epochs x updates per epoch, no more
+    assert planned == 2 * -(-m["n_train"] // cfg.optim.batch_size)  # epochs x updates per epoch, no more
     assert m["stopped_by"] == "epochs" and m["workers/n"] == 2 and m["workers/restarts"] == 0
     assert len(m["perf/worker_updates_per_s"]) == 2 and min(m["perf/worker_updates_per_s"]) > 0  # both pushed
     assert m["perf/updates_per_s"] > 0 and m["pixel_agent_steps"] == planned * 4 * 3 * 32 * 32
@@ -84,14 +84,14 @@ def test_two_workers_train_checkpoint_and_resume(ray_local, tmp_path: Path):
     model, saved_cfg = load_model(tmp_path / "checkpoints" / "best.pt")
     assert saved_cfg.num_workers == 2 and sum(p.numel() for p in model.parameters()) == m["params"]
     # resume: the learner continues from last.pt's update count and optimiser state up to the new plan
-    m2 = train_distributed(load_config(SMOKE, ["max_minutes=null", "epochs=3"]), tmp_path, resume=True, quiet=True)
+    m2 = train_distributed(load_config(SMOKE, ["budget.max_minutes=null", "budget.epochs=3"]), tmp_path, resume=True, quiet=True)
     assert m2["updates"] == planned * 3 // 2
     assert m2["pixel_agent_steps"] == m2["updates"] * 4 * 3 * 32 * 32
     assert len(m2["history"]) > len(m["history"])
 
 
 def test_a_killed_worker_is_restarted_and_training_goes_on(ray_local, tmp_path: Path, reliability):
-    cfg = load_config(SMOKE, ["max_minutes=null", "epochs=6", "report_every_s=0.5"])
+    cfg = load_config(SMOKE, ["budget.max_minutes=null", "budget.epochs=6", "tracking.report_every_s=0.5"])
     killed = []
 
     def kill_once(state):
@@ -103,7 +103,7 @@ def test_a_killed_worker_is_restarted_and_training_goes_on(ray_local, tmp_path: 
     m = train_distributed(cfg, tmp_path, quiet=True, on_report=kill_once)
     assert killed, "the run ended before the worker could be killed"
     assert m["workers/restarts"] >= 1
-    assert m["updates"] == 6 * -(-m["n_train"] // cfg.batch_size) and m["stopped_by"] == "epochs"
+    assert m["updates"] == 6 * -(-m["n_train"] // cfg.optim.batch_size) and m["stopped_by"] == "epochs"
     assert min(m["perf/worker_updates_per_s"]) > 0
     back = m["workers/restart_log"][0]["back_unix"]  # None: the run ended before the restarted worker's first call did
     # counted by gradient id: every update is one gradient applied once (none lost in the count, none twice)
@@ -121,8 +121,8 @@ def test_a_killed_learner_is_restored_from_its_checkpoint_and_the_run_finishes(r
     KillLearnerAfterCheckpoint = benchmark_module("chaos").KillLearnerAfterCheckpoint
     from rl_agents.experiment.checkpoint import read_checkpoint
 
-    cfg = load_config(SMOKE, ["max_minutes=null", "epochs=8", "report_every_s=0.3", "checkpoint_every=4",
-                              "eval_every=1000"])
+    cfg = load_config(SMOKE, ["budget.max_minutes=null", "budget.epochs=8", "tracking.report_every_s=0.3", "eval.checkpoint_every=4",
+                              "eval.every=1000"])
     # 2 updates past last.pt, so that the restore has work to redo; by update 16 (well before the end of 8 epochs)
     # whatever the lead, so that the fault always happens
     kill = KillLearnerAfterCheckpoint(tmp_path / "checkpoints" / "last.pt", lead=2, by_update=16)
@@ -133,7 +133,7 @@ def test_a_killed_learner_is_restored_from_its_checkpoint_and_the_run_finishes(r
     log = m["learner/restore_log"][0]
     assert log["restored_update"] == killed["checkpoint_update"] and log["from"].endswith("last.pt")
     assert m["perf/gradients_ahead_of_learner"] == 0  # the workers dropped the dead learner's weights
-    planned = 8 * -(-m["n_train"] // cfg.batch_size)
+    planned = 8 * -(-m["n_train"] // cfg.optim.batch_size)
     assert kill.by_update < planned and m["updates"] == planned and m["stopped_by"] == "epochs"
     assert read_checkpoint(tmp_path / "checkpoints" / "last.pt").update == planned
     reliability(3, "the learner actor killed mid-run",
@@ -159,8 +159,8 @@ def test_ctrl_c_stops_a_ray_run_with_a_checkpoint(tmp_path: Path):
 
     out = tmp_path / "run"
     code, stdout = interrupt_after_checkpoint(
-        [sys.executable, "train.py", "--config", "tune_configs/smoke.yaml", "--set", "epochs=500",
-         "--set", "checkpoint_every=4", "--output-dir", str(out), "--quiet"], out, ROOT)
+        [sys.executable, "train.py", "--config", "tune_configs/smoke.yaml", "--set", "budget.epochs=500",
+         "--set", "eval.checkpoint_every=4", "--output-dir", str(out), "--quiet"], out, ROOT)
     assert code == 130, stdout[-3000:]
     assert "interrupted" in stdout
     # token authentication stays on, without Ray's every-start notice that it is
@@ -184,7 +184,7 @@ def test_a_ray_run_killed_with_sigkill_resumes_to_the_planned_updates(ray_local,
     from tests.conftest import interrupt_after_checkpoint
     from tests.ray_head import marked_processes
 
-    args = ["max_minutes=null", "epochs=6", "checkpoint_every=4", "eval_every=8", "mlflow=false"]
+    args = ["budget.max_minutes=null", "budget.epochs=6", "eval.checkpoint_every=4", "eval.every=8", "tracking.mlflow=false"]
     full = train_distributed(load_config(SMOKE, args), tmp_path / "full", quiet=True)
     out = tmp_path / "killed"
     temp = tempfile.mkdtemp(prefix="rk", dir="/tmp")  # short: Ray's socket paths live under it
@@ -248,10 +248,10 @@ def test_an_evaluator_that_dies_mid_pass_is_restarted_and_the_pass_is_run_again(
                                                                                 reliability):
     """Seen in CI: the evaluator had been placed on a worker's node, the node was removed, and the run failed with
     ActorUnavailableError. Now Ray restarts it and the lost pass is asked again: every planned validation lands."""
-    cfg = load_config(SMOKE, ["max_minutes=null", "epochs=4", "eval_every=8", "report_every_s=0.5", "mlflow=false"])
+    cfg = load_config(SMOKE, ["budget.max_minutes=null", "budget.epochs=4", "eval.every=8", "tracking.report_every_s=0.5", "tracking.mlflow=false"])
     m, died = _train_with_fault_once(EVAL_DIE_MARKER, cfg, tmp_path, evaluator_cls=EvaluatorDiesOnce)
     assert died, "the evaluator never reached its exit"
-    assert m["stopped_by"] == "epochs" and m["updates"] == 4 * -(-m["n_train"] // cfg.batch_size)
+    assert m["stopped_by"] == "epochs" and m["updates"] == 4 * -(-m["n_train"] // cfg.optim.batch_size)
     history = json.loads((tmp_path / "metrics.json").read_text())["history"]
     assert len(history) >= 2 and history[-1]["update"] == m["updates"]  # the lost pass and the later ones landed
     assert all(0 <= h["val/dice"] <= 1 for h in history)
@@ -275,7 +275,7 @@ class HangOnce(Worker):
 
 
 def test_a_hung_worker_is_killed_by_the_timeout_and_the_run_finishes(ray_local, tmp_path: Path, reliability):
-    cfg = load_config(SMOKE, ["max_minutes=null", "epochs=8", "report_every_s=0.5", "worker_timeout_s=8"])
+    cfg = load_config(SMOKE, ["budget.max_minutes=null", "budget.epochs=8", "tracking.report_every_s=0.5", "ray.worker_timeout_s=8"])
     t0 = time.perf_counter()
     hang_at = []
 
@@ -286,7 +286,7 @@ def test_a_hung_worker_is_killed_by_the_timeout_and_the_run_finishes(ray_local, 
     m, hung = _train_with_fault_once(HANG_MARKER, cfg, tmp_path, worker_cls=HangOnce, on_report=watch)
     assert hung, "worker 0 never reached its hang"
     assert m["workers/restarts"] >= 1 and m["stopped_by"] == "epochs"
-    assert m["updates"] == 8 * -(-m["n_train"] // cfg.batch_size)
+    assert m["updates"] == 8 * -(-m["n_train"] // cfg.optim.batch_size)
     assert time.perf_counter() - t0 < 300
     reliability(9, "a worker that hangs inside a rollout (sleeps an hour; worker_timeout_s=8)",
                 f"the hung call's rollouts; the run made its {m['updates']} updates",

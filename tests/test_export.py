@@ -44,7 +44,7 @@ def test_onnx_export_runs_in_onnxruntime_at_any_batch_with_torchs_masks(pa3c_ckp
     assert meta["inputs"]["images"]["shape"] == ["batch", 3, 32, 32] and meta["t_max"] == 3
 
     model, cfg = load_model(pa3c_ckpt)
-    want_masks, want_unc = segment(model, images, cfg.t_max)  # the eager path, early exit included
+    want_masks, want_unc = segment(model, images, cfg.pa3c.t_max)  # the eager path, early exit included
     sess = ort.InferenceSession(str(out), providers=["CPUExecutionProvider"])
     assert [i.shape[0] for i in sess.get_inputs()] == ["batch"]
     for batch in (images[:1], images):
@@ -66,7 +66,7 @@ def test_torchscript_export_loads_without_our_code_and_matches(pa3c_ckpt: Path, 
     model, cfg = load_model(pa3c_ckpt)
     with torch.inference_mode():
         masks, unc = loaded(torch.from_numpy(images))
-    want_masks, want_unc = segment(model, images, cfg.t_max)
+    want_masks, want_unc = segment(model, images, cfg.pa3c.t_max)
     np.testing.assert_array_equal(masks.numpy().astype(np.uint8), want_masks)
     np.testing.assert_allclose(unc.numpy(), want_unc, atol=1e-5)
 

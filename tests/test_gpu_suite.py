@@ -35,16 +35,16 @@ def _data(n=4, size=16):
     return (0.5 * masks + 0.5 * rng.random((n, size, size))).astype(np.float32)[:, None], masks
 
 
-@pytest.mark.parametrize("overrides", [["precision=bf16"], ["channels_last=true"], ["compile=aot_eager"],
-                                       ["precision=bf16", "channels_last=true", "compile=aot_eager"]])
+@pytest.mark.parametrize("overrides", [["compute.precision=bf16"], ["compute.channels_last=true"], ["compute.compile=aot_eager"],
+                                       ["compute.precision=bf16", "compute.channels_last=true", "compute.compile=aot_eager"]])
 def test_accelerated_agent_matches_plain_fp32_on_cpu(overrides):
     """bf16 autocast, NHWC and torch.compile change how the network runs, not what it learns: the same seed gives
     the same loss (bf16: close), finite gradients for every parameter, and one optimiser step moves the same
     parameters that plain fp32 moves."""
     images, masks = _data()
     out = {}
-    for name, extra in (("plain", ["precision=fp32"]), ("accel", overrides)):
-        cfg = load_config(None, ["batch_size=2", "t_max=3", "device=cpu", *extra])
+    for name, extra in (("plain", ["compute.precision=fp32"]), ("accel", overrides)):
+        cfg = load_config(None, ["optim.batch_size=2", "pa3c.t_max=3", "compute.device=cpu", *extra])
         torch.manual_seed(0)
         agent = PA3CAgent(cfg, 1, len(images), "cpu")
         before = [p.detach().clone() for p in agent.model.parameters()]
@@ -54,11 +54,11 @@ def test_accelerated_agent_matches_plain_fp32_on_cpu(overrides):
         agent.apply_gradients(grads)
         moved = [not torch.equal(a, p) for a, p in zip(before, agent.model.parameters())]
         out[name] = (stats["losses/total"], moved, agent)
-    tol = 5e-2 if "precision=bf16" in overrides else 1e-4
+    tol = 5e-2 if "compute.precision=bf16" in overrides else 1e-4
     assert out["accel"][0] == pytest.approx(out["plain"][0], rel=tol, abs=tol)
     assert out["accel"][1] == out["plain"][1] and sum(out["plain"][1]) > 0
     agent = out["accel"][2]
-    if "compile=aot_eager" in overrides:  # the compiled wrapper trains the very parameters the checkpoint saves
+    if "compute.compile=aot_eager" in overrides:  # the compiled wrapper trains the very parameters the checkpoint saves
         assert agent.net is not agent.model
         assert [id(p) for p in agent.net.parameters()] == [id(p) for p in agent.model.parameters()]
     state = agent.state_dict()  # checkpoints never hold compile prefixes or non-CPU tensors
@@ -84,9 +84,9 @@ def test_to_device_on_cpu_does_not_copy_and_bad_precision_is_named():
     t = Accel(torch.device("cpu")).to_device(arr)
     assert t.data_ptr() == arr.__array_interface__["data"][0]
     with pytest.raises(ValueError, match="precision must be one of .* got 'fp8'"):
-        load_config(None, ["precision=fp8"])
+        load_config(None, ["compute.precision=fp8"])
     with pytest.raises(ValueError, match="hogwild .* channels_last"):
-        load_config(None, ["engine=hogwild", "num_workers=2", "channels_last=true"])
+        load_config(None, ["engine=hogwild", "num_workers=2", "compute.channels_last=true"])
 
 
 def test_gpu_suite_dry_run_measures_every_part(tmp_path: Path):
@@ -194,8 +194,8 @@ sys.path.insert(0, {str(ROOT / 'benchmarks')!r})
 import json, gpu_suite
 from rl_agents.config import load_config
 from rl_agents.experiment.lifecycle import train
-cfg = load_config(None, ["max_updates=1", "batch_size=2", "t_max=2", "data.size=16", "data.synthetic.size=16",
-                         "data.synthetic.n_patients=6", "eval_max_images=4", "mlflow=false"])
+cfg = load_config(None, ["budget.max_updates=1", "optim.batch_size=2", "pa3c.t_max=2", "data.size=16", "data.synthetic.size=16",
+                         "data.synthetic.n_patients=6", "eval.max_images=4", "tracking.mlflow=false"])
 print("dice", train(cfg, {str(tmp_path / 'run')!r}, quiet=True)["val/dice"])
 rc = gpu_suite.main(["--dry-run", "--out", {str(tmp_path / 'out')!r}, "--parts", "peak,ray"])
 res = json.loads(open({str(tmp_path / 'out' / 'gpu_suite.json')!r}).read())

@@ -30,8 +30,8 @@ from tests.conftest import interrupt_after_checkpoint
 
 ROOT = Path(__file__).resolve().parents[1]
 SMOKE = ROOT / "tune_configs" / "smoke.yaml"
-LOCAL = ["num_workers=0", "max_minutes=null"]
-RAY = ["max_minutes=null"]
+LOCAL = ["num_workers=0", "budget.max_minutes=null"]
+RAY = ["budget.max_minutes=null"]
 
 
 def _updates_per_epoch(m: dict, batch: int = 4) -> int:
@@ -105,14 +105,14 @@ def test_a_crafted_checkpoint_never_runs_its_code(tmp_path: Path, reliability):
     """The exact attack: a ``last.pt`` whose pickle runs a shell command, under ``evaluate`` and ``--resume``."""
     run = tmp_path / "run"
     assert subprocess.run([sys.executable, "train.py", "--config", str(SMOKE), "--set", "num_workers=0",
-                           "--set", "epochs=1", "--set", "mlflow=false", "--output-dir", str(run), "--quiet"],
+                           "--set", "budget.epochs=1", "--set", "tracking.mlflow=false", "--output-dir", str(run), "--quiet"],
                           cwd=ROOT, capture_output=True, timeout=300).returncode == 0
     marker = tmp_path / "pwned"
     last = run / "checkpoints" / "last.pt"
     torch.save({"format": "pixeldrl-mg-checkpoint", "version": 2, "agent": _Payload(marker)}, last)
     for cmd in (["pixeldrl", "evaluate", "--checkpoint", str(last), "--split", "val"],
-                ["train.py", "--config", str(SMOKE), "--set", "num_workers=0", "--set", "epochs=2",
-                 "--set", "mlflow=false", "--output-dir", str(run), "--resume", "--quiet"]):
+                ["train.py", "--config", str(SMOKE), "--set", "num_workers=0", "--set", "budget.epochs=2",
+                 "--set", "tracking.mlflow=false", "--output-dir", str(run), "--resume", "--quiet"]):
         exe = [str(Path(sys.executable).with_name("pixeldrl"))] if cmd[0] == "pixeldrl" else [sys.executable, cmd[0]]
         r = subprocess.run(exe + cmd[1:], cwd=ROOT, capture_output=True, text=True, timeout=300)
         assert r.returncode == 2, r.stdout + r.stderr
@@ -135,9 +135,9 @@ def test_every_torch_load_in_the_project_is_weights_only():
 
 # --- one lifecycle, every engine --------------------------------------------------------------------------------
 def test_checkpoints_of_every_engine_load_through_the_one_reader(ray_local, tmp_path: Path):
-    runs = {"local": train(load_config(SMOKE, LOCAL + ["epochs=1"]), tmp_path / "local", quiet=True),
-            "ray": train_distributed(load_config(SMOKE, RAY + ["epochs=1"]), tmp_path / "ray", quiet=True),
-            "supervised": train(load_config(SMOKE, LOCAL + ["model=unet", "epochs=1"]), tmp_path / "sup", quiet=True)}
+    runs = {"local": train(load_config(SMOKE, LOCAL + ["budget.epochs=1"]), tmp_path / "local", quiet=True),
+            "ray": train_distributed(load_config(SMOKE, RAY + ["budget.epochs=1"]), tmp_path / "ray", quiet=True),
+            "supervised": train(load_config(SMOKE, LOCAL + ["model=unet", "budget.epochs=1"]), tmp_path / "sup", quiet=True)}
     for (engine, m), d in zip(runs.items(), ("local", "ray", "sup")):
         for name in ("last.pt", "best.pt"):
             ck = read_checkpoint(tmp_path / d / "checkpoints" / name, fallback=False)
@@ -152,12 +152,12 @@ def test_checkpoints_of_every_engine_load_through_the_one_reader(ray_local, tmp_
 
 def test_a_ray_checkpoint_resumes_in_one_process_and_back(ray_local, tmp_path: Path, caplog):
     out = tmp_path / "run"
-    m1 = train_distributed(load_config(SMOKE, RAY + ["epochs=1"]), out, quiet=True)
+    m1 = train_distributed(load_config(SMOKE, RAY + ["budget.epochs=1"]), out, quiet=True)
     per_epoch = _updates_per_epoch(m1)
     assert m1["updates"] == per_epoch
     w_ray = read_checkpoint(out / "checkpoints" / "last.pt").agent["model"]
     # Ray -> single process: continues from the Ray learner's update count, weights and optimiser
-    m2 = train(load_config(SMOKE, LOCAL + ["epochs=2"]), out, resume=True, quiet=True)
+    m2 = train(load_config(SMOKE, LOCAL + ["budget.epochs=2"]), out, resume=True, quiet=True)
     assert m2["updates"] == 2 * per_epoch and m2["engine"] == "local"
     assert "reseeded" in caplog.text  # Ray keeps per-worker RNGs; the single process says it reseeded
     ck2 = read_checkpoint(out / "checkpoints" / "last.pt")
@@ -165,43 +165,43 @@ def test_a_ray_checkpoint_resumes_in_one_process_and_back(ray_local, tmp_path: P
     assert any(not torch.equal(w_ray[k], ck2.agent["model"][k]) for k in w_ray)  # it trained on
     assert len(m2["history"]) > len(m1["history"])
     # single process -> Ray
-    m3 = train_distributed(load_config(SMOKE, RAY + ["epochs=3"]), out, resume=True, quiet=True)
+    m3 = train_distributed(load_config(SMOKE, RAY + ["budget.epochs=3"]), out, resume=True, quiet=True)
     assert m3["updates"] == 3 * per_epoch and m3["engine"] == "ray"
     assert m3["pixel_agent_steps"] == m3["updates"] * 4 * 3 * 32 * 32  # counts carried over, none lost or doubled
     assert [h["update"] for h in m3["history"]] == sorted(h["update"] for h in m3["history"])
 
 
 def test_budgets_stop_a_pa3c_run(tmp_path: Path):
-    m = train(load_config(SMOKE, LOCAL + ["epochs=50", "max_updates=7", "eval_every=5"]), tmp_path / "a", quiet=True)
+    m = train(load_config(SMOKE, LOCAL + ["budget.epochs=50", "budget.max_updates=7", "eval.every=5"]), tmp_path / "a", quiet=True)
     assert m["updates"] == 7 and m["stopped_by"] == "max_updates" and [h["update"] for h in m["history"]] == [5, 7]
-    m = train(load_config(SMOKE, LOCAL + ["epochs=500", "max_minutes=0.05", "eval_every=1000"]), tmp_path / "b",
+    m = train(load_config(SMOKE, LOCAL + ["budget.epochs=500", "budget.max_minutes=0.05", "eval.every=1000"]), tmp_path / "b",
               quiet=True)
     assert m["stopped_by"] == "max_minutes" and 3.0 <= m["wall_time_s"] < 30 and m["updates"] < 500 * 15
     assert m["history"][-1]["update"] == m["updates"]  # evaluated where it stopped
-    m = train(load_config(SMOKE, LOCAL + ["epochs=50", "eval_every=2", "stop_at_val_dice=0.0"]), tmp_path / "c",
+    m = train(load_config(SMOKE, LOCAL + ["budget.epochs=50", "eval.every=2", "budget.stop_at_val_dice=0.0"]), tmp_path / "c",
               quiet=True)
     assert m["stopped_by"] == "stop_at_val_dice" and m["updates"] == 2
 
 
 def test_the_unet_honours_every_budget(tmp_path: Path):
-    base = LOCAL + ["model=unet", "eval_every=2"]
-    m = train(load_config(SMOKE, base + ["epochs=50", "max_updates=5"]), tmp_path / "a", quiet=True)
+    base = LOCAL + ["model=unet", "eval.every=2"]
+    m = train(load_config(SMOKE, base + ["budget.epochs=50", "budget.max_updates=5"]), tmp_path / "a", quiet=True)
     assert m["updates"] == 5 and m["stopped_by"] == "max_updates" and m["engine"] == "supervised"
-    m = train(load_config(SMOKE, base + ["epochs=50", "stop_at_val_dice=0.0"]), tmp_path / "b", quiet=True)
+    m = train(load_config(SMOKE, base + ["budget.epochs=50", "budget.stop_at_val_dice=0.0"]), tmp_path / "b", quiet=True)
     assert m["updates"] == 2 and m["stopped_by"] == "stop_at_val_dice"
-    m = train(load_config(SMOKE, base + ["epochs=5000", "max_minutes=0.05", "eval_every=100000"]), tmp_path / "c",
+    m = train(load_config(SMOKE, base + ["budget.epochs=5000", "budget.max_minutes=0.05", "eval.every=100000"]), tmp_path / "c",
               quiet=True)
     assert m["stopped_by"] == "max_minutes" and m["wall_time_s"] < 30 and m["updates"] < 5000
     # resume continues the count and the sampler state
-    m2 = train(load_config(SMOKE, base + ["epochs=50", "max_updates=9"]), tmp_path / "a", resume=True, quiet=True)
+    m2 = train(load_config(SMOKE, base + ["budget.epochs=50", "budget.max_updates=9"]), tmp_path / "a", resume=True, quiet=True)
     assert m2["updates"] == 9 and [h["update"] for h in m2["history"]] == [2, 4, 5, 6, 8, 9]
 
 
 def test_the_unet_learns_the_easy_synthetic_task(tmp_path: Path):
     """A quality floor for the baseline: 100 updates on 32 px easy synthetic data reach val Dice >= 0.4 (0.50
     measured; the all-background start scores 0; the smoke set's blobs are small at 32 px)."""
-    m = train(load_config(SMOKE, LOCAL + ["model=unet", "epochs=1000", "max_updates=100", "eval_every=25",
-                                          "batch_size=8", "lr=3e-3"]), tmp_path / "u", quiet=True)
+    m = train(load_config(SMOKE, LOCAL + ["model=unet", "budget.epochs=1000", "budget.max_updates=100", "eval.every=25",
+                                          "optim.batch_size=8", "optim.lr=3e-3"]), tmp_path / "u", quiet=True)
     assert m["history"][0]["val/dice"] < 0.2 and m["val/dice"] >= 0.4, m["history"]
 
 
@@ -209,7 +209,7 @@ def test_ctrl_c_stops_a_unet_run_with_a_checkpoint(tmp_path: Path):
     out = tmp_path / "run"
     code, stdout = interrupt_after_checkpoint(
         [sys.executable, "train.py", "--config", str(SMOKE), "--set", "model=unet", "--set", "num_workers=0",
-         "--set", "epochs=100000", "--set", "checkpoint_every=2", "--set", "mlflow=false", "--output-dir", str(out)],
+         "--set", "budget.epochs=100000", "--set", "eval.checkpoint_every=2", "--set", "tracking.mlflow=false", "--output-dir", str(out)],
         out, ROOT, wait_s=240, exit_s=120)
     assert code == 130, stdout[-3000:]
     assert "stopped with a checkpoint" in stdout
@@ -220,8 +220,8 @@ def test_ctrl_c_stops_a_unet_run_with_a_checkpoint(tmp_path: Path):
 # --- Ray failures that end a run ----------------------------------------------------------------------------------
 def test_a_dead_learner_past_its_restore_limit_ends_the_run_with_a_clear_error(ray_local, tmp_path: Path,
                                                                               reliability):
-    cfg = load_config(SMOKE, RAY + ["epochs=500", "report_every_s=0.5", "checkpoint_every=2",
-                                    "learner_max_restarts=0"])
+    cfg = load_config(SMOKE, RAY + ["budget.epochs=500", "tracking.report_every_s=0.5", "eval.checkpoint_every=2",
+                                    "ray.learner_max_restarts=0"])
     killed = []
 
     def kill_learner(state):
@@ -245,7 +245,7 @@ def test_worker_restarts_used_up_end_the_run_with_a_clear_error(ray_local, tmp_p
         def work(self, learner, n_rollouts):
             os._exit(1)  # the process dies every time, as a segfault or OOM kill would
 
-    cfg = load_config(SMOKE, RAY + ["worker_max_restarts=1"])
+    cfg = load_config(SMOKE, RAY + ["ray.worker_max_restarts=1"])
     t0 = time.perf_counter()
     with pytest.raises(RuntimeError, match=r"worker \d is dead after 1 restart\(s\) \(worker_max_restarts=1\)"):
         train_distributed(cfg, tmp_path, quiet=True, worker_cls=CrashingWorker)
@@ -275,13 +275,13 @@ def test_the_architecture_keeps_one_place_for_each_concern():
 
 
 def test_hogwild_trains_under_the_lifecycle_and_hands_over_to_one_process(tmp_path: Path):
-    m = train(load_config(SMOKE, LOCAL + ["engine=hogwild", "num_workers=2", "epochs=2"]), tmp_path, quiet=True)
+    m = train(load_config(SMOKE, LOCAL + ["engine=hogwild", "num_workers=2", "budget.epochs=2"]), tmp_path, quiet=True)
     planned = 2 * _updates_per_epoch(m)
     assert m["engine"] == "hogwild" and m["updates"] == planned and m["stopped_by"] == "epochs"
     assert m["pixel_agent_steps"] == planned * 4 * 3 * 32 * 32 and m["history"][-1]["update"] == planned
     ck = read_checkpoint(tmp_path / "checkpoints" / "last.pt")
     assert ck.engine == "hogwild" and ck.update == planned and ck.agent["optimizer"] is None
-    m2 = train(load_config(SMOKE, LOCAL + ["epochs=3"]), tmp_path, resume=True, quiet=True)  # one process goes on
+    m2 = train(load_config(SMOKE, LOCAL + ["budget.epochs=3"]), tmp_path, resume=True, quiet=True)  # one process goes on
     assert m2["updates"] == 3 * _updates_per_epoch(m) and m2["engine"] == "local"
     with pytest.raises(ValueError, match="engine hogwild needs num_workers >= 1"):
         load_config(SMOKE, LOCAL + ["engine=hogwild"])
@@ -324,7 +324,7 @@ def test_a_driver_killed_with_sigkill_resumes_to_the_uninterrupted_result(tmp_pa
 
     from tests.conftest import interrupt_after_checkpoint
 
-    args = LOCAL + ["epochs=4", "checkpoint_every=2", "eval_every=2", "mlflow=false"]
+    args = LOCAL + ["budget.epochs=4", "eval.checkpoint_every=2", "eval.every=2", "tracking.mlflow=false"]
     full = train(load_config(SMOKE, args), tmp_path / "full", quiet=True)
     out = tmp_path / "killed"
     cmd = [sys.executable, "train.py", "--config", str(SMOKE), *[x for a in args for x in ("--set", a)],

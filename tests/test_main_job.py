@@ -22,12 +22,12 @@ def test_first_validation_pass_at_the_target():
 def test_the_main_job_runs_as_the_quickstart_runs_it_and_its_json_names_the_machine(tmp_path: Path):
     out = tmp_path / "mj.json"
     work = tmp_path / "work"
-    assert main_job.main(["--json", str(out), "--work", str(work), "--set", "max_updates=4", "--set",
-                          "eval_every=2", "--set", "data.size=32", "--set", "data.synthetic.size=32"]) == 0
+    assert main_job.main(["--json", str(out), "--work", str(work), "--set", "budget.max_updates=4", "--set",
+                          "eval.every=2", "--set", "data.size=32", "--set", "data.synthetic.size=32"]) == 0
     r = json.loads(out.read_text())
     mj = r["main_job"]
     assert mj["updates"] == 4 and mj["stopped_by"] == "max_updates" and mj["config"]["data.size"] == 32
-    assert mj["command"] == ("python train.py --set max_updates=4 --set eval_every=2 --set data.size=32 "
+    assert mj["command"] == ("python train.py --set budget.max_updates=4 --set eval.every=2 --set data.size=32 "
                              "--set data.synthetic.size=32")
     assert 0.0 <= mj["val"]["dice"] <= 1.0 and mj["params"] > 0 and mj["process_wall_s"] >= mj["wall_time_s"]
     assert r["machine"]["cores"] >= 1 and r["command"].startswith("python benchmarks/main_job.py")

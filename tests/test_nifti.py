@@ -220,7 +220,8 @@ def test_prepare_data_round_trip_gives_the_same_arrays(heart, tmp_path: Path, ca
         assert a.sources == b.sources
         np.testing.assert_array_equal(a.images, b.images)
         np.testing.assert_array_equal(a.masks, b.masks)
-    assert main(["data-info", "--format", "nifti", "--path", str(root), "--size", "8", "--slice-axis", "0"]) == 0
+    assert main(["data-info", "--set", "data.format=nifti", "--set", f"data.path={root}", "--set", "data.size=8",
+                 "--set", "data.slice_axis=0", "--set", "data.drop_empty=true"]) == 0
     out = " ".join(capsys.readouterr().out.split())  # rich may wrap the line
     kept = sum(len(getattr(load_splits(dataclasses.replace(cfg, label_value=None, slice_axis=0)), k))
                for k in ("train", "val", "test"))

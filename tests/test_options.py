@@ -27,8 +27,8 @@ def _batch(n=3, size=24, seed=0):
 
 
 def test_medium_preset_has_at_most_a_quarter_of_the_unets_parameters():
-    medium = count_parameters(build_network(load_config(None, ["preset=medium"]), 1))
-    small = count_parameters(build_network(load_config(None, ["preset=small"]), 1))
+    medium = count_parameters(build_network(load_config(None, ["network.preset=medium"]), 1))
+    small = count_parameters(build_network(load_config(None, ["network.preset=small"]), 1))
     unet = count_parameters(build_unet(1))
     assert small < medium <= unet / 4
 
@@ -71,7 +71,7 @@ def test_env_applies_the_transform_at_reset_from_its_own_rng():
     assert calls[-1] is env.np_random
     np.testing.assert_array_equal(env.ground_truth, masks[info["indices"]][:, :, ::-1])
     np.testing.assert_array_equal(obs, images[info["indices"]][:, :, :, ::-1])
-    cfg = load_config(None, ["augment=true", "batch_size=2"])
+    cfg = load_config(None, ["optim.augment=true", "optim.batch_size=2"])
     assert isinstance(make_train_env(cfg, images, masks.astype(np.uint8), seed=0).transform, Augment)
 
 
@@ -88,8 +88,8 @@ def test_advantage_normalisation_centres_the_policy_advantage():
 
 def test_entropy_schedule_and_lr_warmup_follow_the_update_count():
     images, masks = _batch(n=8)
-    cfg = load_config(None, ["entropy_coef=0.05", "entropy_coef_final=0.01", "batch_size=2", "epochs=4",
-                             "lr_warmup_updates=4", "lr=1e-3", "lr_decay=0.5", "lr_decay_epochs=2"])
+    cfg = load_config(None, ["pa3c.entropy_coef=0.05", "pa3c.entropy_coef_final=0.01", "optim.batch_size=2", "budget.epochs=4",
+                             "optim.lr_warmup_updates=4", "optim.lr=1e-3", "optim.lr_decay=0.5", "optim.lr_decay_epochs=2"])
     agent = PA3CAgent(cfg, 1, len(images))  # 4 updates an epoch: decay every 8, 16 planned
     assert agent.total_updates == 16 and agent.entropy_coef() == pytest.approx(0.05)
     agent.update = 8
@@ -131,9 +131,9 @@ def test_every_option_trains_end_to_end(tmp_path, model):
     from rl_agents.experiment.lifecycle import train
 
     cfg = load_config(None, [
-        f"model={model}", "preset=medium", "augment=true", "adv_norm=true", "entropy_coef_final=0.0",
-        "lr_warmup_updates=2", "data.train_empty=0.5", "max_updates=3", "batch_size=2", "t_max=2", "data.size=32",
-        "data.synthetic.size=32", "data.synthetic.n_patients=6", "eval_every=3", "eval_max_images=4", "mlflow=false",
+        f"model={model}", "network.preset=medium", "optim.augment=true", "pa3c.adv_norm=true", "pa3c.entropy_coef_final=0.0",
+        "optim.lr_warmup_updates=2", "data.train_empty=0.5", "budget.max_updates=3", "optim.batch_size=2", "pa3c.t_max=2", "data.size=32",
+        "data.synthetic.size=32", "data.synthetic.n_patients=6", "eval.every=3", "eval.max_images=4", "tracking.mlflow=false",
     ])
     m = train(cfg, tmp_path / model, quiet=True)
     assert m["updates"] == 3 and 0.0 <= m["val/dice"] <= 1.0

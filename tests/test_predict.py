@@ -26,8 +26,8 @@ def _train(tmp: Path, overrides: list[str]) -> Path:
     from rl_agents.config import load_config
     from rl_agents.experiment.lifecycle import train
 
-    cfg = load_config(None, ["max_updates=3", "max_minutes=null", "eval_every=3", "checkpoint_every=3",
-                             f"t_max={T_MAX}", "batch_size=2", "num_workers=0", "threads=1", "mlflow=false",
+    cfg = load_config(None, ["budget.max_updates=3", "budget.max_minutes=null", "eval.every=3", "eval.checkpoint_every=3",
+                             f"pa3c.t_max={T_MAX}", "optim.batch_size=2", "num_workers=0", "compute.threads=1", "tracking.mlflow=false",
                              *overrides])
     train(cfg, tmp, quiet=True)
     return tmp / "checkpoints" / "best.pt"

@@ -26,7 +26,7 @@ SMOKE = ROOT / "tune_configs" / "smoke.yaml"
 
 
 def _cfg(*overrides: str):
-    return load_config(SMOKE, ["engine=rllib_appo", "num_workers=0", "mlflow=false", "max_minutes=null", *overrides])
+    return load_config(SMOKE, ["engine=rllib_appo", "num_workers=0", "tracking.mlflow=false", "budget.max_minutes=null", *overrides])
 
 
 def test_env_spaces_rewards_and_termination():
@@ -147,7 +147,7 @@ def test_episode_rows_refuses_partial_episodes():
 def test_connector_puts_each_steps_reward_map_on_its_row(ray_2cpu):
     from ray.rllib.core.columns import Columns
 
-    algo = build_config(_cfg("batch_size=2")).build_algo()
+    algo = build_config(_cfg("optim.batch_size=2")).build_algo()
     try:
         eps = algo.env_runner.sample()
         assert len(eps) == 2 and all(len(e) == 3 and e.is_terminated for e in eps)
@@ -170,7 +170,7 @@ def test_an_env_runner_that_crashes_is_restarted_and_training_goes_on(ray_2cpu, 
     """One remote env runner whose env raises once in step(): restart_failed_env_runners brings it back and
     training goes on (3 more batches trained after the crash, the runner healthy again)."""
     marker = tmp_path / "crashed"
-    algo = build_config(_cfg("batch_size=2", "num_workers=1", "worker_cpus=0.5"),
+    algo = build_config(_cfg("optim.batch_size=2", "num_workers=1", "ray.worker_cpus=0.5"),
                           crash_once_file=str(marker)).build_algo()
     try:
         deadline = time.monotonic() + 150
@@ -201,7 +201,7 @@ def test_appo_learns_the_easy_synthetic_set_and_its_checkpoint_evaluates(tmp_pat
     from rl_agents.cli import main
     from rl_agents.experiment.lifecycle import run_training
 
-    m = run_training(_cfg("batch_size=8", "epochs=60", "eval_every=40"), tmp_path / "run", quiet=True)
+    m = run_training(_cfg("optim.batch_size=8", "budget.epochs=60", "eval.every=40"), tmp_path / "run", quiet=True)
     assert m["updates"] == 240 and m["stopped_by"] == "epochs"
     assert m["val/dice"] >= 0.8, m["val/dice"]
     assert m["perf/pixel_agent_steps_per_s"] > 0 and "losses/value" in m["history"][-1]
@@ -229,7 +229,7 @@ def test_a_remote_learner_trains_and_its_weights_reach_the_mirror_and_back():
     agent's mirror equals them, and weights put back (a resume) are what the remote learner then holds."""
     import copy
 
-    engine = RLlibAPPOEngine(_cfg("batch_size=2", "rllib_learners=1", "learner_cpus=0.5", "learner_gpus=0"),
+    engine = RLlibAPPOEngine(_cfg("optim.batch_size=2", "ray.rllib_learners=1", "ray.learner_cpus=0.5", "ray.learner_gpus=0"),
                                quiet=True)
     try:
         engine.setup()

@@ -9,7 +9,7 @@ import torch
 
 from rl_agents.algo.agent import PA3CAgent, make_train_env
 from rl_agents.algo.phases import PhaseTimer
-from rl_agents.config import TrainConfig
+from rl_agents.config import load_config
 
 SIZE, B = 32, 3
 
@@ -22,9 +22,10 @@ def _data(seed: int = 0):
     return images, masks
 
 
-def _gradients(mode: str, **overrides):
+def _gradients(mode: str, overrides: dict | None = None):
     torch.manual_seed(0)
-    cfg = TrainConfig(batch_size=B, t_max=4, rollout_mode=mode, init_keep_prob=0.7, **overrides)
+    cfg = load_config(None, [f"optim.batch_size={B}", "pa3c.t_max=4", f"pa3c.rollout_mode={mode}",
+                             "network.init_keep_prob=0.7", *(f"{k}={v}" for k, v in (overrides or {}).items())])
     images, masks = _data()
     agent = PA3CAgent(cfg, in_channels=2, n_train=len(images))
     env = make_train_env(cfg, images, masks, seed=3)
@@ -37,12 +38,12 @@ def _gradients(mode: str, **overrides):
 
 @pytest.mark.parametrize("overrides", [
     {},  # the paper's loss: terminal return, two actions
-    {"bootstrap": "value", "action_set": "three", "aux_coef": 0.5, "adv_norm": True},  # every term that can differ
-    {"step_features": "once", "bootstrap": "value", "action_set": "three"},  # the trunk encodes once per episode
+    {"pa3c.bootstrap": "value", "pa3c.action_set": "three", "pa3c.aux_coef": 0.5, "pa3c.adv_norm": True},  # every term
+    {"network.step_features": "once", "pa3c.bootstrap": "value", "pa3c.action_set": "three"},  # trunk once per episode
 ])
 def test_recompute_gives_the_online_gradients(overrides):
-    roll_a, loss_a, grads_a = _gradients("online", **overrides)
-    roll_b, loss_b, grads_b = _gradients("recompute", **overrides)
+    roll_a, loss_a, grads_a = _gradients("online", overrides)
+    roll_b, loss_b, grads_b = _gradients("recompute", overrides)
     np.testing.assert_array_equal(roll_a.final_state, roll_b.final_state)  # the same actions were drawn
     torch.testing.assert_close(roll_b.rewards, roll_a.rewards)
     torch.testing.assert_close(roll_b.log_probs, roll_a.log_probs.detach(), rtol=1e-5, atol=1e-6)
@@ -60,7 +61,7 @@ def test_terminal_return_skips_the_bootstrap_forward():
         _gradients("online")
     assert timer.calls["forward"] == 4 and "bootstrap" not in timer.calls
     with PhaseTimer() as timer:
-        _gradients("online", bootstrap="value")
+        _gradients("online", {"pa3c.bootstrap": "value"})
     assert timer.calls["bootstrap"] == 1
 
 
@@ -76,18 +77,16 @@ def test_phase_timer_times_nested_phases_once():
 
 
 def test_unknown_or_incompatible_cost_options_are_refused():
-    from rl_agents.config import validate
-
     with pytest.raises(ValueError, match="rollout_mode must be one of"):
-        validate(TrainConfig(rollout_mode="batched"))
+        load_config(None, ["pa3c.rollout_mode=batched"])
     with pytest.raises(ValueError, match="step_features must be one of"):
-        validate(TrainConfig(step_features="twice"))
+        load_config(None, ["network.step_features=twice"])
     with pytest.raises(ValueError, match="attn_stride must be one of"):
-        validate(TrainConfig(attn_stride=3))
+        load_config(None, ["network.attn_stride=3"])
     with pytest.raises(ValueError, match="leave uncompiled"):
-        validate(TrainConfig(step_features="once", compile="inductor"))
+        load_config(None, ["network.step_features=once", "compute.compile=inductor"])
     with pytest.raises(ValueError, match="rllib_appo passes observations"):
-        validate(TrainConfig(step_features="once", engine="rllib_appo", num_workers=1))
+        load_config(None, ["network.step_features=once", "engine=rllib_appo", "num_workers=1"])
 
 
 @pytest.mark.parametrize("preset", ["small", "medium"])
@@ -181,7 +180,7 @@ def test_a_once_network_reads_the_mask_at_every_step():
 
 
 def test_strided_attention_costs_a_sixteenth_and_keeps_the_block_shape():
-    """attn_stride=2 attends over 2x2-pooled features: 1/4 of the positions, so 1/16 of the (HW x HW) products."""
+    """network.attn_stride=2 attends over 2x2-pooled features: 1/4 of the positions, so 1/16 of the (HW x HW) products."""
     from torch.utils.flop_counter import FlopCounterMode
 
     from rl_agents.algo.model import PixelDRLNet, SelfAttention2d
@@ -211,12 +210,12 @@ def test_strided_attention_costs_a_sixteenth_and_keeps_the_block_shape():
 
 
 OPTIONS = [
-    {"step_features": "once"},
-    {"step_features": "once", "head_stride": 2},
-    {"attn_stride": 2},
-    {"step_features": "once", "head_stride": 2, "attn_stride": 2},
-    {"head_stride": 2},
-    {"rollout_mode": "recompute"},
+    {"network.step_features": "once"},
+    {"network.step_features": "once", "network.head_stride": 2},
+    {"network.attn_stride": 2},
+    {"network.step_features": "once", "network.head_stride": 2, "network.attn_stride": 2},
+    {"network.head_stride": 2},
+    {"pa3c.rollout_mode": "recompute"},
 ]
 
 
@@ -229,23 +228,24 @@ def test_each_cost_option_trains_the_smoke_config_and_round_trips_a_checkpoint(t
     from rl_agents.experiment.lifecycle import train
 
     cfg = load_config("tune_configs/smoke.yaml", [
-        "num_workers=0", "max_updates=4", "eval_every=4", "checkpoint_every=2", "eval_max_images=4", "mlflow=false",
+        "num_workers=0", "budget.max_updates=4", "eval.every=4", "eval.checkpoint_every=2", "eval.max_images=4", "tracking.mlflow=false",
         *[f"{k}={v}" for k, v in option.items()]])
     metrics = train(cfg, tmp_path / "run", quiet=True)
     assert metrics["updates"] == 4
     ckpt = tmp_path / "run" / "checkpoints" / "last.pt"
     model, loaded_cfg = load_model(ckpt)  # a strict load: the option's architecture must be rebuilt from the config
     for key, value in option.items():
-        assert getattr(loaded_cfg, key) == value
-    assert model.step_features == option.get("step_features", "every")
-    assert model.head_stride == option.get("head_stride", 1)
-    assert model.attention.stride == option.get("attn_stride", 1)
+        section, name = key.split(".")
+        assert getattr(getattr(loaded_cfg, section), name) == value
+    assert model.step_features == option.get("network.step_features", "every")
+    assert model.head_stride == option.get("network.head_stride", 1)
+    assert model.attention.stride == option.get("network.attn_stride", 1)
     stored = read_checkpoint(ckpt, map_location="cpu", fallback=False).agent["model"]
     for k, v in model.state_dict().items():
         torch.testing.assert_close(v, stored[k])
     images = torch.rand(3, model.in_channels, 32, 32)
-    early, _ = segment(model, images, cfg.t_max)
-    every, _ = segment(model, images, cfg.t_max, early_exit=False)
+    early, _ = segment(model, images, cfg.pa3c.t_max)
+    every, _ = segment(model, images, cfg.pa3c.t_max, early_exit=False)
     np.testing.assert_array_equal(early, every)  # early exit stays exact: a step's input is (context, mask)
-    exported = GreedySegmenter(model, cfg.t_max)(images).numpy().astype(np.uint8)
+    exported = GreedySegmenter(model, cfg.pa3c.t_max)(images).numpy().astype(np.uint8)
     np.testing.assert_array_equal(exported, early)

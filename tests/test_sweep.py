@@ -214,12 +214,12 @@ def test_rllib_bundles_reserve_the_runners_and_learners_a_trial_starts():
     local = load_config(smoke, ["engine=rllib_appo", "num_workers=0"])
     assert rllib_bundles(local, 1, cluster_gpus=0) == [{"CPU": 1}]
     assert rllib_bundles(local, 1, cluster_gpus=1) == [{"CPU": 1, "GPU": 1}]  # the learner is in the trial's driver
-    remote = load_config(smoke, ["engine=rllib_appo", "num_workers=2", "worker_cpus=0.5", "rllib_learners=1",
-                                 "learner_cpus=0.25"])
+    remote = load_config(smoke, ["engine=rllib_appo", "num_workers=2", "ray.worker_cpus=0.5", "ray.rllib_learners=1",
+                                 "ray.learner_cpus=0.25"])
     assert rllib_bundles(remote, 0.5, cluster_gpus=0) == [{"CPU": 0.5}, {"CPU": 0.5}, {"CPU": 0.5}, {"CPU": 0.25}]
     assert rllib_bundles(remote, 0.5, cluster_gpus=2)[-1] == {"CPU": 0.25, "GPU": 1}
-    cpu_only = load_config(smoke, ["engine=rllib_appo", "num_workers=0", "rllib_learners=1", "learner_cpus=0.5",
-                                   "learner_gpus=0"])
+    cpu_only = load_config(smoke, ["engine=rllib_appo", "num_workers=0", "ray.rllib_learners=1", "ray.learner_cpus=0.5",
+                                   "ray.learner_gpus=0"])
     assert rllib_bundles(cpu_only, 1, cluster_gpus=1) == [{"CPU": 1}, {"CPU": 0.5}]
 
 
@@ -262,7 +262,7 @@ def test_every_shipped_sweep_file_loads_and_each_of_its_trials_is_a_valid_config
     for row in rows:
         for k, values in grids.items():
             cfg = trial_config(spec["base"], {k: values[-1], "variant": row})
-            assert cfg.max_updates == spec["base"]["max_updates"] or "max_updates" in row
+            assert cfg.budget.max_updates == spec["base"]["budget"]["max_updates"] or "budget.max_updates" in row
 
 
 def test_the_shipped_sweeps_include_the_ablations():
@@ -299,10 +299,10 @@ def test_the_cpu_configs_carry_the_recipe_and_older_sweeps_still_run_the_papers_
 
     for name in ("lgg_cpu.yaml", "heart_cpu.yaml"):
         cfg = load_config(ROOT / "tune_configs" / name, [])
-        assert (cfg.t_max, cfg.step_features, cfg.head_stride) == (5, "once", 2), name
+        assert (cfg.pa3c.t_max, cfg.network.step_features, cfg.network.head_stride) == (5, "once", 2), name
     paper = dict(s.split("=") for s in PAPER_STEP)
     for name in PAPER_STEP_SWEEPS:
         base = load_sweep(ROOT / "tune_configs" / name)["base"]
-        expected_t_max = 5 if name == "cost_lgg.yaml" else int(paper["t_max"])  # cost_lgg's rows all ran t_max 5
-        assert (base["t_max"], base["step_features"], base["head_stride"]) == (
-            expected_t_max, paper["step_features"], int(paper["head_stride"])), name
+        expected_t_max = 5 if name == "cost_lgg.yaml" else int(paper["pa3c.t_max"])  # cost_lgg's rows all ran 5
+        assert (base["pa3c"]["t_max"], base["network"]["step_features"], base["network"]["head_stride"]) == (
+            expected_t_max, paper["network.step_features"], int(paper["network.head_stride"])), name

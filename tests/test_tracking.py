@@ -31,8 +31,8 @@ def _artifacts(client: MlflowClient, run_id: str, path: str | None = None) -> se
 
 def test_training_runs_are_tracked_and_compared(tmp_path: Path, capsys):
     for lr in ("1e-3", "5e-4"):
-        assert main(["train", "--config", SMOKE, "--set", "num_workers=0", "--set", "epochs=2", "--set", f"lr={lr}",
-                     "--set", "experiment=test-tracking", "--set", f"run_name=lr-{lr}",
+        assert main(["train", "--config", SMOKE, "--set", "num_workers=0", "--set", "budget.epochs=2", "--set", f"optim.lr={lr}",
+                     "--set", "tracking.experiment=test-tracking", "--set", f"tracking.run_name=lr-{lr}",
                      "--output-dir", str(tmp_path / lr), "--quiet"]) == 0
     client = MlflowClient(mlflow.get_tracking_uri())
     runs = mlflow.search_runs(experiment_names=["test-tracking"], output_format="list")
@@ -79,7 +79,7 @@ def test_training_runs_are_tracked_and_compared(tmp_path: Path, capsys):
     net, saved = load_model(tmp_path / "5e-4" / "checkpoints" / "best.pt")
     x = np.random.default_rng(0).random((3, net.in_channels, 32, 32), dtype=np.float32)
     with torch.no_grad():
-        want = GreedySegmenter(net, saved.t_max).eval()(torch.from_numpy(x)).numpy()
+        want = GreedySegmenter(net, saved.pa3c.t_max).eval()(torch.from_numpy(x)).numpy()
     got = mlflow_pytorch.load_model(uri)(torch.from_numpy(x))
     np.testing.assert_array_equal(np.asarray(got), want)
     assert np.asarray(mlflow_pyfunc.load_model(uri).predict(x)).shape == want.shape
@@ -128,7 +128,7 @@ def test_training_finishes_when_the_tracking_server_is_down(tmp_path: Path, monk
     caplog.set_level(logging.WARNING)
     t0 = time.perf_counter()
     try:
-        assert main(["train", "--config", SMOKE, "--set", "num_workers=0", "--set", "epochs=1",
+        assert main(["train", "--config", SMOKE, "--set", "num_workers=0", "--set", "budget.epochs=1",
                      "--output-dir", str(out), "--quiet"]) == 0
     finally:
         mlflow.set_tracking_uri(before)

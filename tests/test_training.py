@@ -20,16 +20,16 @@ LOCAL = ["num_workers=0"]  # the single-process trainer; tests/test_distributed.
 
 
 def test_config_yaml_and_overrides(tmp_path: Path):
-    cfg = load_config(SMOKE, LOCAL + ["lr=3e-4", "data.size=16", "data.channels=[1]", "max_minutes=null"])
-    assert cfg.lr == 3e-4 and isinstance(cfg.lr, float)
+    cfg = load_config(SMOKE, LOCAL + ["optim.lr=3e-4", "data.size=16", "data.channels=[1]", "budget.max_minutes=null"])
+    assert cfg.optim.lr == 3e-4 and isinstance(cfg.optim.lr, float)
     assert cfg.data.size == 16 and cfg.data.channels == [1] and cfg.data.synthetic["size"] == 32
-    assert cfg.t_max == 3 and cfg.max_minutes is None
+    assert cfg.pa3c.t_max == 3 and cfg.budget.max_minutes is None
     with pytest.raises(ValueError, match=r"unknown config key\(s\) \['data.sise'\]"):
         load_config(SMOKE, LOCAL + ["data.sise=3"])
     with pytest.raises(ValueError, match="config key lr expects float, got 'fast'"):
-        load_config(None, ["lr=fast"])
+        load_config(None, ["optim.lr=fast"])
     with pytest.raises(ValueError, match="preset must be one of"):
-        load_config(None, ["preset=huge"])
+        load_config(None, ["network.preset=huge"])
     with pytest.raises(ValueError, match="config file not found"):
         load_config(tmp_path / "nope.yaml")
     from rl_agents.experiment.sweep import load_sweep
@@ -50,16 +50,16 @@ def test_smoke_training_writes_metrics_checkpoints_and_resumes(tmp_path: Path):
     last = read_checkpoint(out / "checkpoints" / "last.pt")
     assert last.run["update"] == m["updates"] and last.agent["optimizer"] is not None and "env" in last.rng
     # resume with more epochs continues from the saved update count
-    cfg2 = load_config(SMOKE, LOCAL + ["epochs=3"])
+    cfg2 = load_config(SMOKE, LOCAL + ["budget.epochs=3"])
     m2 = train(cfg2, out, resume=True, quiet=True)
     assert m2["updates"] == 3 * int(np.ceil(m["n_train"] / 4))
     assert read_checkpoint(out / "checkpoints" / "last.pt").run["update"] == m2["updates"]
 
 
 def test_resume_reproduces_an_uninterrupted_run(tmp_path: Path):
-    cfg4 = load_config(SMOKE, LOCAL + ["epochs=4"])
+    cfg4 = load_config(SMOKE, LOCAL + ["budget.epochs=4"])
     full = train(cfg4, tmp_path / "full", quiet=True)
-    train(load_config(SMOKE, LOCAL + ["epochs=2"]), tmp_path / "split", quiet=True)
+    train(load_config(SMOKE, LOCAL + ["budget.epochs=2"]), tmp_path / "split", quiet=True)
     resumed = train(cfg4, tmp_path / "split", resume=True, quiet=True)
     a = read_checkpoint(tmp_path / "full" / "checkpoints" / "last.pt").agent["model"]
     b = read_checkpoint(tmp_path / "split" / "checkpoints" / "last.pt").agent["model"]
@@ -71,7 +71,7 @@ def test_resume_reproduces_an_uninterrupted_run(tmp_path: Path):
 @pytest.mark.slow
 def test_pa3c_learns_on_easy_synthetic_data(tmp_path: Path):
     """Pure PA3C (no auxiliary term) beats the all-foreground start on validation Dice by at least 0.5."""
-    cfg = load_config(SMOKE, LOCAL + ["data.size=32", "t_max=3", "batch_size=8", "epochs=80", "eval_every=50"])
+    cfg = load_config(SMOKE, LOCAL + ["data.size=32", "pa3c.t_max=3", "optim.batch_size=8", "budget.epochs=80", "eval.every=50"])
     m = train(cfg, tmp_path / "learn", quiet=True)
     from pixelrl_env.dataset import load_splits
     from pixelrl_env.metrics import dice
@@ -86,7 +86,7 @@ def test_evaluate_native_resolution_json_and_csv(tmp_path: Path):
     from tests.conftest import write_lgg_layout
 
     src = write_lgg_layout(tmp_path / "lgg", patients=4, slices=4, size=48, seed=3)
-    cfg = load_config(SMOKE, LOCAL + [f"data.path={src}", "data.format=lgg", "data.size=32", "epochs=1"])
+    cfg = load_config(SMOKE, LOCAL + [f"data.path={src}", "data.format=lgg", "data.size=32", "budget.epochs=1"])
     train(cfg, tmp_path / "r", quiet=True)
     res = evaluate_checkpoint(tmp_path / "r" / "checkpoints" / "best.pt", split="all", json_out=tmp_path / "e.json",
                               overlays=tmp_path / "ov", max_overlays=3)
@@ -109,7 +109,7 @@ def test_evaluate_native_resolution_json_and_csv(tmp_path: Path):
 
 
 def test_unet_baseline_smoke(tmp_path: Path):
-    assert main(["baseline", "--config", str(SMOKE), "--set", "epochs=3", "--output-dir", str(tmp_path / "u"),
+    assert main(["baseline", "--config", str(SMOKE), "--set", "budget.epochs=3", "--output-dir", str(tmp_path / "u"),
                  "--quiet"]) == 0
     m = json.loads((tmp_path / "u" / "metrics.json").read_text())
     assert m["params"] > 1_000_000 and "val/dice" in m
@@ -118,5 +118,5 @@ def test_unet_baseline_smoke(tmp_path: Path):
 
 
 def test_train_cli_reports_bad_config(tmp_path: Path, capsys):
-    assert main(["train", "--set", "t_max=0", "--output-dir", str(tmp_path)]) == 2
+    assert main(["train", "--set", "pa3c.t_max=0", "--output-dir", str(tmp_path)]) == 2
     assert "t_max must be >= 1" in capsys.readouterr().err

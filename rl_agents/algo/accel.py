@@ -43,7 +43,7 @@ class Accel:
 
     @classmethod
     def from_config(cls, cfg, device: torch.device | str) -> Accel:
-        return cls(torch.device(device), cfg.precision, cfg.channels_last, cfg.compile)
+        return cls(torch.device(device), cfg.compute.precision, cfg.compute.channels_last, cfg.compute.compile)
 
     @property
     def cuda(self) -> bool:

@@ -29,23 +29,23 @@ Weights = dict[str, np.ndarray]
 
 
 def n_actions_of(cfg: TrainConfig) -> int:
-    return 3 if cfg.action_set == "three" else 2
+    return 3 if cfg.pa3c.action_set == "three" else 2
 
 
 def build_network(cfg: TrainConfig, in_channels: int) -> PixelDRLNet:
-    return PixelDRLNet(in_channels, n_actions_of(cfg), cfg.preset, attention=cfg.attention, dilation=cfg.dilation,
-                       init_keep_prob=cfg.init_keep_prob, norm=cfg.norm, step_features=cfg.step_features,
-                       head_stride=cfg.head_stride, attn_stride=cfg.attn_stride)
+    return PixelDRLNet(in_channels, n_actions_of(cfg), cfg.network.preset, attention=cfg.network.attention, dilation=cfg.network.dilation,
+                       init_keep_prob=cfg.network.init_keep_prob, norm=cfg.network.norm, step_features=cfg.network.step_features,
+                       head_stride=cfg.network.head_stride, attn_stride=cfg.network.attn_stride)
 
 
 def updates_per_epoch(cfg: TrainConfig, n_train: int) -> int:
-    return max(1, math.ceil(n_train / cfg.batch_size))
+    return max(1, math.ceil(n_train / cfg.optim.batch_size))
 
 
 def planned_updates(cfg: TrainConfig, n_train: int) -> int:
     """``epochs`` in updates (one update = one rollout of ``batch_size`` images), capped by ``max_updates``."""
-    total = cfg.epochs * updates_per_epoch(cfg, n_train)
-    return total if cfg.max_updates is None else min(total, cfg.max_updates)
+    total = cfg.budget.epochs * updates_per_epoch(cfg, n_train)
+    return total if cfg.budget.max_updates is None else min(total, cfg.budget.max_updates)
 
 
 def to_numpy(module: torch.nn.Module) -> Weights:
@@ -64,12 +64,12 @@ def cpu_state(obj: Any) -> Any:
 
 
 def make_augment(cfg: TrainConfig) -> Augment | None:
-    """The training augmentation ``cfg.augment`` asks for (the same for PA3C episodes and U-Net minibatches)."""
-    return Augment() if cfg.augment else None
+    """The training augmentation ``cfg.optim.augment`` asks for (the same for PA3C episodes and U-Net minibatches)."""
+    return Augment() if cfg.optim.augment else None
 
 
 def make_train_env(cfg: TrainConfig, images: np.ndarray, masks: np.ndarray, seed: int) -> PixelSegEnv:
-    env = PixelSegEnv(images, masks, batch_size=cfg.batch_size, t_max=cfg.t_max, action_set=cfg.action_set,
+    env = PixelSegEnv(images, masks, batch_size=cfg.optim.batch_size, t_max=cfg.pa3c.t_max, action_set=cfg.pa3c.action_set,
                       transform=make_augment(cfg))
     env.reset(seed=seed)
     return env
@@ -86,8 +86,8 @@ def _tensor(x) -> torch.Tensor:
 def lr_factor(cfg: TrainConfig, update: int, step: int) -> float:
     """Learning-rate multiplier after ``update`` updates: the paper's x``lr_decay`` every ``step`` updates, times a
     linear warm-up over the first ``lr_warmup_updates`` (ours; none by default)."""
-    warm = min(1.0, (update + 1) / cfg.lr_warmup_updates) if cfg.lr_warmup_updates else 1.0
-    return warm * cfg.lr_decay ** (update // step)
+    warm = min(1.0, (update + 1) / cfg.optim.lr_warmup_updates) if cfg.optim.lr_warmup_updates else 1.0
+    return warm * cfg.optim.lr_decay ** (update // step)
 
 
 class PA3CAgent:
@@ -103,8 +103,8 @@ class PA3CAgent:
         modules: ``(network, reward kernel)`` to use instead of new ones (Hogwild: modules in shared memory).
 
     ``self.model`` is the network (parameters, checkpoints, weights); ``self.net`` is what the rollout calls: the same
-    module, or its ``torch.compile`` wrapper sharing those parameters (``cfg.compile``). Precision and layout follow
-    ``cfg.precision`` and ``cfg.channels_last`` (:mod:`rl_agents.algo.accel`).
+    module, or its ``torch.compile`` wrapper sharing those parameters (``cfg.compute.compile``). Precision and layout follow
+    ``cfg.compute.precision`` and ``cfg.compute.channels_last`` (:mod:`rl_agents.algo.accel`).
     """
 
     kind = "pixeldrl"
@@ -117,7 +117,7 @@ class PA3CAgent:
         self.device = torch.device(device)
         self.accel = Accel.from_config(cfg, self.device)
         if modules is None:
-            modules = (build_network(cfg, in_channels), RewardMapConv(cfg.reward_kernel))
+            modules = (build_network(cfg, in_channels), RewardMapConv(cfg.pa3c.reward_kernel))
         self.model, self.net = self.accel.prepare(modules[0])
         self.reward_conv = modules[1].to(self.device)
         self.params = list(self.model.parameters()) + list(self.reward_conv.parameters())
@@ -125,12 +125,12 @@ class PA3CAgent:
         self.update = 0
         self.opt = self.sched = None
         if optimizer:
-            self.opt = torch.optim.Adam(self.params, lr=cfg.lr)
-            self.lr_step = step = cfg.lr_decay_epochs * updates_per_epoch(cfg, n_train)
-            if cfg.lr_warmup_updates:  # StepLR otherwise, so checkpoints of earlier runs keep loading
+            self.opt = torch.optim.Adam(self.params, lr=cfg.optim.lr)
+            self.lr_step = step = cfg.optim.lr_decay_epochs * updates_per_epoch(cfg, n_train)
+            if cfg.optim.lr_warmup_updates:  # StepLR otherwise, so checkpoints of earlier runs keep loading
                 self.sched = torch.optim.lr_scheduler.LambdaLR(self.opt, lambda u: lr_factor(cfg, u, step))
             else:
-                self.sched = torch.optim.lr_scheduler.StepLR(self.opt, step_size=step, gamma=cfg.lr_decay)
+                self.sched = torch.optim.lr_scheduler.StepLR(self.opt, step_size=step, gamma=cfg.optim.lr_decay)
 
     @property
     def n_actions(self) -> int:
@@ -141,22 +141,22 @@ class PA3CAgent:
         """``entropy_coef``, or on a schedule towards ``entropy_coef_final`` by this agent's update count (a Ray
         worker's count is the learner version of its weights)."""
         cfg = self.cfg
-        if cfg.entropy_coef_final is None:
-            return cfg.entropy_coef
+        if cfg.pa3c.entropy_coef_final is None:
+            return cfg.pa3c.entropy_coef
         frac = min(1.0, self.update / max(self.total_updates, 1))
-        return cfg.entropy_coef + (cfg.entropy_coef_final - cfg.entropy_coef) * frac
+        return cfg.pa3c.entropy_coef + (cfg.pa3c.entropy_coef_final - cfg.pa3c.entropy_coef) * frac
 
     def rollout_and_loss(self, env: PixelSegEnv, gen: torch.Generator):
         """One rollout of ``t_max`` steps and its PA3C loss (graph kept, not yet backpropagated)."""
         cfg = self.cfg
-        roll = collect_rollout(self.net, env, self.device, gen, with_aux=cfg.aux_coef > 0, accel=self.accel,
-                               mode=cfg.rollout_mode, bootstrap=cfg.bootstrap == "value")
+        roll = collect_rollout(self.net, env, self.device, gen, with_aux=cfg.pa3c.aux_coef > 0, accel=self.accel,
+                               mode=cfg.pa3c.rollout_mode, bootstrap=cfg.pa3c.bootstrap == "value")
         with phase("loss"):
             loss = pa3c_loss(
                 roll.log_probs, roll.entropies, roll.values, roll.rewards, roll.bootstrap,
-                gamma=cfg.gamma, reward_conv=self.reward_conv, value_coef=cfg.value_coef,
-                entropy_coef=self.entropy_coef(), aux_log_probs=roll.aux_log_probs, aux_coef=cfg.aux_coef,
-                aux_weights=roll.aux_weights, normalize_advantage=cfg.adv_norm,
+                gamma=cfg.pa3c.gamma, reward_conv=self.reward_conv, value_coef=cfg.pa3c.value_coef,
+                entropy_coef=self.entropy_coef(), aux_log_probs=roll.aux_log_probs, aux_coef=cfg.pa3c.aux_coef,
+                aux_weights=roll.aux_weights, normalize_advantage=cfg.pa3c.adv_norm,
             )
         return roll, loss
 
@@ -197,10 +197,10 @@ class PA3CAgent:
                 if p.grad is not None:
                     p.grad.mul_(scale)
         with phase("optimizer"):
-            grad_norm = torch.nn.utils.clip_grad_norm_(self.params, self.cfg.grad_clip)
+            grad_norm = torch.nn.utils.clip_grad_norm_(self.params, self.cfg.optim.grad_clip)
             if at_update is not None:
                 for group in self.opt.param_groups:
-                    group["lr"] = self.cfg.lr * lr_factor(self.cfg, at_update, self.lr_step)
+                    group["lr"] = self.cfg.optim.lr * lr_factor(self.cfg, at_update, self.lr_step)
             lr = float(self.opt.param_groups[0]["lr"])
             self.opt.step()
             self.sched.step()

@@ -5,18 +5,17 @@ from __future__ import annotations
 import argparse
 import json
 import time
-from dataclasses import asdict, fields, replace
+from dataclasses import asdict, replace
 from pathlib import Path
 
 from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
 from pixelrl_env.dataset import load_splits
-
-from pixelrl_env.data_config import DataConfig
 from pixelrl_env.io import BadFiles, DataError
 from pixelrl_env.parquet_write import write_shards
 from pixelrl_env.sources import iter_source
+from rl_agents.config import load_config, to_dict
 from rl_agents.cli.common import console, err_console, removed_if_left_empty
 from rl_agents.experiment import env_demo as demo
 
@@ -64,33 +63,12 @@ def _select(samples, channels: list[int] | None, foreground_only: bool):
         yield s
 
 
-def _data_config(args: argparse.Namespace):
-    cfg = DataConfig(
-        format=args.format,
-        path=args.path,
-        size=None if args.size == 0 else args.size,
-        channels=[int(c) for c in args.channels.split(",")] if args.channels else None,
-        drop_empty=not args.keep_empty,
-        seed=args.seed,
-        k_shot=args.k_shot,
-        skip_bad=args.skip_bad,
-        group_pattern=args.group_pattern,
-        slice_axis=args.slice_axis,
-        label_value=args.label_value,
-        folds=args.folds,
-        fold=args.fold,
-    )
-    if args.format == "synthetic":
-        cfg.synthetic = {**cfg.synthetic, "size": args.size or 128, "difficulty": args.difficulty}
-    return cfg
-
-
 def data_info(args: argparse.Namespace) -> int:
-    data = _data_config(args)
+    data = load_config(args.config, args.set).data
     splits = load_splits(data)
     s = splits.summary()
-    fold = f", fold {args.fold} of {args.folds}" if args.folds else ""
-    table = Table(title=f"{args.format} data: {args.path or 'built-in'}{fold}")
+    fold = f", fold {data.fold} of {data.folds}" if data.folds else ""
+    table = Table(title=f"{data.format} data: {data.path or 'built-in'}{fold}")
     for col in ("split", "slices read", "slices kept", "groups", "foreground fraction"):
         table.add_column(col, justify="right" if col != "split" else "left")
     for name in ("train", "val", "test"):
@@ -112,14 +90,14 @@ def data_info(args: argparse.Namespace) -> int:
 
 
 def env_demo(args: argparse.Namespace) -> int:
-    # every flag of env-demo is a DemoConfig field (the others keep their defaults)
-    cfg = demo.DemoConfig(**{f.name: getattr(args, f.name) for f in fields(demo.DemoConfig) if hasattr(args, f.name)})
-    console.print(f"env-demo config: {asdict(cfg)}")
+    cfg = load_config(args.config, args.set)
+    console.print(f"env-demo: data {asdict(cfg.data)}, pa3c.t_max {cfg.pa3c.t_max}, pa3c.action_set "
+                  f"{cfg.pa3c.action_set}, optim.batch_size {cfg.optim.batch_size}", highlight=False)
     t0 = time.perf_counter()
     results = demo.env_demo(cfg)
     dt = time.perf_counter() - t0
     n = next(iter(results.values()))["n_images"]
-    table = Table(title=f"Pixel agents on {n} synthetic validation+test slices ({cfg.difficulty}, {cfg.size}px)")
+    table = Table(title=f"Pixel agents on {n} {cfg.data.format} validation+test slices ({cfg.data.size or 'native'} px)")
     cols = {"dice": "Dice", "iou": "IoU", "ppv": "PPV", "sensitivity": "Sens", "biou": "BIoU", "hd95": "HD95",
             "assd": "ASSD", "return_per_image": "Return"}
     table.add_column("policy")
@@ -131,5 +109,5 @@ def env_demo(args: argparse.Namespace) -> int:
     console.print(table)
     console.print(f"done in {dt:.1f} s ('keep' = the all-foreground start left unchanged)")
     if args.json:
-        Path(args.json).write_text(json.dumps({"config": asdict(cfg), "results": results, "seconds": dt}, indent=2))
+        Path(args.json).write_text(json.dumps({"config": to_dict(cfg), "results": results, "seconds": dt}, indent=2))
     return 0

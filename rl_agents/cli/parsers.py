@@ -33,31 +33,14 @@ def _data_commands(sub) -> None:
     _add_nifti_args(prep)
     prep.set_defaults(run="data:prepare_data")
 
-    info = sub.add_parser("data-info", help="show the patient-level split of a data set")
-    info.add_argument("--format", default="synthetic", choices=("lgg", "folder", "parquet", "nifti", "synthetic"))
-    info.add_argument("--path", default=None)
-    info.add_argument("--size", type=int, default=128, help="resize to SIZE x SIZE (0 = native)")
-    info.add_argument("--channels", default=None, help="comma-separated channel indices, e.g. 1 for LGG FLAIR")
-    info.add_argument("--keep-empty", action="store_true", help="keep slices without foreground")
-    info.add_argument("--k-shot", type=int, default=None)
-    info.add_argument("--seed", type=int, default=0)
-    info.add_argument("--skip-bad", action="store_true")
-    info.add_argument("--group-pattern", default=None)
-    _add_nifti_args(info)
-    info.add_argument("--folds", type=int, default=None, help="patient-level k-fold cross-validation: k")
-    info.add_argument("--fold", type=int, default=0, help="with --folds: the fold that is the test set (0..k-1)")
-    info.add_argument("--difficulty", default="easy", choices=("easy", "medium", "hard"))
+    info = sub.add_parser("data-info", help="show the patient-level split of a config's data (its data section)")
+    _add_config_args(info, "e.g. --config tune_configs/lgg_cpu.yaml --set data.folds=5 --set data.fold=2")
     info.add_argument("--json", default=None, help="also write the summary to this JSON file")
     info.set_defaults(run="data:data_info")
 
-    demo = sub.add_parser("env-demo", help="run the environment with oracle, random and do-nothing policies")
-    demo.add_argument("--size", type=int, default=128)
-    demo.add_argument("--difficulty", default="medium", choices=("easy", "medium", "hard"))
-    demo.add_argument("--n-patients", type=int, default=20)
-    demo.add_argument("--batch-size", type=int, default=16)
-    demo.add_argument("--t-max", type=int, default=10)
-    demo.add_argument("--action-set", default="paper", choices=("paper", "three"))
-    demo.add_argument("--seed", type=int, default=0)
+    demo = sub.add_parser("env-demo", help="run the environment with oracle, random and do-nothing policies on the "
+                                           "validation+test slices of a config's data")
+    _add_config_args(demo, "e.g. --set pa3c.action_set=three --set data.size=128")
     demo.add_argument("--json", default=None, help="also write the results to this JSON file")
     demo.set_defaults(run="data:env_demo")
 
@@ -105,6 +88,11 @@ def _report_commands(sub) -> None:
                          "raises validation Dice); default none")
     ev.set_defaults(run="reports:evaluate")
 
+    ref = sub.add_parser("config-reference", help="print docs/config.md, every config key, generated from the code")
+    ref.add_argument("--write", default=None, metavar="PATH", help="write it to PATH instead (e.g. docs/config.md)")
+    ref.add_argument("--check", default=None, metavar="PATH", help="exit 1 when PATH is not the current page")
+    ref.set_defaults(run="reports:config_reference")
+
     cv = sub.add_parser("cv-report", help="k-fold CV sweep: two variants compared fold by fold on test patients")
     _add_sweep_args(cv, "cv-heart")
     cv.add_argument("--a", default="pixeldrl", help="variant A (default pixeldrl)")
@@ -151,10 +139,14 @@ def _use_commands(sub) -> None:
     ex.set_defaults(run="use:export")
 
 
-def _add_train_args(p: argparse.ArgumentParser, default_out: str) -> None:
-    p.add_argument("--config", default=None, help="YAML config (see tune_configs/)")
+def _add_config_args(p: argparse.ArgumentParser, example: str = "e.g. --set optim.lr=3e-4 --set data.size=64") -> None:
+    p.add_argument("--config", default=None, help="YAML config (see tune_configs/ and docs/config.md)")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
-                   help="override a config value, e.g. --set lr=3e-4 --set data.size=64 (repeatable)")
+                   help=f"override a config value, {example} (repeatable)")
+
+
+def _add_train_args(p: argparse.ArgumentParser, default_out: str) -> None:
+    _add_config_args(p)
     p.add_argument("--output-dir", default=default_out, help=f"where metrics and checkpoints go (default {default_out})")
     p.add_argument("--resume", action="store_true", help="continue from OUTPUT_DIR/checkpoints/last.pt")
     p.add_argument("--quiet", action="store_true", help="no progress display")

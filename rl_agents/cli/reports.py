@@ -1,4 +1,5 @@
-"""``evaluate``, ``cv-report`` and ``ablation-report``: checkpoints scored, sweeps compared fold by fold."""
+"""``evaluate``, ``cv-report``, ``ablation-report`` and ``config-reference``: checkpoints scored, sweeps compared
+fold by fold, the config documented."""
 
 from __future__ import annotations
 
@@ -8,7 +9,8 @@ from pathlib import Path
 from rich.console import Console
 from rich.table import Table
 
-from rl_agents.cli.common import console
+from rl_agents.cli.common import console, err_console
+from rl_agents.config import reference
 from rl_agents.experiment.ablation import ablation_markdown
 from rl_agents.experiment.ablation import ablation_report as make_ablation_report
 from rl_agents.experiment.cv import LABELS, pm_text
@@ -115,4 +117,19 @@ def ablation_report(args: argparse.Namespace) -> int:
                    f"{', '.join(r['merged']['variants'])}", highlight=False)
     if args.markdown:
         print(ablation_markdown(r))
+    return 0
+
+
+def config_reference(args: argparse.Namespace) -> int:
+    if args.check:
+        problem = reference.check(Path(args.check))
+        if problem:
+            err_console.print(problem, highlight=False)
+            return 1
+        return 0
+    if args.write:
+        Path(args.write).write_text(reference.render())
+        console.print(f"wrote {args.write}", highlight=False)
+    else:
+        print(reference.render(), end="")
     return 0

@@ -68,7 +68,7 @@ def evaluate_arrays(model, data: ArraySet, cfg: TrainConfig, device, max_images:
     n = len(data) if max_images is None else min(len(data), max_images)
     if n == 0:
         return {}
-    pred, _ = segment(model, data.images[:n], cfg.t_max, batch_size=16, device=device)
+    pred, _ = segment(model, data.images[:n], cfg.pa3c.t_max, batch_size=16, device=device)
     per = compute_all(pred, data.masks[:n])
     return {k: float(np.mean(v)) for k, v in per.items()}
 
@@ -100,10 +100,10 @@ class InProcessEngine:
     def _prepare(self):
         """Threads, seed, device and the data (all splits read here: one process trains on all of it)."""
         cfg = self.cfg
-        if cfg.threads:
-            torch.set_num_threads(cfg.threads)
+        if cfg.compute.threads:
+            torch.set_num_threads(cfg.compute.threads)
         torch.manual_seed(cfg.seed)
-        self.device = pick_device(cfg.device)
+        self.device = pick_device(cfg.compute.device)
         splits = load_splits(cfg.data)
         if len(splits.train) == 0:
             raise ValueError("the training split is empty; check data.split, data.k_shot and data.drop_empty")

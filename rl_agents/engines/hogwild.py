@@ -23,11 +23,11 @@ import torch
 import torch.multiprocessing as mp
 
 from rl_agents.algo.agent import PA3CAgent, make_train_env
-from rl_agents.config import TrainConfig, config_from_dict, to_dict
+from rl_agents.config import TrainConfig
 from rl_agents.engines.base import DoneEval, actor_seed, evaluate_arrays
 
 
-def _train_process(rank: int, n: int, cfg_dict: dict, shared: list[torch.nn.Module], n_train: int, counters,
+def _train_process(rank: int, n: int, cfg: TrainConfig, shared: list[torch.nn.Module], n_train: int, counters,
                    stop, stats_queue, start_update: int) -> None:
     """One Hogwild process of :class:`HogwildEngine`: updates until the plan is done or ``stop`` is set.
 
@@ -40,7 +40,6 @@ def _train_process(rank: int, n: int, cfg_dict: dict, shared: list[torch.nn.Modu
 
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the driver's to handle (it stops us via ``stop``)
     reserved, applied = counters
-    cfg = config_from_dict(cfg_dict)
     torch.set_num_threads(1)
     seed = actor_seed(cfg.seed, rank, start_update)
     torch.manual_seed(seed)
@@ -97,7 +96,7 @@ class HogwildEngine:
         if resume is not None:
             self.agent.load_state_dict(resume.agent, weights_only=True)
             start = resume.update
-        self.px_per_update = cfg.batch_size * cfg.t_max * desc["image_size"] ** 2
+        self.px_per_update = cfg.optim.batch_size * cfg.pa3c.t_max * desc["image_size"] ** 2
         flops = forward_flops(self.agent.model, desc["in_channels"], desc["image_size"])
         for m in (self.agent.model, self.agent.reward_conv):
             m.share_memory()
@@ -105,7 +104,7 @@ class HogwildEngine:
         self.counters = (ctx.Value("i", start), ctx.Value("i", start))
         self.stop_event, self.stats_queue = ctx.Event(), ctx.Queue()
         shared = [self.agent.model, self.agent.reward_conv]
-        self.procs = [ctx.Process(target=_train_process, args=(r, cfg.num_workers, to_dict(cfg), shared,
+        self.procs = [ctx.Process(target=_train_process, args=(r, cfg.num_workers, cfg, shared,
                                                               desc["n_train"], self.counters, self.stop_event,
                                                               self.stats_queue, start), daemon=True)
                       for r in range(cfg.num_workers)]
@@ -115,7 +114,7 @@ class HogwildEngine:
         return {"n_train": desc["n_train"], "n_val": desc["n_val"], "params": n_params,
                 "gflop_per_image_step": flops / 1e9,
                 "banner": f"Hogwild A3C: {cfg.num_workers} processes x 1 thread; data: {desc['n_train']} train / "
-                          f"{desc['n_val']} val slices; model {cfg.preset}: {n_params:,} parameters; "
+                          f"{desc['n_val']} val slices; model {cfg.network.preset}: {n_params:,} parameters; "
                           f"{self.agent.total_updates} updates planned"}
 
     @property
@@ -191,11 +190,10 @@ class HogwildEngine:
                 "perf/pixel_agent_steps_per_s": self.pixel_agent_steps / max(wall, 1e-9), "workers/n": len(self.procs)}
 
 
-def _worker(rank: int, n: int, cfg_dict: dict, shared: list[torch.nn.Module], n_train: int, counter,
+def _worker(rank: int, n: int, cfg: TrainConfig, shared: list[torch.nn.Module], n_train: int, counter,
             seconds: float, queue) -> None:
     from pixelrl_env.dataset import load_part
 
-    cfg = config_from_dict(cfg_dict)
     torch.set_num_threads(1)
     torch.manual_seed(cfg.seed + 1 + rank)
     part = load_part(cfg.data, "train", rank, n)
@@ -231,7 +229,7 @@ def run_hogwild(cfg: TrainConfig, n_processes: int, seconds: float) -> dict:
     before = [p.detach().clone() for p in shared[0].parameters()]
     ctx = mp.get_context("spawn")
     counter, queue = ctx.Value("i", 0), ctx.Queue()
-    procs = [ctx.Process(target=_worker, args=(r, n_processes, to_dict(cfg), shared, desc["n_train"], counter,
+    procs = [ctx.Process(target=_worker, args=(r, n_processes, cfg, shared, desc["n_train"], counter,
                                                seconds, queue))
              for r in range(n_processes)]
     for p in procs:

@@ -46,7 +46,7 @@ class LocalEngine(InProcessEngine):
         self.agent.model.to(self.device)
         return {"n_train": len(self.train_set), "n_val": len(self.val_set), "params": n_params,
                 "gflop_per_image_step": self.flops / 1e9,
-                "banner": f"data: {len(self.train_set)} train / {len(self.val_set)} val slices; model {cfg.preset}: "
+                "banner": f"data: {len(self.train_set)} train / {len(self.val_set)} val slices; model {cfg.network.preset}: "
                           f"{n_params:,} parameters, {self.flops / 1e9:.3f} GFLOP per image-step; device "
                           f"{self.device}; {self.agent.total_updates} updates planned"}
 
@@ -80,7 +80,7 @@ class LocalEngine(InProcessEngine):
             "perf/pixel_agent_steps_per_s": self.pixel_agent_steps / max(wall, 1e-9),
             "perf/updates_per_s": self.agent.update / max(wall, 1e-9),
             # forward + backward ~ 3 forward passes per image-step, plus the bootstrap forward per rollout
-            "perf/train_gflop_per_s": (3 * cfg.t_max + 1) * cfg.batch_size * self.agent.update * self.flops / 1e9
+            "perf/train_gflop_per_s": (3 * cfg.pa3c.t_max + 1) * cfg.optim.batch_size * self.agent.update * self.flops / 1e9
             / max(wall, 1e-9),
         }
 

@@ -21,7 +21,7 @@ from rich.console import Console
 
 from rl_agents.algo.agent import PA3CAgent
 from rl_agents.algo.model import count_parameters, forward_flops
-from rl_agents.config import TrainConfig, to_dict
+from rl_agents.config import TrainConfig
 from rl_agents.engines.ray_actors import Evaluator, Learner, Worker
 from rl_agents.engines.ray_runtime import HeadWatchdog, connect, on_this_node, pin
 
@@ -128,16 +128,15 @@ class RayA3CEngine:
 
     def setup(self, resume=None) -> dict[str, Any]:
         cfg = self.cfg
-        self.started = connect(cfg.ray_address, cfg.num_workers * cfg.worker_cpus + cfg.learner_cpus)
-        self.watchdog = HeadWatchdog(ray.get_runtime_context().gcs_address, cfg.head_timeout_s,
-                                     self.last_checkpoint) if cfg.head_timeout_s else None
-        cfg_dict = to_dict(cfg)
+        self.started = connect(cfg.ray.address, cfg.num_workers * cfg.ray.worker_cpus + cfg.ray.learner_cpus)
+        self.watchdog = HeadWatchdog(ray.get_runtime_context().gcs_address, cfg.ray.head_timeout_s,
+                                     self.last_checkpoint) if cfg.ray.head_timeout_s else None
         # the evaluator shares the driver's bundle (or, outside a placement group, its node): it runs while the
         # driver only waits, and it does not die with a worker's node (seen when Ray had put it there). Should its
         # node go anyway, Ray restarts it and runs the pass it lost again (a pure function of the weights)
         self.evaluator = ray.remote(self.evaluator_cls).options(num_cpus=0, max_restarts=EVALUATOR_MAX_RESTARTS,
                                                        max_task_retries=EVALUATOR_MAX_RESTARTS,
-                                                       **(pin(cfg, 0) or on_this_node())).remote(cfg_dict)
+                                                       **(pin(cfg, 0) or on_this_node())).remote(cfg)
         self.info = info = ray.get(self.evaluator.info.remote())
         if info["n_train"] == 0:
             raise ValueError("the training split is empty; check data.split, data.k_shot and data.drop_empty")
@@ -146,10 +145,10 @@ class RayA3CEngine:
         self.start = (resume.agent if resume else None, self.update, self.pixel_agent_steps)
         self.gpus = self._learner_gpus()
         self._start_learner(resume.agent if resume else None, self.pixel_agent_steps)
-        slow = list(cfg.worker_slowdown or [])
-        self.workers = [ray.remote(self.worker_cls).options(num_cpus=cfg.worker_cpus, max_restarts=cfg.worker_max_restarts,
+        slow = list(cfg.ray.worker_slowdown or [])
+        self.workers = [ray.remote(self.worker_cls).options(num_cpus=cfg.ray.worker_cpus, max_restarts=cfg.ray.worker_max_restarts,
                                                    max_task_retries=0, **pin(cfg, 2 + i)).remote(
-                            cfg_dict, i, cfg.num_workers, self.update, float(slow[i]) if i < len(slow) else 1.0)
+                            cfg, i, cfg.num_workers, self.update, float(slow[i]) if i < len(slow) else 1.0)
                         for i in range(cfg.num_workers)]
         self.learner_device, self.learner_node = ray.get(self.learner.placement.remote())
         # the driver's copy of the agent, without an optimiser: it sizes the run and turns weights into states
@@ -162,23 +161,23 @@ class RayA3CEngine:
         self.t0 = time.perf_counter()
         return {"n_train": info["n_train"], "n_val": info["n_val"], "params": n_params,
                 "gflop_per_image_step": self.flops / 1e9,
-                "banner": f"Ray A3C: {cfg.num_workers} workers x {cfg.worker_cpus} CPU, learner on "
+                "banner": f"Ray A3C: {cfg.num_workers} workers x {cfg.ray.worker_cpus} CPU, learner on "
                           f"{self.learner_device} (num_gpus={self.gpus}); data: {info['n_train']} train / "
-                          f"{info['n_val']} val slices; model {cfg.preset}: {n_params:,} parameters, "
+                          f"{info['n_val']} val slices; model {cfg.network.preset}: {n_params:,} parameters, "
                           f"{self.flops / 1e9:.3f} GFLOP per image-step; {self.total_updates} updates planned"}
 
     def _start_learner(self, agent: dict | None, pixel_agent_steps: int) -> None:
         cfg = self.cfg
         self.learner = ray.remote(self.learner_cls).options(
-            num_cpus=cfg.learner_cpus, num_gpus=self.gpus, **pin(cfg, 1)).remote(
-            to_dict(cfg), self.info["in_channels"], self.info["n_train"], ray.put(agent) if agent else None,
+            num_cpus=cfg.ray.learner_cpus, num_gpus=self.gpus, **pin(cfg, 1)).remote(
+            cfg, self.info["in_channels"], self.info["n_train"], ray.put(agent) if agent else None,
             pixel_agent_steps)
 
     def _learner_gpus(self) -> float:
         cfg = self.cfg
-        if cfg.learner_gpus is not None:
-            return cfg.learner_gpus
-        return 1.0 if ray.cluster_resources().get("GPU", 0) >= 1 and cfg.device != "cpu" else 0.0
+        if cfg.ray.learner_gpus is not None:
+            return cfg.ray.learner_gpus
+        return 1.0 if ray.cluster_resources().get("GPU", 0) >= 1 and cfg.compute.device != "cpu" else 0.0
 
     # keeping workers busy -------------------------------------------------------------------------------------
     @property
@@ -189,7 +188,7 @@ class RayA3CEngine:
         if i in self.needs_reset:  # the learner was restored: start from its weights, not the dead one's
             self.needs_reset.discard(i)
             self.workers[i].reset.remote()  # an actor runs its calls in order: before the work below
-        ref = self.workers[i].work.remote(self.learner, self.cfg.rollouts_per_call)
+        ref = self.workers[i].work.remote(self.learner, self.cfg.ray.rollouts_per_call)
         self.running[ref] = i
         self.sent_at[ref] = time.perf_counter()
         self.sent_epoch[ref] = self.epoch
@@ -198,7 +197,7 @@ class RayA3CEngine:
         """Kill a worker whose work call is older than ``worker_timeout_s`` (a rollout stuck in I/O or a deadlock never
         returns, and ``ray.wait`` alone would wait for it forever). Ray restarts the actor; its call then fails as a
         death, and :meth:`_collect` counts the restart and hands the new actor work."""
-        limit = self.cfg.worker_timeout_s
+        limit = self.cfg.ray.worker_timeout_s
         if limit is None:
             return
         now = time.perf_counter()
@@ -244,9 +243,9 @@ class RayA3CEngine:
                 return None
             raise
         except RayActorError as e:
-            if isinstance(e, ActorDiedError) and self.restarts[i] >= self.cfg.worker_max_restarts:
+            if isinstance(e, ActorDiedError) and self.restarts[i] >= self.cfg.ray.worker_max_restarts:
                 raise RuntimeError(f"worker {i} is dead after {self.restarts[i]} restart(s) (worker_max_restarts="
-                                   f"{self.cfg.worker_max_restarts}): {e}") from e
+                                   f"{self.cfg.ray.worker_max_restarts}): {e}") from e
             if i not in self.restarting:
                 self.restarts[i] += 1
                 self.restarting[i] = {"worker": i, "dead_seen_unix": time.time(), "back_unix": None}
@@ -286,7 +285,7 @@ class RayA3CEngine:
             return True
 
     def _restore_learner(self, error: Exception, cause: Exception) -> None:
-        n, limit = len(self.learner_restores), self.cfg.learner_max_restarts
+        n, limit = len(self.learner_restores), self.cfg.ray.learner_max_restarts
         if n >= limit:
             raise RuntimeError(
                 f"the learner actor died ({type(error).__name__}) at about update {self.update}"

@@ -26,7 +26,7 @@ import torch
 
 from pixelrl_env.dataset import describe, load_part
 from rl_agents.algo.agent import PA3CAgent, Weights, make_train_env
-from rl_agents.config import config_from_dict
+from rl_agents.config import TrainConfig
 from rl_agents.engines.base import actor_seed, evaluate_arrays
 
 
@@ -37,12 +37,12 @@ def _threads(cpus: float) -> int:
 class Learner:
     """The global agent. One verb: :meth:`push` (apply a gradient, answer with the newest weights)."""
 
-    def __init__(self, cfg_dict: dict, in_channels: int, n_train: int, resume: dict | None = None,
+    def __init__(self, cfg: TrainConfig, in_channels: int, n_train: int, resume: dict | None = None,
                  pixel_agent_steps: int = 0):
-        self.cfg = cfg = config_from_dict(cfg_dict)
-        torch.set_num_threads(_threads(cfg.learner_cpus))
+        self.cfg = cfg
+        torch.set_num_threads(_threads(cfg.ray.learner_cpus))
         # fake GPU nodes (and CPU-only torch) report a GPU torch cannot use: fall back to the CPU
-        device = torch.device("cuda" if torch.cuda.is_available() and cfg.device != "cpu" else "cpu")
+        device = torch.device("cuda" if torch.cuda.is_available() and cfg.compute.device != "cpu" else "cpu")
         torch.manual_seed(cfg.seed)
         self.agent = PA3CAgent(cfg, in_channels, n_train, device)
         if resume is not None:
@@ -74,13 +74,13 @@ class Learner:
 
     def _scale(self, staleness: int) -> float | None:
         """1.0, a down-weighting factor, or None (drop), by the staleness rule; counted."""
-        c, bound = self.counters, self.cfg.staleness_bound
+        c, bound = self.counters, self.cfg.ray.staleness_bound
         c["pushes"] += 1
         c["staleness_sum"] += staleness
         c["staleness_max"] = max(c["staleness_max"], staleness)
         if bound is None or staleness <= bound:
             return 1.0
-        if self.cfg.stale_policy == "drop":
+        if self.cfg.ray.stale_policy == "drop":
             c["dropped"] += 1
             return None
         c["downweighted"] += 1
@@ -141,11 +141,11 @@ class Learner:
 class Worker:
     """A local agent and an environment over this worker's part of the data. One verb: :meth:`work`."""
 
-    def __init__(self, cfg_dict: dict, index: int, n_workers: int, start_update: int = 0, slowdown: float = 1.0):
-        self.cfg = cfg = config_from_dict(cfg_dict)
+    def __init__(self, cfg: TrainConfig, index: int, n_workers: int, start_update: int = 0, slowdown: float = 1.0):
+        self.cfg = cfg
         self.index = index
         self.slowdown = slowdown
-        torch.set_num_threads(_threads(cfg.worker_cpus))
+        torch.set_num_threads(_threads(cfg.ray.worker_cpus))
         seed = actor_seed(cfg.seed, index, start_update)
         torch.manual_seed(seed)
         self.read_stats: dict[str, Any] = {}
@@ -198,8 +198,8 @@ class Worker:
 class Evaluator:
     """Reads only the validation split. One verb: :meth:`evaluate` (greedy segmentation, mean metrics)."""
 
-    def __init__(self, cfg_dict: dict):
-        self.cfg = cfg = config_from_dict(cfg_dict)
+    def __init__(self, cfg: TrainConfig):
+        self.cfg = cfg
         torch.set_num_threads(1)
         self.desc = describe(cfg.data)
         self.val = load_part(cfg.data, "val") if self.desc["n_val"] else None

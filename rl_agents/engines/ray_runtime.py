@@ -111,10 +111,10 @@ def ray_bundles(cfg: TrainConfig) -> list[dict[str, float]]:
     Sweeps reserve exactly this (:func:`rl_agents.experiment.sweep.trial_resources`) and the engine pins each actor
     to its own bundle of it (:func:`pin`): one definition, so the two cannot drift apart.
     """
-    learner = {"CPU": max(cfg.learner_cpus, 0.01)}
-    if cfg.learner_gpus:
-        learner["GPU"] = cfg.learner_gpus
-    return [{"CPU": 0.01}, learner] + [{"CPU": cfg.worker_cpus}] * cfg.num_workers
+    learner = {"CPU": max(cfg.ray.learner_cpus, 0.01)}
+    if cfg.ray.learner_gpus:
+        learner["GPU"] = cfg.ray.learner_gpus
+    return [{"CPU": 0.01}, learner] + [{"CPU": cfg.ray.worker_cpus}] * cfg.num_workers
 
 
 def pin(cfg: TrainConfig, index: int) -> dict[str, Any]:

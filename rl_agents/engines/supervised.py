@@ -42,12 +42,12 @@ class UNetAgent:
         self.cfg, self.in_channels, self.device = cfg, int(in_channels), torch.device(device)
         self.accel = Accel.from_config(cfg, self.device)
         self.model, self.net = self.accel.prepare(build_unet(in_channels))
-        self.opt = torch.optim.Adam(self.model.parameters(), lr=cfg.lr)
+        self.opt = torch.optim.Adam(self.model.parameters(), lr=cfg.optim.lr)
         self.total_updates = planned_updates(cfg, n_train)
         self.update = 0
 
     def apply_gradients(self) -> float:
-        norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.cfg.grad_clip)
+        norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.cfg.optim.grad_clip)
         self.opt.step()
         self.update += 1
         return float(norm)
@@ -112,7 +112,7 @@ class SupervisedEngine(InProcessEngine):
                           f"slices; device {self.device}; {self.agent.total_updates} updates planned"}
 
     def step(self) -> dict[str, float]:
-        idx = torch.as_tensor(self.rng.choice(len(self.tr), size=min(self.cfg.batch_size, len(self.tr)),
+        idx = torch.as_tensor(self.rng.choice(len(self.tr), size=min(self.cfg.optim.batch_size, len(self.tr)),
                                               replace=False))
         accel = self.agent.accel
         images, masks = self.images[idx], self.masks[idx]

@@ -26,6 +26,7 @@ from typing import Any
 import numpy as np
 import yaml
 
+from rl_agents.config import flatten, upgrade
 from rl_agents.experiment.provenance import command as this_command
 from rl_agents.experiment.provenance import describe, write_json
 from rl_agents.experiment.sweep import TRIAL_INFO
@@ -60,9 +61,10 @@ class Trial:
         return self.path / "checkpoints" / "best.pt"
 
     def budget(self) -> dict[str, Any]:
-        c, m = self.config, self.metrics
-        return {"max_minutes": c.get("max_minutes"), "max_updates": c.get("max_updates"), "epochs": c.get("epochs"),
-                "threads": c.get("threads"), "batch_size": c.get("batch_size"), "model": c.get("model"),
+        c, m = flatten(upgrade(self.config, "a trial's config.yaml")), self.metrics
+        return {"max_minutes": c.get("budget.max_minutes"), "max_updates": c.get("budget.max_updates"),
+                "epochs": c.get("budget.epochs"), "threads": c.get("compute.threads"),
+                "batch_size": c.get("optim.batch_size"), "model": c.get("model"),
                 "updates": m.get("updates"), "best_update": m.get("best_update"), "wall_time_s": m.get("wall_time_s"),
                 "stopped_by": m.get("stopped_by")}
 

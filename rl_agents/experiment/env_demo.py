@@ -6,30 +6,15 @@ all-foreground start ("do nothing" for t_max steps) is the baseline that a learn
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import numpy as np
 
 from pixelrl_env.dataset import load_splits
-
-from pixelrl_env.data_config import DataConfig
 from pixelrl_env.env import KEEP, PixelSegEnv
 from pixelrl_env.metrics import compute_all
 from pixelrl_env.policies import oracle_actions, random_actions
+from rl_agents.config import TrainConfig
 
 POLICIES = ("oracle", "random", "keep")
-
-
-@dataclass
-class DemoConfig:
-    size: int = 128
-    difficulty: str = "medium"
-    n_patients: int = 20
-    slices_per_patient: int = 8
-    batch_size: int = 16
-    t_max: int = 10
-    action_set: str = "paper"
-    seed: int = 0
 
 
 def run_policy(env: PixelSegEnv, policy: str, seed: int) -> dict[str, float]:
@@ -64,22 +49,12 @@ def run_policy(env: PixelSegEnv, policy: str, seed: int) -> dict[str, float]:
     return out
 
 
-def env_demo(cfg: DemoConfig) -> dict[str, dict[str, float]]:
-    """Run every policy of :data:`POLICIES` on the synthetic validation+test slices; return their metrics."""
-    data = DataConfig(
-        format="synthetic",
-        size=cfg.size,
-        seed=cfg.seed,
-        synthetic={
-            "n_patients": cfg.n_patients,
-            "slices_per_patient": cfg.slices_per_patient,
-            "size": cfg.size,
-            "difficulty": cfg.difficulty,
-        },
-    )
-    splits = load_splits(data)
+def env_demo(cfg: TrainConfig) -> dict[str, dict[str, float]]:
+    """Run every policy of :data:`POLICIES` on the validation+test slices of ``cfg.data`` with the config's episode
+    (``pa3c.t_max``, ``pa3c.action_set``, ``optim.batch_size`` images at a time); return their metrics."""
+    splits = load_splits(cfg.data)
     images = np.concatenate([splits.val.images, splits.test.images])
     masks = np.concatenate([splits.val.masks, splits.test.masks])
-    env = PixelSegEnv(images, masks, batch_size=min(cfg.batch_size, len(images)), t_max=cfg.t_max,
-                      action_set=cfg.action_set)
+    env = PixelSegEnv(images, masks, batch_size=min(cfg.optim.batch_size, len(images)), t_max=cfg.pa3c.t_max,
+                      action_set=cfg.pa3c.action_set)
     return {p: run_policy(env, p, cfg.seed) for p in POLICIES}

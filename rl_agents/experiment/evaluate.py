@@ -56,7 +56,7 @@ def predict(model: torch.nn.Module, cfg: TrainConfig, images: np.ndarray, device
     if getattr(model, "is_unet", False):
         prob = torch.sigmoid(model(torch.as_tensor(images, device=device))[:, 0]).cpu().numpy()
         return (prob >= 0.5).astype(np.uint8), (1 - np.abs(2 * prob - 1)).astype(np.float32)
-    return segment(model, images, cfg.t_max, batch_size=16, device=device, early_exit=early_exit)
+    return segment(model, images, cfg.pa3c.t_max, batch_size=16, device=device, early_exit=early_exit)
 
 
 def volume_dice(groups: Sequence[str], tp, pred_pixels, gt_pixels) -> dict[str, float]:

@@ -109,7 +109,7 @@ def export_checkpoint(checkpoint: str | Path, fmt: str, output: str | Path | Non
     size = int(cfg.data.size)
     out = Path(output) if output is not None else checkpoint.with_name(checkpoint.stem + SUFFIX[fmt])
     out.parent.mkdir(parents=True, exist_ok=True)
-    module = segmenter(model, cfg.t_max)
+    module = segmenter(model, cfg.pa3c.t_max)
 
     # trace at batch 2 and check at batch 3: a graph that had kept the traced batch size fails the check
     x_trace, x_check = _example(in_channels, size, 2, 0), _example(in_channels, size, 3, 1)
@@ -139,7 +139,7 @@ def export_checkpoint(checkpoint: str | Path, fmt: str, output: str | Path | Non
                               "prepare": "as in training: pixelrl_env.dataset.prepare_rows with the 'data' config"}},
         "outputs": {"masks": {"shape": ["batch", size, size], "dtype": "float32", "values": "0 or 1"},
                     "uncertainty": {"shape": ["batch", size, size], "dtype": "float32", "values": "0..1"}},
-        "t_max": cfg.t_max if kind == "pixeldrl-mg" else None,
+        "t_max": cfg.pa3c.t_max if kind == "pixeldrl-mg" else None,
         "checked_against_torch": checked,
         "mask_agreement_with_torch": agreement,
         "data": asdict(cfg.data),

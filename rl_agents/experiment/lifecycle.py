@@ -115,7 +115,7 @@ class Run:
 
     # evaluation ------------------------------------------------------------------------------------------------
     def _start_eval(self) -> None:
-        self.eval_job = self.engine.start_eval(self.cfg.eval_max_images)
+        self.eval_job = self.engine.start_eval(self.cfg.eval.max_images)
 
     def _poll_eval(self, block: bool) -> None:
         if self.eval_job is None:
@@ -144,17 +144,17 @@ class Run:
     # the loop --------------------------------------------------------------------------------------------------
     def _budget_spent(self) -> str | None:
         cfg = self.cfg
-        if cfg.max_minutes is not None and self.state.wall_time_s >= cfg.max_minutes * 60.0:
+        if cfg.budget.max_minutes is not None and self.state.wall_time_s >= cfg.budget.max_minutes * 60.0:
             return "max_minutes"
-        if (cfg.stop_at_val_dice is not None and self.state.history
-                and self.state.history[-1].get("val/dice", -1.0) >= cfg.stop_at_val_dice):
+        if (cfg.budget.stop_at_val_dice is not None and self.state.history
+                and self.state.history[-1].get("val/dice", -1.0) >= cfg.budget.stop_at_val_dice):
             return "stop_at_val_dice"
         return None
 
     def _loop(self, t0: float) -> None:
         cfg, s = self.cfg, self.state
-        self.next_eval = (s.update // cfg.eval_every + 1) * cfg.eval_every
-        self.next_ckpt = (s.update // cfg.checkpoint_every + 1) * cfg.checkpoint_every
+        self.next_eval = (s.update // cfg.eval.every + 1) * cfg.eval.every
+        self.next_ckpt = (s.update // cfg.eval.checkpoint_every + 1) * cfg.eval.checkpoint_every
         self.last_report = time.perf_counter()
         progress = Progress(TextColumn(f"[bold]{self.engine.name}"), BarColumn(),
                             TextColumn("{task.completed}/{task.total}"), TimeElapsedColumn(),
@@ -177,16 +177,16 @@ class Run:
         due = s.update >= self.next_eval or (s.update >= eng.total_updates and self.stopped_by is None) or spent
         if due and self.eval_job is None and (not s.history or s.history[-1]["update"] != s.update):
             self._start_eval()
-            self.next_eval = (s.update // cfg.eval_every + 1) * cfg.eval_every
+            self.next_eval = (s.update // cfg.eval.every + 1) * cfg.eval.every
         self._poll_eval(block=False)
         if s.update >= self.next_ckpt:
             self.save_last()
-            self.next_ckpt = (s.update // cfg.checkpoint_every + 1) * cfg.checkpoint_every
+            self.next_ckpt = (s.update // cfg.eval.checkpoint_every + 1) * cfg.eval.checkpoint_every
         spent = spent or (self._budget_spent() if self.stopped_by is None else None)
         if spent:
             self.stopped_by = spent
             eng.stop()
-        if time.perf_counter() - self.last_report >= cfg.report_every_s:
+        if time.perf_counter() - self.last_report >= cfg.tracking.report_every_s:
             self.last_report = time.perf_counter()
             line = eng.report_line(self.last_eval)
             if line and not self.quiet:
@@ -228,7 +228,7 @@ class Run:
     def _stop_reason(self) -> str:
         if self.stopped_by:
             return self.stopped_by
-        if self.cfg.max_updates is not None and self.engine.update >= self.cfg.max_updates:
+        if self.cfg.budget.max_updates is not None and self.engine.update >= self.cfg.budget.max_updates:
             return "max_updates"
         return "epochs"
 
@@ -299,7 +299,7 @@ def run_training(cfg: TrainConfig, output_dir: str | Path, resume: bool = False,
         if mlflow_run_id is None:  # a sweep trial's run is ended by the sweep (it may be retried)
             log_run(cfg, output_dir, None, status="FAILED")
         raise
-    if cfg.mlflow and not quiet:  # logging the model and overlays takes a while: say what is happening
+    if cfg.tracking.mlflow and not quiet:  # logging the model and overlays takes a while: say what is happening
         from rl_agents.experiment.tracking import tracking_uri
 
         console.print(f"recording the run in MLflow ({tracking_uri()}): metrics, model, overlays ...", highlight=False)

@@ -101,7 +101,7 @@ def mask_steps(m: Loaded, image: np.ndarray) -> list[np.ndarray]:
     state = torch.ones((1, x.shape[2], x.shape[3]), dtype=torch.bool, device=m.device)
     frames = [state[0].to(torch.uint8).cpu().numpy()]
     context = encode(m.model, x)
-    for _ in range(m.cfg.t_max):
+    for _ in range(m.cfg.pa3c.t_max):
         logits = step_policy(m.model, context, state)
         state = apply_actions(state, greedy_actions(logits), m.model.n_actions)
         frames.append(state[0].to(torch.uint8).cpu().numpy())

@@ -33,6 +33,7 @@ learner, then one bundle per worker); the engine pins each actor to its own bund
 from __future__ import annotations
 
 import contextlib
+import copy
 import json
 import os
 import signal
@@ -42,7 +43,9 @@ from typing import Any
 
 import yaml
 
-from rl_agents.config import TrainConfig, config_from_dict, flatten, to_dict
+from rl_agents.config import (LEGACY, TrainConfig, canonical_key, config_from_dict, flatten, load_config,
+                              read_yaml_mapping, set_key, to_dict, validate)
+from rl_agents.config.load import notify_flat
 from rl_agents.experiment.tracking import tracking_uri
 
 SWEEP_KEYS = {"base", "set", "search_space", "num_samples", "max_concurrent_trials", "search", "scheduler", "metric",
@@ -54,8 +57,6 @@ TRIAL_INFO = "trial.json"  # beside a trial's config.yaml: what Tune sampled, th
 def load_sweep(path: str | Path, variants: list[str] | None = None) -> dict[str, Any]:
     """Read and check a sweep file; ``base`` resolved to a full config dict. ``variants`` keeps only those rows of
     its ``variant`` grid (part of an ablation on another machine, or the rows a lost storage took with it)."""
-    from rl_agents.config import load_config, read_yaml_mapping
-
     p = Path(path)
     spec = read_yaml_mapping(p, "sweep")
     unknown = sorted(set(spec) - SWEEP_KEYS)
@@ -72,7 +73,7 @@ def load_sweep(path: str | Path, variants: list[str] | None = None) -> dict[str,
     # trials run with the trial directory as working directory: make a relative local data path absolute here
     if cfg.data.path and "://" not in cfg.data.path and not Path(cfg.data.path).is_absolute():
         cfg.data.path = str(Path(cfg.data.path).resolve())
-    space = spec.get("search_space") or {}
+    space = _canonical_space(spec.get("search_space") or {}, f"sweep file {p}")
     known = set(flatten(to_dict(cfg)))
     for key, dist in space.items():
         if key == "variant":  # a grid of named override sets, e.g. the ablation rows
@@ -112,6 +113,22 @@ def load_sweep(path: str | Path, variants: list[str] | None = None) -> dict[str,
     }
 
 
+def _canonical_space(space: dict, where: str) -> dict:
+    """The search space with flat keys from before the config's sections in their places (``lr`` -> ``optim.lr``),
+    in the keys it samples and in each variant row."""
+    if not isinstance(space, dict):
+        raise ValueError(f"{where}: search_space must be a mapping, got {type(space).__name__}")
+    rows = (space.get("variant") or {}).get("grid") if isinstance(space.get("variant"), dict) else None
+    flat = [k.split(".")[0] for k in space if k.split(".")[0] in LEGACY]
+    out = {canonical_key(k): v for k, v in space.items()}
+    if isinstance(rows, list) and all(isinstance(r, dict) for r in rows):
+        flat += [k.split(".")[0] for r in rows for k in flatten(r) if k.split(".")[0] in LEGACY]
+        out["variant"] = {**space["variant"], "grid": [{canonical_key(k): v for k, v in flatten(r).items()}
+                                                       for r in rows]}
+    notify_flat(sorted(set(flat)), where)
+    return out
+
+
 def _space(space: dict[str, dict]) -> dict[str, Any]:
     from ray import tune
 
@@ -126,13 +143,11 @@ def _space(space: dict[str, dict]) -> dict[str, Any]:
 
 def trial_config(base: dict, sampled: dict[str, Any]) -> TrainConfig:
     """The base config with the trial's dotted keys set, type-checked like ``--set``."""
-    from rl_agents.config import _set_dotted, validate
-
-    raw = {**base, "data": dict(base["data"])}
+    raw = copy.deepcopy(base)
     sampled = dict(sampled)
     variant = sampled.pop("variant", None) or {}
     for k, v in {**flatten({k: v for k, v in variant.items() if k != "name"}), **sampled}.items():
-        _set_dotted(raw, k, v)
+        set_key(raw, k, v)
     cfg = config_from_dict(raw)
     validate(cfg)
     return cfg
@@ -189,9 +204,9 @@ def _trainable(config: dict[str, Any], sweep: dict[str, Any]) -> None:
     cfg = trial_config(sweep["base"], sampled)
     ctx = tune.get_context()
     out = Path(ctx.get_trial_dir()) / "run"
-    cfg.run_name = trial_run_name(sampled, ctx.get_trial_id())
+    cfg.tracking.run_name = trial_run_name(sampled, ctx.get_trial_id())
     record_trial(out, ctx.get_trial_id(), sampled)
-    run_id = start_trial_run(sweep["experiment_id"], sweep["parent_run_id"], ctx.get_trial_id(), cfg.run_name,
+    run_id = start_trial_run(sweep["experiment_id"], sweep["parent_run_id"], ctx.get_trial_id(), cfg.tracking.run_name,
                              str((sampled.get("variant") or {}).get("name", "")), cfg)
 
     def on_eval(entry: dict) -> None:
@@ -227,7 +242,7 @@ def trial_resources(spec: dict):
     if engine_name(cfg) == "ray":
         return tune.PlacementGroupFactory(ray_bundles(cfg))
     if engine_name(cfg) == "hogwild":
-        return tune.PlacementGroupFactory([{"CPU": cfg.num_workers * cfg.worker_cpus}])
+        return tune.PlacementGroupFactory([{"CPU": cfg.num_workers * cfg.ray.worker_cpus}])
     if engine_name(cfg) == "rllib_appo":
         import ray
 

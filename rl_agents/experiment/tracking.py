@@ -19,7 +19,7 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from rl_agents.config import TrainConfig, flatten, to_dict
+from rl_agents.config import TrainConfig, canonical_key, flatten, to_dict
 from rl_agents.experiment.visualize import learning_curve
 
 log = logging.getLogger(__name__)
@@ -113,7 +113,7 @@ def log_run(cfg: TrainConfig, output_dir: str | Path, metrics: dict[str, Any] | 
     ``run_id``: complete a run created earlier (a Tune trial logs its params and per-step metrics live, then this
     adds the final metrics and artifacts; ``history_logged`` skips the history it already sent).
     """
-    if not cfg.mlflow:
+    if not cfg.tracking.mlflow:
         return None
     try:
         return _log_run(cfg, Path(output_dir), metrics, status, n_overlays, run_id, history_logged)
@@ -133,16 +133,16 @@ def _log_run(cfg: TrainConfig, out: Path, metrics: dict | None, status: str, n_o
     # the experiment passed explicitly: mlflow.set_experiment exports MLFLOW_EXPERIMENT_ID to this process's
     # environment, which child processes (a Ray cluster started from it, a job) inherit and would then look up in
     # their own, different store ("experiment id 1 does not exist")
-    experiment_id = ensure_experiment(cfg.experiment) if run_id is None else None
+    experiment_id = ensure_experiment(cfg.tracking.experiment) if run_id is None else None
     params = {k: str(v) for k, v in flatten(to_dict(cfg)).items()}
     tags = {"git_commit": git_commit(), "dataset": f"{cfg.data.format}:{cfg.data.path or 'built-in'}",
-            "preset": cfg.preset if cfg.model == "pixeldrl" else "unet", "model": cfg.model,
+            "preset": cfg.network.preset if cfg.model == "pixeldrl" else "unet", "model": cfg.model,
             "output_dir": str(out.resolve())}
     nested = mlflow.active_run() is not None
     if run_id is not None:
         run = mlflow.start_run(run_id=run_id)
     else:
-        run = mlflow.start_run(run_name=cfg.run_name or out.name, nested=nested, experiment_id=experiment_id)
+        run = mlflow.start_run(run_name=cfg.tracking.run_name or out.name, nested=nested, experiment_id=experiment_id)
     try:
         if run_id is None:
             mlflow.log_params(params)
@@ -195,7 +195,7 @@ def _log_model_and_overlays(best: Path, n_overlays: int) -> None:
     if cfg.model == "pixeldrl":  # the network alone returns (logits, value); log the t_max-step segmenter
         from rl_agents.algo.inference import GreedySegmenter
 
-        model = GreedySegmenter(model, cfg.t_max).eval()
+        model = GreedySegmenter(model, cfg.pa3c.t_max).eval()
     import torch
     from mlflow.models import infer_signature
 
@@ -297,6 +297,18 @@ def end_sweep_run(experiment_id: str, parent_run_id: str, best_metrics: dict[str
     client.set_terminated(parent_run_id, "FAILED" if failed else "KILLED" if interrupted else "FINISHED")
 
 
+def _canonical_params(df):
+    """Runs logged before the config had sections hold flat params (``params.t_max``): their values join today's
+    columns (``params.pa3c.t_max``), so that old and new runs compare on one column."""
+    for col in [c for c in df.columns if c.startswith("params.")]:
+        key = col[len("params."):]
+        new = f"params.{canonical_key(key)}"
+        if new != col:
+            df[new] = df[new].where(df[new].notna(), df[col]) if new in df.columns else df[col]
+            df = df.drop(columns=[col])
+    return df
+
+
 def compare(experiment: str = "pixeldrl", metric: str = "val/dice", max_runs: int = 50) -> tuple[list[str], list[list]]:
     """Runs of ``experiment`` best first by ``metric``: the params that differ between them, and key metrics.
 
@@ -315,7 +327,8 @@ def compare(experiment: str = "pixeldrl", metric: str = "val/dice", max_runs: in
             df = df[df[tag].isna()]
     if df.empty:
         return [], []
-    pcols = sorted(c for c in df.columns if c.startswith("params.") and c != "params.run_name"
+    df = _canonical_params(df)
+    pcols = sorted(c for c in df.columns if c.startswith("params.") and c != "params.tracking.run_name"
                    and df[c].astype(str).nunique(dropna=False) > 1)  # sorted: MLflow's column order varies
     mcols = [f"metrics.{m}" for m in dict.fromkeys([metric, "val/dice", "val/biou", "val/hd95", "params",
                                                     "wall_time_s"]) if f"metrics.{m}" in df.columns]

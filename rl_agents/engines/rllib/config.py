@@ -36,20 +36,20 @@ def build_config(cfg: TrainConfig, crash_once_file: str | None = None, learner_g
             # APPO samples in this process whenever no remote runner is healthy (one restarting); without a local
             # env that fallback fails with "doesn't have an env!"
             create_env_on_local_worker=True,
-            num_envs_per_env_runner=cfg.batch_size,
+            num_envs_per_env_runner=cfg.optim.batch_size,
             gym_env_vectorize_mode="sync",
-            rollout_fragment_length=cfg.t_max,
+            rollout_fragment_length=cfg.pa3c.t_max,
             batch_mode="complete_episodes",
-            num_cpus_per_env_runner=cfg.worker_cpus if remote else 1,
+            num_cpus_per_env_runner=cfg.ray.worker_cpus if remote else 1,
             sample_timeout_s=120.0,
         )
-        .learners(num_learners=cfg.rllib_learners, num_gpus_per_learner=learner_gpus,
-                  num_cpus_per_learner=cfg.learner_cpus if cfg.rllib_learners else "auto",
+        .learners(num_learners=cfg.ray.rllib_learners, num_gpus_per_learner=learner_gpus,
+                  num_cpus_per_learner=cfg.ray.learner_cpus if cfg.ray.rllib_learners else "auto",
                   learner_class=PixelAPPOTorchLearner, learner_connector=_learner_connector)
         .training(
-            train_batch_size_per_learner=cfg.batch_size * cfg.t_max,
-            lr=cfg.lr, gamma=cfg.gamma, grad_clip=cfg.grad_clip, grad_clip_by="global_norm",
-            vf_loss_coeff=2 * cfg.value_coef, entropy_coeff=cfg.entropy_coef, clip_param=0.4, use_kl_loss=False,
+            train_batch_size_per_learner=cfg.optim.batch_size * cfg.pa3c.t_max,
+            lr=cfg.optim.lr, gamma=cfg.pa3c.gamma, grad_clip=cfg.optim.grad_clip, grad_clip_by="global_norm",
+            vf_loss_coeff=2 * cfg.pa3c.value_coef, entropy_coeff=cfg.pa3c.entropy_coef, clip_param=0.4, use_kl_loss=False,
             use_circular_buffer=False,
             # still read by APPO's target-update rule with the buffer off: 1 keeps it one update
             circular_buffer_num_batches=1, circular_buffer_iterations_per_batch=1, target_network_update_freq=1,
@@ -60,8 +60,8 @@ def build_config(cfg: TrainConfig, crash_once_file: str | None = None, learner_g
         )
         .rl_module(rl_module_spec=RLModuleSpec(module_class=PixelDRLRLModule, model_config={"cfg": cfg_dict}))
         .reporting(min_time_s_per_iteration=0, min_sample_timesteps_per_iteration=0,
-                   min_train_timesteps_per_iteration=0, metrics_num_episodes_for_smoothing=cfg.batch_size)
-        .fault_tolerance(restart_failed_env_runners=True, max_num_env_runner_restarts=cfg.worker_max_restarts,
+                   min_train_timesteps_per_iteration=0, metrics_num_episodes_for_smoothing=cfg.optim.batch_size)
+        .fault_tolerance(restart_failed_env_runners=True, max_num_env_runner_restarts=cfg.ray.worker_max_restarts,
                          delay_between_env_runner_restarts_s=0.5, env_runner_health_probe_timeout_s=10.0)
         .evaluation(evaluation_interval=None)
         .debugging(seed=cfg.seed, log_level="ERROR")

@@ -20,18 +20,18 @@ MODULE = "default_policy"  # the RLModule's id in RLlib's single-agent setup
 def learner_gpus(cfg: TrainConfig, cluster_gpus: float, torch_sees_cuda: bool) -> float:
     """GPUs per learner: ``learner_gpus``, or (null) 1 where a learner can have one: the cluster has a GPU for a
     remote learner, torch sees one for a learner in this process."""
-    if cfg.learner_gpus is not None:
-        return cfg.learner_gpus
-    return 1 if (cluster_gpus >= 1 if cfg.rllib_learners else torch_sees_cuda) else 0
+    if cfg.ray.learner_gpus is not None:
+        return cfg.ray.learner_gpus
+    return 1 if (cluster_gpus >= 1 if cfg.ray.rllib_learners else torch_sees_cuda) else 0
 
 
 def rllib_bundles(cfg: TrainConfig, driver_cpus: float, cluster_gpus: float) -> list[dict[str, float]]:
     """A sweep trial's placement group: the trial's driver (with the learner, and its GPU, when it is local), one
     bundle per remote env runner, one per remote learner."""
     gpus = learner_gpus(cfg, cluster_gpus, torch_sees_cuda=cluster_gpus >= 1)
-    driver = {"CPU": driver_cpus, **({"GPU": gpus} if gpus and not cfg.rllib_learners else {})}
-    learner = {"CPU": cfg.learner_cpus, **({"GPU": gpus} if gpus else {})}
-    return [driver, *[{"CPU": cfg.worker_cpus}] * cfg.num_workers, *[learner] * cfg.rllib_learners]
+    driver = {"CPU": driver_cpus, **({"GPU": gpus} if gpus and not cfg.ray.rllib_learners else {})}
+    learner = {"CPU": cfg.ray.learner_cpus, **({"GPU": gpus} if gpus else {})}
+    return [driver, *[{"CPU": cfg.ray.worker_cpus}] * cfg.num_workers, *[learner] * cfg.ray.rllib_learners]
 
 
 class RLlibAPPOEngine(InProcessEngine):
@@ -60,8 +60,8 @@ class RLlibAPPOEngine(InProcessEngine):
             self.agent.load_state_dict(resume.agent, weights_only=True)
             self.agent.update = resume.update
             self.pixel_agent_steps = int(resume.run.get("pixel_agent_steps", 0))
-        cpus = cfg.num_workers * cfg.worker_cpus + cfg.rllib_learners * cfg.learner_cpus + 1
-        self.started = connect(cfg.ray_address, cpus)
+        cpus = cfg.num_workers * cfg.ray.worker_cpus + cfg.ray.rllib_learners * cfg.ray.learner_cpus + 1
+        self.started = connect(cfg.ray.address, cpus)
         # RLlib's import takes seconds: only a run of this engine pays it
         from rl_agents.engines.rllib.config import build_config
 
@@ -73,10 +73,10 @@ class RLlibAPPOEngine(InProcessEngine):
         self.flops = forward_flops(self.agent.model.cpu(), in_channels, size)
         self.agent.model.to(self.device)
         where = f"{cfg.num_workers} remote env runner(s)" if cfg.num_workers else "sampling in this process"
-        where += f", {cfg.rllib_learners} remote learner(s)" if cfg.rllib_learners else ", learner in this process"
+        where += f", {cfg.ray.rllib_learners} remote learner(s)" if cfg.ray.rllib_learners else ", learner in this process"
         return {"n_train": len(self.train_set), "n_val": len(self.val_set), "params": n_params,
                 "gflop_per_image_step": self.flops / 1e9,
-                "banner": f"data: {len(self.train_set)} train / {len(self.val_set)} val slices; model {cfg.preset}: "
+                "banner": f"data: {len(self.train_set)} train / {len(self.val_set)} val slices; model {cfg.network.preset}: "
                           f"{n_params:,} parameters; RLlib APPO ({where}); "
                           f"{self.agent.total_updates} updates planned"}
 
@@ -109,7 +109,7 @@ class RLlibAPPOEngine(InProcessEngine):
             return {}
         self.agent.update += 1
         h, w = self.train_set.images.shape[-2:]
-        self.pixel_agent_steps += self.cfg.batch_size * self.cfg.t_max * h * w
+        self.pixel_agent_steps += self.cfg.optim.batch_size * self.cfg.pa3c.t_max * h * w
         self.env_runner_restarts = int((res.get("fault_tolerance") or {}).get("num_remote_worker_restarts", 0))
         # the env's scalar reward is the mean of the reward map: times H*W, the summed per-pixel return as PA3C's
         ret = float((res.get("env_runners") or {}).get("episode_return_mean", float("nan"))) * h * w

@@ -46,12 +46,12 @@ class PixelSegRLlibEnv(gym.Env):
         cfg_dict = env_config["cfg"]
         cfg = config_from_dict(cfg_dict)
         part = _train_part(cfg_dict)
-        self.inner = PixelSegEnv(part.images, part.masks, batch_size=None, t_max=cfg.t_max, action_set=cfg.action_set,
+        self.inner = PixelSegEnv(part.images, part.masks, batch_size=None, t_max=cfg.pa3c.t_max, action_set=cfg.pa3c.action_set,
                                  transform=make_augment(cfg))
         _, h, w = self.inner.observation_space.shape
         self.hw = (h, w)
         self.observation_space = self.inner.observation_space
-        self.action_space = spaces.MultiDiscrete(np.full(h * w, ACTION_SETS[cfg.action_set], dtype=np.int64))
+        self.action_space = spaces.MultiDiscrete(np.full(h * w, ACTION_SETS[cfg.pa3c.action_set], dtype=np.int64))
         self.crash_once_file = env_config.get("crash_once_file")
 
     def reset(self, *, seed=None, options=None):
