@@ -207,7 +207,7 @@ def trained(experiment: str, storage: str, fold: int, max_slices: int, min_s: fl
     m = loaded["pixeldrl-mg"]
     samples = [Sample(s, np.zeros(s.shape[:2], np.uint8), "volume", f"s{k}") for k, s in enumerate(slices)]
     x = prepare_rows(samples, range(len(samples)), m.cfg.data)
-    _, _, steps = segment_with_steps(m.model, x, m.cfg.pa3c.t_max)
+    steps = segment_with_steps(m.model, x, m.cfg.pa3c.t_max).steps
     out["latency"]["pixeldrl-mg early exit"].update(mean_steps=float(steps.mean()), t_max=m.cfg.pa3c.t_max)
     out["early_exit_masks_identical"] = bool(np.array_equal(masks["pixeldrl-mg all steps"],
                                                             masks["pixeldrl-mg early exit"]))

@@ -25,6 +25,7 @@ import time
 from pathlib import Path
 
 import yaml
+from rl_agents.config import flatten, upgrade
 from rl_agents.experiment.provenance import describe, write_json
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -51,7 +52,7 @@ def main_job(work: Path, target: float, overrides: list[str] = ()) -> dict:
     cmd = [sys.executable, "train.py", "--output-dir", str(out_dir), *(a for o in overrides for a in ("--set", o))]
     wall = _run(cmd, work)
     m = json.loads((out_dir / "metrics.json").read_text())
-    cfg = yaml.safe_load((out_dir / "config.yaml").read_text())
+    flat = flatten(upgrade(yaml.safe_load((out_dir / "config.yaml").read_text()), str(out_dir / "config.yaml")))
     return {
         "command": shlex.join(["python", "train.py", *(a for o in overrides for a in ("--set", o))]),
         "process_wall_s": round(wall, 1), "wall_time_s": m["wall_time_s"],
@@ -59,8 +60,8 @@ def main_job(work: Path, target: float, overrides: list[str] = ()) -> dict:
         "n_val_slices": m.get("n_val"), "best_update": m.get("best_update"),
         "val": {k.split("/", 1)[1]: m[k] for k in ("val/dice", "val/iou", "val/biou", "val/hd95") if k in m},
         "target": target, "first_at_target": first_at(m.get("history", []), target),
-        "config": {k: cfg[k] for k in ("preset", "batch_size", "t_max", "max_minutes", "max_updates", "epochs")}
-        | {"data.size": cfg["data"]["size"], "data.format": cfg["data"]["format"]},
+        "config": {k: flat[k] for k in ("network.preset", "optim.batch_size", "pa3c.t_max", "budget.max_minutes",
+                                        "budget.max_updates", "budget.epochs", "data.size", "data.format")},
     }
 
 

@@ -16,9 +16,9 @@ from the slices of its volume in read order (empty ones included, before step 4)
 past its ends; channels are ordered neighbour -k first, each with the ``channels`` chosen. Sources list a volume's
 slices in order (NIfTI by index, LGG by slice number, Parquet as written: write it without ``--foreground-only``).
 
-:func:`load_splits` reads everything. :func:`load_part` gives one worker its contiguous share of one split with the
-same result row for row, reading as little as the format allows (see its docstring); :func:`describe` gives the split
-sizes and array shapes without decoding images.
+:func:`load_part` gives one worker its contiguous share of one split, reading as little as the format allows (see
+its docstring); :func:`load_splits` is every split read whole the same way; :func:`describe` gives the split sizes and
+array shapes without decoding images. Membership is decided first, from groups and masks only (``_plan``).
 """
 
 from __future__ import annotations
@@ -33,7 +33,7 @@ from .folds import kept_positions, split_names
 from .io import BadFiles, DataError, Sample
 from .nifti import VolumeRows
 from .parquet import ParquetIndex
-from .prepare import context_rows, prepare_image, size_mismatch, stack_context, working_mask
+from .prepare import context_rows, prepare_image, size_mismatch, working_mask
 from .sources import FileRows, SampleRows, folder_pairs, group_of, iter_source, lgg_pairs
 
 @dataclass
@@ -94,15 +94,11 @@ def _to_arrays(samples: list[Sample], cfg: DataConfig) -> ArraySet:
         side = cfg.size or 1
         return ArraySet(np.zeros((0, c, side, side), np.float32), np.zeros((0, side, side), np.uint8), [], [])
     return ArraySet(
-        stack_context(np.stack(images).astype(np.float32), [s.group for s in samples], cfg.context),
+        np.stack(images).astype(np.float32),
         np.stack(masks).astype(np.uint8),
         [s.group for s in samples],
         [s.source for s in samples],
     )
-
-
-def _select(a: ArraySet, idx: np.ndarray) -> ArraySet:
-    return ArraySet(a.images[idx], a.masks[idx], [a.groups[i] for i in idx], [a.sources[i] for i in idx])
 
 
 def _synthetic_args(cfg: DataConfig) -> dict:
@@ -121,27 +117,6 @@ def iter_samples(cfg: DataConfig, bad: BadFiles | None = None):
         synthetic=_synthetic_args(cfg),
         slice_axis=cfg.slice_axis,
         label_value=cfg.label_value,
-    )
-
-
-def load_splits(cfg: DataConfig) -> Splits:
-    """Read, split by group, filter and prepare the data set described by ``cfg``."""
-    cfg.validate()
-    bad = BadFiles(skip_bad=cfg.skip_bad)
-    samples = list(iter_samples(cfg, bad))
-    if not samples:
-        raise DataError(f"no readable samples in {cfg.path or cfg.format} ({len(bad)} bad files skipped)")
-    which = split_names([s.group for s in samples], cfg)
-    arrays = {k: _to_arrays([s for s, w in zip(samples, which) if w == k], cfg) for k in SPLITS}
-    n_split_read = {k: len(a) for k, a in arrays.items()}
-    arrays = {k: _select(a, kept_positions(a.masks.any(axis=(1, 2)), k, cfg)) for k, a in arrays.items()}
-    return Splits(
-        train=arrays["train"],
-        val=arrays["val"],
-        test=arrays["test"],
-        bad_files=list(bad.entries),
-        n_read=len(samples),
-        n_split_read=n_split_read,
     )
 
 
@@ -246,9 +221,8 @@ def load_part(cfg: DataConfig, split: str, part: int = 0, n_parts: int = 1, stat
     selects. ``stats``, if given,
     receives ``bytes_read``, ``rows_decoded``, ``files_opened``, ``n_read``, ``n_bad_skipped`` and ``bad_files``.
 
-    With ``skip_bad``, a bad file is found only by a reader that opens it, so parts equal load_splits' split when no
-    file is bad (an unreadable image drops from its part; a patient whose every file is bad still counts in the
-    group split, and k_shot draws as if the image were good).
+    With ``skip_bad``, a bad file is found only by a reader that opens it (a bad image drops from its part; a patient
+    whose every file is bad still counts in the group split, and k_shot draws as if the image were good).
     """
     cfg.validate()
     if split not in SPLITS:
@@ -259,27 +233,48 @@ def load_part(cfg: DataConfig, split: str, part: int = 0, n_parts: int = 1, stat
     bad = BadFiles(skip_bad=cfg.skip_bad)
     plan = _plan(cfg, (split,), bad, stats)
     try:
-        idx = plan.kept[split]
-        if len(idx) < n_parts:
+        if len(plan.kept[split]) < n_parts:
             raise DataError(
-                f"the {split} split of {cfg.path or cfg.format} has {len(idx)} slice(s) after drop_empty/k_shot, "
-                f"too few for n_parts={n_parts}: part {part} would be empty; use n_parts <= {len(idx)}"
+                f"the {split} split of {cfg.path or cfg.format} has {len(plan.kept[split])} slice(s) after "
+                f"drop_empty/k_shot, too few for n_parts={n_parts}: part {part} would be empty; use n_parts <= "
+                f"{len(plan.kept[split])}"
             )
-        here = np.array_split(idx, n_parts)[part]
-        if cfg.context:  # the neighbours too: from the split's rows (as load_splits stacks them), kept or not
-            split_rows = np.flatnonzero(split_names(plan.rows.groups, cfg) == split)
-            local = context_rows([plan.rows.groups[r] for r in split_rows], cfg.context)
-            neighbours = split_rows[local[np.searchsorted(split_rows, here)]]
-            need = np.unique(neighbours)
-            got = dict(zip(need.tolist(), plan.rows.samples(need, bad)))  # skip_bad is off: all or an error
-        else:
-            samples = plan.rows.samples(here, bad)
+        out = _read(plan, cfg, split, np.array_split(plan.kept[split], n_parts)[part], bad)
     finally:
         plan.rows.close()
     _finish_stats(stats, plan, bad)
+    return out
+
+
+def load_splits(cfg: DataConfig) -> Splits:
+    """The whole data set: :func:`load_part` of each split, their membership planned once."""
+    cfg.validate()
+    stats = _fresh_stats(None)
+    bad = BadFiles(skip_bad=cfg.skip_bad)
+    plan = _plan(cfg, SPLITS, bad, stats)
+    try:
+        arrays = {k: _read(plan, cfg, k, plan.kept[k], bad) for k in SPLITS}
+        which = split_names(plan.rows.groups, cfg)
+    finally:
+        plan.rows.close()
+    _finish_stats(stats, plan, bad)
+    return Splits(train=arrays["train"], val=arrays["val"], test=arrays["test"], bad_files=stats["bad_files"],
+                  n_read=stats["n_read"], n_split_read={k: int((which == k).sum()) for k in SPLITS})
+
+
+def _read(plan: _Plan, cfg: DataConfig, split: str, here: np.ndarray, bad: BadFiles) -> ArraySet:
+    """The rows ``here`` of ``split`` decoded and prepared; with 2.5-D context, each stacked with its neighbours from
+    the split's rows (kept or not)."""
     if not cfg.context:
-        return _to_arrays(samples, cfg)
+        return _to_arrays(plan.rows.samples(here, bad) if len(here) else [], cfg)
+    split_rows = np.flatnonzero(split_names(plan.rows.groups, cfg) == split)
+    local = context_rows([plan.rows.groups[r] for r in split_rows], cfg.context)
+    neighbours = split_rows[local[np.searchsorted(split_rows, here)]] if len(here) else np.zeros((0, 1), np.int64)
+    need = np.unique(neighbours)
+    got = dict(zip(need.tolist(), plan.rows.samples(need, bad))) if len(need) else {}  # skip_bad is off
     centre = _to_arrays([got[int(r)] for r in here], replace(cfg, context=0))  # masks, groups, size checks
+    if not len(here):
+        return _to_arrays([], cfg)
     prepared = {r: prepare_image(s.image, cfg, s.source) for r, s in got.items()}
     images = np.stack([np.concatenate([prepared[int(j)] for j in row]) for row in neighbours]).astype(np.float32)
     return ArraySet(images, centre.masks, centre.groups, centre.sources)

@@ -80,14 +80,6 @@ def context_rows(groups: Sequence[str], k: int) -> np.ndarray:
     return np.clip(np.arange(n)[:, None] + np.arange(-k, k + 1)[None, :], start[:, None], end[:, None])
 
 
-def stack_context(images: np.ndarray, groups: Sequence[str], k: int) -> np.ndarray:
-    """``(N, C, H, W)`` slices in read order to ``(N, (2k+1)C, H, W)``: each slice with its neighbours as channels."""
-    if k == 0:
-        return images
-    n, c, h, w = images.shape
-    return np.ascontiguousarray(images[context_rows(groups, k)].reshape(n, (2 * k + 1) * c, h, w))
-
-
 def prepare_rows(samples: Sequence[Sample], rows: Sequence[int], cfg: DataConfig) -> np.ndarray:
     """``(len(rows), C', S, S)`` model inputs of ``samples[rows]``; with ``cfg.context`` each stacks its neighbours
     from ``samples`` (a volume's slices in read order), each neighbour prepared once."""

@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 import ray
 
-from rl_agents.config import load_config, to_dict
+from rl_agents.config import load_config
 from rl_agents.engines.ray_actors import Evaluator, Learner, Worker
 from rl_agents.experiment.loaded import load_model
 from rl_agents.experiment.lifecycle import train_distributed
@@ -30,7 +30,7 @@ def _grads(learner: Learner, value: float) -> list[np.ndarray]:
 @pytest.mark.parametrize("policy", ["drop", "downweight"])
 def test_learner_bounds_staleness(policy):
     cfg = load_config(SMOKE, ["ray.staleness_bound=1", f"ray.stale_policy={policy}", "optim.grad_clip=1e9"])
-    learner = Learner(to_dict(cfg), in_channels=3, n_train=40)
+    learner = Learner(cfg, in_channels=3, n_train=40)
     g = _grads(learner, 1e-3)
     assert learner.push(0, 0, g, {"pixel_agent_steps": 10})[0] == 1  # fresh: applied
     assert learner.push(1, 0, g, {"pixel_agent_steps": 10})[0] == 2  # staleness 1 = bound: applied
@@ -51,7 +51,7 @@ def test_learner_bounds_staleness(policy):
 
 def test_learner_applies_a_gradient_id_once():
     """A push that arrives twice (a retried call) is answered but not applied again, and counted."""
-    learner = Learner(to_dict(load_config(SMOKE, [])), in_channels=3, n_train=40)
+    learner = Learner(load_config(SMOKE, []), in_channels=3, n_train=40)
     g = _grads(learner, 1e-3)
     assert learner.push(0, 0, g, {"gradient_id": "0:1:a"})[0] == 1
     assert learner.push(0, 0, g, {"gradient_id": "0:1:a"})[0] == 1  # the same id: not applied
@@ -62,7 +62,7 @@ def test_learner_applies_a_gradient_id_once():
 
 def test_learner_stops_at_the_planned_updates():
     cfg = load_config(SMOKE, ["budget.max_updates=2"])
-    learner = Learner(to_dict(cfg), in_channels=3, n_train=40)
+    learner = Learner(cfg, in_channels=3, n_train=40)
     g = _grads(learner, 1e-3)
     learner.push(0, 0, g, {})
     assert learner.push(0, 1, g, {})[2] is True

@@ -95,12 +95,18 @@ def test_export_refuses_an_unknown_format_and_a_missing_checkpoint(tmp_path: Pat
 def test_early_exit_gives_exactly_the_masks_of_all_t_max_steps(pa3c_ckpt: Path, images):
     model, cfg = load_model(pa3c_ckpt)
     t_long = 10  # more steps than trained, so that most images reach their fixed point early
-    full_m, full_u, full_steps = segment_with_steps(model, images, t_long, early_exit=False)
-    m, u, steps = segment_with_steps(model, images, t_long, batch_size=2)  # odd last batch on purpose
+    full_m, full_u, full_steps, _ = segment_with_steps(model, images, t_long, early_exit=False)
+    m, u, steps, _ = segment_with_steps(model, images, t_long, batch_size=2)  # odd last batch on purpose
     np.testing.assert_array_equal(m, full_m)
     np.testing.assert_allclose(u, full_u, atol=1e-6)
     assert (full_steps == t_long).all() and (steps >= 1).all() and steps.max() <= t_long
     assert steps.min() < t_long  # some image stopped early, so the shortcut was exercised
+    # every step's mask (predict --gif's frames): the same with and without the shortcut, ending in the masks
+    full_states = segment_with_steps(model, images, t_long, early_exit=False, keep_states=True).states
+    states = segment_with_steps(model, images, t_long, batch_size=2, keep_states=True).states
+    assert states.shape == (len(images), t_long + 1, *m.shape[1:]) and (states[:, 0] == 1).all()
+    np.testing.assert_array_equal(states, full_states)
+    np.testing.assert_array_equal(states[:, -1], m)
     # and the fixed graph that the MLflow model and exports use agrees with both
     with torch.inference_mode():
         g_m, g_u = GreedySegmenter(model, t_long, uncertainty=True)(torch.from_numpy(images))

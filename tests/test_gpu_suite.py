@@ -85,7 +85,7 @@ def test_to_device_on_cpu_does_not_copy_and_bad_precision_is_named():
     assert t.data_ptr() == arr.__array_interface__["data"][0]
     with pytest.raises(ValueError, match="precision must be one of .* got 'fp8'"):
         load_config(None, ["compute.precision=fp8"])
-    with pytest.raises(ValueError, match="hogwild .* channels_last"):
+    with pytest.raises(ValueError, match="hogwild .* compute.channels_last"):
         load_config(None, ["engine=hogwild", "num_workers=2", "compute.channels_last=true"])
 
 

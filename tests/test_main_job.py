@@ -26,7 +26,7 @@ def test_the_main_job_runs_as_the_quickstart_runs_it_and_its_json_names_the_mach
                           "eval.every=2", "--set", "data.size=32", "--set", "data.synthetic.size=32"]) == 0
     r = json.loads(out.read_text())
     mj = r["main_job"]
-    assert mj["updates"] == 4 and mj["stopped_by"] == "max_updates" and mj["config"]["data.size"] == 32
+    assert mj["updates"] == 4 and mj["stopped_by"] == "max_updates" and mj["config"]["data.size"] == 32 and mj["config"]["pa3c.t_max"] == 10
     assert mj["command"] == ("python train.py --set budget.max_updates=4 --set eval.every=2 --set data.size=32 "
                              "--set data.synthetic.size=32")
     assert 0.0 <= mj["val"]["dice"] <= 1.0 and mj["params"] > 0 and mj["process_wall_s"] >= mj["wall_time_s"]

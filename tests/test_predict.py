@@ -16,7 +16,7 @@ from rl_agents.cli import main
 from rl_agents.experiment.evaluate import predict
 from rl_agents.experiment.loaded import load_model
 from rl_agents.experiment.predict import expand_inputs, load, segment_array
-from rl_agents.experiment.visualize import TITLE_PX
+from rl_agents.experiment.visualize import MIN_PANEL, TITLE_PX
 from tests.test_nifti import AFFINE, write_nifti_layout
 
 T_MAX = 3
@@ -66,9 +66,14 @@ def test_images_and_folders_get_native_size_masks_equal_to_the_evaluation_pipeli
         np.testing.assert_array_equal(written // 255, segment_array(synth_ckpt, a)[0][0])  # the Python API
         unc = np.asarray(Image.open(out / f"{stem}_uncertainty.png"))
         assert unc.shape == a.shape[:2]
-        assert Image.open(out / f"{stem}_overlay.png").size == (3 * a.shape[1], a.shape[0] + TITLE_PX)
+        k = -(-MIN_PANEL // min(a.shape[:2]))  # small images are upscaled to at least MIN_PANEL px a panel
+        assert Image.open(out / f"{stem}_overlay.png").size == (3 * a.shape[1] * k, a.shape[0] * k + TITLE_PX)
         gif = Image.open(out / f"{stem}_steps.gif")
         assert gif.n_frames == T_MAX + 1  # the start and each step
+        gif.seek(T_MAX)
+        last = np.asarray(gif.convert("RGB"))
+        tinted = (last[..., 0].astype(int) - last[..., 1].astype(int)) > 40  # red-tinted pixels: the final mask
+        assert tinted[20:].sum() == (written // 255)[20:].sum()  # below the "step" caption
 
 
 def test_a_nifti_volume_gets_a_mask_volume_on_the_same_grid(tmp_path: Path):

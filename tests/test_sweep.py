@@ -39,7 +39,7 @@ def test_sweep_file_is_checked(tmp_path: Path):
         load_sweep(_sweep_file(tmp_path, "a", samples=3))
     with pytest.raises(ValueError, match="search_space key 'lr_rate' is not a config key"):
         load_sweep(_sweep_file(tmp_path, "b", search_space={"lr_rate": {"uniform": [0, 1]}}))
-    with pytest.raises(ValueError, match=r"search_space.lr must be one of"):
+    with pytest.raises(ValueError, match=r"search_space.optim.lr must be one of"):
         load_sweep(_sweep_file(tmp_path, "c", search_space={"lr": {"normal": [0, 1]}}))
 
 
@@ -91,7 +91,7 @@ def test_asha_sweep_stops_weak_trials_and_leaves_nested_mlflow_runs(tmp_path: Pa
     steps = {rid: {m.step for m in h} for rid, h in history.items()}
     for r in children:
         assert r.info.status in ("FINISHED", "KILLED"), r.info.status
-        assert "lr" in r.data.params and "val/dice" in r.data.metrics and history[r.info.run_id]
+        assert "optim.lr" in r.data.params and "val/dice" in r.data.metrics and history[r.info.run_id]
     by_variant = {r.data.tags["variant"]: r for r in children}
     assert set(by_variant) == {v["name"] for v in ASHA_VARIANTS}
     # ASHA stopped something: runs ended by the scheduler, with fewer validation passes than the trial that ran on
@@ -121,7 +121,7 @@ def test_asha_sweep_stops_weak_trials_and_leaves_nested_mlflow_runs(tmp_path: Pa
     parent = client.get_run(summary["parent_run_id"])
     assert parent.info.status == "FINISHED" and parent.data.metrics["best/val/dice"] == pytest.approx(best)
     header, rows = compare("t-asha")  # the trials only: the parent's sweep.* params would make every column differ
-    assert len(rows) == 4 and "lr" in header and "gamma" in header
+    assert len(rows) == 4 and "optim.lr" in header and "pa3c.gamma" in header
     assert not any(h.startswith("sweep.") for h in header) and "preset" not in header
 
 
@@ -239,7 +239,7 @@ def test_an_rllib_appo_sweep_runs_its_trials_with_remote_runners_and_learners(tm
     assert len(runs) == 2
     for r in runs:
         assert r.info.status == "FINISHED"
-        assert r.data.params["engine"] == "rllib_appo" and r.data.params["rllib_learners"] == "1"
+        assert r.data.params["engine"] == "rllib_appo" and r.data.params["ray.rllib_learners"] == "1"
         assert r.data.metrics["updates"] == 6 and 0 <= r.data.metrics["val/dice"] <= 1
         assert r.data.metrics["perf/updates_per_s"] > 0
 

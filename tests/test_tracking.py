@@ -39,8 +39,8 @@ def test_training_runs_are_tracked_and_compared(tmp_path: Path, capsys):
     assert sorted(r.info.run_name for r in runs) == ["lr-1e-3", "lr-5e-4"]
     run = next(r for r in runs if r.info.run_name == "lr-5e-4")
     assert run.info.status == "FINISHED"
-    assert run.data.params["lr"] == "0.0005" and run.data.params["data.format"] == "synthetic"
-    assert run.data.params["num_workers"] == "0" and "preset" in run.data.params
+    assert run.data.params["optim.lr"] == "0.0005" and run.data.params["data.format"] == "synthetic"
+    assert run.data.params["num_workers"] == "0" and "network.preset" in run.data.params
     assert run.data.tags["preset"] == "small"
     exp = client.get_experiment(run.info.experiment_id)  # opens on model training, not MLflow 3's GenAI pages
     assert exp.tags["mlflow.experimentKind"] == "custom_model_development"

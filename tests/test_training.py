@@ -26,7 +26,7 @@ def test_config_yaml_and_overrides(tmp_path: Path):
     assert cfg.pa3c.t_max == 3 and cfg.budget.max_minutes is None
     with pytest.raises(ValueError, match=r"unknown config key\(s\) \['data.sise'\]"):
         load_config(SMOKE, LOCAL + ["data.sise=3"])
-    with pytest.raises(ValueError, match="config key lr expects float, got 'fast'"):
+    with pytest.raises(ValueError, match="config key optim.lr expects float, got 'fast'"):
         load_config(None, ["optim.lr=fast"])
     with pytest.raises(ValueError, match="preset must be one of"):
         load_config(None, ["network.preset=huge"])

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from typing import NamedTuple
 
 import numpy as np
 import torch
@@ -83,9 +84,20 @@ def segment(
         masks ``(N, H, W)`` uint8 and uncertainty ``(N, H, W)`` float32 in [0, 1]: the policy entropy averaged over the
         steps, divided by log(n_actions), so 0 means every step was certain and 1 means a coin toss each time.
     """
-    masks, uncert, _ = segment_with_steps(model, images, t_max, start=start, batch_size=batch_size, device=device,
-                                          early_exit=early_exit)
-    return masks, uncert
+    out = segment_with_steps(model, images, t_max, start=start, batch_size=batch_size, device=device,
+                             early_exit=early_exit)
+    return out.masks, out.uncertainty
+
+
+class Segmentation(NamedTuple):
+    """What :func:`segment_with_steps` gives: ``masks`` ``(N, H, W)`` uint8, ``uncertainty`` ``(N, H, W)`` float32,
+    ``steps`` ``(N,)`` the network calls each image needed, and with ``keep_states`` the mask at the start and after
+    every step, ``(N, t_max + 1, H, W)`` uint8 (an image that stopped early repeats its last mask)."""
+
+    masks: np.ndarray
+    uncertainty: np.ndarray
+    steps: np.ndarray
+    states: np.ndarray | None = None
 
 
 @torch.inference_mode()
@@ -98,44 +110,52 @@ def segment_with_steps(
     batch_size: int = 16,
     device: torch.device | str = "cpu",
     early_exit: bool = True,
-) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """:func:`segment`, plus the number of network calls each image needed, ``(N,)`` int64 in ``1..t_max``."""
+    keep_states: bool = False,
+) -> Segmentation:
+    """:func:`segment`, plus the number of network calls each image needed and, with ``keep_states``, every step's
+    mask (the frames of ``pixeldrl predict --gif``)."""
     was_training = model.training
     model.eval()
-    n_actions = model.n_actions
-    masks, uncert, steps = [], [], []
     images_t = torch.as_tensor(images)
-    for i in range(0, len(images_t), batch_size):
-        x = images_t[i : i + batch_size].to(device)
-        n = x.shape[0]
-        state = torch.full((n, x.shape[2], x.shape[3]), start == "foreground", dtype=torch.bool, device=device)
-        ent = torch.zeros(state.shape, device=device)
-        used = torch.full((n,), t_max, dtype=torch.int64)
-        live = torch.arange(n, device=device)  # images still changing
-        context = encode(model, x)
-        for t in range(t_max):
-            s = state[live]
-            logits = step_policy(model, context[live], s).float()
-            logp = F.log_softmax(logits, dim=1)
-            step_ent = -(logp.exp() * logp).sum(dim=1)
-            new = apply_actions(s, greedy_actions(logits), n_actions)
-            state[live] = new
-            if not early_exit or t == t_max - 1:
-                ent[live] += step_ent
-                continue
+    parts = [_segment_batch(model, images_t[i : i + batch_size].to(device), t_max, start, early_exit, keep_states)
+             for i in range(0, len(images_t), batch_size)]
+    model.train(was_training)
+    masks, uncert, steps, states = (list(x) for x in zip(*parts)) if parts else ([], [], [], [])
+    return Segmentation(np.concatenate(masks), np.concatenate(uncert).astype(np.float32), np.concatenate(steps),
+                        np.concatenate(states) if keep_states else None)
+
+
+def _segment_batch(model: torch.nn.Module, x: torch.Tensor, t_max: int, start: str, early_exit: bool,
+                   keep_states: bool) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray | None]:
+    n, n_actions, device = x.shape[0], model.n_actions, x.device
+    state = torch.full((n, x.shape[2], x.shape[3]), start == "foreground", dtype=torch.bool, device=device)
+    ent = torch.zeros(state.shape, device=device)
+    used = torch.full((n,), t_max, dtype=torch.int64)
+    live = torch.arange(n, device=device)  # images still changing
+    frames = [state.clone()] if keep_states else []
+    context = encode(model, x)
+    for t in range(t_max):
+        s = state[live]
+        logits = step_policy(model, context[live], s).float()
+        logp = F.log_softmax(logits, dim=1)
+        step_ent = -(logp.exp() * logp).sum(dim=1)
+        new = apply_actions(s, greedy_actions(logits), n_actions)
+        state[live] = new
+        if not early_exit or t == t_max - 1:
+            ent[live] += step_ent
+        else:
             still = (new != s).flatten(1).any(dim=1)
             done = live[~still]
             ent[live[still]] += step_ent[still]
             ent[done] += (t_max - t) * step_ent[~still]  # this step and every repeat of it
             used[done.cpu()] = t + 1
             live = live[still]
-            if len(live) == 0:
-                break
-        masks.append(state.to(torch.uint8).cpu().numpy())
-        uncert.append((ent / (t_max * math.log(n_actions))).clamp_(0, 1).cpu().numpy())
-        steps.append(used.numpy())
-    model.train(was_training)
-    return np.concatenate(masks), np.concatenate(uncert).astype(np.float32), np.concatenate(steps)
+        frames += [state.clone()] * (1 if len(live) or t == t_max - 1 else t_max - t) if keep_states else []
+        if len(live) == 0:
+            break
+    states = torch.stack(frames, 1).to(torch.uint8).cpu().numpy() if keep_states else None
+    return (state.to(torch.uint8).cpu().numpy(), (ent / (t_max * math.log(n_actions))).clamp_(0, 1).cpu().numpy(),
+            used.numpy(), states)
 
 
 class GreedySegmenter(torch.nn.Module):

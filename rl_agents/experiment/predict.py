@@ -29,7 +29,9 @@ import torch
 from pixelrl_env.prepare import prepare_rows, resize_mask
 from pixelrl_env.io import DataError, Sample, read_image
 from pixelrl_env.nifti import read_nifti_image, slice_axis_index
+from rl_agents.algo.inference import segment_with_steps
 from rl_agents.experiment.loaded import Loaded, load
+from rl_agents.experiment.visualize import save_overlay, scan_frames
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp")
 NIFTI_SUFFIXES = (".nii", ".nii.gz")
@@ -90,50 +92,20 @@ def _resize_float(x: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
     return np.clip(np.asarray(im), 0.0, 1.0).astype(np.float32)
 
 
-@torch.no_grad()
-def mask_steps(m: Loaded, image: np.ndarray) -> list[np.ndarray]:
-    """The mask at the start and after each of the ``t_max`` greedy steps, ``(H, W)`` uint8 at the working size."""
-    from rl_agents.algo.inference import apply_actions, encode, greedy_actions, step_policy
-
-    if getattr(m.model, "is_unet", False):
-        raise ValueError("the U-Net segments in one step: a GIF of the steps is for PixelDRL-MG checkpoints")
-    x = torch.as_tensor(image[None], device=m.device)
-    state = torch.ones((1, x.shape[2], x.shape[3]), dtype=torch.bool, device=m.device)
-    frames = [state[0].to(torch.uint8).cpu().numpy()]
-    context = encode(m.model, x)
-    for _ in range(m.cfg.pa3c.t_max):
-        logits = step_policy(m.model, context, state)
-        state = apply_actions(state, greedy_actions(logits), m.model.n_actions)
-        frames.append(state[0].to(torch.uint8).cpu().numpy())
-    return frames
+def _chw(image: np.ndarray) -> np.ndarray:
+    """A native image ``(H, W)`` or ``(H, W, C)`` as visualize's ``(H, W)`` or ``(C, H, W)``."""
+    return np.moveaxis(image, -1, 0) if image.ndim == 3 else image
 
 
-def _scan_rgb(image: np.ndarray) -> np.ndarray:
-    from rl_agents.experiment.visualize import grey
-
-    base = grey(image.mean(axis=-1) if image.ndim == 3 else image, robust=True)
-    return np.repeat(base[..., None], 3, axis=-1)
-
-
-def _save_gif(path: Path, image: np.ndarray, frames: list[np.ndarray]) -> None:
-    from PIL import Image, ImageDraw
-
-    from rl_agents.experiment.visualize import tint
-
-    rgb = _scan_rgb(image)
-    out = []
-    for t, f in enumerate(frames):
-        im = Image.fromarray(tint(rgb, resize_mask(f, rgb.shape[:2])))
-        ImageDraw.Draw(im).text((3, 2), f"step {t}" if t else "start", fill=(255, 255, 0))
-        out.append(im)
-    out[0].save(path, save_all=True, append_images=out[1:], duration=400, loop=0)
+def _save_gif(path: Path, image: np.ndarray, m: Loaded, x: np.ndarray) -> None:
+    """The mask over the scan at the start and after each greedy step: the states of one :func:`segment_with_steps`."""
+    states = segment_with_steps(m.model, x[None], m.cfg.pa3c.t_max, device=m.device, keep_states=True).states[0]
+    frames = scan_frames(_chw(image), [resize_mask(s, image.shape[:2]) for s in states])
+    frames[0].save(path, save_all=True, append_images=frames[1:], duration=400, loop=0)
 
 
 def _save_overlay(path: Path, image: np.ndarray, mask: np.ndarray, uncert: np.ndarray) -> None:
-    from rl_agents.experiment.visualize import heat, tint, titled
-
-    rgb = _scan_rgb(image)
-    titled(path, [rgb, tint(rgb, mask), heat(uncert)], ["image", "prediction (red)", "uncertainty (0 black - 1 white)"])
+    save_overlay(path, _chw(image), None, mask, uncert, robust=True)
 
 
 def _write_image_mask(path: Path, mask: np.ndarray, suffix: str) -> Path:
@@ -211,7 +183,7 @@ def _predict_image(m: Loaded, f: Path, out: Path, overlay: bool, gif: bool) -> d
     if gif:
         sample = [Sample(image, np.zeros(image.shape[:2], np.uint8), "volume", str(f))]
         rec["gif"] = str(stem.with_name(stem.name + "_steps.gif"))
-        _save_gif(Path(rec["gif"]), image, mask_steps(m, prepare_rows(sample, [0], m.cfg.data)[0]))
+        _save_gif(Path(rec["gif"]), image, m, prepare_rows(sample, [0], m.cfg.data)[0])
     return rec
 
 
@@ -260,4 +232,4 @@ def _volume_extras(m: Loaded, f: Path, out: Path, rec: dict, arrays: tuple, over
     if gif:
         samples = [Sample(s[..., None], np.zeros(s.shape, np.uint8), "volume", str(j)) for j, s in enumerate(slices)]
         rec["gif"] = str(stem.with_name(stem.name + "_steps.gif"))
-        _save_gif(Path(rec["gif"]), slices[k], mask_steps(m, prepare_rows(samples, [k], m.cfg.data)[0]))
+        _save_gif(Path(rec["gif"]), slices[k], m, prepare_rows(samples, [k], m.cfg.data)[0])

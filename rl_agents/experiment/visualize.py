@@ -5,9 +5,10 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
-from PIL import Image
+from PIL import Image, ImageDraw
 
 PANEL_TITLES = ("image", "truth (green)", "truth + prediction (red; yellow = both)", "uncertainty (0 black - 1 white)")
+PREDICTION_TITLES = ("image", "prediction (red)", "uncertainty (0 black - 1 white)")
 MIN_PANEL = 192  # small working resolutions (32-128 px) are upscaled so that a person can see the masks
 TITLE_PX = 16
 
@@ -37,8 +38,6 @@ def tint(rgb: np.ndarray, mask: np.ndarray) -> np.ndarray:
 def titled(path: str | Path, panels: list[np.ndarray], titles: list[str], min_panel: int = 0) -> Path:
     """Equal-sized ``(H, W, 3)`` panels side by side as one PNG, each upscaled (nearest, so masks stay crisp) to at
     least ``min_panel`` px and titled above."""
-    from PIL import ImageDraw
-
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     h, w = panels[0].shape[:2]
@@ -53,30 +52,47 @@ def titled(path: str | Path, panels: list[np.ndarray], titles: list[str], min_pa
     return path
 
 
-def overlay_panels(image: np.ndarray, truth: np.ndarray, pred: np.ndarray, uncertainty: np.ndarray) -> np.ndarray:
-    """``(H, 4W, 3)`` uint8: the image; truth in green; prediction in red (yellow where both); uncertainty (hot).
+def overlay_panels(image: np.ndarray, truth: np.ndarray | None, pred: np.ndarray, uncertainty: np.ndarray,
+                   robust: bool = False) -> list[np.ndarray]:
+    """``(H, W, 3)`` uint8 panels. With ``truth``: the image; truth in green; prediction in red (yellow where both);
+    uncertainty (hot). Without (a user's scan, ``pixeldrl predict``): the image; the prediction tinted red;
+    uncertainty.
 
-    Shapes: ``image`` ``(C, H, W)`` or ``(H, W)``; masks and uncertainty ``(H, W)``; uncertainty in [0, 1].
+    Shapes: ``image`` ``(C, H, W)`` or ``(H, W)``; masks and uncertainty ``(H, W)``; uncertainty in [0, 1];
+    ``robust``: grey levels from the 1st..99th percentile (a raw scan), else min..max (a prepared image).
     """
-    base = grey(image.mean(axis=0) if image.ndim == 3 else image)
+    base = grey(image.mean(axis=0) if image.ndim == 3 else image, robust)
     rgb = np.repeat(base[..., None], 3, axis=-1)
+    if truth is None:
+        return [rgb, tint(rgb, pred), heat(uncertainty)]
     both = rgb.copy()
     both[truth.astype(bool), 1] = 255
     both[pred.astype(bool), 0] = 255
     gt_only = rgb.copy()
     gt_only[truth.astype(bool), 1] = 255
-    return np.concatenate([rgb, gt_only, both, heat(uncertainty)], axis=1)
+    return [rgb, gt_only, both, heat(uncertainty)]
 
 
-
-def save_overlay(path: str | Path, image, truth, pred, uncertainty) -> Path:
+def save_overlay(path: str | Path, image, truth, pred, uncertainty, robust: bool = False) -> Path:
     """:func:`overlay_panels` as a PNG, each panel upscaled to at least ``MIN_PANEL`` px and titled above; the centre
-    slice of a 2.5-D input is the one shown."""
+    slice of a 2.5-D input is the one shown. ``truth`` None: the mask-free mode."""
     if image.ndim == 3 and image.shape[0] > 1 and image.shape[0] % 2 == 1:
         image = image[image.shape[0] // 2 : image.shape[0] // 2 + 1]  # a 2.5-D stack: the slice segmented
-    panels = overlay_panels(image, truth, pred, uncertainty)
-    w = panels.shape[1] // 4
-    return titled(path, [panels[:, k * w : (k + 1) * w] for k in range(4)], list(PANEL_TITLES), MIN_PANEL)
+    titles = list(PANEL_TITLES) if truth is not None else list(PREDICTION_TITLES)
+    return titled(path, overlay_panels(image, truth, pred, uncertainty, robust), titles, MIN_PANEL)
+
+
+def scan_frames(image: np.ndarray, masks: np.ndarray) -> list[Image.Image]:
+    """A raw scan ``(C, H, W)`` or ``(H, W)`` with each mask of ``masks`` ``(T, H, W)`` tinted red, titled "start",
+    "step 1", ...: the frames of a GIF of the steps."""
+    base = grey(image.mean(axis=0) if image.ndim == 3 else image, robust=True)
+    rgb = np.repeat(base[..., None], 3, axis=-1)
+    frames = []
+    for t, m in enumerate(masks):
+        im = Image.fromarray(tint(rgb, m))
+        ImageDraw.Draw(im).text((3, 2), f"step {t}" if t else "start", fill=(255, 255, 0))
+        frames.append(im)
+    return frames
 
 
 def learning_curve(history: list[dict], path: Path) -> Path | None:
