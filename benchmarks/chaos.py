@@ -3,8 +3,8 @@
 127.0.0.1 (own temp dir and ports), stops exactly that cluster, and returns what it measured; ``tests/test_chaos.py``
 runs the same functions shorter and asserts on them. Results to ``benchmarks/results/chaos.json``.
 
-    python benchmarks/chaos.py --json benchmarks/results/chaos.json
-    python benchmarks/chaos.py --suite --json benchmarks/results/chaos.json   # every row, a table per row
+    python -m benchmarks.chaos --json benchmarks/results/chaos.json
+    python -m benchmarks.chaos --suite --json benchmarks/results/chaos.json   # every row, a table per row
 """
 
 from __future__ import annotations
@@ -23,13 +23,12 @@ import time
 from pathlib import Path
 from typing import Any
 
+import ray
+
+from rl_agents.experiment.checkpoint import read_checkpoint
+
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
 SMOKE = ROOT / "tune_configs" / "smoke.yaml"
-
-import ray  # noqa: E402
-
-from rl_agents.experiment.checkpoint import read_checkpoint  # noqa: E402
 
 
 def _sets(args: list[str]) -> list[str]:

@@ -4,7 +4,7 @@ A pixel-agent step is one pixel taking one action: ``B * H * W`` per ``env.step`
 second for B = 32 at 128x128 and 256x256, so that the environment never limits training. Actions are drawn before
 timing (a policy produces them), so the figure is the environment's own cost: state update, reward map, observation.
 
-    python benchmarks/env_throughput.py [--json benchmarks/results/env_throughput.json] [--seconds 2]
+    python -m benchmarks.env_throughput [--json benchmarks/results/env_throughput.json] [--seconds 2]
 """
 
 from __future__ import annotations
@@ -17,13 +17,13 @@ for _v in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
 if hasattr(os, "sched_setaffinity"):
     os.sched_setaffinity(0, {sorted(os.sched_getaffinity(0))[0]})
 
-import argparse  # noqa: E402
-import time  # noqa: E402
+import argparse  # noqa: E402 (after the thread pinning above)
+import time
 
-import numpy as np  # noqa: E402
+import numpy as np
 
-from rl_agents.experiment.provenance import command, describe, write_json  # noqa: E402
-from pixelrl_env.env import PixelSegEnv  # noqa: E402
+from rl_agents.experiment.provenance import command, describe, write_json
+from pixelrl_env.env import PixelSegEnv
 
 TARGET = 100e6
 

@@ -18,8 +18,8 @@ Layout (``.gpu/`` is git-ignored)::
     .gpu/carry2/wheels/*.whl                   ... and these, with pip --no-index --no-deps --target /tmp/site
     .gpu/carry2/lgg_flair_fg/                  the data copy
 
-    python benchmarks/gpu_prepare.py                    # all of it
-    python benchmarks/gpu_prepare.py --no-download      # data and split only, from wheels already in .gpu/download
+    python -m benchmarks.gpu_prepare                    # all of it
+    python -m benchmarks.gpu_prepare --no-download      # data and split only, from wheels already in .gpu/download
 """
 
 from __future__ import annotations

@@ -38,7 +38,7 @@ run)
     export PYTHONPATH="$SITE:$PWD" PYTHONUNBUFFERED=1
     data=()
     [ -d "$GPU_DIR/carry2/lgg_flair_fg" ] && data=(--data "$GPU_DIR/carry2/lgg_flair_fg")
-    timeout 560 python3 benchmarks/gpu_suite.py --out "$OUT" "${data[@]}" "${@:2}" 2>&1 | tee "$OUT/stdout.txt" \
+    timeout 560 python3 -m benchmarks.gpu_suite --out "$OUT" "${data[@]}" "${@:2}" 2>&1 | tee "$OUT/stdout.txt" \
         | grep -v -E "^\(raylet|WARNING|INFO" | tail -c 10000
     rc=${PIPESTATUS[0]}
     rm -rf "$OUT"/quality_*/checkpoints "$OUT"/ray_runs  # only the JSON and logs come back

@@ -26,8 +26,8 @@ Parts, most valuable first:
 ``--dry-run`` runs every part at toy sizes on the CPU in about a minute (the test suite does, so that this script
 cannot rot between GPU slots). Nothing here needs MLflow, Gymnasium's extras or PettingZoo.
 
-    PYTHONPATH=. python benchmarks/gpu_suite.py --out OUT --data .gpu/carry2/lgg_flair_fg
-    PYTHONPATH=. python benchmarks/gpu_suite.py --dry-run --out /tmp/gpu_dry
+    PYTHONPATH=. python -m benchmarks.gpu_suite --out OUT --data .gpu/carry2/lgg_flair_fg
+    PYTHONPATH=. python -m benchmarks.gpu_suite --dry-run --out /tmp/gpu_dry
 """
 
 from __future__ import annotations
@@ -44,15 +44,13 @@ from pathlib import Path
 
 import torch
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-sys.path.insert(0, str(ROOT / "benchmarks"))
+from rl_agents.config import load_config
+from rl_agents.experiment.provenance import command, describe, write_json
 
-from rl_agents.config import load_config  # noqa: E402
-from rl_agents.experiment.provenance import describe, write_json  # noqa: E402
-
-from gpu_measure import (base_cfg, eval_cadence, free, is_oom, make_stepper, matmul_rate, measure, sync,  # noqa: E402
+from benchmarks.gpu_measure import (base_cfg, eval_cadence, free, is_oom, make_stepper, matmul_rate, measure, sync,
                          throughput_grid, timed_calls, toy_data)
+
+ROOT = Path(__file__).resolve().parents[1]
 
 PARTS = ("peak", "throughput", "quality", "latency", "ray")
 # seconds, 540 in all; what a part leaves unspent goes to the parts after it
@@ -72,7 +70,7 @@ class Suite:
         self.budget_s = budget_s
         self.dry_run = dry_run
         self.log_file = open(out / "gpu_suite.log", "a")
-        self.results: dict = {"command": "python benchmarks/gpu_suite.py " + " ".join(sys.argv[1:]),
+        self.results: dict = {"command": command(module="benchmarks.gpu_suite"),
                               "dry_run": dry_run, "machine": machine(), "parts": {}}
         self.save()
 
@@ -317,7 +315,7 @@ def part_ray(suite: Suite, device: torch.device) -> None:
 
 
 def ray_rows(suite: Suite, rec: dict, plan, seconds: float, size: int, gpu: bool, deadline: float) -> None:
-    from scaling import ray_run  # benchmarks/scaling.py: the same steady-state window as the CPU figures
+    from benchmarks.scaling import ray_run  # benchmarks/scaling.py: the same steady-state window as the CPU figures
 
     for n, learner_gpus in plan:
         row = {"workers": n, "learner": "gpu" if learner_gpus else "cpu"}

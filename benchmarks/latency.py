@@ -15,7 +15,7 @@ Two parts, side by side in one run on one machine:
    segment, resize back): PixelDRL-MG with every step and with early exit (:func:`rl_agents.algo.inference.segment`
    stops an image at its fixed point; the masks are identical), the mean number of steps, and the masks' agreement.
 
-    python benchmarks/latency.py --experiment cv-lgg --fold 0 --json benchmarks/results/latency.json
+    python -m benchmarks.latency --experiment cv-lgg --fold 0 --json benchmarks/results/latency.json
 """
 
 from __future__ import annotations
@@ -31,15 +31,14 @@ import numpy as np
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
+from rl_agents.experiment.provenance import command, describe, write_json
+
+from rl_agents.algo.inference import segment_with_steps
+from rl_agents.algo.model import PixelDRLNet, count_parameters, forward_flops
+from rl_agents.engines.supervised import build_unet
+from rl_agents.experiment.export import _write_onnx, segmenter
+
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-
-from rl_agents.experiment.provenance import command, describe, write_json  # noqa: E402
-
-from rl_agents.algo.inference import segment_with_steps  # noqa: E402
-from rl_agents.algo.model import PixelDRLNet, count_parameters, forward_flops  # noqa: E402
-from rl_agents.engines.supervised import build_unet  # noqa: E402
-from rl_agents.experiment.export import _write_onnx, segmenter  # noqa: E402
 
 
 def timed(fn, repeats: int, min_s: float) -> float:

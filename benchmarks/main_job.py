@@ -7,7 +7,7 @@
 * ``--sweep``: ``python train.py --tune tune_configs/sweep_asha.yaml`` (4 trials, ASHA, 2 at a time), timed end to
   end with its MLflow parent and nested runs.
 
-    python benchmarks/main_job.py [--sweep] [--target 0.9] [--json benchmarks/results/main_job.json]
+    python -m benchmarks.main_job [--sweep] [--target 0.9] [--json benchmarks/results/main_job.json]
 
 Each figure is a wall time on the machine named in the JSON: run it on an otherwise idle machine.
 """
@@ -26,7 +26,7 @@ from pathlib import Path
 
 import yaml
 from rl_agents.config import flatten, upgrade
-from rl_agents.experiment.provenance import describe, write_json
+from rl_agents.experiment.provenance import command, describe, write_json
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -91,7 +91,7 @@ def main(argv: list[str] | None = None) -> int:
     shutil.rmtree(work, ignore_errors=True)
     work.mkdir(parents=True)
     out = {"machine": describe(),
-           "command": shlex.join(["python", "benchmarks/main_job.py", *(sys.argv[1:] if argv is None else argv)]),
+           "command": command(argv, __spec__.name),
            "main_job": main_job(work, args.target, args.set)}
     if args.sweep:
         out["sweep"] = sweep(work)

@@ -19,8 +19,8 @@ one distribution object per pixel: ``distributions`` times its sample + log-prob
 against the ``TorchCategorical`` over ``(B, H*W, 2)`` logits the engine uses, and ``stock_training`` times whole APPO
 updates of the stock path (RLlib's own learner) against the engine's, interleaved, from the same config.
 
-    python benchmarks/peer_rllib.py --json benchmarks/results/peer_rllib.json [--seconds 120] [--lgg-seconds 240]
-    python benchmarks/peer_rllib.py --parts stock_training --json benchmarks/results/peer_rllib.json  # one part
+    python -m benchmarks.peer_rllib --json benchmarks/results/peer_rllib.json [--seconds 120] [--lgg-seconds 240]
+    python -m benchmarks.peer_rllib --parts stock_training --json benchmarks/results/peer_rllib.json  # one part
 """
 
 from __future__ import annotations
@@ -35,13 +35,12 @@ from pathlib import Path
 
 import torch
 
+from rl_agents.experiment.provenance import command, describe, write_json
+
+from rl_agents.config import PAPER_STEP, load_config
+from rl_agents.experiment.lifecycle import run_training
+
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-
-from rl_agents.experiment.provenance import command, describe, write_json  # noqa: E402
-
-from rl_agents.config import PAPER_STEP, load_config  # noqa: E402
-from rl_agents.experiment.lifecycle import run_training  # noqa: E402
 
 SMOKE = ROOT / "tune_configs" / "smoke.yaml"
 LGG = ROOT / "tune_configs" / "lgg_cpu.yaml"

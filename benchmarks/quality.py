@@ -5,18 +5,17 @@ with its config (on this machine that takes its ``max_minutes``). Every checkpoi
 ``pixeldrl evaluate`` at the native 256x256 resolution, on the validation patients (the split used to pick the best
 checkpoint) and on the test patients (never used for any choice).
 
-    python benchmarks/quality.py [--suite main|ablation] [--train | --train-only] [--only NAME ...] [--json F]
+    python -m benchmarks.quality [--suite main|ablation] [--train | --train-only] [--only NAME ...] [--json F]
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import shlex
 import sys
 from pathlib import Path
 
-from rl_agents.experiment.provenance import describe, write_json
+from rl_agents.experiment.provenance import command, describe, write_json
 
 from rl_agents.config import PAPER_STEP
 
@@ -121,7 +120,7 @@ def main() -> None:
         "evaluation": "native resolution; each row's model runs at its trained_at_px and its masks are resized back; "
                       "means over slices with foreground",
         "machine": describe(),
-        "command": shlex.join(["python", "benchmarks/quality.py", *sys.argv[1:]]),
+        "command": command(),
         "rows": rows,
     }
     write_json(json_path, out)

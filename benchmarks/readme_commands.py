@@ -21,7 +21,7 @@ entry's ``setup`` (files made before the command runs) or ``prelude`` (Python ru
 value (``subs``) is listed in the JSON beside the command as written.
 
     python3 -m venv /tmp/rc-venv && git clone -q . /work/rc && cd /work/rc && \\
-        PATH=/tmp/rc-venv/bin:$PATH python benchmarks/readme_commands.py --json benchmarks/results/readme_commands.json
+        PATH=/tmp/rc-venv/bin:$PATH python -m benchmarks.readme_commands --json benchmarks/results/readme_commands.json
 """
 
 from __future__ import annotations
@@ -40,10 +40,11 @@ import time
 import urllib.request
 from pathlib import Path
 
+from benchmarks.readme_plan import PLAN, Step
+from rl_agents.experiment.provenance import command, describe, write_json
+
 ROOT = Path(__file__).resolve().parents[1]
 SHARED = ROOT.parent / "shared" / "data"
-
-from readme_plan import PLAN, Step  # noqa: E402  (beside this script)
 
 
 def readme_blocks(text: str) -> list[tuple[str, str, list[str]]]:
@@ -267,9 +268,6 @@ def _run(entry: dict, cmd: str, lang: str, step: Step, clone: Path, main_dir: Pa
 
 def main() -> None:
     args = _args()
-    sys.path.insert(0, str(ROOT))  # the clone's packages, before the Quickstart has installed them
-    from rl_agents.experiment.provenance import describe, write_json
-
     clone = ROOT
     commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=clone, capture_output=True, text=True).stdout.strip()
     commands = doc_commands(clone)
@@ -280,7 +278,7 @@ def main() -> None:
     logs.mkdir(parents=True, exist_ok=True)
     env = {k: v for k, v in os.environ.items() if not k.startswith(("RAY_", "MLFLOW_"))}
     env["CI"] = "true"
-    rec = {"command": "python " + " ".join(sys.argv), "commit": commit, "clone": str(clone),
+    rec = {"command": command(), "commit": commit, "clone": str(clone),
            "python": shutil.which("python", path=env["PATH"]), "commands": []}
     t_all = time.time()
     for n, (section, lang, cmd) in enumerate(commands):

@@ -8,7 +8,7 @@ Dice (top) and Boundary IoU (bottom) against the corruption level, one panel per
 every per-fold value, the machine and the command. The corruptions' random draws are seeded per (fold, kind, level),
 so both models see identical corrupted images.
 
-    python benchmarks/robustness.py --experiment cv-heart --json benchmarks/results/robustness_heart.json \\
+    python -m benchmarks.robustness --experiment cv-heart --json benchmarks/results/robustness_heart.json \\
         --plot benchmarks/results/robustness_heart.png [--max-slices 120]
 """
 
@@ -22,17 +22,16 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from rl_agents.experiment.provenance import command, describe, write_json
+
+from pixelrl_env.corrupt import KINDS, LEVELS, corrupt
+from pixelrl_env.dataset import load_splits
+from pixelrl_env.metrics import compute_all
+from rl_agents.experiment.cv import find_trials
+from rl_agents.experiment.evaluate import predict
+from rl_agents.experiment.loaded import load_model
+
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-
-from rl_agents.experiment.provenance import describe, write_json  # noqa: E402
-
-from pixelrl_env.corrupt import KINDS, LEVELS, corrupt  # noqa: E402
-from pixelrl_env.dataset import load_splits  # noqa: E402
-from pixelrl_env.metrics import compute_all  # noqa: E402
-from rl_agents.experiment.cv import find_trials  # noqa: E402
-from rl_agents.experiment.evaluate import predict  # noqa: E402
-from rl_agents.experiment.loaded import load_model  # noqa: E402
 
 
 def test_slices(cfg, max_slices: int | None, seed: int) -> tuple[np.ndarray, np.ndarray]:
@@ -132,7 +131,7 @@ def main(argv: list[str] | None = None) -> int:
     t0 = time.perf_counter()
     res = run(args.experiment, args.storage, args.kinds, args.max_slices)
     summary = summarize(res["rows"], args.kinds)
-    out = {"command": "python benchmarks/robustness.py " + " ".join(sys.argv[1:] if argv is None else argv),
+    out = {"command": command(argv, __spec__.name),
            "machine": describe(), "experiment": args.experiment, "levels": {k: LEVELS[k] for k in args.kinds},
            "max_slices": args.max_slices, "wall_s": round(time.perf_counter() - t0, 1), "summary": summary, **res}
     write_json(args.json, out)

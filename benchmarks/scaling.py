@@ -13,9 +13,9 @@ rollout and environment, 1 CPU thread per worker:
   rate stays within 10 % of a worker's rate in the unslowed 2-worker run.
 * ``--lgg``: wall time for 1 and 2 Ray workers to reach a fixed validation Dice on LGG (64 px; stops at the target).
 
-    python benchmarks/scaling.py [--seconds 90] [--size 128] [--lgg] [--json benchmarks/results/scaling.json]
-    python benchmarks/scaling.py --asynchrony-repeats 3 --seconds 120     # the asynchrony check alone, repeated
-    python benchmarks/scaling.py --equal-cores-repeats 3 --seconds 60     # one process vs Ray at 2 cores, repeated
+    python -m benchmarks.scaling [--seconds 90] [--size 128] [--lgg] [--json benchmarks/results/scaling.json]
+    python -m benchmarks.scaling --asynchrony-repeats 3 --seconds 120     # the asynchrony check alone, repeated
+    python -m benchmarks.scaling --equal-cores-repeats 3 --seconds 60     # one process vs Ray at 2 cores, repeated
 
 The learner reserves no CPU here (``learner_cpus=0``) so that 2 workers x 1 CPU fit 2 cores; its share of the
 machine is reported as ``learner_busy_fraction``.

@@ -4,7 +4,7 @@ Peak: a large float32 matmul (4096^3) with the same thread count. Training: roll
 of the real trainer pieces on random 128x128 images, counted as 3 forward passes per image-step plus the bootstrap
 forward (backward ~ 2x forward). FLOPs per forward come from torch's FLOP counter.
 
-    python benchmarks/train_flops.py [--threads 2] [--json benchmarks/results/train_flops.json]
+    python -m benchmarks.train_flops [--threads 2] [--json benchmarks/results/train_flops.json]
 """
 
 from __future__ import annotations

@@ -10,8 +10,8 @@ a float32 matmul peak measured in the same run on the same threads; ms per train
 profiled update. The U-Net update is timed piece by piece on the objects ``SupervisedEngine`` trains (its
 ``step()`` is timed too, as a check that the pieces are that step).
 
-    python benchmarks/update_cost.py [--sizes 64,128,256] [--updates 5] [--rows pa3c,unet] [--threads 1]
-    python benchmarks/update_cost.py --from-json benchmarks/results/update_cost.json   # the README table
+    python -m benchmarks.update_cost [--sizes 64,128,256] [--updates 5] [--rows pa3c,unet] [--threads 1]
+    python -m benchmarks.update_cost --from-json benchmarks/results/update_cost.json   # the README table
 """
 
 from __future__ import annotations
@@ -25,13 +25,12 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from rl_agents.experiment.provenance import command, describe, write_json
+from benchmarks.train_flops import matmul_peak
+
+from rl_agents.algo.phases import PhaseTimer, phase
+
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-
-from rl_agents.experiment.provenance import command, describe, write_json  # noqa: E402
-from train_flops import matmul_peak  # noqa: E402
-
-from rl_agents.algo.phases import PhaseTimer, phase  # noqa: E402
 
 PROTOCOL = ROOT / "tune_configs" / "cv_lgg_tmax5.yaml"
 PROTOCOL_VARIANT = "t_max-5"  # the variant of that sweep a row starts from unless it names another ("variant")

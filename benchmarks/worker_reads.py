@@ -13,7 +13,7 @@ libtiff memory-maps the TIFFs instead of reading them. Calls run one after anoth
 is warm and the seconds are decoding and preparation, not disk or network; on object storage the byte counts are what
 a worker downloads. Every run checks that the parts, concatenated, equal ``load_splits(cfg).train`` row for row.
 
-    python benchmarks/worker_reads.py [--parquet DIR] [--formats parquet lgg]
+    python -m benchmarks.worker_reads [--parquet DIR] [--formats parquet lgg]
                                       [--json benchmarks/results/worker_reads.json]
 """
 
@@ -27,7 +27,7 @@ from pathlib import Path
 
 import numpy as np
 import pyarrow.parquet as pq
-from rl_agents.experiment.provenance import describe as machine, write_json
+from rl_agents.experiment.provenance import command, describe as machine, write_json
 
 from pixelrl_env.dataset import describe, load_part, load_splits
 
@@ -135,7 +135,7 @@ def main() -> None:
         pq_path = args.parquet or str(Path(tmp) / "lgg_parquet")
         if not args.parquet:
             convert(Path(pq_path))
-        out = {"machine": machine(), "command": " ".join(["python", *sys.argv]), "data": str(LGG),
+        out = {"machine": machine(), "command": command(), "data": str(LGG),
                "config": {"channels": [1], "size": 128, "drop_empty": True, "seed": 0},
                "parquet": parquet_info(pq_path), "results": {}}
         for fmt in args.formats:

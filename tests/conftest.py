@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import contextlib
 import functools
-import importlib.util
 import os
 import sys
 from pathlib import Path
@@ -27,21 +26,6 @@ def _mlflow_store(tmp_path_factory):
         os.environ.pop("MLFLOW_TRACKING_URI", None)
     else:
         os.environ["MLFLOW_TRACKING_URI"] = old
-
-
-def benchmark_module(name: str):
-    """``benchmarks/<name>.py`` as a module (benchmarks are scripts, not a package), loaded once per session."""
-    if name not in sys.modules:
-        spec = importlib.util.spec_from_file_location(name, Path(__file__).resolve().parents[1] / "benchmarks" /
-                                                      f"{name}.py")
-        module = importlib.util.module_from_spec(spec)
-        sys.modules[name] = module  # dataclasses look their module up there
-        sys.path.insert(0, str(Path(spec.origin).parent))  # as when run as a script: its siblings import
-        try:
-            spec.loader.exec_module(module)
-        finally:
-            sys.path.remove(str(Path(spec.origin).parent))
-    return sys.modules[name]
 
 
 @contextlib.contextmanager

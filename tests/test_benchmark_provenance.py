@@ -15,9 +15,12 @@ ROOT = Path(__file__).resolve().parents[1]
 
 def test_the_command_is_recorded_as_typed_from_the_repository_root(monkeypatch):
     monkeypatch.setattr(sys, "argv", [str(ROOT / "benchmarks" / "scaling.py"), "--seconds", "75", "--json", "a b.json"])
-    assert provenance.command() == "python benchmarks/scaling.py --seconds 75 --json 'a b.json'"
+    assert provenance.command() == "python -m benchmarks.scaling --seconds 75 --json 'a b.json'"
     monkeypatch.setattr(sys, "argv", ["/home/u/.venv/bin/pixeldrl", "cv-report", "--experiment", "cv-lgg"])
     assert provenance.command() == "pixeldrl cv-report --experiment cv-lgg"
+    monkeypatch.setattr(sys, "argv", [str(ROOT / "train.py"), "--set", "pa3c.t_max=5"])
+    assert provenance.command() == "python train.py --set pa3c.t_max=5"
+    assert provenance.command(["--x"], "benchmarks.main_job") == "python -m benchmarks.main_job --x"
 
 
 def test_a_result_is_written_whole_or_not_at_all(tmp_path: Path, monkeypatch):
@@ -48,12 +51,12 @@ def _run(tmp_path: Path, script: str, *args: str) -> dict:
 
 def test_env_throughput_and_train_flops_write_machine_versions_and_command(tmp_path: Path):
     env = _run(tmp_path, "env_throughput", "--seconds", "0.02")
-    assert env["command"] == f"python benchmarks/env_throughput.py --seconds 0.02 --json {tmp_path}/env_throughput.json"
+    assert env["command"] == f"python -m benchmarks.env_throughput --seconds 0.02 --json {tmp_path}/env_throughput.json"
     assert {"cpu", "cores", "python", "torch", "numpy"} <= env["machine"].keys() and env["machine"]["cores_used"] == 1
     assert len(env["results"]) == 16 and all(r["pixel_agent_steps_per_s"] > 0 for r in env["results"])
 
     fl = _run(tmp_path, "train_flops", "--threads", "1", "--updates", "1")
-    assert fl["command"].startswith("python benchmarks/train_flops.py --threads 1 --updates 1 --json ")
+    assert fl["command"].startswith("python -m benchmarks.train_flops --threads 1 --updates 1 --json ")
     assert {"cpu", "python", "torch"} <= fl["machine"].keys() and fl["machine"]["threads"] == 1
     (row,) = fl["rows"]
     assert row["preset"] == "small" and 0 < row["fraction_of_peak"] < 1.5

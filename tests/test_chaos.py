@@ -9,12 +9,11 @@ from pathlib import Path
 import pytest
 
 from rl_agents.engines.ray_runtime import EXIT_HEAD_LOST
-from tests.conftest import benchmark_module
+from benchmarks import chaos
 
 ROOT = Path(__file__).resolve().parents[1]
 # each case takes 1-2 minutes on 2 cores: run by benchmarks/chaos.py --suite (or pytest -m chaos), not by CI
 pytestmark = pytest.mark.chaos
-chaos = benchmark_module("chaos")
 
 
 @pytest.fixture

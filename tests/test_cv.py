@@ -221,11 +221,7 @@ def test_cv_sweep_files_give_five_folds_of_each_model_at_equal_budget(name: str)
 def test_robustness_benchmark_on_the_cv_folds(sweep: Path, tmp_path: Path):
     """benchmarks/robustness.py on the same sweep: every (variant, fold) at every level, clean rows equal to scoring
     the checkpoint directly, a summary whose level-0 loss is 0, and the plot written."""
-    import sys
-
-    sys.path.insert(0, str(ROOT / "benchmarks"))
-    import robustness
-
+    from benchmarks import robustness
     from pixelrl_env.corrupt import LEVELS
     from rl_agents.experiment.loaded import load_model
 
@@ -243,7 +239,7 @@ def test_robustness_benchmark_on_the_cv_folds(sweep: Path, tmp_path: Path):
             levels = res["summary"][v][kind]
             assert [r["level"] for r in levels] == [0, *LEVELS[kind]] and levels[0]["dice_lost_mean"] == 0
             assert all(r["folds"] == K for r in levels)
-    assert png.stat().st_size > 10_000 and res["command"].startswith("python benchmarks/robustness.py")
+    assert png.stat().st_size > 10_000 and res["command"].startswith("python -m benchmarks.robustness")
 
 
 def test_ablation_report_pairs_every_variant_with_the_baseline(sweep: Path, report: dict, tmp_path: Path, capsys):

@@ -17,7 +17,7 @@ from rl_agents.config import load_config
 from rl_agents.engines.ray_actors import Evaluator, Learner, Worker
 from rl_agents.experiment.loaded import load_model
 from rl_agents.experiment.lifecycle import train_distributed
-from tests.conftest import benchmark_module
+from benchmarks.chaos import KillLearnerAfterCheckpoint
 
 ROOT = Path(__file__).resolve().parents[1]
 SMOKE = ROOT / "tune_configs" / "smoke.yaml"
@@ -118,7 +118,6 @@ def test_a_killed_learner_is_restored_from_its_checkpoint_and_the_run_finishes(r
     """Fault row 3: the learner process dies mid-run. It comes back from checkpoints/last.pt on its own, with the
     checkpoint's update counter; every worker takes its weights (no gradient computed on the dead learner's newer
     weights reaches it); the run ends as planned."""
-    KillLearnerAfterCheckpoint = benchmark_module("chaos").KillLearnerAfterCheckpoint
     from rl_agents.experiment.checkpoint import read_checkpoint
 
     cfg = load_config(SMOKE, ["budget.max_minutes=null", "budget.epochs=8", "tracking.report_every_s=0.3", "eval.checkpoint_every=4",

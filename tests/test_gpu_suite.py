@@ -20,12 +20,11 @@ from rl_agents.cli import main as cli
 from rl_agents.config import load_config
 from pixelrl_env.parquet import iter_parquet
 
+from benchmarks import gpu_prepare
+
 from .conftest import write_lgg_layout
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / "benchmarks"))
-
-import gpu_prepare  # noqa: E402
 
 
 def _data(n=4, size=16):
@@ -95,7 +94,7 @@ def test_gpu_suite_dry_run_measures_every_part(tmp_path: Path):
     out = tmp_path / "dry"
     budgets = ["--budget", "throughput=300", "--budget", "quality=120", "--budget", "latency=120",
                "--budget", "ray=120"]  # generous: a slow CI machine must not skip rows
-    r = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "gpu_suite.py"), "--dry-run", "--out", str(out),
+    r = subprocess.run([sys.executable, "-m", "benchmarks.gpu_suite", "--dry-run", "--out", str(out),
                         *budgets], cwd=ROOT, capture_output=True, text=True, timeout=600)
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
     res = json.loads((out / "gpu_suite.json").read_text())
@@ -190,8 +189,8 @@ def test_suite_and_training_need_no_optional_package(tmp_path: Path):
 import sys
 for name in ("mlflow", "pettingzoo", "optuna", "ray"):
     sys.modules[name] = None  # any import of them raises ImportError
-sys.path.insert(0, {str(ROOT / 'benchmarks')!r})
-import json, gpu_suite
+import json
+from benchmarks import gpu_suite
 from rl_agents.config import load_config
 from rl_agents.experiment.lifecycle import train
 cfg = load_config(None, ["budget.max_updates=1", "optim.batch_size=2", "pa3c.t_max=2", "data.size=16", "data.synthetic.size=16",

@@ -3,13 +3,9 @@
 from __future__ import annotations
 
 import json
-import sys
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / "benchmarks"))
-
-import main_job  # noqa: E402
+from benchmarks import main_job
 
 
 def test_first_validation_pass_at_the_target():
@@ -30,5 +26,5 @@ def test_the_main_job_runs_as_the_quickstart_runs_it_and_its_json_names_the_mach
     assert mj["command"] == ("python train.py --set budget.max_updates=4 --set eval.every=2 --set data.size=32 "
                              "--set data.synthetic.size=32")
     assert 0.0 <= mj["val"]["dice"] <= 1.0 and mj["params"] > 0 and mj["process_wall_s"] >= mj["wall_time_s"]
-    assert r["machine"]["cores"] >= 1 and r["command"].startswith("python benchmarks/main_job.py")
+    assert r["machine"]["cores"] >= 1 and r["command"].startswith("python -m benchmarks.main_job")
     assert (work / "mlflow.db").exists()  # the job tracked into the benchmark's own database, as a user's would

@@ -5,10 +5,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from tests.conftest import benchmark_module
+from benchmarks import readme_commands as rc
 
 ROOT = Path(__file__).resolve().parents[1]
-rc = benchmark_module("readme_commands")
 
 
 def test_parsing_joins_continuations_and_drops_comments():

@@ -213,10 +213,7 @@ def test_appo_learns_the_easy_synthetic_set_and_its_checkpoint_evaluates(tmp_pat
 def test_the_stock_multidiscrete_path_loses_per_pixel_credit():
     """What benchmarks/peer_rllib.py times: RLlib's stock distribution for MultiDiscrete([2] * N) returns one joint
     log-prob per image; the engine's per-pixel categorical returns N, one per pixel agent."""
-    import sys
-
-    sys.path.insert(0, str(ROOT / "benchmarks"))
-    from peer_rllib import distributions
+    from benchmarks.peer_rllib import distributions
 
     (row,) = distributions(sizes=(8,), batches=(2,), repeats=1)
     assert row["stock_multidiscrete_logp_shape"] == [2] and row["per_pixel_categorical_logp_shape"] == [2, 64]
@@ -257,10 +254,7 @@ def test_a_remote_learner_trains_and_its_weights_reach_the_mirror_and_back():
 def test_the_stock_multidiscrete_path_trains_with_rllibs_own_learner():
     """benchmarks/peer_rllib.py's stock arm is a real APPO run (finite losses, asserted inside), timed beside the
     engine's per-pixel path from the same config."""
-    import sys
-
-    sys.path.insert(0, str(ROOT / "benchmarks"))
-    from peer_rllib import stock_training
+    from benchmarks.peer_rllib import stock_training
 
     row = stock_training(updates=1, size=16, batch=2)
     assert row["updates_timed"] == 1 and row["t_max"] == 3

@@ -16,11 +16,11 @@ def test_update_cost_dry_run_breaks_each_update_down(tmp_path: Path):
     out = tmp_path / "update_cost.json"
     args = ["--dry-run", "--rows", "pa3c,pa3c-reference,unet", "--add-row", "bogus rollout_mode=nope",
             "--add-row", "future no_such_option=true", "--json", str(out)]
-    proc = subprocess.run([sys.executable, "benchmarks/update_cost.py", *args], cwd=ROOT, capture_output=True,
+    proc = subprocess.run([sys.executable, "-m", "benchmarks.update_cost", *args], cwd=ROOT, capture_output=True,
                           text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr[-3000:]
     res = json.loads(out.read_text())
-    assert res["command"].startswith("python benchmarks/update_cost.py --dry-run --rows pa3c,pa3c-reference,unet")
+    assert res["command"].startswith("python -m benchmarks.update_cost --dry-run --rows pa3c,pa3c-reference,unet")
     assert {"cpu", "cores", "python", "torch"} <= res["machine"].keys() and res["machine"]["threads"] == 1
     assert res["matmul_peak_gflop_per_s"] > 0
     rows = {r["name"]: r for r in res["rows"]}
@@ -49,6 +49,6 @@ def test_update_cost_dry_run_breaks_each_update_down(tmp_path: Path):
     assert rows["future"]["status"] == "skipped" and "no_such_option" in rows["future"]["reason"]
 
     # the README table is generated from the JSON, skipped rows included
-    table = subprocess.run([sys.executable, "benchmarks/update_cost.py", "--from-json", str(out)], cwd=ROOT,
+    table = subprocess.run([sys.executable, "-m", "benchmarks.update_cost", "--from-json", str(out)], cwd=ROOT,
                            capture_output=True, text=True, timeout=60, check=True).stdout
     assert "| pa3c | 32 |" in table and "| unet | 32 |" in table and "skipped: ValueError" in table

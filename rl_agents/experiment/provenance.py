@@ -33,15 +33,23 @@ def describe() -> dict[str, Any]:
             "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None}
 
 
-def command() -> str:
-    """This process's command as typed, so that it can be run again as is: ``python benchmarks/x.py ...`` (a script
-    under the repository, named from its root), ``python train.py ...`` or ``pixeldrl cv-report ...``."""
+def command(argv: list[str] | None = None, module: str | None = None) -> str:
+    """This process's command as typed, so that it can be run again as is: ``python -m benchmarks.x ...`` (a module of
+    the repository's packages, or ``module`` when its ``main(argv)`` was called from another program such as a test),
+    ``python train.py ...`` (a script under the repository, named from its root) or ``pixeldrl cv-report ...``."""
+    args = list(sys.argv[1:] if argv is None else argv)
+    if module:
+        return shlex.join(["python", "-m", module, *args])
     prog = Path(sys.argv[0])
-    if prog.name.endswith(".py"):
-        script = prog.resolve()
-        name = script.relative_to(ROOT).as_posix() if script.is_relative_to(ROOT) else sys.argv[0]
-        return shlex.join(["python", name, *sys.argv[1:]])
-    return shlex.join([prog.name, *sys.argv[1:]])
+    if not prog.name.endswith(".py"):
+        return shlex.join([prog.name, *args])
+    script = prog.resolve()
+    if not script.is_relative_to(ROOT):
+        return shlex.join(["python", sys.argv[0], *args])
+    rel = script.relative_to(ROOT)
+    if (script.parent / "__init__.py").is_file():  # run as python -m package.module
+        return shlex.join(["python", "-m", ".".join(rel.with_suffix("").parts).removesuffix(".__main__"), *args])
+    return shlex.join(["python", rel.as_posix(), *args])
 
 
 def write_json(path: str | Path, obj: object, indent: int | None = 2) -> None:
