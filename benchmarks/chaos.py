@@ -1,6 +1,6 @@
 """Faults of the cluster, injected and measured: the head stopped mid-run (row 10), a node removed and added back
 (row 2), the learner killed (row 3), a slow learner under fast workers (row 8). Each case runs its own Ray cluster on
-127.0.0.1 (own temp dir and ports), stops exactly that cluster, and returns what it measured; ``tests/test_chaos.py``
+127.0.0.1 (own temp dir and ports), stops exactly that cluster, and returns what it measured; ``tests/benchmarks/test_chaos.py``
 runs the same functions shorter and asserts on them. Results to ``benchmarks/results/chaos.json``.
 
     python -m benchmarks.chaos --json benchmarks/results/chaos.json

@@ -5,7 +5,7 @@ A README that users copy from has to work as written. This script reads the fenc
 a fresh virtual environment that the Quickstart's ``pip install`` fills), and writes for every command: what ran,
 exit status, wall time, and the tail of its output, to ``benchmarks/results/readme_commands.json``.
 
-Every command has an entry in :data:`PLAN` (``tests/test_readme_commands.py`` fails when the README and the plan
+Every command has an entry in :data:`PLAN` (``tests/benchmarks/test_readme_commands.py`` fails when the README and the plan
 disagree), which says how it is run:
 
 - ``run``: as written, to the end.

@@ -1,5 +1,5 @@
 """How ``benchmarks/readme_commands.py`` runs each command of the README: one :class:`Step` per command, as written
-(``tests/test_readme_commands.py`` fails when the README and this plan disagree)."""
+(``tests/benchmarks/test_readme_commands.py`` fails when the README and this plan disagree)."""
 
 from __future__ import annotations
 
@@ -19,9 +19,9 @@ class Step:
     ray_head: bool = False                 # a local Ray head with token auth on 127.0.0.1:8265 for this command
 
 
-NO_CLOUD = "no cloud account on this machine; the config is validated offline by tests/test_cluster.py"
+NO_CLOUD = "no cloud account on this machine; the config is validated offline by tests/cluster/test_cluster.py"
 NO_K8S = ("no Docker engine and no Kubernetes cluster on this machine (docker and kubectl are clients only); the "
-          "manifests are parsed and checked by tests/test_cluster.py")
+          "manifests are parsed and checked by tests/cluster/test_cluster.py")
 
 PLAN: dict[str, Step] = {
     # Quickstart

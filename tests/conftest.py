@@ -10,9 +10,11 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import nibabel as nib
 from PIL import Image
 
 SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
+TINY_T_MAX = 3  # steps of the tiny trained checkpoints (train_tiny)
 
 
 @pytest.fixture(autouse=True, scope="session")
@@ -250,3 +252,48 @@ def pytest_collection_modifyitems(config, items):
     for item in items:
         if "reliability" in getattr(item, "fixturenames", ()):
             item.add_marker(pytest.mark.reliability)
+
+
+# --- NIfTI volumes in the Medical Segmentation Decathlon layout -------------------------------------------------
+
+SHAPE = (16, 12, 6)
+AFFINE = np.diag([0.625, 0.625, 0.625, 1.0])
+
+
+def save_nifti(path: Path, data: np.ndarray, affine: np.ndarray = AFFINE) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    nib.save(nib.Nifti1Image(data, affine), str(path))
+
+
+def write_nifti_layout(root: Path, n: int = 2, shape: tuple = SHAPE, seed: int = 0) -> dict[str, tuple]:
+    """MSD layout with ``n`` volumes ``la_<i>``: float32 images (negative, non-integer), uint8 labels holding a box of
+    label 1 in slices 1..3 of the last axis and, in volume 0 only, a box of label 2 in slices 2..4.
+    Returns ``{id: (image, label)}`` as written."""
+    rng = np.random.default_rng(seed)
+    out = {}
+    for i in range(n):
+        image = rng.normal(0.0, 1.0, size=shape).astype(np.float32)
+        label = np.zeros(shape, np.uint8)
+        label[3 + i : 9 + i, 2:7, 1:4] = 1
+        if i == 0:
+            label[11:14, 8:11, 2:5] = 2
+        vid = f"la_{i:03d}"
+        save_nifti(root / "imagesTr" / f"{vid}.nii.gz", image)
+        save_nifti(root / "labelsTr" / f"{vid}.nii.gz", label)
+        out[vid] = (image, label)
+    return out
+
+
+# --- a tiny trained checkpoint ----------------------------------------------------------------------------------
+
+def train_tiny(out: Path, overrides: list[str]) -> Path:
+    """Train 3 updates of a tiny PA3C (``TINY_T_MAX`` steps, batch 2) or, with ``model=unet``, U-Net into ``out``;
+    return its ``best.pt``."""
+    from rl_agents.config import load_config
+    from rl_agents.experiment.lifecycle import train
+
+    cfg = load_config(None, ["budget.max_updates=3", "budget.max_minutes=null", "eval.every=3",
+                             "eval.checkpoint_every=3", f"pa3c.t_max={TINY_T_MAX}", "optim.batch_size=2", "num_workers=0",
+                             "compute.threads=1", "tracking.mlflow=false", *overrides])
+    train(cfg, out, quiet=True)
+    return out / "checkpoints" / "best.pt"

@@ -19,7 +19,7 @@ per pixel (about 1 s per 64x64 image) with one joint log-prob per step, so per-p
   entropy terms each a mean over valid timesteps x pixels.
 
 Episodes end ``terminated`` at t_max and train whole (``batch_mode="complete_episodes"``): with 2.60's discount
-``gamma * (1 - terminated) * loss_mask``, a bootstrap value at a truncated chunk end cancels (tests/test_rllib_appo.py
+``gamma * (1 - terminated) * loss_mask``, a bootstrap value at a truncated chunk end cancels (tests/rl_agents/engines/test_rllib_appo.py
 checks both). One ``train()`` = one update on ``batch_size`` complete episodes, as one update of our engines.
 
 Not carried over from PA3C (the comparison in ``benchmarks/peer_rllib.py`` states it): the learnable reward-map

@@ -1,0 +1,104 @@
+"""`pixeldrl predict`: a user's own images, folders and NIfTI volumes segmented without masks, outputs in the input's
+geometry, the same masks as the evaluation pipeline, and clear errors for what it cannot read."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import pytest
+from PIL import Image
+
+from pixelrl_env.prepare import prepare_image, resize_mask
+from pixelrl_env.io import DataError
+from rl_agents.cli import main
+from rl_agents.experiment.evaluate import predict
+from rl_agents.experiment.loaded import load_model
+from rl_agents.experiment.predict import expand_inputs, load, segment_array
+from rl_agents.experiment.visualize import MIN_PANEL, TITLE_PX
+from tests.conftest import AFFINE, TINY_T_MAX, train_tiny, write_nifti_layout
+
+T_MAX = TINY_T_MAX
+
+
+@pytest.fixture(scope="module")
+def synth_ckpt(tmp_path_factory) -> Path:
+    return train_tiny(tmp_path_factory.mktemp("synth"), [
+        "data.format=synthetic", "data.size=32", "data.synthetic={n_patients: 6, slices_per_patient: 4, size: 32}"])
+
+
+def _reference(ckpt: Path, image: np.ndarray) -> np.ndarray:
+    """The evaluation pipeline's mask of one stored image: prepare as in training, predict, resize back."""
+    model, cfg = load_model(ckpt)
+    mask, _ = predict(model, cfg, prepare_image(image, cfg.data)[None], "cpu")
+    return resize_mask(mask[0], image.shape[:2])
+
+
+def test_images_and_folders_get_native_size_masks_equal_to_the_evaluation_pipeline(synth_ckpt: Path, tmp_path: Path):
+    rng = np.random.default_rng(0)
+    src = tmp_path / "in"
+    src.mkdir()
+    images = {"a.png": rng.integers(0, 255, (40, 48, 3), dtype=np.uint8),
+              "b.tif": rng.integers(0, 255, (36, 36, 3), dtype=np.uint8)}
+    for name, a in images.items():
+        Image.fromarray(a).save(src / name)
+    out = tmp_path / "out"
+    assert main(["predict", "--checkpoint", str(synth_ckpt), str(src), "--output-dir", str(out), "--overlay",
+                 "--gif", "--quiet"]) == 0
+    for name, a in images.items():
+        stem = Path(name).stem
+        mask_file = out / (f"{stem}_mask.tif" if name.endswith(".tif") else f"{stem}_mask.png")
+        written = np.asarray(Image.open(mask_file))
+        assert written.shape == a.shape[:2] and set(np.unique(written)) <= {0, 255}
+        np.testing.assert_array_equal(written // 255, _reference(synth_ckpt, a))
+        np.testing.assert_array_equal(written // 255, segment_array(synth_ckpt, a)[0][0])  # the Python API
+        unc = np.asarray(Image.open(out / f"{stem}_uncertainty.png"))
+        assert unc.shape == a.shape[:2]
+        k = -(-MIN_PANEL // min(a.shape[:2]))  # small images are upscaled to at least MIN_PANEL px a panel
+        assert Image.open(out / f"{stem}_overlay.png").size == (3 * a.shape[1] * k, a.shape[0] * k + TITLE_PX)
+        gif = Image.open(out / f"{stem}_steps.gif")
+        assert gif.n_frames == T_MAX + 1  # the start and each step
+        gif.seek(T_MAX)
+        last = np.asarray(gif.convert("RGB"))
+        tinted = (last[..., 0].astype(int) - last[..., 1].astype(int)) > 40  # red-tinted pixels: the final mask
+        assert tinted[20:].sum() == (written // 255)[20:].sum()  # below the "step" caption
+
+
+def test_a_nifti_volume_gets_a_mask_volume_on_the_same_grid(tmp_path: Path):
+    root = tmp_path / "heart"
+    vols = write_nifti_layout(root, n=4)
+    ckpt = train_tiny(tmp_path / "run", ["data.format=nifti", f"data.path={root}", "data.size=8",
+                                     "data.split=[0.5, 0.25, 0.25]", "data.context=1"])
+    scan = root / "imagesTr" / "la_000.nii.gz"
+    out = tmp_path / "out"
+    assert main(["predict", "--checkpoint", str(ckpt), str(scan), "--output-dir", str(out), "--overlay",
+                 "--quiet"]) == 0
+    got = nib.load(str(out / "la_000_mask.nii.gz"))
+    image = vols["la_000"][0]
+    assert got.shape == image.shape and got.get_data_dtype() == np.uint8
+    np.testing.assert_allclose(got.affine, AFFINE)
+    data = np.asarray(got.dataobj)
+    assert set(np.unique(data)) <= {0, 1}
+    # slices along the last axis with their neighbours (2.5-D), as the model was trained
+    np.testing.assert_array_equal(data, np.moveaxis(segment_array(ckpt, np.moveaxis(image, -1, 0))[0], 0, -1))
+    unc = nib.load(str(out / "la_000_uncertainty.nii.gz"))
+    assert unc.shape == image.shape and float(np.asarray(unc.dataobj).max()) <= 1.0
+    assert list(out.glob("la_000_slice*_overlay.png"))
+
+
+def test_what_predict_cannot_read_is_named(synth_ckpt: Path, tmp_path: Path, capsys):
+    (tmp_path / "notes.txt").write_text("hello")
+    with pytest.raises(DataError, match=r"notes.txt: unknown kind of input"):
+        expand_inputs([tmp_path / "notes.txt"])
+    with pytest.raises(DataError, match=r"input not found: .*nope.png"):
+        expand_inputs([tmp_path / "nope.png"])
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(DataError, match=r"empty holds no image"):
+        expand_inputs([tmp_path / "empty"])
+    (tmp_path / "broken.png").write_bytes(b"not a png")
+    assert main(["predict", "--checkpoint", str(synth_ckpt), str(tmp_path / "broken.png"), "--output-dir",
+                 str(tmp_path / "o"), "--quiet"]) == 2
+    assert "broken.png" in capsys.readouterr().err
+    with pytest.raises(DataError, match=r"expected an image .* got shape \(2, 3, 4, 5, 6\)"):
+        segment_array(load(synth_ckpt), np.zeros((2, 3, 4, 5, 6)))
