@@ -20,12 +20,20 @@ import subprocess
 import sys
 import tempfile
 import time
+import xml.etree.ElementTree as ET
 from pathlib import Path
 from typing import Any
 
 import ray
 
+from rl_agents.algo.agent import build_network
+from rl_agents.algo.model import count_parameters
+from rl_agents.config import load_config
+from rl_agents.engines.ray_actors import Learner
 from rl_agents.experiment.checkpoint import read_checkpoint
+from rl_agents.experiment.lifecycle import train_distributed
+from rl_agents.experiment.provenance import describe, write_json
+from tests.ray_head import BIN, RayHead
 
 ROOT = Path(__file__).resolve().parents[1]
 SMOKE = ROOT / "tune_configs" / "smoke.yaml"
@@ -87,8 +95,6 @@ def head_stop(out: Path, epochs: int = 8, head_timeout_s: float = 10) -> dict[st
     ``RAY_ADDRESS``; once ``last.pt`` exists, every process of the head is SIGKILLed (what ``ray stop --force`` does).
     Measures the driver's exit status and time and its message; then the same command with ``--resume`` on a new
     head, to the end."""
-    from rl_agents.experiment.checkpoint import read_checkpoint
-    from tests.ray_head import BIN, RayHead
 
     env = {**os.environ, "PATH": str(BIN) + os.pathsep + os.environ.get("PATH", ""), "RAY_AUTH_MODE": "token",
            "RAY_AUTH_TOKEN": secrets.token_hex(16)}
@@ -146,8 +152,6 @@ def node_removal(out: Path, epochs: int = 80, remove_at: int = 40, down_s: float
     import ray
     from ray.cluster_utils import Cluster
 
-    from rl_agents.config import load_config
-    from rl_agents.experiment.lifecycle import train_distributed
 
     temp = tempfile.mkdtemp(prefix="rc", dir="/tmp")  # short: socket paths live under it
     node_args = {"num_cpus": 1, "node_ip_address": "127.0.0.1", "temp_dir": temp}
@@ -206,8 +210,6 @@ def learner_kill(out: Path, epochs: int = 40) -> dict[str, Any]:
     on the dead learner's newer weights that reached the new one (must be 0), and the end of the run."""
     import ray
 
-    from rl_agents.config import load_config
-    from rl_agents.experiment.lifecycle import train_distributed
 
     kill = KillLearnerAfterCheckpoint(out / "checkpoints" / "last.pt", lead=2)
 
@@ -225,9 +227,8 @@ def learner_kill(out: Path, epochs: int = 40) -> dict[str, Any]:
 
 def object_store_usage() -> tuple[int, int]:
     """``(bytes, objects)`` in the object stores of every node of the connected cluster."""
-    from ray._private.internal_api import get_memory_info_reply, get_state_from_address
-
     import ray
+    from ray._private.internal_api import get_memory_info_reply, get_state_from_address
 
     # the connected cluster's address: None would autodetect, and fail when another Ray runs on the machine
     st = get_memory_info_reply(get_state_from_address(ray.get_runtime_context().gcs_address)).store_stats
@@ -243,10 +244,6 @@ def slow_learner(out: Path, workers: int = 4, delay_s: float = 0.25, epochs: int
     of the run show that it does not grow."""
     import ray
 
-    from rl_agents.algo.model import count_parameters
-    from rl_agents.config import load_config
-    from rl_agents.engines.ray_actors import Learner
-    from rl_agents.experiment.lifecycle import train_distributed
 
     class SlowLearner(Learner):
         def push(self, worker, version, grads, stats):
@@ -266,7 +263,6 @@ def slow_learner(out: Path, workers: int = 4, delay_s: float = 0.25, epochs: int
         m = train_distributed(cfg, out, quiet=True, on_report=sample, learner_cls=SlowLearner)
     finally:
         ray.shutdown()
-    from rl_agents.algo.agent import build_network
 
     model_bytes = 4 * (count_parameters(build_network(cfg, 1)) + cfg.pa3c.reward_kernel ** 2)
     half = len(samples) // 2
@@ -283,7 +279,6 @@ def suite(pytest_args: list[str] | None = None) -> dict[str, Any]:
     ones marked ``chaos``, which the default test command leaves out), run by pytest in a child process. Each case
     records what it measured (row, fault, data lost, time to recover) through ``CHAOS_RECORD``; pytest's verdict
     is "survived". A case that fails records nothing (``main`` lists it under ``failed``)."""
-    import xml.etree.ElementTree as ET
 
     with tempfile.TemporaryDirectory() as tmp:
         record, junit = Path(tmp) / "record.jsonl", Path(tmp) / "junit.xml"
@@ -333,7 +328,6 @@ def main() -> None:
                                                            "instead of the cases; its per-row table to the JSON")
     p.add_argument("pytest_args", nargs="*", help="with --suite: more pytest arguments (after --)")
     args = p.parse_args()
-    from rl_agents.experiment.provenance import describe, write_json
 
     cases = {"head_stop": head_stop, "node_removal": node_removal, "learner_kill": learner_kill,
              "slow_learner": slow_learner}

@@ -17,13 +17,14 @@ for _v in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
 if hasattr(os, "sched_setaffinity"):
     os.sched_setaffinity(0, {sorted(os.sched_getaffinity(0))[0]})
 
-import argparse  # noqa: E402 (after the thread pinning above)
-import time
+# the imports below come after the thread pinning above, on purpose
+import argparse  # noqa: E402
+import time  # noqa: E402
 
-import numpy as np
+import numpy as np  # noqa: E402
 
-from rl_agents.experiment.provenance import command, describe, write_json
-from pixelrl_env.env import PixelSegEnv
+from pixelrl_env.env import PixelSegEnv  # noqa: E402
+from rl_agents.experiment.provenance import command, describe, write_json  # noqa: E402
 
 TARGET = 100e6
 

@@ -11,7 +11,10 @@ import numpy as np
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
+from rl_agents.algo.agent import PA3CAgent, build_network, make_train_env
+from rl_agents.algo.model import forward_flops
 from rl_agents.config import load_config
+from rl_agents.engines.supervised import build_unet
 
 # (label, precision, channels_last, compile backend)
 MODES = [("fp32", "fp32", False, None), ("tf32", "tf32", False, None), ("bf16", "bf16", False, None),
@@ -77,9 +80,6 @@ def base_cfg(model: str, size: int, batch: int, precision: str, channels_last: b
 @functools.lru_cache(maxsize=None)
 def forward_gflop(model: str, preset: str, size: int) -> float:
     """One forward pass on one ``size`` image, counted once per network and size (on the CPU: seconds for paper)."""
-    from rl_agents.algo.agent import build_network
-    from rl_agents.algo.model import forward_flops
-    from rl_agents.engines.supervised import build_unet
 
     net = build_unet(1) if model == "unet" else build_network(load_config(None, [f"network.preset={preset}"]), 1)
     return forward_flops(net, 1, size) / 1e9
@@ -87,7 +87,6 @@ def forward_gflop(model: str, preset: str, size: int) -> float:
 
 def make_stepper(model: str, cfg, device: torch.device, size: int):
     """``(step(), GFLOP per update, image-steps per update, env seconds counter, parameters)`` for one setting."""
-    from rl_agents.algo.agent import PA3CAgent, make_train_env
 
     n = max(cfg.optim.batch_size, 8)
     images, masks = toy_data(n, size)

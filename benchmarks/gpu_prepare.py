@@ -32,6 +32,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+from rl_agents.cli import main as cli
+
 ROOT = Path(__file__).resolve().parents[1]
 LIMIT = 64 * 2**20  # bytes one device command may carry, working tree included
 MARGIN = 2 * 2**20  # room for files added to the tree between preparing and running
@@ -85,8 +87,6 @@ def split_file(src: Path, first: Path, second: Path, first_bytes: int) -> str:
 
 
 def make_data(lgg: Path, out: Path) -> None:
-    from rl_agents.cli import main as cli
-
     if out.exists():
         shutil.rmtree(out)
     rc = cli(["prepare-data", str(lgg), str(out), "--format", "lgg", "--channels", "1", "--foreground-only"])

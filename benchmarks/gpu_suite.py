@@ -44,11 +44,27 @@ from pathlib import Path
 
 import torch
 
+from benchmarks.gpu_measure import (
+    base_cfg,
+    eval_cadence,
+    free,
+    is_oom,
+    make_stepper,
+    matmul_rate,
+    measure,
+    sync,
+    throughput_grid,
+    timed_calls,
+    toy_data,
+)
+from benchmarks.scaling import ray_run
+from rl_agents.algo.accel import Accel
+from rl_agents.algo.agent import build_network
+from rl_agents.algo.inference import segment
 from rl_agents.config import load_config
+from rl_agents.engines.supervised import build_unet
+from rl_agents.experiment.lifecycle import train
 from rl_agents.experiment.provenance import command, describe, write_json
-
-from benchmarks.gpu_measure import (base_cfg, eval_cadence, free, is_oom, make_stepper, matmul_rate, measure, sync,
-                         throughput_grid, timed_calls, toy_data)
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -199,8 +215,6 @@ def part_throughput(suite: Suite, device: torch.device) -> None:
 
 # quality -------------------------------------------------------------------------------------------------------------
 def part_quality(suite: Suite, device: torch.device, data: str | None) -> None:
-    from rl_agents.experiment.lifecycle import train
-
     with suite.part("quality") as (rec, deadline):
         if data:
             src = ["data.format=parquet", f"data.path={data}", "data.channels=null"]
@@ -239,11 +253,6 @@ def part_quality(suite: Suite, device: torch.device, data: str | None) -> None:
 
 
 def part_latency(suite: Suite, device: torch.device) -> None:
-    from rl_agents.algo.accel import Accel
-    from rl_agents.algo.agent import build_network
-    from rl_agents.algo.inference import segment
-    from rl_agents.engines.supervised import build_unet
-
     size = 32 if suite.dry_run else 256
     with suite.part("latency") as (rec, deadline):
         batches = (1, 32) if not suite.dry_run else (1, 2)
@@ -315,8 +324,6 @@ def part_ray(suite: Suite, device: torch.device) -> None:
 
 
 def ray_rows(suite: Suite, rec: dict, plan, seconds: float, size: int, gpu: bool, deadline: float) -> None:
-    from benchmarks.scaling import ray_run  # benchmarks/scaling.py: the same steady-state window as the CPU figures
-
     for n, learner_gpus in plan:
         row = {"workers": n, "learner": "gpu" if learner_gpus else "cpu"}
         if learner_gpus and not gpu:

@@ -21,22 +21,28 @@ Two parts, side by side in one run on one machine:
 from __future__ import annotations
 
 import argparse
+import copy
 import statistics
-import sys
 import tempfile
 import time
 from pathlib import Path
 
 import numpy as np
 import torch
+from torch.profiler import profile
 from torch.utils.flop_counter import FlopCounterMode
 
-from rl_agents.experiment.provenance import command, describe, write_json
-
-from rl_agents.algo.inference import segment_with_steps
+from pixelrl_env.dataset import iter_samples
+from pixelrl_env.folds import config_split
+from pixelrl_env.io import Sample
+from pixelrl_env.prepare import prepare_rows
+from rl_agents.algo.inference import apply_actions, segment_with_steps
 from rl_agents.algo.model import PixelDRLNet, count_parameters, forward_flops
 from rl_agents.engines.supervised import build_unet
+from rl_agents.experiment.cv import find_trials
 from rl_agents.experiment.export import _write_onnx, segmenter
+from rl_agents.experiment.predict import load, segment_array
+from rl_agents.experiment.provenance import command, describe, write_json
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -74,16 +80,12 @@ class Before(torch.nn.Module):
     every step, every step run."""
 
     def __init__(self, net: torch.nn.Module, t_max: int):
-        import copy
-
         super().__init__()
         self.net, self.t_max = copy.deepcopy(net), t_max
         if self.net.attention is not None:
             self.net.attention = OldAttention(self.net.attention)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        from rl_agents.algo.inference import apply_actions
-
         state = torch.ones_like(x[:, 0], dtype=torch.bool)
         for _ in range(self.t_max):
             logits, _ = self.net(x * state[:, None])
@@ -92,8 +94,6 @@ class Before(torch.nn.Module):
 
 
 def top_ops(fn, n: int = 6) -> list[dict]:
-    from torch.profiler import profile
-
     with profile() as prof:
         fn()
     ev = sorted(prof.key_averages(), key=lambda e: e.self_cpu_time_total, reverse=True)
@@ -165,13 +165,6 @@ def segment_flops(module: torch.nn.Module, in_channels: int, size: int) -> float
 
 
 def trained(experiment: str, storage: str, fold: int, max_slices: int, min_s: float) -> dict:
-    from pixelrl_env.dataset import iter_samples
-    from pixelrl_env.folds import config_split
-    from pixelrl_env.prepare import prepare_rows
-    from pixelrl_env.io import Sample
-    from rl_agents.experiment.cv import find_trials
-    from rl_agents.experiment.predict import load, segment_array
-
     trials = [t for t in find_trials(storage, experiment) if t.fold == fold]
     kinds = {("unet" if t.config.get("model") == "unet" else "pixeldrl-mg"): t for t in trials}
     if set(kinds) != {"pixeldrl-mg", "unet"}:

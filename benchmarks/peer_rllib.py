@@ -28,17 +28,19 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import sys
 import tempfile
 import time
 from pathlib import Path
 
 import torch
 
-from rl_agents.experiment.provenance import command, describe, write_json
-
-from rl_agents.config import PAPER_STEP, load_config
+from rl_agents.config import PAPER_STEP, load_config, to_dict
+from rl_agents.engines.ray_runtime import connect
+from rl_agents.engines.rllib.config import build_config
+from rl_agents.engines.rllib.engine import MODULE
+from rl_agents.engines.rllib.module import PixelDRLRLModule
 from rl_agents.experiment.lifecycle import run_training
+from rl_agents.experiment.provenance import command, describe, write_json
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -113,7 +115,6 @@ def stock_classes():
     from ray.rllib.core.columns import Columns
     from ray.rllib.core.distribution.torch.torch_distribution import TorchMultiCategorical
 
-    from rl_agents.engines.rllib.module import PixelDRLRLModule
 
     class StockMultiDiscreteModule(PixelDRLRLModule):
         def setup(self):
@@ -143,10 +144,6 @@ def stock_training(updates: int = 3, size: int = 32, batch: int = 8) -> dict:
     interleaved so that whatever else the machine runs slows both alike. One warm-up update each, not timed."""
     from ray.rllib.core.rl_module.rl_module import RLModuleSpec
 
-    from rl_agents.config import to_dict
-    from rl_agents.engines.rllib.config import build_config
-    from rl_agents.engines.rllib.engine import MODULE
-    from rl_agents.engines.ray_runtime import connect
 
     cfg = load_config(SMOKE, ["engine=rllib_appo", "num_workers=0", "tracking.mlflow=false", f"optim.batch_size={batch}",
                               f"data.size={size}", "seed=0"])

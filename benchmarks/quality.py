@@ -12,12 +12,14 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 from pathlib import Path
 
-from rl_agents.experiment.provenance import command, describe, write_json
+import yaml
 
-from rl_agents.config import PAPER_STEP
+from rl_agents.config import PAPER_STEP, load_config
+from rl_agents.experiment.evaluate import evaluate_checkpoint
+from rl_agents.experiment.lifecycle import train
+from rl_agents.experiment.provenance import command, describe, write_json
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -46,22 +48,15 @@ SUITES = {"main": (MAIN, "benchmarks/results/quality_lgg.json"),
 
 
 def _train(config: str, overrides: list[str], run_dir: Path) -> None:
-    from rl_agents.config import load_config
-
-    from rl_agents.experiment.lifecycle import train
-
     train(load_config(ROOT / config, overrides), run_dir)
 
 
 def run_row(name: str, config: str, overrides: list[str], run_dir: Path, train_missing: bool) -> dict | None:
-    from rl_agents.experiment.evaluate import evaluate_checkpoint
-
     if not (run_dir / "metrics.json").exists():
         if not train_missing:
             print(f"skip {name}: no run in {run_dir} (use --train to train it)")
             return None
         _train(config, overrides, run_dir)
-    import yaml
 
     m = json.loads((run_dir / "metrics.json").read_text())
     data = yaml.safe_load((run_dir / "config.yaml").read_text())["data"]  # what the run was trained on, as saved

@@ -42,6 +42,7 @@ from pathlib import Path
 
 from benchmarks.readme_plan import PLAN, Step
 from rl_agents.experiment.provenance import command, describe, write_json
+from tests.ray_head import RayHead
 
 ROOT = Path(__file__).resolve().parents[1]
 SHARED = ROOT.parent / "shared" / "data"
@@ -236,7 +237,6 @@ def _reused(n: int, section: str, lang: str, cmd: str, step: Step, reuse: str) -
 def _run(entry: dict, cmd: str, lang: str, step: Step, clone: Path, main_dir: Path, env: dict,
          log: Path) -> tuple[dict, dict]:
     """Run one command as its plan says; returns ``(result, env)``, the environment the shell left for the next."""
-    from tests.ray_head import RayHead
 
     run_cmd = cmd
     for a, b in step.subs.items():

@@ -19,10 +19,10 @@ import sys
 import time
 from pathlib import Path
 
+import matplotlib
+import matplotlib.pyplot as plt
 import numpy as np
 import torch
-
-from rl_agents.experiment.provenance import command, describe, write_json
 
 from pixelrl_env.corrupt import KINDS, LEVELS, corrupt
 from pixelrl_env.dataset import load_splits
@@ -30,6 +30,7 @@ from pixelrl_env.metrics import compute_all
 from rl_agents.experiment.cv import find_trials
 from rl_agents.experiment.evaluate import predict
 from rl_agents.experiment.loaded import load_model
+from rl_agents.experiment.provenance import command, describe, write_json
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -94,10 +95,7 @@ def summarize(rows: list[dict], kinds: list[str]) -> dict:
 
 
 def plot(summary: dict, kinds: list[str], path: Path, title: str) -> None:
-    import matplotlib
-
     matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
 
     fig, axes = plt.subplots(2, len(kinds), figsize=(3.2 * len(kinds), 5.6), sharey="row", squeeze=False)
     for col, kind in enumerate(kinds):

@@ -24,17 +24,18 @@ machine is reported as ``learner_busy_fraction``.
 from __future__ import annotations
 
 import argparse
+import statistics
 import time
 from pathlib import Path
-
-from rl_agents.experiment.provenance import command, describe, write_json
 
 import ray
 import torch
 
 from rl_agents.config import PAPER_STEP, load_config, override
-from rl_agents.experiment.lifecycle import train_distributed
 from rl_agents.engines.hogwild import run_hogwild
+from rl_agents.engines.local import LocalEngine
+from rl_agents.experiment.lifecycle import train, train_distributed
+from rl_agents.experiment.provenance import command, describe, write_json
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -83,10 +84,7 @@ def ray_run(size: int, n: int, seconds: float, slowdown=None, cfg=None, override
 
 def local_run(size: int, threads: int, seconds: float, cfg=None) -> dict:
     """The single-process engine with ``threads`` intra-op threads; rate from the 2nd update to the last."""
-    import torch
 
-    from rl_agents.engines.local import LocalEngine
-    from rl_agents.experiment.lifecycle import train
 
     cfg = override(cfg or _cfg(size), {"num_workers": 0, "compute.threads": threads, "budget.max_minutes": seconds / 60})
     size = cfg.data.size
@@ -136,7 +134,6 @@ def lgg_time_to_dice(n: int, target: float, minutes: float) -> dict:
 
 def asynchrony(size: int, seconds: float, repeats: int) -> None:
     """Interleaved pairs, so that drift of the shared machine hits both sides alike; ratio of medians."""
-    import statistics
 
     pairs = []
     for _ in range(repeats):
@@ -158,7 +155,6 @@ def asynchrony(size: int, seconds: float, repeats: int) -> None:
 def equal_cores(size: int, seconds: float, repeats: int, json_path: str) -> None:
     """Interleaved (single process with 2 threads, Ray with 2 one-thread workers) pairs: drift of the shared machine
     hits both sides alike; the ratio of medians is the figure."""
-    import statistics
 
     pairs = []
     for _ in range(repeats):

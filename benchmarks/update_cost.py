@@ -18,17 +18,22 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 import time
 from pathlib import Path
 
 import numpy as np
 import torch
+import yaml
+from monai.losses import DiceCELoss
+from torch.profiler import ProfilerActivity, profile
+from torch.utils.flop_counter import FlopCounterMode
 
-from rl_agents.experiment.provenance import command, describe, write_json
 from benchmarks.train_flops import matmul_peak
-
+from rl_agents.algo.agent import PA3CAgent, make_augment, make_train_env
 from rl_agents.algo.phases import PhaseTimer, phase
+from rl_agents.engines.supervised import SupervisedEngine, UNetAgent
+from rl_agents.experiment.provenance import command, describe, write_json
+from rl_agents.experiment.sweep import load_sweep, trial_config
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -64,7 +69,6 @@ PHASE_ORDER = ("batch", "encode", "forward", "sample", "env_step", "bootstrap", 
 
 def protocol() -> tuple[dict, dict[str, dict]]:
     """The protocol's base config (as a dict) and its variant rows by name, read through the project's loader."""
-    from rl_agents.experiment.sweep import load_sweep
 
     sweep = load_sweep(PROTOCOL)
     grid = sweep["search_space"]["variant"]["grid"]
@@ -73,7 +77,6 @@ def protocol() -> tuple[dict, dict[str, dict]]:
 
 def row_config(row: dict, base: dict, variants: dict, size: int):
     """The row's TrainConfig at ``size`` px; ValueError/TypeError when the installed code rejects it."""
-    from rl_agents.experiment.sweep import trial_config
 
     name = row.get("variant", PROTOCOL_VARIANT)
     if name not in variants:
@@ -92,7 +95,6 @@ def random_data(cfg, size: int, n: int = 64, seed: int = 0) -> tuple[np.ndarray,
 
 def pa3c_update(cfg, hooks, images, masks):
     """One PA3C update exactly as the single-process engine runs it, on a fresh agent (after the row's hooks)."""
-    from rl_agents.algo.agent import PA3CAgent, make_train_env
 
     agent = PA3CAgent(cfg, images.shape[1], len(images), device="cpu")
     for hook in hooks:
@@ -109,10 +111,7 @@ def pa3c_update(cfg, hooks, images, masks):
 
 def unet_update(cfg, hooks, images, masks):
     """One U-Net update: ``SupervisedEngine.step``'s pieces on that engine's own objects, each marked as a phase."""
-    from monai.losses import DiceCELoss
 
-    from rl_agents.algo.agent import make_augment
-    from rl_agents.engines.supervised import SupervisedEngine, UNetAgent
 
     eng = SupervisedEngine(cfg, quiet=True)  # setup() would read the data set: its fields are filled in here
     eng.agent = UNetAgent(cfg, images.shape[1], len(images), "cpu")
@@ -146,7 +145,6 @@ def unet_update(cfg, hooks, images, masks):
 
 def top_ops(fn, n: int = 10) -> list[dict]:
     """The ``n`` operators with the most self CPU time in one call of ``fn`` (phase ranges left out)."""
-    from torch.profiler import ProfilerActivity, profile
 
     with profile(activities=[ProfilerActivity.CPU]) as prof:
         fn()
@@ -186,7 +184,6 @@ def measure(update, extra: dict, batch: int, args) -> dict:
         for _ in range(n):
             extra["engine_step"]()
         out["engine_step_ms"] = 1e3 * (time.perf_counter() - t) / n
-    from torch.utils.flop_counter import FlopCounterMode
 
     with FlopCounterMode(display=False) as fc:
         update()
@@ -292,7 +289,6 @@ def verdict(rows: list[dict]) -> list[str]:
 
 def parse_row(text: str) -> dict:
     """``--add-row "name key=value ..."``: values parsed as YAML (true, 3e-4, null, [1])."""
-    import yaml
 
     name, *items = text.split()
     row = {"name": name}

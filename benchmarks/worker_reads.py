@@ -20,7 +20,6 @@ a worker downloads. Every run checks that the parts, concatenated, equal ``load_
 from __future__ import annotations
 
 import argparse
-import sys
 import tempfile
 import time
 from pathlib import Path

@@ -4,14 +4,23 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import json
 import os
+import signal
+import socket
+import subprocess
 import sys
+import time
+import urllib.request
 from pathlib import Path
 
+import nibabel as nib
 import numpy as np
 import pytest
-import nibabel as nib
 from PIL import Image
+
+from rl_agents.config import load_config
+from rl_agents.experiment.lifecycle import train
 
 SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 TINY_T_MAX = 3  # steps of the tiny trained checkpoints (train_tiny)
@@ -165,9 +174,6 @@ def interrupt_after_checkpoint(cmd: list[str], out: Path, cwd: Path, wait_s: flo
                                exit_s: float = 180, sig: int | None = None) -> tuple[int, str]:
     """Run a training command, send Ctrl-C (SIGINT; or ``sig``) once ``out/checkpoints/last.pt`` exists; (exit code,
     output)."""
-    import signal
-    import subprocess
-    import time
 
     # SIGINT back to its default in the child: a test run started in the background (`cmd &`) inherits an ignored
     # SIGINT, and a Python started with SIGINT ignored never raises KeyboardInterrupt
@@ -191,11 +197,6 @@ def interrupt_after_checkpoint(cmd: list[str], out: Path, cwd: Path, wait_s: flo
 def mlflow_ui(store: str, cwd: Path, start_s: float = 90):
     """`mlflow ui --backend-store-uri STORE --host 127.0.0.1` as the README starts it, on a free port; yields
     ``(base_url, port)`` once ``/health`` answers, and stops that server (and only it) afterwards."""
-    import socket
-    import subprocess
-    import sys
-    import time
-    import urllib.request
 
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -231,7 +232,6 @@ def reliability(request):
     for ``benchmarks/chaos.py --suite`` (which sets ``CHAOS_RECORD`` and adds pytest's verdict as "survived").
     ``row`` is the issue's row number, ``recover_s`` the seconds ``recovery`` names (None where nothing has to
     recover: the fault is refused outright). Outside chaos.py it records nothing."""
-    import json
 
     rows: list[dict] = []
 
@@ -289,8 +289,6 @@ def write_nifti_layout(root: Path, n: int = 2, shape: tuple = SHAPE, seed: int =
 def train_tiny(out: Path, overrides: list[str]) -> Path:
     """Train 3 updates of a tiny PA3C (``TINY_T_MAX`` steps, batch 2) or, with ``model=unet``, U-Net into ``out``;
     return its ``best.pt``."""
-    from rl_agents.config import load_config
-    from rl_agents.experiment.lifecycle import train
 
     cfg = load_config(None, ["budget.max_updates=3", "budget.max_minutes=null", "eval.every=3",
                              "eval.checkpoint_every=3", f"pa3c.t_max={TINY_T_MAX}", "optim.batch_size=2", "num_workers=0",

@@ -24,6 +24,8 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils import flop_counter
 
+from pixelrl_env.env import KEEP
+
 
 @dataclass(frozen=True)
 class Block:
@@ -219,7 +221,6 @@ class PixelDRLNet(nn.Module):
         """
         if not 0 < keep_prob < 1:
             raise ValueError(f"init_keep_prob must be in (0, 1), got {keep_prob}")
-        from pixelrl_env.env import KEEP
 
         last = self.policy_head[-1]
         with torch.no_grad():

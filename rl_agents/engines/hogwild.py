@@ -17,12 +17,16 @@ process has its own Adam moments, which are not one state to save; a resumed run
 from __future__ import annotations
 
 import copy
+import queue
+import signal
 import time
 
 import torch
 import torch.multiprocessing as mp
 
+from pixelrl_env.dataset import describe, load_part
 from rl_agents.algo.agent import PA3CAgent, make_train_env
+from rl_agents.algo.model import count_parameters, forward_flops
 from rl_agents.config import TrainConfig
 from rl_agents.engines.base import DoneEval, actor_seed, evaluate_arrays
 
@@ -34,9 +38,7 @@ def _train_process(rank: int, n: int, cfg: TrainConfig, shared: list[torch.nn.Mo
     ``counters``: (reserved, applied). An update is reserved before it is applied, so that the processes together
     never exceed the plan; ``applied`` is what the driver reports and checkpoints.
     """
-    import signal
 
-    from pixelrl_env.dataset import load_part
 
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the driver's to handle (it stops us via ``stop``)
     reserved, applied = counters
@@ -80,10 +82,6 @@ class HogwildEngine:
         self.last_stats: dict = {}
 
     def setup(self, resume=None) -> dict:
-        from pixelrl_env.dataset import describe, load_part
-
-        from rl_agents.algo.model import count_parameters, forward_flops
-
         cfg = self.cfg
         torch.manual_seed(cfg.seed)
         desc = describe(cfg.data)
@@ -134,8 +132,6 @@ class HogwildEngine:
         return not any(p.is_alive() for p in self.procs)
 
     def step(self) -> dict:
-        import queue
-
         time.sleep(0.5)
         dead = [p for p in self.procs if not p.is_alive() and p.exitcode not in (0, None)]
         if dead:
@@ -192,8 +188,6 @@ class HogwildEngine:
 
 def _worker(rank: int, n: int, cfg: TrainConfig, shared: list[torch.nn.Module], n_train: int, counter,
             seconds: float, queue) -> None:
-    from pixelrl_env.dataset import load_part
-
     torch.set_num_threads(1)
     torch.manual_seed(cfg.seed + 1 + rank)
     part = load_part(cfg.data, "train", rank, n)
@@ -218,7 +212,6 @@ def _worker(rank: int, n: int, cfg: TrainConfig, shared: list[torch.nn.Module], 
 
 def run_hogwild(cfg: TrainConfig, n_processes: int, seconds: float) -> dict:
     """Train for ``seconds`` with ``n_processes`` Hogwild processes; returns each process's update timestamps."""
-    from pixelrl_env.dataset import describe
 
     desc = describe(cfg.data)
     torch.manual_seed(cfg.seed)

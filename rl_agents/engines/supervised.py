@@ -12,9 +12,10 @@ from typing import Any
 
 import numpy as np
 import torch
+from monai.losses import DiceCELoss
+from monai.networks.nets import UNet
 
 from pixelrl_env.metrics import compute_all
-
 from rl_agents.algo.accel import Accel
 from rl_agents.algo.agent import cpu_state, make_augment, planned_updates
 from rl_agents.algo.model import count_parameters
@@ -24,7 +25,6 @@ from rl_agents.engines.base import InProcessEngine
 
 def build_unet(in_channels: int) -> torch.nn.Module:
     """MONAI U-Net, 16-32-64-128-256 channels, two residual units per level (a common 2-D configuration)."""
-    from monai.networks.nets import UNet
 
     net = UNet(spatial_dims=2, in_channels=in_channels, out_channels=1, channels=(16, 32, 64, 128, 256),
                strides=(2, 2, 2, 2), num_res_units=2)
@@ -90,8 +90,6 @@ class SupervisedEngine(InProcessEngine):
         self.pixel_agent_steps = 0  # no pixel agents; kept so every engine reports the same keys
 
     def setup(self, resume=None) -> dict[str, Any]:
-        from monai.losses import DiceCELoss
-
         cfg = self.cfg
         self.tr, self.va = self._prepare()
         self.agent = UNetAgent(cfg, self.tr.images.shape[1], len(self.tr), self.device)

@@ -18,6 +18,7 @@ The report refuses, naming what it found, rather than pair folds that do not mat
 
 from __future__ import annotations
 
+import hashlib
 import json
 from dataclasses import dataclass
 from pathlib import Path
@@ -27,6 +28,7 @@ import numpy as np
 import yaml
 
 from rl_agents.config import flatten, upgrade
+from rl_agents.experiment.evaluate import evaluate_checkpoint
 from rl_agents.experiment.provenance import command as this_command
 from rl_agents.experiment.provenance import describe, write_json
 from rl_agents.experiment.sweep import TRIAL_INFO
@@ -190,9 +192,7 @@ def _figures(checkpoint: Path, split: str, device: str, postprocess: str = "none
     """:func:`fold_figures` of ``checkpoint`` on ``split``, cached beside it (``report_eval_<split>.json``) under the
     checkpoint's SHA-256: a report scores every trial of a sweep at native resolution (minutes each on a CPU), and
     a rerun, or a report of a sweep that has gone on, then scores only what is new or changed."""
-    import hashlib
 
-    from rl_agents.experiment.evaluate import evaluate_checkpoint
 
     key = {"version": EVAL_CACHE_VERSION, "split": split, "device": device,
            "checkpoint_sha256": hashlib.sha256(checkpoint.read_bytes()).hexdigest()}

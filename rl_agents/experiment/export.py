@@ -29,6 +29,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from rl_agents.algo.inference import GreedySegmenter, UNetSegmenter
 from rl_agents.experiment.loaded import load_model
 
 log = logging.getLogger(__name__)
@@ -43,7 +44,6 @@ MIN_AGREEMENT = 0.999
 
 def segmenter(model: torch.nn.Module, t_max: int) -> torch.nn.Module:
     """The exportable module for either model kind, outputs ``(masks, uncertainty)``."""
-    from rl_agents.algo.inference import GreedySegmenter, UNetSegmenter
 
     if getattr(model, "is_unet", False):
         return UNetSegmenter(model, uncertainty=True).eval()

@@ -32,8 +32,16 @@ from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
 from rl_agents.config import TrainConfig, to_dict
 from rl_agents.engines.base import Engine
-from rl_agents.experiment.checkpoint import (Checkpoint, CheckpointError, make_payload, previous_path, read_checkpoint,
-                                             write_checkpoint)
+from rl_agents.experiment.checkpoint import (
+    Checkpoint,
+    CheckpointError,
+    make_payload,
+    previous_path,
+    read_checkpoint,
+    write_checkpoint,
+)
+from rl_agents.experiment.tracking import log_run
+from rl_agents.experiment.visualize import learning_curve
 
 console = Console()
 
@@ -254,7 +262,6 @@ class Run:
             "history": self.state.history,
         }
         (self.out / "metrics.json").write_text(json.dumps(metrics, indent=2))
-        from rl_agents.experiment.visualize import learning_curve
 
         learning_curve(self.state.history, self.out / "learning_curve.png")  # with or without MLflow
         return metrics
@@ -288,7 +295,6 @@ def run_training(cfg: TrainConfig, output_dir: str | Path, resume: bool = False,
     ``on_eval(entry)`` is called after each validation pass (Tune reports through it). ``mlflow_run_id``: a run
     created earlier that this one completes (a sweep trial logs its history live, then its final figures here).
     """
-    from rl_agents.experiment.tracking import log_run
 
     try:
         metrics = train(cfg, output_dir, resume=resume, quiet=quiet, on_eval=on_eval)

@@ -23,13 +23,16 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+import nibabel as nib
 import numpy as np
-import torch
+from PIL import Image
+from rich.progress import Progress
 
-from pixelrl_env.prepare import prepare_rows, resize_mask
 from pixelrl_env.io import DataError, Sample, read_image
 from pixelrl_env.nifti import read_nifti_image, slice_axis_index
+from pixelrl_env.prepare import prepare_rows, resize_mask
 from rl_agents.algo.inference import segment_with_steps
+from rl_agents.experiment.evaluate import predict
 from rl_agents.experiment.loaded import Loaded, load
 from rl_agents.experiment.visualize import save_overlay, scan_frames
 
@@ -66,7 +69,6 @@ def segment_array(checkpoint: str | Path | Loaded, array: np.ndarray, device: st
     volume in order (a 2.5-D model takes each slice's neighbours from them). Values as stored (uint8, uint16 or
     float): the checkpoint's own normalisation is applied. Outputs are at the input's height and width.
     """
-    from rl_agents.experiment.evaluate import predict
 
     m = load(checkpoint, device)
     slices = _as_slices(array)
@@ -84,8 +86,6 @@ def segment_array(checkpoint: str | Path | Loaded, array: np.ndarray, device: st
 
 
 def _resize_float(x: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
-    from PIL import Image
-
     if x.shape == tuple(shape):
         return x.astype(np.float32)
     im = Image.fromarray(np.ascontiguousarray(x, dtype=np.float32)).resize((shape[1], shape[0]), Image.BILINEAR)
@@ -109,8 +109,6 @@ def _save_overlay(path: Path, image: np.ndarray, mask: np.ndarray, uncert: np.nd
 
 
 def _write_image_mask(path: Path, mask: np.ndarray, suffix: str) -> Path:
-    from PIL import Image
-
     out = path.with_name(path.name + (".tif" if suffix in (".tif", ".tiff") else ".png"))
     Image.fromarray((mask * 255).astype(np.uint8)).save(out)
     return out
@@ -142,7 +140,6 @@ def predict_files(checkpoint: str | Path, inputs: list[str | Path], output_dir: 
                   batch_size: int = 16, overlay: bool = False, gif: bool = False,
                   progress: bool = True) -> list[dict[str, Any]]:
     """Segment every input (see the module docstring) into ``output_dir``; returns one record per input."""
-    from rich.progress import Progress
 
     files = expand_inputs(inputs)
     m = load(checkpoint, device)
@@ -167,8 +164,6 @@ def predict_files(checkpoint: str | Path, inputs: list[str | Path], output_dir: 
 
 
 def _predict_image(m: Loaded, f: Path, out: Path, overlay: bool, gif: bool) -> dict[str, Any]:
-    from PIL import Image
-
     image = read_image(f)
     masks, uncert = segment_array(m, image, str(m.device))
     stem = out / _stem(f)
@@ -193,8 +188,6 @@ def _read_volume(m: Loaded, f: Path):
 
 
 def _predict_nifti(m: Loaded, f: Path, out: Path, batch_size: int) -> dict[str, Any]:
-    import nibabel as nib
-
     img, axis, data = _read_volume(m, f)
     masks, uncert = segment_array(m, np.moveaxis(data, axis, 0), str(m.device), batch_size)
     mask_vol = np.moveaxis(masks, 0, axis).astype(np.uint8)

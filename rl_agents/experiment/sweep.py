@@ -43,10 +43,29 @@ from typing import Any
 
 import yaml
 
-from rl_agents.config import (LEGACY, TrainConfig, canonical_key, config_from_dict, flatten, load_config,
-                              read_yaml_mapping, set_key, to_dict, validate)
+from rl_agents.config import (
+    LEGACY,
+    TrainConfig,
+    canonical_key,
+    config_from_dict,
+    flatten,
+    load_config,
+    read_yaml_mapping,
+    set_key,
+    to_dict,
+    validate,
+)
 from rl_agents.config.load import notify_flat
-from rl_agents.experiment.tracking import tracking_uri
+from rl_agents.engines.ray_runtime import connect, ray_bundles
+from rl_agents.experiment.lifecycle import engine_name, run_training
+from rl_agents.experiment.tracking import (
+    end_run,
+    end_sweep_run,
+    log_step,
+    start_sweep_run,
+    start_trial_run,
+    tracking_uri,
+)
 
 SWEEP_KEYS = {"base", "set", "search_space", "num_samples", "max_concurrent_trials", "search", "scheduler", "metric",
               "mode", "max_failures", "cpus_per_trial", "experiment", "storage", "inject_failure"}
@@ -196,8 +215,6 @@ def _trainable(config: dict[str, Any], sweep: dict[str, Any]) -> None:
     """
     from ray import tune
 
-    from rl_agents.experiment.lifecycle import run_training
-    from rl_agents.experiment.tracking import end_run, log_step, start_trial_run
 
     os.environ["MLFLOW_TRACKING_URI"] = sweep["tracking_uri"]  # the driver's store, not one in the trial dir
     sampled = {k: v for k, v in config.items() if not k.startswith("_")}  # "_" keys: sweeps started before 0.1.0
@@ -235,8 +252,6 @@ def trial_resources(spec: dict):
     starts into its placement group), a single-process trial its CPUs."""
     from ray import tune
 
-    from rl_agents.engines.ray_runtime import ray_bundles
-    from rl_agents.experiment.lifecycle import engine_name
 
     cfg = config_from_dict(spec["base"])
     if engine_name(cfg) == "ray":
@@ -322,8 +337,6 @@ def run_sweep(path: str | Path, resume: bool = False, variants: list[str] | None
     import ray
     from ray import tune
 
-    from rl_agents.engines.ray_runtime import connect
-    from rl_agents.experiment.tracking import end_sweep_run, start_sweep_run
 
     spec = load_sweep(path, variants)
     storage_dir = Path(spec["storage"]) / spec["experiment"]

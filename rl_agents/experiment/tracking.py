@@ -12,6 +12,8 @@ the head node for clusters). Tracking never fails a training run: errors are log
 
 from __future__ import annotations
 
+import hashlib
+import json
 import logging
 import os
 import subprocess
@@ -19,7 +21,12 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+import torch
+
 from rl_agents.config import TrainConfig, canonical_key, flatten, to_dict
+from rl_agents.experiment.evaluate import evaluate_checkpoint
+from rl_agents.experiment.loaded import load_model
 from rl_agents.experiment.visualize import learning_curve
 
 log = logging.getLogger(__name__)
@@ -76,8 +83,6 @@ EXPERIMENT_KIND = ("mlflow.experimentKind", "custom_model_development")
 
 def log_dataset(cfg: TrainConfig) -> None:
     """The run's data as an MLflow input (the UI's "Datasets used"): where it came from, its split and preparation."""
-    import hashlib
-    import json
 
     import mlflow
     from mlflow.data.code_dataset_source import CodeDatasetSource
@@ -180,11 +185,8 @@ def _log_run(cfg: TrainConfig, out: Path, metrics: dict | None, status: str, n_o
 def _log_model_and_overlays(best: Path, n_overlays: int) -> None:
     import mlflow
     import mlflow.pytorch
-    import numpy as np
 
-    from rl_agents.experiment.evaluate import evaluate_checkpoint
 
-    from rl_agents.experiment.loaded import load_model
 
     model, cfg = load_model(best)
     in_ch = int(model.in_channels)  # PixelDRLNet and MONAI's UNet both keep it
@@ -196,7 +198,6 @@ def _log_model_and_overlays(best: Path, n_overlays: int) -> None:
         from rl_agents.algo.inference import GreedySegmenter
 
         model = GreedySegmenter(model, cfg.pa3c.t_max).eval()
-    import torch
     from mlflow.models import infer_signature
 
     with torch.no_grad():

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import matplotlib
+import matplotlib.pyplot as plt
 import numpy as np
 from PIL import Image, ImageDraw
 
@@ -97,10 +99,8 @@ def scan_frames(image: np.ndarray, masks: np.ndarray) -> list[Image.Image]:
 
 def learning_curve(history: list[dict], path: Path) -> Path | None:
     """Validation Dice / Boundary IoU and training return against the update, as a PNG."""
-    import matplotlib
 
     matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
 
     pts = [h for h in history if "val/dice" in h]
     if not pts:

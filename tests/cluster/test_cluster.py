@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import copy
+import re
 from pathlib import Path
 
 import jsonschema
 import pytest
+import tomllib
 import yaml
 from ray.autoscaler._private.util import prepare_config, validate_config
 
@@ -71,8 +73,6 @@ def test_kuberay_manifests_have_what_matters():
 
 def test_kuberay_image_matches_ray_and_project_versions():
     # the Dockerfile's Ray base image must match the RayCluster's rayVersion, and the image tag the project version
-    import re
-    import tomllib
 
     docker = (ROOT / "cluster" / "kuberay" / "Dockerfile").read_text()
     version = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["version"]

@@ -15,10 +15,11 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from pixelrl_env.dataset import load_splits
-
 from pixelrl_env.data_config import DataConfig
+from pixelrl_env.dataset import load_splits
 from pixelrl_env.io import DataError
+from rl_agents.config import load_config
+from rl_agents.experiment.lifecycle import train
 from tests.conftest import blob_mask
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -116,9 +117,6 @@ def test_the_huge_file_is_refused_before_it_is_decoded(bad_folder: Path):
 
 
 def test_the_rest_trains(bad_folder: Path, tmp_path: Path, caplog, reliability):
-    from rl_agents.config import load_config
-    from rl_agents.experiment.lifecycle import train
-
     cfg = load_config(None, ["data.format=folder", f"data.path={bad_folder}", "data.size=32", "data.skip_bad=true",
                              "data.group_pattern='^([a-z0-9]+?)_'", "data.split=[0.6, 0.2, 0.2]", "budget.max_updates=2",
                              "budget.max_minutes=null", "eval.every=2", "eval.checkpoint_every=2", "pa3c.t_max=2", "optim.batch_size=2",

@@ -9,13 +9,15 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from pixelrl_env.dataset import describe, load_part, load_splits
-
 from pixelrl_env.data_config import DataConfig
-
-from pixelrl_env.prepare import context_rows, prepare_image
+from pixelrl_env.dataset import describe, load_part, load_splits
 from pixelrl_env.io import DataError
+from pixelrl_env.prepare import context_rows, prepare_image
 from pixelrl_env.sources import iter_source
+from rl_agents.config import load_config
+from rl_agents.experiment.evaluate import evaluate_checkpoint
+from rl_agents.experiment.lifecycle import train
+from rl_agents.experiment.loaded import load_model
 from tests.conftest import SHAPE, write_nifti_layout
 
 
@@ -76,10 +78,6 @@ def test_bad_context_values_are_named():
 
 def test_a_25d_model_trains_and_is_evaluated_at_native_size(heart, tmp_path: Path):
     """Training sees 3 channels; evaluate_checkpoint stacks the same neighbours from the volume at native size."""
-    from rl_agents.config import load_config
-    from rl_agents.experiment.evaluate import evaluate_checkpoint
-    from rl_agents.experiment.loaded import load_model
-    from rl_agents.experiment.lifecycle import train
 
     root, _ = heart
     cfg = load_config(None, [

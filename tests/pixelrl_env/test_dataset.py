@@ -5,15 +5,13 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-
-from pixelrl_env.dataset import load_splits
+from PIL import Image
 
 from pixelrl_env.data_config import DataConfig
-
+from pixelrl_env.dataset import load_splits
 from pixelrl_env.folds import split_groups
-
-from pixelrl_env.prepare import normalize_image, prepare_image, resize_mask
 from pixelrl_env.io import DataError
+from pixelrl_env.prepare import normalize_image, prepare_image, resize_mask
 from tests.conftest import assert_patient_split, lgg_on_disk, need_shared
 
 
@@ -91,8 +89,6 @@ def test_normalize_minmax_uses_percentiles():
 
 
 def test_native_size_requires_equal_sizes(tmp_path: Path):
-    from PIL import Image
-
     for name, side in (("a", 16), ("b", 20), ("c", 16), ("d", 16)):
         for sub in ("images", "masks"):
             (tmp_path / sub).mkdir(exist_ok=True)

@@ -2,9 +2,11 @@ from __future__ import annotations
 
 import warnings
 
+import monai.metrics as mm
 import numpy as np
 import pytest
 import torch
+from monai.metrics import get_confusion_matrix
 from scipy import ndimage
 
 from pixelrl_env import metrics as M
@@ -27,8 +29,6 @@ def _random_masks(seed: int, n: int = 12, size: int = 48) -> tuple[np.ndarray, n
 
 
 def _monai(fn_name: str, p: np.ndarray, g: np.ndarray, **kw) -> np.ndarray:
-    import monai.metrics as mm
-
     fn = getattr(mm, fn_name)
     yp = torch.as_tensor(p[:, None].astype(np.float32))
     y = torch.as_tensor(g[:, None].astype(np.float32))
@@ -53,8 +53,6 @@ def test_hd95_and_assd_match_monai(seed):
 
 
 def test_iou_ppv_sensitivity_match_monai_confusion_matrix():
-    from monai.metrics import get_confusion_matrix
-
     p, g = _random_masks(3)
     cm = get_confusion_matrix(torch.as_tensor(p[:, None]).float(), torch.as_tensor(g[:, None]).float())[:, 0].numpy()
     tp, fp, tn, fn = cm.T

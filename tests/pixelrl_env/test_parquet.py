@@ -5,11 +5,14 @@ import socket
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
+import pyarrow as pa
+import pyarrow.dataset as ds
 import pyarrow.parquet as pq
 import pytest
 
-from pixelrl_env.io import BadFiles, DataError
-from pixelrl_env.parquet import iter_parquet
+from pixelrl_env.io import BadFiles, DataError, Sample
+from pixelrl_env.parquet import ParquetIndex, iter_parquet
 from pixelrl_env.parquet_write import write_shards
 from pixelrl_env.sources import iter_folder, iter_lgg, iter_synthetic
 from rl_agents.cli import main
@@ -37,8 +40,6 @@ def test_round_trip_lgg_layout_identical_and_sharded(lgg_dir: Path, tmp_path: Pa
     _assert_same(iter_lgg(lgg_dir), iter_parquet(str(out)))
     _assert_same(iter_lgg(lgg_dir), iter_parquet(f"file://{out}"))  # a URI reads the same, no code change
     # the folder is one data set for other readers too: they pass over _-prefixed files such as the manifest
-    import pandas as pd
-    import pyarrow.dataset as ds
 
     assert (out / "_manifest.json").is_file() and not (out / "manifest.json").exists()
     assert ds.dataset(str(out)).count_rows() == 12 and pq.read_table(str(out)).num_rows == 12
@@ -46,8 +47,6 @@ def test_round_trip_lgg_layout_identical_and_sharded(lgg_dir: Path, tmp_path: Pa
 
 
 def test_round_trip_grey_and_16_bit(tmp_path: Path):
-    from pixelrl_env.io import Sample
-
     rng = np.random.default_rng(1)
     samples = [
         Sample(rng.integers(0, 65535, (9, 7, 1), dtype=np.uint16), rng.integers(0, 2, (9, 7), dtype=np.uint8), "g", "a"),
@@ -58,8 +57,6 @@ def test_round_trip_grey_and_16_bit(tmp_path: Path):
 
 
 def test_corrupt_row_detected(tmp_path: Path):
-    import pyarrow as pa
-
     write_shards(iter_synthetic(n_patients=1, slices_per_patient=3, size=32), str(tmp_path / "o"))
     path = tmp_path / "o" / "part-00000.parquet"
     t = pq.read_table(path)
@@ -140,8 +137,6 @@ def test_real_kvasir_round_trip(tmp_path: Path):
 
 @pytest.mark.parametrize("damage", ["two bytes swapped inside a page", "truncated footer"])
 def test_a_damaged_shard_fails_naming_it_and_never_returns_other_pixels(tmp_path: Path, damage: str, reliability):
-    from pixelrl_env.parquet import ParquetIndex
-
     write_shards(iter_synthetic(n_patients=1, slices_per_patient=3, size=32), str(tmp_path / "o"))
     path = tmp_path / "o" / "part-00000.parquet"
     meta = pq.ParquetFile(path).metadata

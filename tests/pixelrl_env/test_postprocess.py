@@ -11,11 +11,22 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from pixelrl_env.prepare import resize_mask
+import rl_agents.experiment.evaluate as E
 from pixelrl_env.metrics import dice
-from pixelrl_env.postprocess import (DEFAULT_CANDIDATES, Rule, apply_rule, choose_rule, drop_small, keep_largest,
-                                     parse_rule)
+from pixelrl_env.postprocess import (
+    DEFAULT_CANDIDATES,
+    Rule,
+    apply_rule,
+    choose_rule,
+    drop_small,
+    keep_largest,
+    parse_rule,
+)
+from pixelrl_env.prepare import resize_mask
+from rl_agents.algo.agent import PA3CAgent
 from rl_agents.cli import main
+from rl_agents.config import load_config
+from rl_agents.experiment.checkpoint import make_payload, write_checkpoint
 from tests.conftest import write_lgg_layout
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -158,10 +169,6 @@ def test_choose_rule_errors():
 # --- evaluate_checkpoint(postprocess=...) -----------------------------------------------------------------------
 
 def _checkpoint(tmp_path: Path, src: Path) -> Path:
-    from rl_agents.algo.agent import PA3CAgent
-    from rl_agents.config import load_config
-    from rl_agents.experiment.checkpoint import make_payload, write_checkpoint
-
     cfg = load_config(ROOT / "tune_configs" / "smoke.yaml",
                       ["num_workers=0", "data.format=lgg", f"data.path={src}", "data.size=32"])
     path = tmp_path / "ckpt.pt"
@@ -183,8 +190,6 @@ def _blob_and_island(size: int) -> np.ndarray:
 
 
 def test_evaluate_auto_chooses_on_val_and_reports_both_rows(tmp_path: Path, monkeypatch):
-    import rl_agents.experiment.evaluate as E
-
     src = write_lgg_layout(tmp_path / "lgg", patients=3, slices=4, size=48, seed=5)
     ckpt = _checkpoint(tmp_path, src)
 

@@ -4,9 +4,13 @@ circle, no layer importing the one above it, no engine importing another engine.
 from __future__ import annotations
 
 import ast
+import re
 from pathlib import Path
 
 import pytest
+
+from rl_agents.engines.base import Engine
+from rl_agents.experiment.lifecycle import ENGINES, engine_class
 
 ROOT = Path(__file__).resolve().parents[2]
 # bottom to top: the environment and data; the network, PA3C and the config; ways to train; runs, reports, tools;
@@ -116,9 +120,6 @@ def test_no_engine_imports_another_engine(engine):
 
 @pytest.mark.parametrize("name", ["supervised", "hogwild", "ray", "rllib_appo", "local"])
 def test_every_registered_engine_is_a_class_with_the_members_the_lifecycle_calls(name):
-    from rl_agents.engines.base import Engine
-    from rl_agents.experiment.lifecycle import ENGINES, engine_class
-
     assert set(ENGINES) == {"supervised", "hogwild", "ray", "rllib_appo", "local"}
     cls = engine_class(name)
     protocol = {m for m in vars(Engine) if not m.startswith("_")} | set(Engine.__annotations__)
@@ -148,8 +149,6 @@ def test_no_function_over_60_lines_and_no_module_over_400():
 
 
 def test_every_file_and_module_the_architecture_page_names_exists():
-    import re
-
     page = (ROOT / "docs" / "architecture.md").read_text()
     paths = set(re.findall(r"`((?:pixelrl_env|rl_agents|benchmarks|tests)/[\w/]+\.(?:py|sh))(?:::\w+)?`", page))
     assert len(paths) >= 8, paths  # the pattern found the page's paths

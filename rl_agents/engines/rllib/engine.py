@@ -13,6 +13,7 @@ from rl_agents.algo.model import count_parameters, forward_flops
 from rl_agents.config import TrainConfig
 from rl_agents.engines.base import InProcessEngine, evaluate_arrays
 from rl_agents.engines.ray_runtime import connect
+from rl_agents.engines.rllib.config import build_config
 
 MODULE = "default_policy"  # the RLModule's id in RLlib's single-agent setup
 
@@ -63,7 +64,6 @@ class RLlibAPPOEngine(InProcessEngine):
         cpus = cfg.num_workers * cfg.ray.worker_cpus + cfg.ray.rllib_learners * cfg.ray.learner_cpus + 1
         self.started = connect(cfg.ray.address, cpus)
         # RLlib's import takes seconds: only a run of this engine pays it
-        from rl_agents.engines.rllib.config import build_config
 
         self.algo = build_config(cfg, self.crash_once_file, learner_gpus=self._learner_gpus()).build_algo()
         if resume is not None:

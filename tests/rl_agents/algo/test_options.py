@@ -8,14 +8,15 @@ import pytest
 import torch
 
 from pixelrl_env.augment import Augment
-from pixelrl_env.dataset import load_splits
 from pixelrl_env.data_config import DataConfig
+from pixelrl_env.dataset import load_splits
 from pixelrl_env.env import PixelSegEnv
 from rl_agents.algo.agent import PA3CAgent, build_network, make_train_env
 from rl_agents.algo.model import count_parameters
 from rl_agents.algo.pa3c import pa3c_loss
 from rl_agents.config import load_config
 from rl_agents.engines.supervised import build_unet
+from rl_agents.experiment.lifecycle import train
 
 
 def _batch(n=3, size=24, seed=0):
@@ -128,8 +129,6 @@ def test_train_empty_keeps_a_fixed_share_of_empty_training_slices():
 
 @pytest.mark.parametrize("model", ["pixeldrl", "unet"])
 def test_every_option_trains_end_to_end(tmp_path, model):
-    from rl_agents.experiment.lifecycle import train
-
     cfg = load_config(None, [
         f"model={model}", "network.preset=medium", "optim.augment=true", "pa3c.adv_norm=true", "pa3c.entropy_coef_final=0.0",
         "optim.lr_warmup_updates=2", "data.train_empty=0.5", "budget.max_updates=3", "optim.batch_size=2", "pa3c.t_max=2", "data.size=32",

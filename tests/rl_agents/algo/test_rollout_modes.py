@@ -6,10 +6,16 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+from torch.utils.flop_counter import FlopCounterMode
 
 from rl_agents.algo.agent import PA3CAgent, make_train_env
+from rl_agents.algo.inference import GreedySegmenter, greedy_actions, segment
+from rl_agents.algo.model import PixelDRLNet, SelfAttention2d
 from rl_agents.algo.phases import PhaseTimer
 from rl_agents.config import load_config
+from rl_agents.experiment.checkpoint import read_checkpoint
+from rl_agents.experiment.lifecycle import train
+from rl_agents.experiment.loaded import load_model
 
 SIZE, B = 32, 3
 
@@ -93,7 +99,6 @@ def test_unknown_or_incompatible_cost_options_are_refused():
 def test_the_fuse_before_upsampling_is_the_same_network(preset):
     """The default fuse (1x1 conv at low resolution, then upsampling) against the original (upsample, concatenate,
     conv): the same outputs and the same gradients from the same weights."""
-    from rl_agents.algo.model import PixelDRLNet
 
     torch.manual_seed(0)
     net = PixelDRLNet(2, 3, preset)
@@ -112,10 +117,6 @@ def test_the_fuse_before_upsampling_is_the_same_network(preset):
 
 
 def test_half_resolution_heads_cost_a_quarter_and_answer_at_full_resolution():
-    from torch.utils.flop_counter import FlopCounterMode
-
-    from rl_agents.algo.model import PixelDRLNet
-
     def step_flops(net):
         context = net.encode(torch.rand(1, 1, 64, 64))
         state = torch.ones(1, 64, 64, dtype=torch.bool)
@@ -134,7 +135,6 @@ def test_half_resolution_heads_cost_a_quarter_and_answer_at_full_resolution():
 def test_pooling_the_features_once_per_episode_is_the_same_network():
     """Under step_features=once with head_stride=2 the encoded features are pooled once per episode and the mask per
     step: the same outputs and gradients as pooling [features, mask] at every step (the layout before)."""
-    from rl_agents.algo.model import PixelDRLNet
 
     torch.manual_seed(0)
     net = PixelDRLNet(1, 2, "small", step_features="once", head_stride=2)
@@ -157,8 +157,6 @@ def test_pooling_the_features_once_per_episode_is_the_same_network():
 
 
 def test_greedy_actions_are_the_argmax_ties_included():
-    from rl_agents.algo.inference import greedy_actions
-
     torch.manual_seed(0)
     for n in (2, 3):
         logits = torch.randn(4, n, 8, 8)
@@ -168,7 +166,6 @@ def test_greedy_actions_are_the_argmax_ties_included():
 
 def test_a_once_network_reads_the_mask_at_every_step():
     """Under step_features=once the trunk sees the image only; the step's answer must still depend on the mask."""
-    from rl_agents.algo.model import PixelDRLNet
 
     torch.manual_seed(0)
     net = PixelDRLNet(1, 2, "small", step_features="once")
@@ -181,9 +178,7 @@ def test_a_once_network_reads_the_mask_at_every_step():
 
 def test_strided_attention_costs_a_sixteenth_and_keeps_the_block_shape():
     """network.attn_stride=2 attends over 2x2-pooled features: 1/4 of the positions, so 1/16 of the (HW x HW) products."""
-    from torch.utils.flop_counter import FlopCounterMode
 
-    from rl_agents.algo.model import PixelDRLNet, SelfAttention2d
 
     def attention_flops(block, x):
         with FlopCounterMode(display=False) as counter:
@@ -221,12 +216,6 @@ OPTIONS = [
 
 @pytest.mark.parametrize("option", OPTIONS, ids=lambda o: ",".join(f"{k}={v}" for k, v in o.items()))
 def test_each_cost_option_trains_the_smoke_config_and_round_trips_a_checkpoint(tmp_path, option):
-    from rl_agents.algo.inference import GreedySegmenter, segment
-    from rl_agents.config import load_config
-    from rl_agents.experiment.checkpoint import read_checkpoint
-    from rl_agents.experiment.loaded import load_model
-    from rl_agents.experiment.lifecycle import train
-
     cfg = load_config("tune_configs/smoke.yaml", [
         "num_workers=0", "budget.max_updates=4", "eval.every=4", "eval.checkpoint_every=2", "eval.max_images=4", "tracking.mlflow=false",
         *[f"{k}={v}" for k, v in option.items()]])

@@ -5,19 +5,28 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
+import signal
+import sys
 import tempfile
 import time
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
 import ray
 
-from rl_agents.config import load_config
-from rl_agents.engines.ray_actors import Evaluator, Learner, Worker
-from rl_agents.experiment.loaded import load_model
-from rl_agents.experiment.lifecycle import train_distributed
+import rl_agents.engines.ray_a3c as A
 from benchmarks.chaos import KillLearnerAfterCheckpoint
+from rl_agents.config import load_config
+from rl_agents.engines.hogwild import run_hogwild
+from rl_agents.engines.ray_actors import Evaluator, Learner, Worker
+from rl_agents.experiment.checkpoint import read_checkpoint
+from rl_agents.experiment.lifecycle import train_distributed
+from rl_agents.experiment.loaded import load_model
+from tests.conftest import interrupt_after_checkpoint
+from tests.ray_head import marked_processes
 
 ROOT = Path(__file__).resolve().parents[3]
 SMOKE = ROOT / "tune_configs" / "smoke.yaml"
@@ -118,7 +127,6 @@ def test_a_killed_learner_is_restored_from_its_checkpoint_and_the_run_finishes(r
     """Fault row 3: the learner process dies mid-run. It comes back from checkpoints/last.pt on its own, with the
     checkpoint's update counter; every worker takes its weights (no gradient computed on the dead learner's newer
     weights reaches it); the run ends as planned."""
-    from rl_agents.experiment.checkpoint import read_checkpoint
 
     cfg = load_config(SMOKE, ["budget.max_minutes=null", "budget.epochs=8", "tracking.report_every_s=0.3", "eval.checkpoint_every=4",
                               "eval.every=1000"])
@@ -142,8 +150,6 @@ def test_a_killed_learner_is_restored_from_its_checkpoint_and_the_run_finishes(r
 
 
 def test_hogwild_peer_updates_the_shared_model():
-    from rl_agents.engines.hogwild import run_hogwild
-
     out = run_hogwild(load_config(SMOKE, ["num_workers=0"]), n_processes=2, seconds=3)
     assert sorted(out["times"]) == [0, 1] and all(len(ts) >= 1 for ts in out["times"].values())
     assert out["updates"] == sum(len(ts) for ts in out["times"].values())
@@ -151,11 +157,6 @@ def test_hogwild_peer_updates_the_shared_model():
 
 
 def test_ctrl_c_stops_a_ray_run_with_a_checkpoint(tmp_path: Path):
-    import sys
-
-    from rl_agents.experiment.checkpoint import read_checkpoint
-    from tests.conftest import interrupt_after_checkpoint
-
     out = tmp_path / "run"
     code, stdout = interrupt_after_checkpoint(
         [sys.executable, "train.py", "--config", "tune_configs/smoke.yaml", "--set", "budget.epochs=500",
@@ -175,13 +176,7 @@ def test_a_ray_run_killed_with_sigkill_resumes_to_the_planned_updates(ray_local,
     continues from the last periodic checkpoint to the planned updates. Its validation Dice is within 0.15 of an
     uninterrupted run of the same seed: asynchronous runs are not bit-reproducible (arrival order), so the stated
     tolerance is that of two uninterrupted runs on this data (measured: see the README's reliability table)."""
-    import shutil
-    import signal
-    import sys
 
-    from rl_agents.experiment.checkpoint import read_checkpoint
-    from tests.conftest import interrupt_after_checkpoint
-    from tests.ray_head import marked_processes
 
     args = ["budget.max_minutes=null", "budget.epochs=6", "eval.checkpoint_every=4", "eval.every=8", "tracking.mlflow=false"]
     full = train_distributed(load_config(SMOKE, args), tmp_path / "full", quiet=True)
@@ -297,11 +292,9 @@ def test_a_pass_whose_evaluator_is_unreachable_is_asked_again_until_it_answers(r
     """Seen under load with a node removed: the evaluator's node was lost, Ray's task retries ran out while the GCS
     had not yet declared the node dead, and the run failed with ActorUnavailableError. The pass is now asked again
     (every 2 s, up to EVALUATOR_UNAVAILABLE_S) until the restarted evaluator answers; past that, the error stands."""
-    from types import SimpleNamespace
 
     from ray.exceptions import ActorUnavailableError
 
-    import rl_agents.engines.ray_a3c as A
 
     @ray.remote(num_cpus=0)
     class Flaky:

@@ -4,6 +4,7 @@ and a run through the lifecycle that learns the easy synthetic set and leaves a 
 
 from __future__ import annotations
 
+import copy
 import json
 import math
 import time
@@ -14,12 +15,16 @@ import pytest
 import torch
 from gymnasium.utils.env_checker import check_env
 
+from benchmarks.peer_rllib import distributions, stock_training
+from rl_agents.algo.pa3c import pixel_returns
+from rl_agents.cli import main
 from rl_agents.config import load_config, to_dict
 from rl_agents.engines.rllib.config import build_config
 from rl_agents.engines.rllib.engine import MODULE, RLlibAPPOEngine
 from rl_agents.engines.rllib.env import REWARD_MAP, PixelSegRLlibEnv
 from rl_agents.engines.rllib.learner import episode_rows, pixel_vtrace
 from rl_agents.engines.rllib.module import PixelDRLRLModule
+from rl_agents.experiment.lifecycle import run_training
 
 ROOT = Path(__file__).resolve().parents[3]
 SMOKE = ROOT / "tune_configs" / "smoke.yaml"
@@ -115,7 +120,6 @@ def test_vtrace_a_truncated_chunk_end_loses_its_bootstrap(bootstrap):
 
 def test_pixel_vtrace_matches_the_projects_per_pixel_returns():
     """``(T, B, N)`` V-trace, terminated at t_max, on-policy = PA3C's per-pixel returns (identity reward kernel)."""
-    from rl_agents.algo.pa3c import pixel_returns
 
     g, T, B, N = 0.95, 3, 2, 5
     gen = torch.Generator().manual_seed(0)
@@ -198,8 +202,6 @@ def test_appo_learns_the_easy_synthetic_set_and_its_checkpoint_evaluates(tmp_pat
     """``python train.py --set engine=rllib_appo``'s path: 240 updates of 8 images (sampling in this process, seed
     0) reach validation Dice >= 0.8 from an all-foreground start below 0.3 (test_training.py); ``best.pt`` is a PA3C
     agent state that ``pixeldrl evaluate`` scores to the Dice the run reported."""
-    from rl_agents.cli import main
-    from rl_agents.experiment.lifecycle import run_training
 
     m = run_training(_cfg("optim.batch_size=8", "budget.epochs=60", "eval.every=40"), tmp_path / "run", quiet=True)
     assert m["updates"] == 240 and m["stopped_by"] == "epochs"
@@ -213,7 +215,6 @@ def test_appo_learns_the_easy_synthetic_set_and_its_checkpoint_evaluates(tmp_pat
 def test_the_stock_multidiscrete_path_loses_per_pixel_credit():
     """What benchmarks/peer_rllib.py times: RLlib's stock distribution for MultiDiscrete([2] * N) returns one joint
     log-prob per image; the engine's per-pixel categorical returns N, one per pixel agent."""
-    from benchmarks.peer_rllib import distributions
 
     (row,) = distributions(sizes=(8,), batches=(2,), repeats=1)
     assert row["stock_multidiscrete_logp_shape"] == [2] and row["per_pixel_categorical_logp_shape"] == [2, 64]
@@ -224,7 +225,6 @@ def test_a_remote_learner_trains_and_its_weights_reach_the_mirror_and_back():
     """``rllib_learners=1``: the learner is a Ray actor (as a GPU learner beside a CPU-only driver would be). The
     engine reads and writes its weights through the learner group's public state API: updates change them, the
     agent's mirror equals them, and weights put back (a resume) are what the remote learner then holds."""
-    import copy
 
     engine = RLlibAPPOEngine(_cfg("optim.batch_size=2", "ray.rllib_learners=1", "ray.learner_cpus=0.5", "ray.learner_gpus=0"),
                                quiet=True)
@@ -254,7 +254,6 @@ def test_a_remote_learner_trains_and_its_weights_reach_the_mirror_and_back():
 def test_the_stock_multidiscrete_path_trains_with_rllibs_own_learner():
     """benchmarks/peer_rllib.py's stock arm is a real APPO run (finite losses, asserted inside), timed beside the
     engine's per-pixel path from the same config."""
-    from benchmarks.peer_rllib import stock_training
 
     row = stock_training(updates=1, size=16, batch=2)
     assert row["updates_timed"] == 1 and row["t_max"] == 3

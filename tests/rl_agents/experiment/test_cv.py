@@ -15,10 +15,19 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+import rl_agents.experiment.evaluate as E
+from benchmarks import robustness
+from pixelrl_env.corrupt import LEVELS
 from pixelrl_env.folds import fold_of
 from pixelrl_env.metrics import dice
+from rl_agents.cli import main
+from rl_agents.config import flatten, load_config, to_dict
+from rl_agents.experiment.ablation import ablation_markdown, ablation_report
 from rl_agents.experiment.cv import LOWER_IS_BETTER, PAPER_METRICS, WHOLE_METRICS, CVError, cv_report, find_trials
 from rl_agents.experiment.evaluate import empty_slice_fp_rate, evaluate_checkpoint, volume_dice
+from rl_agents.experiment.lifecycle import train
+from rl_agents.experiment.loaded import load_model
+from rl_agents.experiment.sweep import _space, load_sweep, record_trial, trial_config
 
 ROOT = Path(__file__).resolve().parents[3]
 K = 3
@@ -29,9 +38,6 @@ VARIANTS = {"pixeldrl": [], "unet": ["model=unet"]}
 @pytest.fixture(scope="module")
 def sweep(tmp_path_factory) -> Path:
     """``<storage>/cv-t/trial_<variant>_<fold>/run/`` for 2 variants x 3 folds; returns the storage folder."""
-    from rl_agents.config import load_config
-    from rl_agents.experiment.lifecycle import train
-    from rl_agents.experiment.sweep import record_trial
 
     storage = tmp_path_factory.mktemp("tune")
     for variant, extra in VARIANTS.items():
@@ -182,8 +188,6 @@ def test_variant_from_tunes_params_json_and_duplicate_folds(sweep: Path, tmp_pat
 
 
 def test_cli_prints_both_blocks_and_exits_2_on_refusal(sweep: Path, tmp_path: Path, capsys):
-    from rl_agents.cli import main
-
     assert main(["cv-report", "--experiment", "cv-t", "--storage", str(sweep), "--json", str(tmp_path / "r.json")]) == 0
     out = capsys.readouterr().out
     assert "the paper's protocol: mean over slices with foreground" in out and "whole volumes and all slices" in out
@@ -198,7 +202,6 @@ def test_cli_prints_both_blocks_and_exits_2_on_refusal(sweep: Path, tmp_path: Pa
 def test_cv_sweep_files_give_five_folds_of_each_model_at_equal_budget(name: str):
     from ray.tune.search.variant_generator import generate_variants
 
-    from rl_agents.experiment.sweep import _space, load_sweep, trial_config
 
     spec = load_sweep(ROOT / "tune_configs" / f"{name}.yaml")
     assert spec["experiment"] == name.replace("_", "-") and spec["storage"].endswith("runs/tune")
@@ -221,9 +224,6 @@ def test_cv_sweep_files_give_five_folds_of_each_model_at_equal_budget(name: str)
 def test_robustness_benchmark_on_the_cv_folds(sweep: Path, tmp_path: Path):
     """benchmarks/robustness.py on the same sweep: every (variant, fold) at every level, clean rows equal to scoring
     the checkpoint directly, a summary whose level-0 loss is 0, and the plot written."""
-    from benchmarks import robustness
-    from pixelrl_env.corrupt import LEVELS
-    from rl_agents.experiment.loaded import load_model
 
     out, png = tmp_path / "rob.json", tmp_path / "rob.png"
     assert robustness.main(["--experiment", "cv-t", "--storage", str(sweep), "--kinds", "gaussian", "contrast",
@@ -245,8 +245,6 @@ def test_robustness_benchmark_on_the_cv_folds(sweep: Path, tmp_path: Path):
 def test_ablation_report_pairs_every_variant_with_the_baseline(sweep: Path, report: dict, tmp_path: Path, capsys):
     """The same sweep read as an ablation with the U-Net as baseline: the test-split row is cv_report's paired
     difference, every checkpoint is also scored on its validation patients, and each row names its config changes."""
-    from rl_agents.cli import main
-    from rl_agents.experiment.ablation import ablation_report
 
     ab = ablation_report(sweep, "cv-t", baseline="unet", json_out=tmp_path / "ab.json")
     assert list(ab["rows"]) == ["unet", "pixeldrl"] and ab["folds"] == list(range(K))
@@ -276,8 +274,6 @@ def test_ablation_report_of_a_sweep_in_progress_reports_the_finished_variants(sw
     """A sweep still running: a variant with an unfinished fold is left out and named, with the folder of the trial
     that has not finished; the finished ones are reported as usual. An unfinished baseline has nothing to pair
     with: an error naming the trial. ``--only`` still insists on what it names."""
-    from rl_agents.cli import main
-    from rl_agents.experiment.ablation import ablation_report
 
     root = _copy(sweep, tmp_path / "running")
     (root / "cv-t" / "trial_pixeldrl_1" / "run" / "checkpoints" / "best.pt").unlink()
@@ -298,8 +294,6 @@ def test_an_earlier_reports_figures_stand_in_for_the_trials_a_storage_lacks(swee
     """Rows run later without a baseline of their own (``--variants``): ``merge`` takes the baseline's figures from an
     earlier report of the same sweep, and the rows equal those of the whole sweep. Figures of other patients, another
     baseline or another k do not pool, nor into a storage with baseline trials of its own."""
-    from rl_agents.cli import main
-    from rl_agents.experiment.ablation import ablation_markdown, ablation_report
 
     whole = ablation_report(sweep, "cv-t", baseline="unet", splits=("val",), json_out=tmp_path / "whole.json")
     root = _copy(sweep, tmp_path / "no-baseline")
@@ -338,8 +332,6 @@ def test_an_earlier_reports_figures_stand_in_for_the_trials_a_storage_lacks(swee
 def test_ablation_sweep_changes_one_thing_per_row_at_equal_updates():
     from ray.tune.search.variant_generator import generate_variants
 
-    from rl_agents.config import flatten, to_dict
-    from rl_agents.experiment.sweep import _space, load_sweep, trial_config
 
     spec = load_sweep(ROOT / "tune_configs" / "ablation_heart.yaml")
     trials = [(s["variant"], trial_config(spec["base"], s)) for _, s in generate_variants(_space(spec["search_space"]))]
@@ -356,10 +348,7 @@ def test_ablation_sweep_changes_one_thing_per_row_at_equal_updates():
 def test_a_reports_evaluations_are_cached_under_the_checkpoints_hash(sweep: Path, tmp_path: Path, monkeypatch):
     """A second report reads each trial's figures from beside its checkpoint (no evaluation); a checkpoint that
     changed is scored again, and its figures replace the cached ones."""
-    import shutil
 
-    import rl_agents.experiment.evaluate as E
-    from rl_agents.experiment.ablation import ablation_report
 
     root = _copy(sweep, tmp_path / "cached")
     first = ablation_report(root, "cv-t", baseline="unet", splits=("val",))

@@ -11,6 +11,7 @@ import numpy as np
 import onnxruntime as ort  # a test dependency (the export extra): missing, the suite fails, it does not skip
 import pytest
 import torch
+from torch.profiler import profile
 
 from pixelrl_env.dataset import load_part
 from rl_agents.algo.inference import GreedySegmenter, segment, segment_with_steps
@@ -144,7 +145,6 @@ def test_self_attention_equals_softmax_qk_v_written_out(key: int, value: int):
 def test_self_attention_runs_on_the_flash_kernel(key: int, value: int):
     """The CPU flash kernel, not SDPA's math path (which builds the HW x HW matrix): a non-contiguous q, k or v, or
     different widths, silently send SDPA down the math path; they did, 6.6x slower at 64x64 features."""
-    from torch.profiler import profile
 
     att = SelfAttention2d(8, key, value).eval()
     with torch.inference_mode(), profile() as prof:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import re
+import signal
 import subprocess
 import sys
 import time
@@ -20,12 +21,16 @@ import torch
 
 from rl_agents.config import load_config
 from rl_agents.engines.ray_actors import Worker
-from rl_agents.experiment.lifecycle import train_distributed
-from rl_agents.experiment.checkpoint import (CheckpointError, make_payload, previous_path, read_checkpoint,
-                                             write_checkpoint)
+from rl_agents.experiment.checkpoint import (
+    CheckpointError,
+    make_payload,
+    previous_path,
+    read_checkpoint,
+    write_checkpoint,
+)
 from rl_agents.experiment.evaluate import evaluate_checkpoint
+from rl_agents.experiment.lifecycle import train, train_distributed
 from rl_agents.experiment.loaded import load_model
-from rl_agents.experiment.lifecycle import train
 from tests.conftest import interrupt_after_checkpoint
 
 ROOT = Path(__file__).resolve().parents[3]
@@ -290,8 +295,6 @@ def test_hogwild_trains_under_the_lifecycle_and_hands_over_to_one_process(tmp_pa
 def test_a_write_that_runs_out_of_space_keeps_the_previous_checkpoint(tmp_path: Path, reliability):
     """The kernel refuses the write midway (a file-size limit stands in for a full disk: the same failed write(2),
     without mounting anything): a clear error naming the file, the checkpoint already there intact, no debris."""
-    import subprocess
-    import sys
 
     script = (
         "import resource, signal, sys, torch\n"
@@ -319,10 +322,7 @@ def test_a_write_that_runs_out_of_space_keeps_the_previous_checkpoint(tmp_path: 
 def test_a_driver_killed_with_sigkill_resumes_to_the_uninterrupted_result(tmp_path: Path, reliability):
     """SIGKILL gives no chance to save: the run resumes from the last periodic checkpoint and (same seed, RNG states in
     the checkpoint) ends within 0.005 validation Dice of an uninterrupted run, after the same number of updates."""
-    import signal
-    import sys
 
-    from tests.conftest import interrupt_after_checkpoint
 
     args = LOCAL + ["budget.epochs=4", "eval.checkpoint_every=2", "eval.every=2", "tracking.mlflow=false"]
     full = train(load_config(SMOKE, args), tmp_path / "full", quiet=True)

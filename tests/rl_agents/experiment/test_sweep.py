@@ -16,7 +16,12 @@ import pytest
 import yaml
 from mlflow.tracking import MlflowClient
 
-from rl_agents.experiment.sweep import load_sweep, run_sweep
+from pixelrl_env.data_config import DataConfig
+from pixelrl_env.dataset import load_splits
+from rl_agents.cli import main
+from rl_agents.config import PAPER_STEP, load_config
+from rl_agents.engines.rllib.engine import rllib_bundles
+from rl_agents.experiment.sweep import load_sweep, run_sweep, trial_config
 from rl_agents.experiment.tracking import compare
 
 ROOT = Path(__file__).resolve().parents[3]
@@ -63,8 +68,6 @@ ASHA_DICE_FLOOR = 0.2  # the fast trial passes ~0.3 at its first validation pass
 
 def _all_foreground_dice(base: dict) -> float:
     """Validation Dice of the all-foreground start (the environment's initial state), from the data itself."""
-    from pixelrl_env.dataset import load_splits
-    from pixelrl_env.data_config import DataConfig
 
     data = {**base["data"], "split": tuple(base["data"]["split"])}
     gt = load_splits(DataConfig(**data)).val.masks.astype(bool)
@@ -207,9 +210,6 @@ def test_a_trial_trains_with_ray_workers_inside_its_placement_group(tmp_path: Pa
 
 
 def test_rllib_bundles_reserve_the_runners_and_learners_a_trial_starts():
-    from rl_agents.config import load_config
-    from rl_agents.engines.rllib.engine import rllib_bundles
-
     smoke = ROOT / "tune_configs" / "smoke.yaml"
     local = load_config(smoke, ["engine=rllib_appo", "num_workers=0"])
     assert rllib_bundles(local, 1, cluster_gpus=0) == [{"CPU": 1}]
@@ -251,7 +251,6 @@ SWEEP_FILES = sorted(p.name for p in (ROOT / "tune_configs").glob("*.yaml") if "
 @pytest.mark.parametrize("name", SWEEP_FILES)
 def test_every_shipped_sweep_file_loads_and_each_of_its_trials_is_a_valid_config(name: str):
     """A sweep is hours of CPU: a typo in its last variant must fail here, not when Tune reaches that trial."""
-    from rl_agents.experiment.sweep import trial_config
 
     spec = load_sweep(ROOT / "tune_configs" / name)
     space = spec["search_space"]
@@ -272,7 +271,6 @@ def test_the_shipped_sweeps_include_the_ablations():
 def test_variants_keeps_only_the_named_rows_of_a_sweeps_variant_grid(capsys):
     """``--variants`` runs part of an ablation (rows left for another machine, or lost with a storage): only the named
     rows, in the file's order; a name the file lacks, or a sweep without a variant grid, is an error naming both."""
-    from rl_agents.cli import main
 
     path = ROOT / "tune_configs" / "ablation_lgg.yaml"
     spec = load_sweep(path, ["keep-0.9", "adv-norm"])
@@ -295,8 +293,6 @@ PAPER_STEP_SWEEPS = ["ablation.yaml", "ablation_lgg.yaml", "cv_lgg.yaml", "cv_lg
 
 
 def test_the_cpu_configs_carry_the_recipe_and_older_sweeps_still_run_the_papers_step():
-    from rl_agents.config import PAPER_STEP, load_config
-
     for name in ("lgg_cpu.yaml", "heart_cpu.yaml"):
         cfg = load_config(ROOT / "tune_configs" / name, [])
         assert (cfg.pa3c.t_max, cfg.network.step_features, cfg.network.head_stride) == (5, "once", 2), name

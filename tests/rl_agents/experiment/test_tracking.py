@@ -11,10 +11,17 @@ import time
 from pathlib import Path
 
 import mlflow
+import numpy as np
 import pytest
+import torch
 from mlflow.tracking import MlflowClient
 
+from rl_agents.algo.inference import GreedySegmenter
 from rl_agents.cli import main
+from rl_agents.cli.common import cell as _cell
+from rl_agents.experiment import tracking
+from rl_agents.experiment.loaded import load_model
+from rl_agents.experiment.sweep import trial_run_name
 
 ROOT = Path(__file__).resolve().parents[3]
 SMOKE = str(ROOT / "tune_configs" / "smoke.yaml")
@@ -64,13 +71,9 @@ def test_training_runs_are_tracked_and_compared(tmp_path: Path, capsys):
     assert any(a.startswith("model") for a in arts) or client.search_logged_models(
         experiment_ids=[run.info.experiment_id])
     # the logged model takes any batch size, in both flavours, and segments as the checkpoint does
-    import numpy as np
-    import torch
     from mlflow import pyfunc as mlflow_pyfunc
     from mlflow import pytorch as mlflow_pytorch
 
-    from rl_agents.algo.inference import GreedySegmenter
-    from rl_agents.experiment.loaded import load_model
 
     uri = f"runs:/{run.info.run_id}/model"
     logged = client.search_logged_models(experiment_ids=[run.info.experiment_id])
@@ -94,9 +97,6 @@ def test_training_runs_are_tracked_and_compared(tmp_path: Path, capsys):
 
 
 def test_cells_and_trial_names_are_readable():
-    from rl_agents.cli.common import cell as _cell
-    from rl_agents.experiment.sweep import trial_run_name
-
     assert [_cell(v) for v in (71584.0, 0.98512, 379.23, "0.0012345678", "2026", "small", float("nan"))] == [
         "71,584", "0.9851", "379.2", "0.001235", "2026", "small", "-"]
     assert trial_run_name({"data.fold": 2, "variant": {"name": "pixeldrl", "model": "pixeldrl"}}, "4df70_00002") == \
@@ -144,10 +144,6 @@ def test_training_finishes_when_the_tracking_server_is_down(tmp_path: Path, monk
 
 
 def test_a_store_inside_rays_copy_of_the_working_dir_is_warned(tmp_path: Path, monkeypatch, caplog):
-    import logging
-
-    from rl_agents.experiment import tracking
-
     copy = tmp_path / "session_x" / "runtime_resources" / "working_dir_files" / "_ray_pkg_0123abcd"
     copy.mkdir(parents=True)
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)

@@ -7,12 +7,17 @@ import numpy as np
 import pytest
 import torch
 import yaml
+from PIL import Image
 
-from rl_agents.experiment.checkpoint import read_checkpoint
+from pixelrl_env.dataset import load_splits
+from pixelrl_env.metrics import dice
 from rl_agents.cli import main
 from rl_agents.config import load_config
+from rl_agents.experiment.checkpoint import read_checkpoint
 from rl_agents.experiment.evaluate import evaluate_checkpoint
 from rl_agents.experiment.lifecycle import train
+from rl_agents.experiment.sweep import load_sweep
+from tests.conftest import write_lgg_layout
 
 ROOT = Path(__file__).resolve().parents[3]
 SMOKE = ROOT / "tune_configs" / "smoke.yaml"
@@ -32,7 +37,6 @@ def test_config_yaml_and_overrides(tmp_path: Path):
         load_config(None, ["network.preset=huge"])
     with pytest.raises(ValueError, match="config file not found"):
         load_config(tmp_path / "nope.yaml")
-    from rl_agents.experiment.sweep import load_sweep
 
     for f in sorted((ROOT / "tune_configs").glob("*.yaml")):  # every shipped config and sweep is valid
         load_sweep(f) if "search_space" in yaml.safe_load(f.read_text()) else load_config(f)
@@ -73,8 +77,6 @@ def test_pa3c_learns_on_easy_synthetic_data(tmp_path: Path):
     """Pure PA3C (no auxiliary term) beats the all-foreground start on validation Dice by at least 0.5."""
     cfg = load_config(SMOKE, LOCAL + ["data.size=32", "pa3c.t_max=3", "optim.batch_size=8", "budget.epochs=80", "eval.every=50"])
     m = train(cfg, tmp_path / "learn", quiet=True)
-    from pixelrl_env.dataset import load_splits
-    from pixelrl_env.metrics import dice
 
     val = load_splits(cfg.data).val
     start = float(np.mean(dice(np.ones_like(val.masks), val.masks)))
@@ -83,8 +85,6 @@ def test_pa3c_learns_on_easy_synthetic_data(tmp_path: Path):
 
 
 def test_evaluate_native_resolution_json_and_csv(tmp_path: Path):
-    from tests.conftest import write_lgg_layout
-
     src = write_lgg_layout(tmp_path / "lgg", patients=4, slices=4, size=48, seed=3)
     cfg = load_config(SMOKE, LOCAL + [f"data.path={src}", "data.format=lgg", "data.size=32", "budget.epochs=1"])
     train(cfg, tmp_path / "r", quiet=True)
@@ -92,7 +92,6 @@ def test_evaluate_native_resolution_json_and_csv(tmp_path: Path):
                               overlays=tmp_path / "ov", max_overlays=3)
     pngs = sorted((tmp_path / "ov").glob("*.png"))
     assert len(pngs) == 3
-    from PIL import Image
 
     # four titled panels at the model's resolution, upscaled 6x (nearest) to be seen: 32 px -> 192 px
     assert Image.open(pngs[0]).size == (4 * 192, 192 + 16)
