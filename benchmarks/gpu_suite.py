@@ -57,7 +57,6 @@ from benchmarks.gpu_measure import (
     timed_calls,
     toy_data,
 )
-from benchmarks.scaling import ray_run
 from rl_agents.algo.accel import Accel
 from rl_agents.algo.agent import build_network
 from rl_agents.algo.inference import segment
@@ -324,6 +323,8 @@ def part_ray(suite: Suite, device: torch.device) -> None:
 
 
 def ray_rows(suite: Suite, rec: dict, plan, seconds: float, size: int, gpu: bool, deadline: float) -> None:
+    from benchmarks.scaling import ray_run  # optional: scaling imports Ray, which a GPU machine may lack
+
     for n, learner_gpus in plan:
         row = {"workers": n, "learner": "gpu" if learner_gpus else "cpu"}
         if learner_gpus and not gpu:

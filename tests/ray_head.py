@@ -213,6 +213,14 @@ class RayHead:
     def cleanup(self) -> None:
         shutil.rmtree(self.temp_dir, ignore_errors=True)
 
+    def shutdown(self, timeout: float = 60) -> list[str]:
+        """:meth:`stop`, then :meth:`cleanup`; what outlived the cluster, one line each (a test asserts it empty)."""
+        stray = self.stop(timeout=timeout)
+        left = self.survivors()
+        self.cleanup()
+        return ([f"processes of the test cluster outlived its process group: {stray}"] if stray else []) + (
+            [f"processes of the test cluster survived: {left}"] if left else [])
+
     def __enter__(self) -> RayHead:
         return self.start()
 

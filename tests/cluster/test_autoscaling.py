@@ -85,8 +85,5 @@ def test_fake_cluster_scales_up_for_a_gpu_learner_and_workers_then_down(tmp_path
         print(f"job {t_job:.0f} s on {len(nodes)} nodes ({[nodes[n]['resources'].get('CPU') for n in nodes]} CPUs); "
               f"learner on a node with GPU; idle nodes removed {time.time() - t0 - t_job:.0f} s after the job")
     finally:
-        stray = head.stop(timeout=STOP - 40)
-        left = head.survivors()
-        head.cleanup()
-    assert not stray, f"processes of the test cluster outlived its process group: {stray}"
-    assert not left, f"processes of the test cluster survived: {left}"
+        problems = head.shutdown(timeout=STOP - 40)
+    assert not problems, problems

@@ -43,11 +43,8 @@ def token_cluster():
         head.start(timeout=START)
         yield head
     finally:
-        stray = head.stop(timeout=STOP - 40)
-        left = head.survivors()
-        head.cleanup()
-    assert not stray, f"processes of the test cluster outlived its process group: {stray}"
-    assert not left, f"processes of the test cluster survived: {left}"
+        problems = head.shutdown(timeout=STOP - 40)
+    assert not problems, problems
 
 
 def _evaluate(checkpoint: Path, out: Path) -> dict:

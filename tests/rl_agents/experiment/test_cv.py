@@ -15,13 +15,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-import rl_agents.experiment.evaluate as E
 from benchmarks import robustness
 from pixelrl_env.corrupt import LEVELS
 from pixelrl_env.folds import fold_of
 from pixelrl_env.metrics import dice
 from rl_agents.cli import main
 from rl_agents.config import flatten, load_config, to_dict
+from rl_agents.experiment import cv
 from rl_agents.experiment.ablation import ablation_markdown, ablation_report
 from rl_agents.experiment.cv import LOWER_IS_BETTER, PAPER_METRICS, WHOLE_METRICS, CVError, cv_report, find_trials
 from rl_agents.experiment.evaluate import empty_slice_fp_rate, evaluate_checkpoint, volume_dice
@@ -353,8 +353,8 @@ def test_a_reports_evaluations_are_cached_under_the_checkpoints_hash(sweep: Path
     root = _copy(sweep, tmp_path / "cached")
     first = ablation_report(root, "cv-t", baseline="unet", splits=("val",))
     assert len(list(root.glob("cv-t/*/run/checkpoints/report_eval_val.json"))) == 6
-    real, calls = E.evaluate_checkpoint, []
-    monkeypatch.setattr(E, "evaluate_checkpoint", lambda c, **kw: calls.append(str(c)) or real(c, **kw))
+    real, calls = cv.evaluate_checkpoint, []
+    monkeypatch.setattr(cv, "evaluate_checkpoint", lambda c, **kw: calls.append(str(c)) or real(c, **kw))
     again = ablation_report(root, "cv-t", baseline="unet", splits=("val",))
     assert calls == [] and again["rows"] == first["rows"]
     # fold 1's PA3C checkpoint replaced by fold 0's: only it is scored again, and the report follows the new file
