@@ -73,13 +73,15 @@ def _training_commands(sub) -> None:
 def _report_commands(sub) -> None:
     ev = sub.add_parser("evaluate", help="evaluate a checkpoint at native resolution; per-image CSV and JSON")
     ev.add_argument("--checkpoint", required=True)
-    ev.add_argument("--data", default=None, help="data path (default: the checkpoint's training data)")
-    ev.add_argument("--format", default=None, choices=("lgg", "folder", "parquet", "nifti", "synthetic"))
+    ev.add_argument("--config", default=None,
+                    help="evaluate on this config's data section (default: the data the checkpoint was trained on)")
+    ev.add_argument("--set", action="append", default=[], metavar="data.KEY=VALUE",
+                    help="override a data key, e.g. --set data.fold=2 --set data.path=other/ (repeatable)")
     ev.add_argument("--split", default="test", choices=("train", "val", "test", "all"))
     ev.add_argument("--json", default=None, help="summary JSON (the per-image CSV goes beside it)")
     ev.add_argument("--csv", default=None)
     ev.add_argument("--device", default="cpu")
-    ev.add_argument("--skip-bad", action="store_true")
+    ev.add_argument("--skip-bad", action="store_true", help="the same as --set data.skip_bad=true")
     ev.add_argument("--overlays", default=None, help="write image/truth/prediction/uncertainty PNGs to this folder")
     ev.add_argument("--max-overlays", type=int, default=8)
     ev.add_argument("--postprocess", default="none", metavar="{none,auto,largest,min:N}",

@@ -19,7 +19,7 @@ from rl_agents.experiment.evaluate import evaluate_checkpoint
 
 
 def evaluate(args: argparse.Namespace) -> int:
-    res = evaluate_checkpoint(args.checkpoint, args.format, args.data, split=args.split, json_out=args.json,
+    res = evaluate_checkpoint(args.checkpoint, args.config, args.set, split=args.split, json_out=args.json,
                               csv_out=args.csv, device=args.device, skip_bad=args.skip_bad,
                               overlays=args.overlays, max_overlays=args.max_overlays, postprocess=args.postprocess)
     pp = res["postprocess"]

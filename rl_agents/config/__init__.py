@@ -2,7 +2,7 @@
 validation (:mod:`.checks`) and the generated reference page (:mod:`.reference`)."""
 
 from rl_agents.config.checks import ENGINES, validate
-from rl_agents.config.load import (LEGACY, canonical_key, config_from_dict, flatten, load_config, override,
+from rl_agents.config.load import (LEGACY, canonical_key, config_from_dict, data_with, flatten, load_config, override,
                                    read_yaml_mapping, set_key, to_dict, upgrade)
 from rl_agents.config.sections import (SECTIONS, BudgetConfig, ComputeConfig, EvalConfig, NetworkConfig, OptimConfig,
                                        PA3CConfig, RayConfig, TrackingConfig, TrainConfig)
@@ -13,5 +13,5 @@ PAPER_STEP = ("pa3c.t_max=10", "network.step_features=every", "network.head_stri
 
 __all__ = ["ENGINES", "LEGACY", "PAPER_STEP", "SECTIONS", "BudgetConfig", "ComputeConfig", "EvalConfig",
            "NetworkConfig", "OptimConfig", "PA3CConfig", "RayConfig", "TrackingConfig", "TrainConfig",
-           "canonical_key", "config_from_dict", "flatten", "load_config", "override", "read_yaml_mapping", "set_key", "to_dict",
+           "canonical_key", "config_from_dict", "data_with", "flatten", "load_config", "override", "read_yaml_mapping", "set_key", "to_dict",
            "upgrade", "validate"]

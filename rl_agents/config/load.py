@@ -12,6 +12,7 @@ from typing import Any
 
 import yaml
 
+from pixelrl_env.data_config import DataConfig
 from rl_agents.config.checks import validate
 from rl_agents.config.sections import RENAMED, SECTIONS, TrainConfig
 
@@ -182,4 +183,18 @@ def override(cfg: TrainConfig, values: dict[str, Any]) -> TrainConfig:
         set_key(raw, k, v)
     out = from_dict(TrainConfig, raw)
     validate(out)
+    return out
+
+
+def data_with(base: DataConfig, path: str | Path | None = None, overrides: list[str] | None = None) -> DataConfig:
+    """A data section for reading data with a model trained elsewhere (``pixeldrl evaluate``): ``base`` (the
+    checkpoint's), or the ``data`` section of the config file ``path``, then ``data.*`` overrides; checked."""
+    data = load_config(path).data if path is not None else base
+    raw = {"data": dataclasses.asdict(data)}
+    for k, v in parse_overrides(overrides):
+        if not canonical_key(k).startswith("data."):
+            raise ValueError(f"--set {k}: only data.* keys apply here (the model's other keys come from its checkpoint)")
+        set_key(raw, k, v)
+    out = from_dict(DataConfig, raw["data"], "data.")
+    out.validate()
     return out

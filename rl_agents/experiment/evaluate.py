@@ -40,7 +40,7 @@ from pixelrl_env.metrics import ALL_METRICS, compute_all
 from pixelrl_env.postprocess import RULE_SPECS, Rule, RuleChoice, apply_rule, choose_rule, parse_rule
 
 from rl_agents.experiment.loaded import load_model
-from rl_agents.config import TrainConfig
+from rl_agents.config import TrainConfig, data_with
 from rl_agents.algo.inference import segment
 
 SPLITS = ("train", "val", "test", "all")
@@ -206,8 +206,8 @@ def _write(result: dict[str, Any], rows: list[dict], json_out, csv_out) -> None:
 
 def evaluate_checkpoint(
     checkpoint: str | Path,
-    data_format: str | None = None,
-    data_path: str | None = None,
+    data_config: str | Path | None = None,
+    data_overrides: list[str] | None = None,
     split: str = "test",
     json_out: str | Path | None = None,
     csv_out: str | Path | None = None,
@@ -218,7 +218,8 @@ def evaluate_checkpoint(
     max_overlays: int = 8,
     postprocess: str | Rule = "none",
 ) -> dict[str, Any]:
-    """Evaluate ``checkpoint`` on ``split`` of a data set (default: the one it was trained on).
+    """Evaluate ``checkpoint`` on ``split`` of a data set: the one it was trained on, or the ``data`` section of the
+    config file ``data_config``, with ``data.*`` overrides (``["data.fold=2"]``) on top.
 
     ``postprocess``: a rule of :mod:`pixelrl_env.postprocess` (``"none"``, ``"largest"``, ``"min:N"``) applied to each
     native-size mask, or ``"auto"``: the rule chosen on the validation split only (nnU-Net's rule, never on ``split``'s
@@ -229,10 +230,10 @@ def evaluate_checkpoint(
         raise ValueError(f"split must be one of {SPLITS}, got {split!r}")
     rule = _parse_postprocess(postprocess)  # before any loading: a bad value fails fast
     model, cfg = load_model(checkpoint, device)
-    data: DataConfig = cfg.data
-    if data_format is not None:
-        data = replace(data, format=data_format, path=data_path)
-    bad = BadFiles(skip_bad=skip_bad)
+    data: DataConfig = data_with(cfg.data, data_config, data_overrides)
+    if skip_bad:
+        data = replace(data, skip_bad=True)
+    bad = BadFiles(skip_bad=data.skip_bad)
     parts = _read_splits(data, bad, {split} if rule is not None else {split, "val"})
     samples = parts[split]
     if not samples:

@@ -105,6 +105,22 @@ def test_evaluate_native_resolution_json_and_csv(tmp_path: Path):
     assert main(["evaluate", "--checkpoint", str(tmp_path / "r" / "checkpoints" / "best.pt"), "--split", "all",
                  "--json", str(tmp_path / "e2.json")]) == 0
     assert json.loads((tmp_path / "e2.json").read_text())["dice"] == pytest.approx(res["dice"])
+    # data keys from the command line: another copy of the data (4 patients more), every patient in the test split
+    other = write_lgg_layout(tmp_path / "lgg2", patients=8, slices=4, size=48, seed=3)
+    assert main(["evaluate", "--checkpoint", str(tmp_path / "r" / "checkpoints" / "best.pt"), "--split", "test",
+                 "--set", f"data.path={other}", "--set", "data.split=[0, 0, 1]", "--set", "data.drop_empty=false",
+                 "--json", str(tmp_path / "e3.json")]) == 0
+    e3 = json.loads((tmp_path / "e3.json").read_text())
+    assert e3["all_slices"]["n_images"] == 32 and e3["data"]["path"] == str(other)
+
+
+def test_evaluate_takes_only_data_keys(tmp_path: Path, capsys):
+    cfg = load_config(SMOKE, LOCAL + ["budget.max_updates=1"])
+    train(cfg, tmp_path / "r", quiet=True)
+    assert main(["evaluate", "--checkpoint", str(tmp_path / "r" / "checkpoints" / "best.pt"),
+                 "--set", "pa3c.t_max=3"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "only data.* keys apply here" in err[0]
 
 
 def test_unet_baseline_smoke(tmp_path: Path):
