@@ -152,7 +152,6 @@ def node_removal(out: Path, epochs: int = 80, remove_at: int = 40, down_s: float
     import ray
     from ray.cluster_utils import Cluster
 
-
     temp = tempfile.mkdtemp(prefix="rc", dir="/tmp")  # short: socket paths live under it
     node_args = {"num_cpus": 1, "node_ip_address": "127.0.0.1", "temp_dir": temp}
     # on 2 busy cores a raylet can miss the GCS's default health checks (5 misses of a 3 s period) and be taken for
@@ -210,7 +209,6 @@ def learner_kill(out: Path, epochs: int = 40) -> dict[str, Any]:
     on the dead learner's newer weights that reached the new one (must be 0), and the end of the run."""
     import ray
 
-
     kill = KillLearnerAfterCheckpoint(out / "checkpoints" / "last.pt", lead=2)
 
     cfg = load_config(SMOKE, ["budget.max_minutes=null", f"budget.epochs={epochs}", "tracking.report_every_s=0.3", "eval.checkpoint_every=4",
@@ -243,7 +241,6 @@ def slow_learner(out: Path, workers: int = 4, delay_s: float = 0.25, epochs: int
     the evaluator's, however long the run and whatever the speed difference. The peaks of the first and second half
     of the run show that it does not grow."""
     import ray
-
 
     class SlowLearner(Learner):
         def push(self, worker, version, grads, stats):

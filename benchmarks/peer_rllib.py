@@ -115,7 +115,6 @@ def stock_classes():
     from ray.rllib.core.columns import Columns
     from ray.rllib.core.distribution.torch.torch_distribution import TorchMultiCategorical
 
-
     class StockMultiDiscreteModule(PixelDRLRLModule):
         def setup(self):
             super().setup()
@@ -143,7 +142,6 @@ def stock_training(updates: int = 3, size: int = 32, batch: int = 8) -> dict:
     the same ``build_config`` (same env, network, batch, sampling in this process), their ``train()`` calls
     interleaved so that whatever else the machine runs slows both alike. One warm-up update each, not timed."""
     from ray.rllib.core.rl_module.rl_module import RLModuleSpec
-
 
     cfg = load_config(SMOKE, ["engine=rllib_appo", "num_workers=0", "tracking.mlflow=false", f"optim.batch_size={batch}",
                               f"data.size={size}", "seed=0"])

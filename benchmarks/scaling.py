@@ -85,7 +85,6 @@ def ray_run(size: int, n: int, seconds: float, slowdown=None, cfg=None, override
 def local_run(size: int, threads: int, seconds: float, cfg=None) -> dict:
     """The single-process engine with ``threads`` intra-op threads; rate from the 2nd update to the last."""
 
-
     cfg = override(cfg or _cfg(size), {"num_workers": 0, "compute.threads": threads, "budget.max_minutes": seconds / 60})
     size = cfg.data.size
     times: list[float] = []

@@ -112,7 +112,6 @@ def pa3c_update(cfg, hooks, images, masks):
 def unet_update(cfg, hooks, images, masks):
     """One U-Net update: ``SupervisedEngine.step``'s pieces on that engine's own objects, each marked as a phase."""
 
-
     eng = SupervisedEngine(cfg, quiet=True)  # setup() would read the data set: its fields are filled in here
     eng.agent = UNetAgent(cfg, images.shape[1], len(images), "cpu")
     for hook in hooks:

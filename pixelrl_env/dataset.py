@@ -265,16 +265,16 @@ def load_splits(cfg: DataConfig) -> Splits:
 def _read(plan: _Plan, cfg: DataConfig, split: str, here: np.ndarray, bad: BadFiles) -> ArraySet:
     """The rows ``here`` of ``split`` decoded and prepared; with 2.5-D context, each stacked with its neighbours from
     the split's rows (kept or not)."""
-    if not cfg.context:
-        return _to_arrays(plan.rows.samples(here, bad) if len(here) else [], cfg)
-    split_rows = np.flatnonzero(split_names(plan.rows.groups, cfg) == split)
-    local = context_rows([plan.rows.groups[r] for r in split_rows], cfg.context)
-    neighbours = split_rows[local[np.searchsorted(split_rows, here)]] if len(here) else np.zeros((0, 1), np.int64)
-    need = np.unique(neighbours)
-    got = dict(zip(need.tolist(), plan.rows.samples(need, bad))) if len(need) else {}  # skip_bad is off
-    centre = _to_arrays([got[int(r)] for r in here], replace(cfg, context=0))  # masks, groups, size checks
     if not len(here):
         return _to_arrays([], cfg)
+    if not cfg.context:
+        return _to_arrays(plan.rows.samples(here, bad), cfg)
+    split_rows = np.flatnonzero(split_names(plan.rows.groups, cfg) == split)
+    local = context_rows([plan.rows.groups[r] for r in split_rows], cfg.context)
+    neighbours = split_rows[local[np.searchsorted(split_rows, here)]]
+    need = np.unique(neighbours)
+    got = dict(zip(need.tolist(), plan.rows.samples(need, bad)))  # all or an error: context refuses skip_bad
+    centre = _to_arrays([got[int(r)] for r in here], replace(cfg, context=0))  # masks, groups, size checks
     prepared = {r: prepare_image(s.image, cfg, s.source) for r, s in got.items()}
     images = np.stack([np.concatenate([prepared[int(j)] for j in row]) for row in neighbours]).astype(np.float32)
     return ArraySet(images, centre.masks, centre.groups, centre.sources)

@@ -42,13 +42,18 @@ def canonical_key(key: str) -> str:
 
 
 def upgrade(d: dict, where: str) -> dict:
-    """A config dict with any flat keys moved into their sections (a copy; ``d`` is left as it was)."""
+    """A config dict with any flat keys moved into their sections (a copy; ``d`` is left as it was). A key given both
+    ways keeps its sectioned value: a sweep resumed from a flat base sets its sampled keys in their sections."""
     if not isinstance(d, dict):
         raise ValueError(f"{where}: a config must be a mapping, got {type(d).__name__}")
     flat = [k for k in d if k in LEGACY]
-    out = {k: (dict(v) if isinstance(v, dict) else v) for k, v in d.items() if k not in LEGACY}
+    out: dict = {}
     for k in flat:
         set_key(out, LEGACY[k], d[k])
+    for k, v in d.items():  # a key given in its section wins over the same key given flat
+        if k not in LEGACY:
+            out[k] = {**out[k], **v} if isinstance(v, dict) and isinstance(out.get(k), dict) else (
+                dict(v) if isinstance(v, dict) else v)
     notify_flat(flat, where)
     return out
 

@@ -39,7 +39,6 @@ def _train_process(rank: int, n: int, cfg: TrainConfig, shared: list[torch.nn.Mo
     never exceed the plan; ``applied`` is what the driver reports and checkpoints.
     """
 
-
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the driver's to handle (it stops us via ``stop``)
     reserved, applied = counters
     torch.set_num_threads(1)

@@ -193,7 +193,6 @@ def _figures(checkpoint: Path, split: str, device: str, postprocess: str = "none
     checkpoint's SHA-256: a report scores every trial of a sweep at native resolution (minutes each on a CPU), and
     a rerun, or a report of a sweep that has gone on, then scores only what is new or changed."""
 
-
     key = {"version": EVAL_CACHE_VERSION, "split": split, "device": device,
            "checkpoint_sha256": hashlib.sha256(checkpoint.read_bytes()).hexdigest()}
     if postprocess != "none":  # its own cache: the raw figures stay cached beside it

@@ -215,7 +215,6 @@ def _trainable(config: dict[str, Any], sweep: dict[str, Any]) -> None:
     """
     from ray import tune
 
-
     os.environ["MLFLOW_TRACKING_URI"] = sweep["tracking_uri"]  # the driver's store, not one in the trial dir
     sampled = {k: v for k, v in config.items() if not k.startswith("_")}  # "_" keys: sweeps started before 0.1.0
     cfg = trial_config(sweep["base"], sampled)
@@ -251,7 +250,6 @@ def trial_resources(spec: dict):
     """What a trial reserves: a Ray A3C or RLlib trial the engine's own bundle layout (Tune puts the actors a trial
     starts into its placement group), a single-process trial its CPUs."""
     from ray import tune
-
 
     cfg = config_from_dict(spec["base"])
     if engine_name(cfg) == "ray":
@@ -336,7 +334,6 @@ def run_sweep(path: str | Path, resume: bool = False, variants: list[str] | None
     given (a resumed sweep keeps the rows it started with); returns the best trial's config and metrics."""
     import ray
     from ray import tune
-
 
     spec = load_sweep(path, variants)
     storage_dir = Path(spec["storage"]) / spec["experiment"]

@@ -187,7 +187,6 @@ def _log_model_and_overlays(best: Path, n_overlays: int) -> None:
     import mlflow.pytorch
 
 
-
     model, cfg = load_model(best)
     in_ch = int(model.in_channels)  # PixelDRLNet and MONAI's UNet both keep it
     size = int(cfg.data.size or 64)  # native-size data: any size divisible by 4 works; 64 keeps the example small

@@ -10,11 +10,12 @@ import pytest
 import yaml
 
 from rl_agents.cli import main
-from rl_agents.config import LEGACY, config_from_dict, load_config, override, upgrade
+from rl_agents.config import LEGACY, config_from_dict, load_config, override, to_dict, upgrade
 from rl_agents.config import load as config_load
 from rl_agents.config.reference import check, field_docs, render
 from rl_agents.config.sections import PA3CConfig, TrainConfig
 from rl_agents.experiment.loaded import load_model
+from rl_agents.experiment.sweep import trial_config
 from rl_agents.experiment.tracking import _canonical_params
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -120,3 +121,11 @@ def test_the_shipped_configs_use_sections_only(capsys):
         assert not set(raw) & set(LEGACY), f.name
         load_config(f)
     assert "flat config keys" not in capsys.readouterr().err
+
+
+def test_a_key_given_in_its_section_wins_over_the_same_key_flat():
+    """A sweep started before the sections keeps a flat base; a trial's sampled key, set in its section, must win."""
+    assert upgrade({"lr": 1e-3, "optim": {"lr": 5e-4}}, "x") == {"optim": {"lr": 5e-4}}
+    cfg = trial_config({**{k: v for k, v in to_dict(TrainConfig()).items() if k != "optim"}, "lr": 1e-3},
+                       {"optim.lr": 5e-4})
+    assert cfg.optim.lr == 5e-4

@@ -179,7 +179,6 @@ def test_a_once_network_reads_the_mask_at_every_step():
 def test_strided_attention_costs_a_sixteenth_and_keeps_the_block_shape():
     """network.attn_stride=2 attends over 2x2-pooled features: 1/4 of the positions, so 1/16 of the (HW x HW) products."""
 
-
     def attention_flops(block, x):
         with FlopCounterMode(display=False) as counter:
             y = block(x)

@@ -177,7 +177,6 @@ def test_a_ray_run_killed_with_sigkill_resumes_to_the_planned_updates(ray_local,
     uninterrupted run of the same seed: asynchronous runs are not bit-reproducible (arrival order), so the stated
     tolerance is that of two uninterrupted runs on this data (measured: see the README's reliability table)."""
 
-
     args = ["budget.max_minutes=null", "budget.epochs=6", "eval.checkpoint_every=4", "eval.every=8", "tracking.mlflow=false"]
     full = train_distributed(load_config(SMOKE, args), tmp_path / "full", quiet=True)
     out = tmp_path / "killed"
@@ -294,7 +293,6 @@ def test_a_pass_whose_evaluator_is_unreachable_is_asked_again_until_it_answers(r
     (every 2 s, up to EVALUATOR_UNAVAILABLE_S) until the restarted evaluator answers; past that, the error stands."""
 
     from ray.exceptions import ActorUnavailableError
-
 
     @ray.remote(num_cpus=0)
     class Flaky:

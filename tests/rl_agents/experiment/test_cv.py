@@ -202,7 +202,6 @@ def test_cli_prints_both_blocks_and_exits_2_on_refusal(sweep: Path, tmp_path: Pa
 def test_cv_sweep_files_give_five_folds_of_each_model_at_equal_budget(name: str):
     from ray.tune.search.variant_generator import generate_variants
 
-
     spec = load_sweep(ROOT / "tune_configs" / f"{name}.yaml")
     assert spec["experiment"] == name.replace("_", "-") and spec["storage"].endswith("runs/tune")
     assert spec["scheduler"] == {"type": "fifo"} and spec["metric"] == "val/dice" and spec["num_samples"] == 1
@@ -332,7 +331,6 @@ def test_an_earlier_reports_figures_stand_in_for_the_trials_a_storage_lacks(swee
 def test_ablation_sweep_changes_one_thing_per_row_at_equal_updates():
     from ray.tune.search.variant_generator import generate_variants
 
-
     spec = load_sweep(ROOT / "tune_configs" / "ablation_heart.yaml")
     trials = [(s["variant"], trial_config(spec["base"], s)) for _, s in generate_variants(_space(spec["search_space"]))]
     names = sorted({v["name"] for v, _ in trials})
@@ -348,7 +346,6 @@ def test_ablation_sweep_changes_one_thing_per_row_at_equal_updates():
 def test_a_reports_evaluations_are_cached_under_the_checkpoints_hash(sweep: Path, tmp_path: Path, monkeypatch):
     """A second report reads each trial's figures from beside its checkpoint (no evaluation); a checkpoint that
     changed is scored again, and its figures replace the cached ones."""
-
 
     root = _copy(sweep, tmp_path / "cached")
     first = ablation_report(root, "cv-t", baseline="unet", splits=("val",))

@@ -323,7 +323,6 @@ def test_a_driver_killed_with_sigkill_resumes_to_the_uninterrupted_result(tmp_pa
     """SIGKILL gives no chance to save: the run resumes from the last periodic checkpoint and (same seed, RNG states in
     the checkpoint) ends within 0.005 validation Dice of an uninterrupted run, after the same number of updates."""
 
-
     args = LOCAL + ["budget.epochs=4", "eval.checkpoint_every=2", "eval.every=2", "tracking.mlflow=false"]
     full = train(load_config(SMOKE, args), tmp_path / "full", quiet=True)
     out = tmp_path / "killed"

@@ -74,7 +74,6 @@ def test_training_runs_are_tracked_and_compared(tmp_path: Path, capsys):
     from mlflow import pyfunc as mlflow_pyfunc
     from mlflow import pytorch as mlflow_pytorch
 
-
     uri = f"runs:/{run.info.run_id}/model"
     logged = client.search_logged_models(experiment_ids=[run.info.experiment_id])
     if logged:  # MLflow 3: the model is a LoggedModel of the run
