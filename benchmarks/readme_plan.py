@@ -39,7 +39,7 @@ PLAN: dict[str, Step] = {
     "python train.py --config tune_configs/heart_cpu.yaml --output-dir runs/heart": Step(
         kind="cap", cap_s=900, until="runs/heart/checkpoints/best.pt",
         reason="a 12-minute run; stopped with Ctrl-C once its first best.pt exists (predict below needs it)"),
-    "python train.py --set optim.lr=3e-4 --set pa3c.t_max=5 --set data.synthetic.difficulty=hard": Step(
+    "python train.py --set optim.lr=3e-4 --set pa3c.t_max=5 --set data.synthetic.difficulty=hard --output-dir runs/hard": Step(
         kind="cap", cap_s=60, reason="a 10-minute run; stopped with Ctrl-C after 60 s"),
     "pixeldrl baseline --config tune_configs/lgg_cpu.yaml --output-dir runs/unet": Step(
         kind="cap", cap_s=90, reason="a 55-minute run; stopped with Ctrl-C after 90 s"),
@@ -80,12 +80,12 @@ PLAN: dict[str, Step] = {
         subs={"<model id>": "{model_id}"},
         reason="<model id> = the newest model logged in this clone's MLflow store; x = a batch of 3 random images"),
     # Distributed training on Ray
-    "python train.py --set num_workers=2 --set ray.worker_cpus=1 --set ray.learner_cpus=0": Step(
+    "python train.py --set num_workers=2 --set ray.worker_cpus=1 --set ray.learner_cpus=0 --output-dir runs/ray2": Step(
         kind="cap", cap_s=60, reason="a 10-minute run; stopped with Ctrl-C after 60 s"),
-    "python train.py --config tune_configs/smoke.yaml": Step(),
+    "python train.py --config tune_configs/smoke.yaml --output-dir runs/smoke": Step(),
     "export RAY_AUTH_MODE=token": Step(),
     "python train.py --config tune_configs/smoke.yaml --set engine=rllib_appo --set num_workers=0 --set "
-    "optim.batch_size=8 --set budget.epochs=60": Step(),
+    "optim.batch_size=8 --set budget.epochs=60 --output-dir runs/appo": Step(),
     "ray job submit --address http://127.0.0.1:8265 --working-dir . --runtime-env-json "
     '"{\\"env_vars\\": {\\"MLFLOW_TRACKING_URI\\": \\"sqlite:///$PWD/mlflow.db\\"}}" -- python train.py --config '
     "tune_configs/lgg_cpu.yaml --set num_workers=14 --set ray.learner_gpus=1 --output-dir /shared/runs/lgg": Step(

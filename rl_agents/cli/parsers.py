@@ -151,6 +151,9 @@ def _add_train_args(p: argparse.ArgumentParser, default_out: str) -> None:
     _add_config_args(p)
     p.add_argument("--output-dir", default=default_out, help=f"where metrics and checkpoints go (default {default_out})")
     p.add_argument("--resume", action="store_true", help="continue from OUTPUT_DIR/checkpoints/last.pt")
+    p.add_argument("--overwrite", action="store_true",
+                   help="start afresh in an OUTPUT_DIR that holds a run's checkpoints (each earlier one is kept once "
+                        "as *.prev.pt); without it, or --resume, such a folder is refused")
     p.add_argument("--quiet", action="store_true", help="no progress display")
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
 
 from rich.console import Console
 from rich.table import Table
@@ -37,10 +38,19 @@ def train(args: argparse.Namespace) -> int:
         return tune(args)
 
     cfg = load_config(args.config, args.set)
+    refuse_to_replace(args.output_dir, args.resume or args.overwrite)
     with removed_if_left_empty(args.output_dir):
         metrics = run_training(cfg, args.output_dir, resume=args.resume, quiet=args.quiet)
     print_metrics(f"validation ({metrics['n_val']} slices, best checkpoint) -> {args.output_dir}", metrics)
     return 0
+
+
+def refuse_to_replace(output_dir: str, allowed: bool) -> None:
+    """A repeated command must not replace a trained model: a folder with checkpoints needs --resume or --overwrite."""
+    found = sorted(p.name for p in (Path(output_dir) / "checkpoints").glob("*.pt"))
+    if found and not allowed:
+        raise ValueError(f"{output_dir} holds a trained run ({', '.join(found)}): continue it with --resume, start "
+                         f"afresh with --overwrite, or choose another --output-dir")
 
 
 def baseline(args: argparse.Namespace) -> int:

@@ -127,3 +127,20 @@ def test_a_failed_command_leaves_no_empty_output_folder(tmp_path: Path):
     (kept / "notes").mkdir(parents=True)  # a folder the user had is never removed
     assert main(["prepare-data", str(missing), str(kept), "--format", "folder"]) == 2
     assert (kept / "notes").is_dir()
+
+
+def test_train_refuses_to_replace_a_trained_run_without_resume_or_overwrite(tmp_path: Path, capsys):
+    out = tmp_path / "run"
+    args = ["train", "--config", str(ROOT / "tune_configs" / "smoke.yaml"), "--set", "num_workers=0", "--set",
+            "budget.max_updates=2", "--set", "tracking.mlflow=false", "--output-dir", str(out), "--quiet"]
+    assert main(args) == 0
+    best = out / "checkpoints" / "best.pt"
+    before = best.read_bytes()
+    capsys.readouterr()
+    assert main(args) == 2  # the same command again: the trained model is kept
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "holds a trained run" in err[0] and "--overwrite" in err[0], err
+    assert best.read_bytes() == before and not (out / "checkpoints" / "best.prev.pt").exists()
+    assert main(["baseline", *args[1:]]) == 2  # the U-Net command too
+    assert main([*args, "--overwrite"]) == 0
+    assert (out / "checkpoints" / "best.prev.pt").read_bytes() == before  # the replaced model kept once
