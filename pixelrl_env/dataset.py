@@ -143,6 +143,7 @@ class _Plan:
     rows: object  # sources.FileRows | sources.SampleRows | nifti.VolumeRows | parquet.ParquetIndex
     kept: dict[str, np.ndarray]  # per split: row numbers kept, in read order
     native: dict[str, tuple | None]  # per split: common (H, W) when cfg.size is None
+    which: np.ndarray  # every row's split name, read or not
 
 
 def _common_size(rows, idx: np.ndarray, bad: BadFiles) -> tuple[np.ndarray, tuple | None]:
@@ -195,7 +196,7 @@ def _plan(cfg: DataConfig, splits: Sequence[str], bad: BadFiles, stats: dict) ->
     except BaseException:
         rows.close()
         raise
-    return _Plan(rows, kept, native)
+    return _Plan(rows, kept, native, which)
 
 
 def _fresh_stats(stats: dict | None) -> dict:
@@ -254,12 +255,11 @@ def load_splits(cfg: DataConfig) -> Splits:
     plan = _plan(cfg, SPLITS, bad, stats)
     try:
         arrays = {k: _read(plan, cfg, k, plan.kept[k], bad) for k in SPLITS}
-        which = split_names(plan.rows.groups, cfg)
     finally:
         plan.rows.close()
     _finish_stats(stats, plan, bad)
     return Splits(train=arrays["train"], val=arrays["val"], test=arrays["test"], bad_files=stats["bad_files"],
-                  n_read=stats["n_read"], n_split_read={k: int((which == k).sum()) for k in SPLITS})
+                  n_read=stats["n_read"], n_split_read={k: int((plan.which == k).sum()) for k in SPLITS})
 
 
 def _read(plan: _Plan, cfg: DataConfig, split: str, here: np.ndarray, bad: BadFiles) -> ArraySet:
@@ -269,7 +269,7 @@ def _read(plan: _Plan, cfg: DataConfig, split: str, here: np.ndarray, bad: BadFi
         return _to_arrays([], cfg)
     if not cfg.context:
         return _to_arrays(plan.rows.samples(here, bad), cfg)
-    split_rows = np.flatnonzero(split_names(plan.rows.groups, cfg) == split)
+    split_rows = np.flatnonzero(plan.which == split)
     local = context_rows([plan.rows.groups[r] for r in split_rows], cfg.context)
     neighbours = split_rows[local[np.searchsorted(split_rows, here)]]
     need = np.unique(neighbours)

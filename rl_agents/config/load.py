@@ -152,6 +152,11 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
             raw[k] = {**raw[k], **v} if isinstance(raw.get(k), dict) and isinstance(v, dict) else v
     pairs = parse_overrides(overrides)
     notify_flat([k.split(".")[0] for k, _ in pairs if k.split(".")[0] in LEGACY], "--set")
+    return _built(raw, pairs)
+
+
+def _built(raw: dict, pairs) -> TrainConfig:
+    """``raw`` with the dotted ``(key, value)`` pairs set, as a checked and validated config."""
     for k, v in pairs:
         set_key(raw, k, v)
     cfg = from_dict(TrainConfig, raw)
@@ -183,12 +188,7 @@ def flatten(d: dict, prefix: str = "") -> dict[str, Any]:
 def override(cfg: TrainConfig, values: dict[str, Any]) -> TrainConfig:
     """A copy of ``cfg`` with dotted keys set (``{"budget.max_minutes": 2}``), type-checked and validated like
     ``--set``; ``cfg`` is left as it was."""
-    raw = to_dict(cfg)
-    for k, v in values.items():
-        set_key(raw, k, v)
-    out = from_dict(TrainConfig, raw)
-    validate(out)
-    return out
+    return _built(to_dict(cfg), values.items())
 
 
 def data_with(base: DataConfig, path: str | Path | None = None, overrides: list[str] | None = None) -> DataConfig:
