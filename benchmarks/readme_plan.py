@@ -51,11 +51,13 @@ PLAN: dict[str, Step] = {
         setup="scans", reason="scans/ = 3 LGG slices as downloaded (TIFF)"),
     "pixeldrl predict --checkpoint runs/heart/checkpoints/best.pt case7.nii.gz --output-dir masks/": Step(
         setup="scans", reason="case7.nii.gz = the first left-atrium volume of ../shared/data/la_heart"),
+    "from pathlib import Path\nimport nibabel as nib\nimport numpy as np\nfrom PIL import Image\n"
     "from rl_agents.experiment.predict import segment_array\n"
-    'masks, uncertainty = segment_array("runs/lgg/checkpoints/best.pt", image)': Step(
-        prelude="import numpy as np\nfrom PIL import Image\n"
-                "image = np.asarray(Image.open(sorted(__import__('glob').glob('scans/*.tif'))[0]))\n",
-        reason="image = one LGG slice as read by Pillow"),
+    'image = np.asarray(Image.open(sorted(Path("scans").glob("*.tif"))[0]))\n'
+    'masks, uncertainty = segment_array("runs/lgg/checkpoints/best.pt", image)\n'
+    'volume = nib.load("case7.nii.gz").get_fdata()\n'
+    'masks, uncertainty = segment_array("runs/heart/checkpoints/best.pt", volume, slice_axis=2)': Step(
+        setup="scans", reason="scans/ and case7.nii.gz as for predict above"),
     'pip install -e ".[export]"': Step(),
     "pixeldrl export --checkpoint runs/lgg/checkpoints/best.pt --format onnx": Step(),
     "pixeldrl export --checkpoint runs/lgg/checkpoints/best.pt --format torchscript": Step(),

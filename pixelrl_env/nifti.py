@@ -196,6 +196,12 @@ def _finite_voxels(img, image_path: Path, shape: tuple[int, int, int]) -> np.nda
     return image
 
 
+def nifti_image_shape(image_path: str | Path) -> tuple[int, int, int]:
+    """The 3-D shape of a scan without a label, from its header only: refuses what :func:`read_nifti_image` would."""
+    image_path = Path(image_path)
+    return _volume_shape(_load_nifti(image_path, "image"), image_path, "image")
+
+
 def read_nifti_image(image_path: str | Path):
     """``(nibabel image, (X, Y, Z) float32 voxels)`` of a scan without a label (``pixeldrl predict``), checked as
     :func:`read_nifti_volume` checks a labelled one: a readable 3-D volume of finite intensities."""

@@ -129,6 +129,9 @@ def _use_commands(sub) -> None:
     pr.add_argument("--gif", action="store_true", help="also a GIF of the mask over the t_max steps (PixelDRL-MG)")
     pr.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1, ...")
     pr.add_argument("--batch-size", type=int, default=16, help="slices per forward pass")
+    pr.add_argument("--exclude", action="append", default=[], metavar="GLOB",
+                    help="skip files whose name matches (repeatable); masks (*_mask.*, masks/, labelsTr/) and "
+                         "earlier outputs (*_pred.*, *_uncertainty.*) in folders are always skipped")
     pr.add_argument("--quiet", action="store_true", help="no progress bar")
     pr.set_defaults(run="use:predict")
 

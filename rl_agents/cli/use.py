@@ -10,8 +10,13 @@ from rl_agents.experiment.predict import predict_files
 
 
 def predict(args: argparse.Namespace) -> int:
-    recs = predict_files(args.checkpoint, args.inputs, args.output_dir, device=args.device,
-                         batch_size=args.batch_size, overlay=args.overlay, gif=args.gif, progress=not args.quiet)
+    recs, found = predict_files(args.checkpoint, args.inputs, args.output_dir, device=args.device,
+                                batch_size=args.batch_size, overlay=args.overlay, gif=args.gif,
+                                progress=not args.quiet, exclude=tuple(args.exclude))
+    if found.skipped:
+        names = ", ".join(p.name for p in found.skipped[:3]) + (", ..." if len(found.skipped) > 3 else "")
+        console.print(f"skipped {len(found.skipped)} file(s) as masks, labels, earlier outputs or --exclude: {names}",
+                      highlight=False)
     for r in recs:
         fg = r.get("foreground_voxels", r.get("foreground_pixels"))
         console.print(f"{r['input']} -> {r['mask']} ({'x'.join(map(str, r['shape']))}, {fg:,} foreground)",

@@ -42,6 +42,11 @@ class Loaded:
     cfg: TrainConfig
     device: torch.device
 
+    @property
+    def in_channels(self) -> int:
+        """Channels of the network's input (a 2.5-D model's include each slice's neighbours)."""
+        return int(self.model.in_channels)
+
 
 def load(checkpoint: str | Path | Loaded, device: str = "cpu") -> Loaded:
     if isinstance(checkpoint, Loaded):

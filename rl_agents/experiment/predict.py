@@ -1,13 +1,15 @@
 """Segment a user's own scans with a trained checkpoint: no masks needed, outputs in the input's own geometry.
 
-Inputs (``pixeldrl predict --checkpoint C INPUT... --output-dir D``):
+Inputs (``pixeldrl predict --checkpoint C INPUT... --output-dir D``), checked before anything is written
+(:mod:`rl_agents.experiment.predict_inputs`: folders skip truth files and earlier outputs, every file's channels and
+dimensions are checked against the model):
 
-* image files (PNG, JPEG, TIFF, BMP): one slice each; the mask is written as ``<stem>_mask.png`` (or ``.tif`` for a
+* image files (PNG, JPEG, TIFF, BMP): one slice each; the mask is written as ``<stem>_pred.png`` (or ``.tif`` for a
   TIFF input) at the image's native size, 0 = background and 255 = foreground (JPEG inputs get PNG masks: a lossy
-  mask would not stay binary);
+  mask would not stay binary); ``_pred`` so that it is never mistaken for a dataset's ``<stem>_mask`` truth file;
 * folders: every image file in them, sorted by name, each as above;
 * NIfTI volumes (``.nii``, ``.nii.gz``): cut into slices along the checkpoint's ``data.slice_axis``; the mask is a
-  ``uint8`` volume ``<stem>_mask.nii.gz`` with the input's affine and header (so viewers overlay it on the scan).
+  ``uint8`` volume ``<stem>_pred.nii.gz`` with the input's affine and header (so viewers overlay it on the scan).
 
 Beside each mask: ``<stem>_uncertainty`` (the policy's mean per-pixel entropy over the ``t_max`` steps, 0..1; for the
 U-Net, ``1 - |2p - 1|``), and on request a labelled overlay PNG (``--overlay``) and, for PixelDRL-MG, a GIF of the
@@ -34,55 +36,65 @@ from pixelrl_env.prepare import prepare_rows, resize_mask
 from rl_agents.algo.inference import segment_with_steps
 from rl_agents.experiment.evaluate import predict
 from rl_agents.experiment.loaded import Loaded, load
+from rl_agents.experiment.predict_inputs import Inputs, check_channels, expand_inputs, is_nifti, preflight, stem
 from rl_agents.experiment.visualize import save_overlay, scan_frames
 
-IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp")
-NIFTI_SUFFIXES = (".nii", ".nii.gz")
+__all__ = ["expand_inputs", "load", "predict_files", "segment_array"]
 
 
-def _is_nifti(path: Path) -> bool:
-    return path.name.lower().endswith(NIFTI_SUFFIXES)
-
-
-def _stem(path: Path) -> str:
-    name = path.name
-    return name[: -len(".nii.gz")] if name.lower().endswith(".nii.gz") else path.stem
-
-
-def _as_slices(array: np.ndarray) -> np.ndarray:
-    """``(N, H, W, C)`` from ``(H, W)``, ``(H, W, C)`` (C <= 4: one slice) or ``(N, H, W)`` / ``(N, H, W, C)``."""
+def _as_slices(array: np.ndarray, slice_axis: int | None) -> np.ndarray:
+    """``(N, H, W, C)`` from an image ``(H, W[, C])``, slices ``(N, H, W, C)``, or a volume cut along ``slice_axis``."""
     a = np.asarray(array)
+    if slice_axis is not None:
+        if a.ndim not in (3, 4):
+            raise DataError(f"slice_axis={slice_axis} needs a volume (X, Y, Z) or (X, Y, Z, C); got shape {a.shape}")
+        a = np.moveaxis(a, slice_axis_index(slice_axis, "the array"), 0)
+        return a[..., None] if a.ndim == 3 else a
     if a.ndim == 2:
         return a[None, ..., None]
+    if a.ndim == 3 and a.shape[-1] <= 4:
+        return a[None]
     if a.ndim == 3:
-        return a[None] if a.shape[-1] <= 4 else a[..., None]
+        raise DataError(f"an array of shape {a.shape} could be slices (N, H, W) or a volume as nibabel loads it "
+                        "(H, W, N); pass slice_axis=0 or slice_axis=2 (the axis that counts the slices)")
     if a.ndim == 4:
         return a
-    raise DataError(f"expected an image (H, W) or (H, W, C), or slices (N, H, W[, C]); got shape {a.shape}")
+    raise DataError(f"expected an image (H, W) or (H, W, C), slices (N, H, W, C), or a volume with slice_axis; "
+                    f"got shape {a.shape}")
 
 
 def segment_array(checkpoint: str | Path | Loaded, array: np.ndarray, device: str = "cpu",
-                  batch_size: int = 16, early_exit: bool = True) -> tuple[np.ndarray, np.ndarray]:
-    """Masks ``(N, H, W)`` uint8 {0, 1} and uncertainty ``(N, H, W)`` float32 of an image or a volume's slices.
+                  batch_size: int = 16, early_exit: bool = True,
+                  slice_axis: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """Masks (uint8 {0, 1}) and uncertainty (float32 0..1) of an image, a stack of slices, or a volume.
 
-    ``array``: ``(H, W)`` or ``(H, W, C)`` for one slice; ``(N, H, W)`` or ``(N, H, W, C)`` for the slices of one
-    volume in order (a 2.5-D model takes each slice's neighbours from them). Values as stored (uint8, uint16 or
-    float): the checkpoint's own normalisation is applied. Outputs are at the input's height and width.
+    ``array``: ``(H, W)`` or ``(H, W, C)`` (C <= 4) for one slice, giving ``(1, H, W)`` outputs; ``(N, H, W, C)`` for
+    the slices of one volume in order, giving ``(N, H, W)``; a volume ``(X, Y, Z)`` as nibabel loads it, with
+    ``slice_axis`` the axis to cut (``2`` for axial MSD volumes), giving outputs of the volume's own shape. A 3-D array
+    without ``slice_axis`` is refused unless its last axis is small enough to be channels: ``(N, H, W)`` and
+    ``(H, W, N)`` cannot be told apart, and cutting the wrong axis segments nonsense without an error. A 2.5-D model
+    takes each slice's neighbours from the array. Values as stored (uint8, uint16 or float): the checkpoint's own
+    normalisation is applied. The channels are checked against the model's first.
     """
-
     m = load(checkpoint, device)
-    slices = _as_slices(array)
+    slices = _as_slices(array, slice_axis)
+    d = m.cfg.data
+    check_channels(f"an array of shape {np.shape(array)}", slices.shape[-1], m.in_channels, d.channels, d.context)
     samples = [Sample(s, np.zeros(s.shape[:2], np.uint8), "volume", f"slice{k}") for k, s in enumerate(slices)]
     masks, uncert = [], []
     for i in range(0, len(samples), batch_size):
         rows = range(i, min(i + batch_size, len(samples)))
-        x = prepare_rows(samples, rows, m.cfg.data)
+        x = prepare_rows(samples, rows, d)
         mk, un = predict(m.model, m.cfg, x, m.device, early_exit=early_exit)
         for k, a, u in zip(rows, mk, un):
             h, w = slices[k].shape[:2]
             masks.append(resize_mask(a, (h, w)))
             uncert.append(_resize_float(u, (h, w)))
-    return np.stack(masks).astype(np.uint8), np.stack(uncert).astype(np.float32)
+    masks_a, uncert_a = np.stack(masks).astype(np.uint8), np.stack(uncert).astype(np.float32)
+    if slice_axis is not None:  # back into the volume's own geometry
+        axis = slice_axis_index(slice_axis, "the array")
+        return np.moveaxis(masks_a, 0, axis), np.moveaxis(uncert_a, 0, axis)
+    return masks_a, uncert_a
 
 
 def _resize_float(x: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
@@ -114,44 +126,25 @@ def _write_image_mask(path: Path, mask: np.ndarray, suffix: str) -> Path:
     return out
 
 
-def expand_inputs(inputs: list[str | Path]) -> list[Path]:
-    """Files and folders to the list of files to segment; refuses what is missing or of an unknown kind."""
-    files: list[Path] = []
-    for raw in inputs:
-        p = Path(raw)
-        if p.is_dir():
-            found = sorted(q for q in p.iterdir() if q.is_file() and (q.suffix.lower() in IMAGE_SUFFIXES
-                                                                     or _is_nifti(q)))
-            if not found:
-                raise DataError(f"{p} holds no image ({', '.join(IMAGE_SUFFIXES)}) or NIfTI ({', '.join(NIFTI_SUFFIXES)})"
-                                " file to segment")
-            files.extend(found)
-        elif p.is_file():
-            if not (p.suffix.lower() in IMAGE_SUFFIXES or _is_nifti(p)):
-                raise DataError(f"{p}: unknown kind of input; expected an image ({', '.join(IMAGE_SUFFIXES)}), a "
-                                f"NIfTI volume ({', '.join(NIFTI_SUFFIXES)}) or a folder of them")
-            files.append(p)
-        else:
-            raise DataError(f"input not found: {p}")
-    return files
-
-
 def predict_files(checkpoint: str | Path, inputs: list[str | Path], output_dir: str | Path, device: str = "cpu",
-                  batch_size: int = 16, overlay: bool = False, gif: bool = False,
-                  progress: bool = True) -> list[dict[str, Any]]:
-    """Segment every input (see the module docstring) into ``output_dir``; returns one record per input."""
+                  batch_size: int = 16, overlay: bool = False, gif: bool = False, progress: bool = True,
+                  exclude: tuple[str, ...] = ()) -> tuple[list[dict[str, Any]], Inputs]:
+    """Segment every input (see the module docstring) into ``output_dir``: one record per input, and the
+    :class:`Inputs` read (files, and what folders held that was skipped). Every input is checked against the model
+    before the first output is written."""
 
-    files = expand_inputs(inputs)
+    found = expand_inputs(inputs, exclude)
     m = load(checkpoint, device)
     if gif and getattr(m.model, "is_unet", False):
         raise ValueError("--gif shows PixelDRL-MG's steps; the U-Net segments in one step")
+    preflight(found.files, m.in_channels, m.cfg.data.channels, m.cfg.data.context)
     out = Path(output_dir)
     out.mkdir(parents=True, exist_ok=True)
     records = []
     with Progress(disable=not progress, transient=True) as bar:
-        task = bar.add_task("segmenting", total=len(files))
-        for f in files:
-            if _is_nifti(f):
+        task = bar.add_task("segmenting", total=len(found.files))
+        for f in found.files:
+            if is_nifti(f):
                 rec = _predict_nifti(m, f, out, batch_size)
                 slices = rec.pop("_slices")
                 if overlay or gif:
@@ -160,24 +153,24 @@ def predict_files(checkpoint: str | Path, inputs: list[str | Path], output_dir: 
                 rec = _predict_image(m, f, out, overlay, gif)
             records.append(rec)
             bar.advance(task)
-    return records
+    return records, found
 
 
 def _predict_image(m: Loaded, f: Path, out: Path, overlay: bool, gif: bool) -> dict[str, Any]:
     image = read_image(f)
     masks, uncert = segment_array(m, image, str(m.device))
-    stem = out / _stem(f)
-    mask_path = _write_image_mask(stem.with_name(stem.name + "_mask"), masks[0], f.suffix.lower())
-    unc_path = stem.with_name(stem.name + "_uncertainty.png")
+    base = out / stem(f)
+    mask_path = _write_image_mask(base.with_name(base.name + "_pred"), masks[0], f.suffix.lower())
+    unc_path = base.with_name(base.name + "_uncertainty.png")
     Image.fromarray((uncert[0] * 255).round().astype(np.uint8)).save(unc_path)
     rec = {"input": str(f), "mask": str(mask_path), "uncertainty": str(unc_path), "shape": list(masks.shape[1:]),
            "foreground_pixels": int(masks.sum())}
     if overlay:
-        rec["overlay"] = str(stem.with_name(stem.name + "_overlay.png"))
+        rec["overlay"] = str(base.with_name(base.name + "_overlay.png"))
         _save_overlay(Path(rec["overlay"]), image, masks[0], uncert[0])
     if gif:
         sample = [Sample(image, np.zeros(image.shape[:2], np.uint8), "volume", str(f))]
-        rec["gif"] = str(stem.with_name(stem.name + "_steps.gif"))
+        rec["gif"] = str(base.with_name(base.name + "_steps.gif"))
         _save_gif(Path(rec["gif"]), image, m, prepare_rows(sample, [0], m.cfg.data)[0])
     return rec
 
@@ -189,27 +182,25 @@ def _read_volume(m: Loaded, f: Path):
 
 def _predict_nifti(m: Loaded, f: Path, out: Path, batch_size: int) -> dict[str, Any]:
     img, axis, data = _read_volume(m, f)
-    masks, uncert = segment_array(m, np.moveaxis(data, axis, 0), str(m.device), batch_size)
-    mask_vol = np.moveaxis(masks, 0, axis).astype(np.uint8)
-    unc_vol = np.moveaxis(uncert, 0, axis).astype(np.float32)
-    stem = out / _stem(f)
+    mask_vol, unc_vol = segment_array(m, data, str(m.device), batch_size, slice_axis=axis)
+    base = out / stem(f)
     header = img.header.copy()
     header.set_data_dtype(np.uint8)
     mask_img = nib.Nifti1Image(mask_vol, img.affine, header)
     mask_img.set_qform(img.get_qform(), int(img.header["qform_code"]))
     mask_img.set_sform(img.get_sform(), int(img.header["sform_code"]))
     mask_img.header.set_slope_inter(1, 0)  # labels 0/1 as stored, whatever scaling the scan's header carries
-    mask_path = stem.with_name(stem.name + "_mask.nii.gz")
+    mask_path = base.with_name(base.name + "_pred.nii.gz")
     nib.save(mask_img, str(mask_path))
     unc_header = img.header.copy()
     unc_header.set_data_dtype(np.float32)
     unc_img = nib.Nifti1Image(unc_vol, img.affine, unc_header)
     unc_img.header.set_slope_inter(1, 0)
-    unc_path = stem.with_name(stem.name + "_uncertainty.nii.gz")
+    unc_path = base.with_name(base.name + "_uncertainty.nii.gz")
     nib.save(unc_img, str(unc_path))
     return {"input": str(f), "mask": str(mask_path), "uncertainty": str(unc_path), "shape": list(mask_vol.shape),
             "slice_axis": axis, "foreground_voxels": int(mask_vol.sum()),
-            "_slices": (np.moveaxis(data, axis, 0), masks, uncert)}
+            "_slices": tuple(np.moveaxis(v, axis, 0) for v in (data, mask_vol, unc_vol))}
 
 
 def _volume_extras(m: Loaded, f: Path, out: Path, rec: dict, arrays: tuple, overlay: bool, gif: bool) -> None:
@@ -217,12 +208,12 @@ def _volume_extras(m: Loaded, f: Path, out: Path, rec: dict, arrays: tuple, over
     slices, masks, uncert = arrays
     area = masks.reshape(len(masks), -1).sum(axis=1)
     k = int(area.argmax()) if area.max() > 0 else len(masks) // 2
-    stem = out / f"{_stem(f)}_slice{k:03d}"
+    base = out / f"{stem(f)}_slice{k:03d}"
     rec["shown_slice"] = k
     if overlay:
-        rec["overlay"] = str(stem.with_name(stem.name + "_overlay.png"))
+        rec["overlay"] = str(base.with_name(base.name + "_overlay.png"))
         _save_overlay(Path(rec["overlay"]), slices[k], masks[k], uncert[k])
     if gif:
         samples = [Sample(s[..., None], np.zeros(s.shape, np.uint8), "volume", str(j)) for j, s in enumerate(slices)]
-        rec["gif"] = str(stem.with_name(stem.name + "_steps.gif"))
+        rec["gif"] = str(base.with_name(base.name + "_steps.gif"))
         _save_gif(Path(rec["gif"]), slices[k], m, prepare_rows(samples, [k], m.cfg.data)[0])

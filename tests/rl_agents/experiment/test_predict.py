@@ -15,9 +15,9 @@ from pixelrl_env.io import DataError
 from rl_agents.cli import main
 from rl_agents.experiment.evaluate import predict
 from rl_agents.experiment.loaded import load_model
-from rl_agents.experiment.predict import expand_inputs, load, segment_array
+from rl_agents.experiment.predict import expand_inputs, load, predict_files, segment_array
 from rl_agents.experiment.visualize import MIN_PANEL, TITLE_PX
-from tests.conftest import AFFINE, TINY_T_MAX, train_tiny, write_nifti_layout
+from tests.conftest import AFFINE, TINY_T_MAX, train_tiny, write_lgg_layout, write_nifti_layout
 
 T_MAX = TINY_T_MAX
 
@@ -48,7 +48,7 @@ def test_images_and_folders_get_native_size_masks_equal_to_the_evaluation_pipeli
                  "--gif", "--quiet"]) == 0
     for name, a in images.items():
         stem = Path(name).stem
-        mask_file = out / (f"{stem}_mask.tif" if name.endswith(".tif") else f"{stem}_mask.png")
+        mask_file = out / (f"{stem}_pred.tif" if name.endswith(".tif") else f"{stem}_pred.png")
         written = np.asarray(Image.open(mask_file))
         assert written.shape == a.shape[:2] and set(np.unique(written)) <= {0, 255}
         np.testing.assert_array_equal(written // 255, _reference(synth_ckpt, a))
@@ -74,17 +74,26 @@ def test_a_nifti_volume_gets_a_mask_volume_on_the_same_grid(tmp_path: Path):
     out = tmp_path / "out"
     assert main(["predict", "--checkpoint", str(ckpt), str(scan), "--output-dir", str(out), "--overlay",
                  "--quiet"]) == 0
-    got = nib.load(str(out / "la_000_mask.nii.gz"))
+    got = nib.load(str(out / "la_000_pred.nii.gz"))
     image = vols["la_000"][0]
     assert got.shape == image.shape and got.get_data_dtype() == np.uint8
     np.testing.assert_allclose(got.affine, AFFINE)
     data = np.asarray(got.dataobj)
     assert set(np.unique(data)) <= {0, 1}
     # slices along the last axis with their neighbours (2.5-D), as the model was trained
-    np.testing.assert_array_equal(data, np.moveaxis(segment_array(ckpt, np.moveaxis(image, -1, 0))[0], 0, -1))
+    np.testing.assert_array_equal(data, segment_array(ckpt, image, slice_axis=2)[0])
+    # the volume as nibabel loads it, (H, W, N): cut along the wrong axis it would segment nonsense, so it is refused
+    with pytest.raises(DataError, match=r"could be slices \(N, H, W\) or a volume .* pass slice_axis"):
+        segment_array(ckpt, image)
+    np.testing.assert_array_equal(  # (N, H, W, C) slices: the same masks, slice first
+        segment_array(ckpt, np.moveaxis(image, -1, 0)[..., None])[0], np.moveaxis(data, -1, 0))
     unc = nib.load(str(out / "la_000_uncertainty.nii.gz"))
     assert unc.shape == image.shape and float(np.asarray(unc.dataobj).max()) <= 1.0
     assert list(out.glob("la_000_slice*_overlay.png"))
+    Image.fromarray(np.zeros((16, 16, 3), np.uint8)).save(tmp_path / "photo.jpg")  # a colour photo, a grey model
+    with pytest.raises(DataError, match=r"photo.jpg has 3 channel\(s\); this model takes 1 channel\(s\) per slice "
+                                        r"\(convert it to greyscale\)"):
+        predict_files(ckpt, [tmp_path / "photo.jpg"], tmp_path / "o2", progress=False)
 
 
 def test_what_predict_cannot_read_is_named(synth_ckpt: Path, tmp_path: Path, capsys):
@@ -102,3 +111,37 @@ def test_what_predict_cannot_read_is_named(synth_ckpt: Path, tmp_path: Path, cap
     assert "broken.png" in capsys.readouterr().err
     with pytest.raises(DataError, match=r"expected an image .* got shape \(2, 3, 4, 5, 6\)"):
         segment_array(load(synth_ckpt), np.zeros((2, 3, 4, 5, 6)))
+
+
+def test_a_patient_folder_is_read_for_its_scans_not_its_truth_files(synth_ckpt: Path, tmp_path: Path, capsys):
+    patient = next(write_lgg_layout(tmp_path / "lgg", patients=1, slices=3).iterdir())
+    out = tmp_path / "out"
+    assert main(["predict", "--checkpoint", str(synth_ckpt), str(patient), "--output-dir", str(out), "--quiet"]) == 0
+    printed = capsys.readouterr().out
+    assert "skipped 3 file(s) as masks" in printed and "segmented 3 input(s)" in printed
+    scans = sorted(p.stem for p in patient.glob("*.tif") if not p.stem.endswith("_mask"))
+    assert sorted(p.name for p in out.glob("*_pred.tif")) == [f"{s}_pred.tif" for s in scans]
+    assert not list(out.glob("*_mask*"))  # nothing written under a truth file's name
+    # predicting into the patient's own folder, again: the first run's outputs are not read as scans either
+    assert main(["predict", "--checkpoint", str(synth_ckpt), str(patient), "--output-dir", str(patient),
+                 "--quiet"]) == 0
+    assert main(["predict", "--checkpoint", str(synth_ckpt), str(patient), "--output-dir", str(out), "--quiet",
+                 "--exclude", "*_2.tif"]) == 0
+    assert "segmented 2 input(s)" in capsys.readouterr().out
+
+
+def test_an_input_the_model_cannot_take_is_refused_in_one_line_before_anything_is_written(synth_ckpt: Path,
+                                                                                          tmp_path: Path, capsys):
+    src = tmp_path / "in"
+    src.mkdir()
+    rng = np.random.default_rng(1)
+    Image.fromarray(rng.integers(0, 255, (24, 24, 3), dtype=np.uint8)).save(src / "a_colour.png")
+    Image.fromarray(rng.integers(0, 255, (24, 24), dtype=np.uint8)).save(src / "b_grey.png")  # sorted after a
+    out = tmp_path / "out"
+    assert main(["predict", "--checkpoint", str(synth_ckpt), str(src), "--output-dir", str(out), "--quiet"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "Traceback" not in err
+    assert "b_grey.png has 1 channel(s); this model takes 3 channel(s)" in err
+    assert not out.exists()  # refused before the first (good) image was segmented
+    with pytest.raises(DataError, match=r"an array of shape \(24, 24\) has 1 channel\(s\); this model takes 3"):
+        segment_array(synth_ckpt, np.zeros((24, 24), np.uint8))
