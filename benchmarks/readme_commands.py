@@ -121,7 +121,15 @@ def _setup_scans(clone: Path) -> None:
     shutil.copy(sorted((SHARED / "la_heart" / "imagesTr").glob("*.nii.gz"))[0], clone / "case7.nii.gz")
 
 
-SETUPS = {"scans": _setup_scans}
+def _setup_my_data(clone: Path) -> None:
+    """``my_data/`` as a user's own folder: 40 Kvasir-SEG pairs in ``images/`` and ``masks/``."""
+    for sub in ("images", "masks"):
+        (clone / "my_data" / sub).mkdir(parents=True, exist_ok=True)
+        for f in sorted((SHARED / "kvasir_seg" / sub).iterdir())[:40]:
+            shutil.copy(f, clone / "my_data" / sub / f.name)
+
+
+SETUPS = {"scans": _setup_scans, "my_data": _setup_my_data}
 
 
 # --- running ----------------------------------------------------------------------------------------------------

@@ -41,6 +41,12 @@ PLAN: dict[str, Step] = {
         reason="a 12-minute run; stopped with Ctrl-C once its first best.pt exists (predict below needs it)"),
     "python train.py --set optim.lr=3e-4 --set pa3c.t_max=5 --set data.synthetic.difficulty=hard --output-dir runs/hard": Step(
         kind="cap", cap_s=60, reason="a 10-minute run; stopped with Ctrl-C after 60 s"),
+    "python train.py --set data.format=folder --set data.path=my_data --set data.size=64 --output-dir runs/mine": Step(
+        kind="cap", cap_s=60, setup="my_data",
+        reason="my_data/ = 40 Kvasir-SEG image/mask pairs (images/ + masks/, JPEG); stopped with Ctrl-C after 60 s"),
+    "python train.py --config tune_configs/paper_brain.yaml --set compute.device=cuda --output-dir runs/paper_gpu": Step(
+        kind="skip", reason="no GPU on this machine; the one-process GPU path's CPU dry run is "
+                            "tests/benchmarks/test_gpu_suite.py, and benchmarks/gpu_suite.py runs it on a lent GPU"),
     "pixeldrl baseline --config tune_configs/lgg_cpu.yaml --output-dir runs/unet": Step(
         kind="cap", cap_s=90, reason="a 55-minute run; stopped with Ctrl-C after 90 s"),
     "pixeldrl evaluate --checkpoint runs/lgg/checkpoints/best.pt --split test --json runs/lgg/test.json": Step(),
@@ -61,26 +67,22 @@ PLAN: dict[str, Step] = {
     'pip install -e ".[export]"': Step(),
     "pixeldrl export --checkpoint runs/lgg/checkpoints/best.pt --format onnx": Step(),
     "pixeldrl export --checkpoint runs/lgg/checkpoints/best.pt --format torchscript": Step(),
+    "from pathlib import Path\nimport numpy as np\nfrom PIL import Image\nfrom pixelrl_env.prepare import prepare_image\n"
+    "from rl_agents.experiment.loaded import load_model\n"
+    '_, cfg = load_model("runs/lgg/checkpoints/best.pt")\n'
+    'x = np.stack([prepare_image(np.asarray(Image.open(p)), cfg.data) for p in sorted(Path("scans").glob("*.tif"))])\n'
     "import onnxruntime as ort\n"
     'masks, uncertainty = ort.InferenceSession("runs/lgg/checkpoints/best.onnx").run(None, {"images": x})\n'
     "import torch\n"
     'masks, uncertainty = torch.jit.load("runs/lgg/checkpoints/best.ts.pt")(torch.from_numpy(x))': Step(
-        prelude="import json, numpy as np\n"
-                "_, c, s, _ = json.load(open('runs/lgg/checkpoints/best.onnx.json'))['inputs']['images']['shape']\n"
-                "x = np.random.default_rng(0).random((3, c, s, s), dtype=np.float32)\n",
-        reason="x = a batch of 3 random images of the shape the export's JSON gives"),
-    "import mlflow, torch\n"
-    'model = mlflow.pytorch.load_model("models:/<model id>")\n'
-    "masks = model(torch.from_numpy(x))": Step(
-        prelude="import mlflow, numpy as np\n"
-                "_ids = [e.experiment_id for e in mlflow.search_experiments()]\n"
-                "_m = mlflow.search_logged_models(experiment_ids=_ids, output_format='list', max_results=1, "
-                "order_by=[{'field_name': 'creation_time', 'ascending': False}])[0]\n"
-                "_shape = mlflow.models.get_model_info(f'models:/{_m.model_id}').signature.inputs.to_dict()[0]"
-                "['tensor-spec']['shape']\n"
-                "x = np.random.default_rng(0).random((3, *_shape[1:]), dtype=np.float32)\n",
+        setup="scans", reason="scans/ as for predict above"),
+    "import mlflow, numpy as np, torch\n"
+    'uri = "models:/<model id>"\n'
+    "meta = mlflow.models.get_model_info(uri).metadata\n"
+    'x = np.random.default_rng(0).random((2, meta["input_channels"], meta["image_size"], meta["image_size"]), np.float32)\n'
+    "masks = mlflow.pytorch.load_model(uri)(torch.from_numpy(x))": Step(
         subs={"<model id>": "{model_id}"},
-        reason="<model id> = the newest model logged in this clone's MLflow store; x = a batch of 3 random images"),
+        reason="<model id> = the newest model logged in this clone's MLflow store"),
     # Distributed training on Ray
     "python train.py --set num_workers=2 --set ray.worker_cpus=1 --set ray.learner_cpus=0 --output-dir runs/ray2": Step(
         kind="cap", cap_s=60, reason="a 10-minute run; stopped with Ctrl-C after 60 s"),

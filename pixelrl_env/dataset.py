@@ -247,6 +247,22 @@ def load_part(cfg: DataConfig, split: str, part: int = 0, n_parts: int = 1, stat
     return out
 
 
+def load_spread(cfg: DataConfig, split: str, max_rows: int) -> ArraySet:
+    """At most ``max_rows`` rows of one split, evenly spread over it in read order (every patient represented, not
+    the first few): a sample of the split, read as :func:`load_part` reads a part."""
+    cfg.validate()
+    bad = BadFiles(skip_bad=cfg.skip_bad)
+    stats = _fresh_stats(None)
+    plan = _plan(cfg, (split,), bad, stats)
+    try:
+        kept = plan.kept[split]
+        here = kept[np.unique(np.linspace(0, len(kept) - 1, min(max_rows, len(kept))).round().astype(int))] \
+            if len(kept) else kept
+        return _read(plan, cfg, split, here, bad)
+    finally:
+        plan.rows.close()
+
+
 def load_splits(cfg: DataConfig) -> Splits:
     """The whole data set: :func:`load_part` of each split, their membership planned once."""
     cfg.validate()

@@ -87,6 +87,25 @@ def blob_mask(rng: np.random.Generator, h: int, w: int, empty: bool = False) -> 
     return m
 
 
+# --- images of other modalities, for the "unlike the training data" check -----------------------------------------
+
+def photo(rng: np.random.Generator, size: int = 48) -> np.ndarray:
+    """A colour scene: smooth gradients under a bright disc (endoscopy- or dermoscopy-like, nothing like an MRI)."""
+    yy, xx = np.mgrid[0:size, 0:size] / size
+    img = np.stack([0.6 + 0.3 * xx, 0.3 + 0.4 * yy, 0.2 + 0.2 * xx * yy], -1)
+    cy, cx = rng.uniform(0.3, 0.7, 2)
+    img[(yy - cy) ** 2 + (xx - cx) ** 2 < 0.04] += 0.3
+    return (np.clip(img + rng.normal(0, 0.02, img.shape), 0, 1) * 255).astype(np.uint8)
+
+
+def speckle(rng: np.random.Generator, size: int = 48) -> np.ndarray:
+    """Ultrasound-like speckle: Rayleigh noise over a fan, repeated on three channels."""
+    img = rng.rayleigh(40, (size, size))
+    img[:, : size // 4] = 0
+    return np.repeat(np.clip(img, 0, 255).astype(np.uint8)[..., None], 3, axis=-1)
+
+
+
 def write_lgg_layout(root: Path, patients: int = 3, slices: int = 4, size: int = 32, seed: int = 0) -> Path:
     """Write a small data set in the Kaggle LGG kaggle_3m layout (deflate TIFF, masks 0/255); first slice empty."""
     rng = np.random.default_rng(seed)

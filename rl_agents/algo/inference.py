@@ -1,4 +1,13 @@
-"""Greedy iterative mask generation and the per-pixel uncertainty map."""
+"""Greedy iterative mask generation, the probability of each pixel's final state, and the uncertainty map.
+
+The mask is the greedy policy's final state. Its probability: each pixel's state is a two-state Markov chain under the
+policy's per-step action probabilities (0 sets background, 1 keeps, 2 sets foreground), propagated along the greedy
+trajectory (every other pixel follows the greedy mask, the mean-field view):
+``p' = p (1 - pi_background) + (1 - p) pi_foreground``. The uncertainty map is that probability's binary entropy in
+bits, 0..1. Unlike the policy's own entropy, it is low where the outcome is settled whatever the actions say: a
+background pixel that both actions leave background (the paper's two actions) is certain, however evenly the policy
+spreads over them there.
+"""
 
 from __future__ import annotations
 
@@ -7,7 +16,6 @@ from typing import NamedTuple
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
 from pixelrl_env.env import KEEP, SET_FOREGROUND
 
@@ -60,6 +68,25 @@ def step_policy(net: torch.nn.Module, context: torch.Tensor, state: torch.Tensor
     return policy_logits(net, context * state[:, None]) if model is None else model.step_policy(context, state)
 
 
+def binary_entropy(p: torch.Tensor) -> torch.Tensor:
+    """Entropy in bits of a Bernoulli ``p``, elementwise (0 at p = 0 or 1, 1 at p = 0.5)."""
+    p = p.clamp(0, 1)
+    return (-(torch.xlogy(p, p) + torch.xlogy(1 - p, 1 - p)) / math.log(2)).clamp_(0, 1)
+
+
+def propagate(p: torch.Tensor, logits: torch.Tensor, n_actions: int, steps: int | torch.Tensor = 1) -> torch.Tensor:
+    """The probability of foreground after ``steps`` steps with these action ``logits`` ``(B, A, H, W)``, from ``p``
+    ``(B, H, W)``: ``p' = p (1 - pi_0) + (1 - p) pi_2`` (``pi_2 = 0`` with two actions), applied ``steps`` times
+    (per image when a tensor ``(B,)``: an image whose input no longer changes repeats its last step)."""
+    probs = torch.softmax(logits.float(), dim=1)
+    stay, arrive = 1 - probs[:, 0], (probs[:, 2] if n_actions == 3 else torch.zeros_like(p))
+    k = torch.as_tensor(steps, device=p.device).reshape(-1, 1, 1).expand_as(p) if torch.is_tensor(steps) else None
+    for i in range(int(k.max()) if k is not None else steps):
+        nxt = p * stay + (1 - p) * arrive
+        p = nxt if k is None else torch.where(k > i, nxt, p)
+    return p
+
+
 @torch.inference_mode()
 def segment(
     model: torch.nn.Module,
@@ -81,8 +108,8 @@ def segment(
             cost of the steps actually needed. ``False`` runs every step (what an exported graph does).
 
     Returns:
-        masks ``(N, H, W)`` uint8 and uncertainty ``(N, H, W)`` float32 in [0, 1]: the policy entropy averaged over the
-        steps, divided by log(n_actions), so 0 means every step was certain and 1 means a coin toss each time.
+        masks ``(N, H, W)`` uint8 and uncertainty ``(N, H, W)`` float32 in [0, 1]: the binary entropy (bits) of each
+        pixel's probability of ending foreground (module docstring); :func:`segment_with_steps` gives the probability.
     """
     out = segment_with_steps(model, images, t_max, start=start, batch_size=batch_size, device=device,
                              early_exit=early_exit)
@@ -91,13 +118,15 @@ def segment(
 
 class Segmentation(NamedTuple):
     """What :func:`segment_with_steps` gives: ``masks`` ``(N, H, W)`` uint8, ``uncertainty`` ``(N, H, W)`` float32,
-    ``steps`` ``(N,)`` the network calls each image needed, and with ``keep_states`` the mask at the start and after
-    every step, ``(N, t_max + 1, H, W)`` uint8 (an image that stopped early repeats its last mask)."""
+    ``steps`` ``(N,)`` the network calls each image needed, with ``keep_states`` the mask at the start and after
+    every step, ``(N, t_max + 1, H, W)`` uint8 (an image that stopped early repeats its last mask), and
+    ``probability`` ``(N, H, W)`` float32, each pixel's probability of ending foreground."""
 
     masks: np.ndarray
     uncertainty: np.ndarray
     steps: np.ndarray
     states: np.ndarray | None = None
+    probability: np.ndarray | None = None
 
 
 @torch.inference_mode()
@@ -120,16 +149,17 @@ def segment_with_steps(
     parts = [_segment_batch(model, images_t[i : i + batch_size].to(device), t_max, start, early_exit, keep_states)
              for i in range(0, len(images_t), batch_size)]
     model.train(was_training)
-    masks, uncert, steps, states = (list(x) for x in zip(*parts)) if parts else ([], [], [], [])
-    return Segmentation(np.concatenate(masks), np.concatenate(uncert).astype(np.float32), np.concatenate(steps),
-                        np.concatenate(states) if keep_states else None)
+    masks, prob, steps, states = (list(x) for x in zip(*parts)) if parts else ([], [], [], [])
+    prob_t = torch.as_tensor(np.concatenate(prob)).float()
+    return Segmentation(np.concatenate(masks), binary_entropy(prob_t).numpy(), np.concatenate(steps),
+                        np.concatenate(states) if keep_states else None, prob_t.numpy())
 
 
 def _segment_batch(model: torch.nn.Module, x: torch.Tensor, t_max: int, start: str, early_exit: bool,
                    keep_states: bool) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray | None]:
     n, n_actions, device = x.shape[0], model.n_actions, x.device
     state = torch.full((n, x.shape[2], x.shape[3]), start == "foreground", dtype=torch.bool, device=device)
-    ent = torch.zeros(state.shape, device=device)
+    prob = state.float()
     used = torch.full((n,), t_max, dtype=torch.int64)
     live = torch.arange(n, device=device)  # images still changing
     frames = [state.clone()] if keep_states else []
@@ -137,25 +167,22 @@ def _segment_batch(model: torch.nn.Module, x: torch.Tensor, t_max: int, start: s
     for t in range(t_max):
         s = state[live]
         logits = step_policy(model, context[live], s).float()
-        logp = F.log_softmax(logits, dim=1)
-        step_ent = -(logp.exp() * logp).sum(dim=1)
         new = apply_actions(s, greedy_actions(logits), n_actions)
         state[live] = new
         if not early_exit or t == t_max - 1:
-            ent[live] += step_ent
+            prob[live] = propagate(prob[live], logits, n_actions)
         else:
             still = (new != s).flatten(1).any(dim=1)
-            done = live[~still]
-            ent[live[still]] += step_ent[still]
-            ent[done] += (t_max - t) * step_ent[~still]  # this step and every repeat of it
-            used[done.cpu()] = t + 1
+            # an image whose step changed nothing sees the same input at every later step: this step and each
+            # repeat of it, applied now
+            prob[live] = propagate(prob[live], logits, n_actions, torch.where(still, 1, t_max - t))
+            used[live[~still].cpu()] = t + 1
             live = live[still]
         frames += [state.clone()] * (1 if len(live) or t == t_max - 1 else t_max - t) if keep_states else []
         if len(live) == 0:
             break
     states = torch.stack(frames, 1).to(torch.uint8).cpu().numpy() if keep_states else None
-    return (state.to(torch.uint8).cpu().numpy(), (ent / (t_max * math.log(n_actions))).clamp_(0, 1).cpu().numpy(),
-            used.numpy(), states)
+    return state.to(torch.uint8).cpu().numpy(), prob.clamp_(0, 1).cpu().numpy(), used.numpy(), states
 
 
 class GreedySegmenter(torch.nn.Module):
@@ -172,23 +199,22 @@ class GreedySegmenter(torch.nn.Module):
 
     def forward(self, images: torch.Tensor) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
         state = torch.ones_like(images[:, 0], dtype=torch.bool)
-        ent = torch.zeros_like(images[:, 0])
+        prob = torch.ones_like(images[:, 0])
         context = encode(self.net, images)
         for _ in range(self.t_max):
             logits = step_policy(self.net, context, state)
             if self.uncertainty:
-                logp = F.log_softmax(logits, dim=1)
-                ent = ent - (logp.exp() * logp).sum(dim=1)
+                prob = propagate(prob, logits, self.net.n_actions)
             state = apply_actions(state, greedy_actions(logits), self.net.n_actions)
         if not self.uncertainty:
             return state.float()
-        return state.float(), (ent / (self.t_max * math.log(self.net.n_actions))).clamp(0, 1)
+        return state.float(), binary_entropy(prob)
 
 
 class UNetSegmenter(torch.nn.Module):
     """The U-Net with :func:`rl_agents.experiment.evaluate.predict`'s post-processing, for export: images
     ``(B, C, H, W)`` -> masks ``(B, H, W)`` float32 in {0, 1} (probability >= 0.5) and, with ``uncertainty=True``,
-    ``1 - |2p - 1|``."""
+    the probability's binary entropy (bits), as for PixelDRL-MG."""
 
     def __init__(self, net: torch.nn.Module, uncertainty: bool = False):
         super().__init__()
@@ -198,4 +224,4 @@ class UNetSegmenter(torch.nn.Module):
     def forward(self, images: torch.Tensor) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
         prob = torch.sigmoid(self.net(images)[:, 0])
         mask = (prob >= 0.5).float()
-        return (mask, 1 - (2 * prob - 1).abs()) if self.uncertainty else mask
+        return (mask, binary_entropy(prob)) if self.uncertainty else mask

@@ -67,6 +67,9 @@ def _training_commands(sub) -> None:
     cmp_.add_argument("--experiment", default="pixeldrl")
     cmp_.add_argument("--metric", default="val/dice", help="sort by this metric, best first")
     cmp_.add_argument("--max-runs", type=int, default=50)
+    cmp_.add_argument("--tracking-uri", default=None,
+                      help="the MLflow store to read (default MLFLOW_TRACKING_URI, else sqlite:///<cwd>/mlflow.db); "
+                           "never created: a store that does not exist is an error")
     cmp_.set_defaults(run="training:compare")
 
 

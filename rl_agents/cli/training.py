@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 from pathlib import Path
 
 from rich.console import Console
@@ -12,8 +13,8 @@ from rl_agents.cli.common import cell, console, print_metrics, removed_if_left_e
 from rl_agents.config import load_config
 from rl_agents.experiment.lifecycle import run_training
 from rl_agents.experiment.sweep import run_sweep
-from rl_agents.experiment.tracking import compare as compare_runs
-from rl_agents.experiment.tracking import tracking_uri
+from rl_agents.experiment.compare import compare as compare_runs
+from rl_agents.experiment.tracking import tracking_uri, ui_address
 
 
 def tune(args: argparse.Namespace) -> int:
@@ -42,7 +43,20 @@ def train(args: argparse.Namespace) -> int:
     with removed_if_left_empty(args.output_dir):
         metrics = run_training(cfg, args.output_dir, resume=args.resume, quiet=args.quiet)
     print_metrics(f"validation ({metrics['n_val']} slices, best checkpoint) -> {args.output_dir}", metrics)
+    if "mlflow" in metrics:
+        print_mlflow_run(metrics["mlflow"])
     return 0
+
+
+def print_mlflow_run(rec: dict) -> None:
+    """Where a finished run is in MLflow: its id, the page to open (and the command that serves it), its model."""
+    uri = tracking_uri()
+    serve = "" if uri.startswith(("http://", "https://")) else f" after `mlflow ui --backend-store-uri {uri}`"
+    console.print(f"MLflow run {rec['run_id']}: open {ui_address(rec['experiment_id'], rec['run_id'])}{serve}",
+                  highlight=False, soft_wrap=True)
+    if rec.get("model_uri"):
+        console.print(f"model: {rec['model_uri']} (mlflow.pytorch.load_model or mlflow models serve -m)",
+                      highlight=False, soft_wrap=True)
 
 
 def refuse_to_replace(output_dir: str, allowed: bool) -> None:
@@ -59,6 +73,8 @@ def baseline(args: argparse.Namespace) -> int:
 
 
 def compare(args: argparse.Namespace) -> int:
+    if args.tracking_uri:
+        os.environ["MLFLOW_TRACKING_URI"] = args.tracking_uri
     header, rows = compare_runs(args.experiment, args.metric, args.max_runs)
     table = Table(title=f"MLflow experiment {args.experiment!r} ({tracking_uri()}), best {args.metric} first")
     for col in header:

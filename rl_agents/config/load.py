@@ -16,11 +16,13 @@ from pixelrl_env.data_config import DataConfig
 from rl_agents.config.checks import validate
 from rl_agents.config.sections import RENAMED, SECTIONS, TrainConfig
 
+# keys added after the config had sections: they never had a flat form
+SECTIONED_ONLY = {"tracking.system_metrics"}
 # flat key -> its dotted place in the sections
 LEGACY: dict[str, str] = {
     **{f.name: f"{section}.{f.name}" for section in SECTIONS
        for f in dataclasses.fields(typing.get_type_hints(TrainConfig)[section])
-       if f"{section}.{f.name}" not in RENAMED.values()},  # ray.address was never a flat "address"
+       if f"{section}.{f.name}" not in {*RENAMED.values(), *SECTIONED_ONLY}},  # ray.address was never "address"
     **RENAMED,
 }
 _NOTIFIED: set[str] = set()

@@ -126,6 +126,7 @@ class TrackingConfig:
     experiment: str = "pixeldrl"  # MLflow experiment
     run_name: str | None = None  # null: the output directory's name
     report_every_s: float = 10.0  # seconds between throughput lines and history entries
+    system_metrics: bool = True  # MLflow's CPU, memory, disk and GPU use of the run, every 10 s (needs psutil)
 
 
 @dataclass

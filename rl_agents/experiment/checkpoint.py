@@ -10,6 +10,7 @@ reason. Layout (``version`` 2)::
     agent:  the agent's state_dict (kind, in_channels, n_actions, update, model, [reward_conv], optimizer, scheduler)
     run:    update, best_dice, wall_time_s, pixel_agent_steps, history (JSON)
     rng:    engine-specific RNG state (may be empty: an engine that resumes another's checkpoint reseeds)
+    data_profile: JSON of what the training slices look like (:mod:`pixelrl_env.profile`; absent in older files)
     sha256: digest of everything above (:func:`content_digest`), added by the writer and checked by the reader
 
 The digest is there because a zip record's bytes are not checked by ``torch.load``: a flipped bit inside a tensor
@@ -56,6 +57,7 @@ class Checkpoint:
     agent: dict[str, Any]
     run: dict[str, Any] = field(default_factory=dict)
     rng: dict[str, Any] = field(default_factory=dict)
+    profile: dict[str, Any] | None = None
 
     @property
     def kind(self) -> str:
@@ -67,10 +69,10 @@ class Checkpoint:
 
 
 def make_payload(engine: str, cfg: TrainConfig, agent: dict[str, Any], run: dict[str, Any] | None = None,
-                 rng: dict[str, Any] | None = None) -> dict[str, Any]:
+                 rng: dict[str, Any] | None = None, profile: dict[str, Any] | None = None) -> dict[str, Any]:
     run = dict(run or {})
     history = run.pop("history", [])
-    return {
+    return {**({"data_profile": json.dumps(profile)} if profile else {}),
         "format": FORMAT,
         "version": VERSION,
         "engine": engine,
@@ -199,7 +201,8 @@ def _parse(path: Path, payload: dict[str, Any]) -> Checkpoint:
         cfg = config_from_dict(json.loads(payload["config"]))
         run = dict(payload["run"])
         run["history"] = json.loads(run.get("history") or "[]")
-        return Checkpoint(path, payload["engine"], cfg, payload["agent"], run, dict(payload.get("rng") or {}))
+        profile = json.loads(payload["data_profile"]) if "data_profile" in payload else None
+        return Checkpoint(path, payload["engine"], cfg, payload["agent"], run, dict(payload.get("rng") or {}), profile)
     except (KeyError, TypeError, ValueError) as e:
         raise CheckpointError(f"{path}: malformed checkpoint ({type(e).__name__}: {e})") from None
 

@@ -41,7 +41,7 @@ from pixelrl_env.postprocess import RULE_SPECS, Rule, RuleChoice, apply_rule, ch
 
 from rl_agents.experiment.loaded import load_model
 from rl_agents.config import TrainConfig, data_with
-from rl_agents.algo.inference import segment
+from rl_agents.algo.inference import binary_entropy, segment_with_steps
 
 SPLITS = ("train", "val", "test", "all")
 CRITERION = ("nnU-Net's rule: 'none' unless a candidate raises the mean validation Dice (slices with foreground) "
@@ -52,11 +52,22 @@ CRITERION = ("nnU-Net's rule: 'none' unless a candidate raises the mean validati
 def predict(model: torch.nn.Module, cfg: TrainConfig, images: np.ndarray, device,
             early_exit: bool = True) -> tuple[np.ndarray, np.ndarray]:
     """Masks and uncertainty for prepared images ``(N, C, S, S)``, from either model kind (``early_exit``: see
-    :func:`rl_agents.algo.inference.segment`; the masks are the same either way)."""
+    :func:`rl_agents.algo.inference.segment`; the masks are the same either way). The uncertainty is the binary
+    entropy (bits) of :func:`predict_probability`'s probability, for both kinds."""
+    masks, prob = predict_probability(model, cfg, images, device, early_exit)
+    return masks, binary_entropy(torch.from_numpy(prob)).numpy()
+
+
+def predict_probability(model: torch.nn.Module, cfg: TrainConfig, images: np.ndarray, device,
+                        early_exit: bool = True) -> tuple[np.ndarray, np.ndarray]:
+    """Masks and each pixel's probability of foreground ``(N, S, S)`` float32: the U-Net's sigmoid, or PixelDRL-MG's
+    probability of ending foreground (:mod:`rl_agents.algo.inference`)."""
     if getattr(model, "is_unet", False):
-        prob = torch.sigmoid(model(torch.as_tensor(images, device=device))[:, 0]).cpu().numpy()
-        return (prob >= 0.5).astype(np.uint8), (1 - np.abs(2 * prob - 1)).astype(np.float32)
-    return segment(model, images, cfg.pa3c.t_max, batch_size=16, device=device, early_exit=early_exit)
+        with torch.inference_mode():
+            prob = torch.sigmoid(model(torch.as_tensor(images, device=device))[:, 0]).float().cpu().numpy()
+        return (prob >= 0.5).astype(np.uint8), prob
+    out = segment_with_steps(model, images, cfg.pa3c.t_max, batch_size=16, device=device, early_exit=early_exit)
+    return out.masks, out.probability
 
 
 def volume_dice(groups: Sequence[str], tp, pred_pixels, gt_pixels) -> dict[str, float]:
@@ -129,7 +140,8 @@ def _native_masks(model, cfg: TrainConfig, samples: list, data: DataConfig, devi
                 from rl_agents.experiment.visualize import save_overlay
 
                 gt_small = resize_mask(s.mask, m.shape)
-                save_overlay(Path(overlays) / f"{i + j:03d}_{Path(s.source).stem}.png", img, gt_small, m, unc)
+                save_overlay(Path(overlays) / f"{i + j:03d}_{Path(s.source).stem}.png", img, gt_small, m, unc,
+                             caption=f"{s.group}: {Path(s.source).name}")
                 n_overlays += 1
             yield resize_mask(m, s.mask.shape)
 

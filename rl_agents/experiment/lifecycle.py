@@ -14,13 +14,14 @@ Everything else is here, once: ``epochs`` / ``max_updates`` (the engine's plan),
 ``stop_at_val_dice``; a validation pass every ``eval_every`` updates; ``best.pt`` on a better validation Dice and
 ``last.pt`` every ``checkpoint_every`` updates (atomic, through :mod:`rl_agents.experiment.checkpoint`); Ctrl-C writes
 ``last.pt`` and re-raises; the final figures re-evaluate ``best.pt`` on the whole validation split; ``metrics.json``;
-and the one call into MLflow (:func:`rl_agents.experiment.tracking.log_run`).
+and MLflow (a live run fed at each validation pass, completed by :func:`rl_agents.experiment.tracking.log_run`).
 """
 
 from __future__ import annotations
 
 import importlib
 import json
+import logging
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -30,6 +31,7 @@ import yaml
 from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
+from pixelrl_env.profile import training_profile
 from rl_agents.config import TrainConfig, to_dict
 from rl_agents.engines.base import Engine
 from rl_agents.experiment.checkpoint import (
@@ -40,10 +42,12 @@ from rl_agents.experiment.checkpoint import (
     read_checkpoint,
     write_checkpoint,
 )
-from rl_agents.experiment.tracking import log_run
+from rl_agents.experiment.live import LiveRun
+from rl_agents.experiment.tracking import log_run, tracking_uri
 from rl_agents.experiment.visualize import learning_curve
 
 console = Console()
+log = logging.getLogger(__name__)
 
 
 def engine_name(cfg: TrainConfig) -> str:
@@ -95,6 +99,7 @@ class Run:
         self.last_eval: dict[str, float] = {}
         self.eval_job = None
         self.stopped_by: str | None = None
+        self.profile: dict[str, Any] | None = None
 
     # checkpoints -----------------------------------------------------------------------------------------------
     def _run_dict(self) -> dict[str, Any]:
@@ -104,12 +109,13 @@ class Run:
 
     def save_last(self) -> None:
         payload = make_payload(self.engine.name, self.cfg, self.engine.agent_state(), self._run_dict(),
-                               self.engine.rng_state())
+                               self.engine.rng_state(), self.profile)
         write_checkpoint(self.ckpt_dir / "last.pt", payload)
 
     def _save_best(self, agent_state: dict, update: int) -> None:
         run = {**self._run_dict(), "update": update}
-        write_checkpoint(self.ckpt_dir / "best.pt", make_payload(self.engine.name, self.cfg, agent_state, run))
+        write_checkpoint(self.ckpt_dir / "best.pt",
+                         make_payload(self.engine.name, self.cfg, agent_state, run, profile=self.profile))
 
     def _resume_from(self) -> Checkpoint:
         ckpt = read_checkpoint(self.ckpt_dir / "last.pt")
@@ -208,6 +214,7 @@ class Run:
         self.engine.read_last_checkpoint = lambda: read_checkpoint(last) if (
             last.exists() or previous_path(last).exists()) else None
         info = self.engine.setup(ckpt)
+        self.profile = _profile(self.cfg)
         (self.out / "config.yaml").write_text(yaml.safe_dump(to_dict(self.cfg), sort_keys=False))
         if not self.quiet:
             console.print(info["banner"], highlight=False)
@@ -267,6 +274,17 @@ class Run:
         return metrics
 
 
+def _profile(cfg: TrainConfig) -> dict[str, Any] | None:
+    """What the training slices look like, for predict's "unlike the training data" check; a failure costs only the
+    check (a warning), never the run."""
+    try:
+        return training_profile(cfg.data, to_dict(cfg)["data"])
+    except Exception as e:  # noqa: BLE001
+        log.warning("no data profile in the checkpoints (%s: %s): predict will not flag unfamiliar inputs",
+                    type(e).__name__, e)
+        return None
+
+
 def train(cfg: TrainConfig, output_dir: str | Path, resume: bool = False, quiet: bool = False,
           on_eval: Callable[[dict], None] | None = None, engine=None) -> dict[str, Any]:
     """Train as ``cfg`` says with the engine it asks for (or ``engine``, one built with test or benchmark hooks);
@@ -290,24 +308,36 @@ def train_distributed(cfg: TrainConfig, output_dir: str | Path, resume: bool = F
 
 def run_training(cfg: TrainConfig, output_dir: str | Path, resume: bool = False, quiet: bool = False,
                  on_eval: Callable[[dict], None] | None = None, mlflow_run_id: str | None = None) -> dict[str, Any]:
-    """:func:`train`, then the run recorded in MLflow (also when interrupted: status KILLED).
+    """:func:`train`, recorded in MLflow as it goes: the run is RUNNING from the start and each validation pass is
+    logged as it is computed (:class:`LiveRun`), then the final figures, model and artifacts end it (status KILLED
+    when interrupted). The returned metrics gain ``mlflow`` (run id, experiment id, model URI) when recorded.
 
-    ``on_eval(entry)`` is called after each validation pass (Tune reports through it). ``mlflow_run_id``: a run
-    created earlier that this one completes (a sweep trial logs its history live, then its final figures here).
+    ``on_eval(entry)`` is called after each validation pass (Tune reports through it). ``mlflow_run_id``: a run the
+    caller created (a sweep trial's, a child of the sweep's run), fed the same way; a sweep ends it on failure.
     """
+    live = (LiveRun(mlflow_run_id, cfg.tracking.system_metrics) if mlflow_run_id
+            else LiveRun.start(cfg, output_dir))
 
+    def report(entry: dict) -> None:
+        if live is not None:
+            live.log(entry)
+        if on_eval is not None:
+            on_eval(entry)
+
+    run_id = live.run_id if live is not None else None
     try:
-        metrics = train(cfg, output_dir, resume=resume, quiet=quiet, on_eval=on_eval)
-    except KeyboardInterrupt:
-        log_run(cfg, output_dir, None, status="KILLED", run_id=mlflow_run_id)
+        metrics = train(cfg, output_dir, resume=resume, quiet=quiet, on_eval=report)
+    except BaseException as e:
+        if live is not None:
+            live.close()
+        if isinstance(e, KeyboardInterrupt) or mlflow_run_id is None:
+            log_run(cfg, output_dir, None, status="KILLED" if isinstance(e, KeyboardInterrupt) else "FAILED",
+                    run_id=run_id, logged_steps=frozenset(live.logged) if live else frozenset())
         raise
-    except Exception:
-        if mlflow_run_id is None:  # a sweep trial's run is ended by the sweep (it may be retried)
-            log_run(cfg, output_dir, None, status="FAILED")
-        raise
+    if live is not None:
+        live.close()
     if cfg.tracking.mlflow and not quiet:  # logging the model and overlays takes a while: say what is happening
-        from rl_agents.experiment.tracking import tracking_uri
-
         console.print(f"recording the run in MLflow ({tracking_uri()}): metrics, model, overlays ...", highlight=False)
-    log_run(cfg, output_dir, metrics, run_id=mlflow_run_id, history_logged=mlflow_run_id is not None)
-    return metrics
+    recorded = log_run(cfg, output_dir, metrics, run_id=run_id,
+                       logged_steps=frozenset(live.logged) if live else frozenset())
+    return {**metrics, **({"mlflow": recorded} if recorded else {})}

@@ -16,11 +16,14 @@ from rl_agents.experiment.checkpoint import read_checkpoint
 
 
 def load_model(checkpoint: str | Path, device: str | torch.device = "cpu") -> tuple[torch.nn.Module, TrainConfig]:
-    """Rebuild the model stored in a checkpoint (PixelDRL-MG or the U-Net baseline) with its training config.
+    """The model stored in a checkpoint (PixelDRL-MG or the U-Net baseline), in eval mode, with its training config;
+    any engine's checkpoint, read safely (:func:`rl_agents.experiment.checkpoint.read_checkpoint`)."""
+    model, cfg, _ = _read(checkpoint, device)
+    return model, cfg
 
-    Reads through :func:`rl_agents.experiment.checkpoint.read_checkpoint` (safe loading, format checked), so a
-    checkpoint from any engine (single process, Ray, supervised) loads here.
-    """
+
+def _read(checkpoint: str | Path, device) -> tuple[torch.nn.Module, TrainConfig, dict | None]:
+    """:func:`load_model`, and the checkpoint's data profile (None in files from before profiles)."""
     ckpt = read_checkpoint(checkpoint, map_location="cpu", fallback=False)
     state = ckpt.agent
     if ckpt.kind == "unet":
@@ -31,7 +34,7 @@ def load_model(checkpoint: str | Path, device: str | torch.device = "cpu") -> tu
             raise ValueError(f"{checkpoint}: {state['n_actions']} actions stored, but its config builds "
                              f"{model.n_actions}")
     model.load_state_dict(state["model"])
-    return model.to(device).eval(), ckpt.config
+    return model.to(device).eval(), ckpt.config, ckpt.profile
 
 
 @dataclass
@@ -41,6 +44,7 @@ class Loaded:
     model: torch.nn.Module
     cfg: TrainConfig
     device: torch.device
+    profile: dict | None = None  # what the training slices looked like (pixelrl_env.profile); None: older file
 
     @property
     def in_channels(self) -> int:
@@ -51,5 +55,5 @@ class Loaded:
 def load(checkpoint: str | Path | Loaded, device: str = "cpu") -> Loaded:
     if isinstance(checkpoint, Loaded):
         return checkpoint
-    model, cfg = load_model(checkpoint, device)
-    return Loaded(model, cfg, torch.device(device))
+    model, cfg, profile = _read(checkpoint, device)
+    return Loaded(model, cfg, torch.device(device), profile)

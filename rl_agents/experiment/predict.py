@@ -11,8 +11,13 @@ dimensions are checked against the model):
 * NIfTI volumes (``.nii``, ``.nii.gz``): cut into slices along the checkpoint's ``data.slice_axis``; the mask is a
   ``uint8`` volume ``<stem>_pred.nii.gz`` with the input's affine and header (so viewers overlay it on the scan).
 
-Beside each mask: ``<stem>_uncertainty`` (the policy's mean per-pixel entropy over the ``t_max`` steps, 0..1; for the
-U-Net, ``1 - |2p - 1|``), and on request a labelled overlay PNG (``--overlay``) and, for PixelDRL-MG, a GIF of the
+Every input is also compared with what the model was trained on (:mod:`pixelrl_env.profile`, stored in the
+checkpoint): one far from it (another modality, organ or preparation) is segmented anyway but flagged, on the terminal
+and in ``predictions.json`` beside the masks (one record per input: its outputs, shape, foreground and
+``unlike_training``).
+
+Beside each mask: ``<stem>_uncertainty``, the binary entropy in bits (0..1) of each pixel's probability of ending
+foreground (:mod:`rl_agents.algo.inference`; the U-Net's: of its sigmoid), and on request a labelled overlay PNG (``--overlay``) and, for PixelDRL-MG, a GIF of the
 mask over the ``t_max`` steps (``--gif``, what the paper's figures show). Each slice is prepared exactly as in
 training (channels, resize, normalisation, 2-D slices or 2.5-D neighbours from the same volume), and the mask is
 resized back to the native size.
@@ -22,6 +27,7 @@ From Python, one call on an array: :func:`segment_array`.
 
 from __future__ import annotations
 
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -33,13 +39,15 @@ from rich.progress import Progress
 from pixelrl_env.io import DataError, Sample, read_image
 from pixelrl_env.nifti import read_nifti_image, slice_axis_index
 from pixelrl_env.prepare import prepare_rows, resize_mask
+from pixelrl_env.profile import unlike
 from rl_agents.algo.inference import segment_with_steps
 from rl_agents.experiment.evaluate import predict
 from rl_agents.experiment.loaded import Loaded, load
+from rl_agents.experiment.provenance import write_json
 from rl_agents.experiment.predict_inputs import Inputs, check_channels, expand_inputs, is_nifti, preflight, stem
 from rl_agents.experiment.visualize import save_overlay, scan_frames
 
-__all__ = ["expand_inputs", "load", "predict_files", "segment_array"]
+__all__ = ["UnlikeTrainingWarning", "expand_inputs", "load", "predict_files", "segment_array"]
 
 
 def _as_slices(array: np.ndarray, slice_axis: int | None) -> np.ndarray:
@@ -63,6 +71,16 @@ def _as_slices(array: np.ndarray, slice_axis: int | None) -> np.ndarray:
                     f"got shape {a.shape}")
 
 
+class UnlikeTrainingWarning(UserWarning):
+    """An input far from what the model was trained on (:mod:`pixelrl_env.profile`): its mask may mean nothing."""
+
+
+def unlike_message(what: str, report: dict[str, Any]) -> str:
+    return (f"{what} looks unlike the model's training data (distance {report['distance']:.3f} > "
+            f"{report['threshold']:.3f}, which 99 % of validation slices stay under): another modality, organ or "
+            "preparation? Its mask may mean nothing")
+
+
 def segment_array(checkpoint: str | Path | Loaded, array: np.ndarray, device: str = "cpu",
                   batch_size: int = 16, early_exit: bool = True,
                   slice_axis: int | None = None) -> tuple[np.ndarray, np.ndarray]:
@@ -74,27 +92,41 @@ def segment_array(checkpoint: str | Path | Loaded, array: np.ndarray, device: st
     without ``slice_axis`` is refused unless its last axis is small enough to be channels: ``(N, H, W)`` and
     ``(H, W, N)`` cannot be told apart, and cutting the wrong axis segments nonsense without an error. A 2.5-D model
     takes each slice's neighbours from the array. Values as stored (uint8, uint16 or float): the checkpoint's own
-    normalisation is applied. The channels are checked against the model's first.
+    normalisation is applied. The channels are checked against the model's first; an input unlike the training data
+    (:mod:`pixelrl_env.profile`) is segmented with an :class:`UnlikeTrainingWarning`.
     """
+    masks, uncert, report = segment_checked(checkpoint, array, device, batch_size, early_exit, slice_axis)
+    if report and report["flagged"]:
+        warnings.warn(unlike_message(f"an array of shape {np.shape(array)}", report), UnlikeTrainingWarning,
+                      stacklevel=2)
+    return masks, uncert
+
+
+def segment_checked(checkpoint: str | Path | Loaded, array: np.ndarray, device: str = "cpu", batch_size: int = 16,
+                    early_exit: bool = True, slice_axis: int | None = None):
+    """:func:`segment_array`'s masks and uncertainty, and how far the input is from the training data (a dict of
+    :func:`pixelrl_env.profile.unlike`, None without a profile) instead of a warning."""
     m = load(checkpoint, device)
     slices = _as_slices(array, slice_axis)
     d = m.cfg.data
     check_channels(f"an array of shape {np.shape(array)}", slices.shape[-1], m.in_channels, d.channels, d.context)
     samples = [Sample(s, np.zeros(s.shape[:2], np.uint8), "volume", f"slice{k}") for k, s in enumerate(slices)]
-    masks, uncert = [], []
+    masks, uncert, xs = [], [], []
     for i in range(0, len(samples), batch_size):
         rows = range(i, min(i + batch_size, len(samples)))
         x = prepare_rows(samples, rows, d)
+        xs.append(x)
         mk, un = predict(m.model, m.cfg, x, m.device, early_exit=early_exit)
         for k, a, u in zip(rows, mk, un):
             h, w = slices[k].shape[:2]
             masks.append(resize_mask(a, (h, w)))
             uncert.append(_resize_float(u, (h, w)))
     masks_a, uncert_a = np.stack(masks).astype(np.uint8), np.stack(uncert).astype(np.float32)
+    report = unlike(m.profile, np.concatenate(xs))
     if slice_axis is not None:  # back into the volume's own geometry
         axis = slice_axis_index(slice_axis, "the array")
-        return np.moveaxis(masks_a, 0, axis), np.moveaxis(uncert_a, 0, axis)
-    return masks_a, uncert_a
+        return np.moveaxis(masks_a, 0, axis), np.moveaxis(uncert_a, 0, axis), report
+    return masks_a, uncert_a, report
 
 
 def _resize_float(x: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
@@ -116,8 +148,8 @@ def _save_gif(path: Path, image: np.ndarray, m: Loaded, x: np.ndarray) -> None:
     frames[0].save(path, save_all=True, append_images=frames[1:], duration=400, loop=0)
 
 
-def _save_overlay(path: Path, image: np.ndarray, mask: np.ndarray, uncert: np.ndarray) -> None:
-    save_overlay(path, _chw(image), None, mask, uncert, robust=True)
+def _save_overlay(path: Path, image: np.ndarray, mask: np.ndarray, uncert: np.ndarray, caption: str) -> None:
+    save_overlay(path, _chw(image), None, mask, uncert, robust=True, caption=caption)
 
 
 def _write_image_mask(path: Path, mask: np.ndarray, suffix: str) -> Path:
@@ -153,21 +185,23 @@ def predict_files(checkpoint: str | Path, inputs: list[str | Path], output_dir: 
                 rec = _predict_image(m, f, out, overlay, gif)
             records.append(rec)
             bar.advance(task)
+    write_json(out / "predictions.json", {"checkpoint": str(checkpoint), "profiled": m.profile is not None,
+                                          "inputs": records, "skipped": [str(p) for p in found.skipped]})
     return records, found
 
 
 def _predict_image(m: Loaded, f: Path, out: Path, overlay: bool, gif: bool) -> dict[str, Any]:
     image = read_image(f)
-    masks, uncert = segment_array(m, image, str(m.device))
+    masks, uncert, report = segment_checked(m, image, str(m.device))
     base = out / stem(f)
     mask_path = _write_image_mask(base.with_name(base.name + "_pred"), masks[0], f.suffix.lower())
     unc_path = base.with_name(base.name + "_uncertainty.png")
     Image.fromarray((uncert[0] * 255).round().astype(np.uint8)).save(unc_path)
     rec = {"input": str(f), "mask": str(mask_path), "uncertainty": str(unc_path), "shape": list(masks.shape[1:]),
-           "foreground_pixels": int(masks.sum())}
+           "foreground_pixels": int(masks.sum()), "unlike_training": report}
     if overlay:
         rec["overlay"] = str(base.with_name(base.name + "_overlay.png"))
-        _save_overlay(Path(rec["overlay"]), image, masks[0], uncert[0])
+        _save_overlay(Path(rec["overlay"]), image, masks[0], uncert[0], f.name)
     if gif:
         sample = [Sample(image, np.zeros(image.shape[:2], np.uint8), "volume", str(f))]
         rec["gif"] = str(base.with_name(base.name + "_steps.gif"))
@@ -182,7 +216,7 @@ def _read_volume(m: Loaded, f: Path):
 
 def _predict_nifti(m: Loaded, f: Path, out: Path, batch_size: int) -> dict[str, Any]:
     img, axis, data = _read_volume(m, f)
-    mask_vol, unc_vol = segment_array(m, data, str(m.device), batch_size, slice_axis=axis)
+    mask_vol, unc_vol, report = segment_checked(m, data, str(m.device), batch_size, slice_axis=axis)
     base = out / stem(f)
     header = img.header.copy()
     header.set_data_dtype(np.uint8)
@@ -199,7 +233,7 @@ def _predict_nifti(m: Loaded, f: Path, out: Path, batch_size: int) -> dict[str, 
     unc_path = base.with_name(base.name + "_uncertainty.nii.gz")
     nib.save(unc_img, str(unc_path))
     return {"input": str(f), "mask": str(mask_path), "uncertainty": str(unc_path), "shape": list(mask_vol.shape),
-            "slice_axis": axis, "foreground_voxels": int(mask_vol.sum()),
+            "slice_axis": axis, "foreground_voxels": int(mask_vol.sum()), "unlike_training": report,
             "_slices": tuple(np.moveaxis(v, axis, 0) for v in (data, mask_vol, unc_vol))}
 
 
@@ -212,7 +246,8 @@ def _volume_extras(m: Loaded, f: Path, out: Path, rec: dict, arrays: tuple, over
     rec["shown_slice"] = k
     if overlay:
         rec["overlay"] = str(base.with_name(base.name + "_overlay.png"))
-        _save_overlay(Path(rec["overlay"]), slices[k], masks[k], uncert[k])
+        _save_overlay(Path(rec["overlay"]), slices[k], masks[k], uncert[k],
+                      f"{f.name}: slice {k} of {len(slices)} along axis {rec['slice_axis']}")
     if gif:
         samples = [Sample(s[..., None], np.zeros(s.shape, np.uint8), "volume", str(j)) for j, s in enumerate(slices)]
         rec["gif"] = str(base.with_name(base.name + "_steps.gif"))

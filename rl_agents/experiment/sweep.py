@@ -61,7 +61,7 @@ from rl_agents.experiment.lifecycle import engine_name, run_training
 from rl_agents.experiment.tracking import (
     end_run,
     end_sweep_run,
-    log_step,
+    numeric,
     start_sweep_run,
     start_trial_run,
     tracking_uri,
@@ -225,12 +225,11 @@ def _trainable(config: dict[str, Any], sweep: dict[str, Any]) -> None:
     run_id = start_trial_run(sweep["experiment_id"], sweep["parent_run_id"], ctx.get_trial_id(), cfg.tracking.run_name,
                              str((sampled.get("variant") or {}).get("name", "")), cfg)
 
-    def on_eval(entry: dict) -> None:
-        nums = log_step(run_id, entry)
+    def on_eval(entry: dict) -> None:  # run_training has logged it to the trial's MLflow run
         if sweep["inject_failure"] and not (out / ".failed_once").exists():
             (out / ".failed_once").write_text("injected")  # the retry of this trial passes
             raise RuntimeError("injected failure (sweep inject_failure: true)")
-        tune.report(nums)
+        tune.report(numeric(entry))
 
     try:
         run_training(cfg, out, quiet=True, on_eval=on_eval, mlflow_run_id=run_id)

@@ -24,7 +24,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from rl_agents.config import TrainConfig, canonical_key, flatten, to_dict
+from rl_agents.config import TrainConfig, flatten, to_dict
 from rl_agents.experiment.evaluate import evaluate_checkpoint
 from rl_agents.experiment.loaded import load_model
 from rl_agents.experiment.visualize import learning_curve
@@ -111,17 +111,49 @@ def _numeric(d: dict[str, Any]) -> dict[str, float]:
 
 
 
-def log_run(cfg: TrainConfig, output_dir: str | Path, metrics: dict[str, Any] | None, status: str = "FINISHED",
-            n_overlays: int = 4, run_id: str | None = None, history_logged: bool = False) -> str | None:
-    """Record a finished (or interrupted: ``status="KILLED"``) run in MLflow; returns the run id.
+def run_tags(cfg: TrainConfig, out: Path) -> dict[str, str]:
+    return {"git_commit": git_commit(), "dataset": f"{cfg.data.format}:{cfg.data.path or 'built-in'}",
+            "preset": cfg.network.preset if cfg.model == "pixeldrl" else "unet", "model": cfg.model,
+            "output_dir": str(out.resolve())}
 
-    ``run_id``: complete a run created earlier (a Tune trial logs its params and per-step metrics live, then this
-    adds the final metrics and artifacts; ``history_logged`` skips the history it already sent).
+
+def log_params(run_id: str, cfg: TrainConfig) -> None:
+    import mlflow
+
+    _client().log_batch(run_id, params=[mlflow.entities.Param(k, str(v)[:6000])
+                                        for k, v in flatten(to_dict(cfg)).items()])
+
+
+def start_run(cfg: TrainConfig, output_dir: str | Path) -> str:
+    """A new RUNNING run for a training run about to start (params and tags logged); returns its id."""
+    logging.getLogger("mlflow.store.db.utils").setLevel(logging.WARNING)
+    out = Path(output_dir)
+    run = _client().create_run(ensure_experiment(cfg.tracking.experiment),
+                               run_name=cfg.tracking.run_name or out.name, tags=run_tags(cfg, out))
+    log_params(run.info.run_id, cfg)
+    return run.info.run_id
+
+
+def ui_address(experiment_id: str, run_id: str) -> str:
+    """Where a run opens: the tracking server's page, or ``mlflow ui``'s default address over a local store."""
+    uri = tracking_uri()
+    base = uri.rstrip("/") if uri.startswith(("http://", "https://")) else "http://127.0.0.1:5000"
+    return f"{base}/#/experiments/{experiment_id}/runs/{run_id}"
+
+
+def log_run(cfg: TrainConfig, output_dir: str | Path, metrics: dict[str, Any] | None, status: str = "FINISHED",
+            n_overlays: int = 4, run_id: str | None = None,
+            logged_steps: frozenset[int] = frozenset()) -> dict[str, str] | None:
+    """Record a finished (or interrupted: ``status="KILLED"``) run in MLflow and end it; returns ``run_id``,
+    ``experiment_id`` and, when a model was logged, ``model_uri``.
+
+    ``run_id``: complete a run created when training started (:class:`rl_agents.experiment.live.LiveRun` logged its
+    params and each validation pass live; ``logged_steps``, the updates it logged, are not sent again).
     """
     if not cfg.tracking.mlflow:
         return None
     try:
-        return _log_run(cfg, Path(output_dir), metrics, status, n_overlays, run_id, history_logged)
+        return _log_run(cfg, Path(output_dir), metrics, status, n_overlays, run_id, logged_steps)
     except Exception as e:  # noqa: BLE001 - a tracking failure must not cost the user the trained model
         log.warning("MLflow tracking failed (%s: %s); the run's files in %s are intact", type(e).__name__, e,
                     output_dir)
@@ -129,7 +161,7 @@ def log_run(cfg: TrainConfig, output_dir: str | Path, metrics: dict[str, Any] | 
 
 
 def _log_run(cfg: TrainConfig, out: Path, metrics: dict | None, status: str, n_overlays: int, run_id: str | None,
-             history_logged: bool) -> str:
+             logged_steps: frozenset[int]) -> dict[str, str]:
     import mlflow
 
     # "Creating initial MLflow database tables..." at every new store: MLflow's housekeeping, not the user's business
@@ -140,9 +172,6 @@ def _log_run(cfg: TrainConfig, out: Path, metrics: dict | None, status: str, n_o
     # their own, different store ("experiment id 1 does not exist")
     experiment_id = ensure_experiment(cfg.tracking.experiment) if run_id is None else None
     params = {k: str(v) for k, v in flatten(to_dict(cfg)).items()}
-    tags = {"git_commit": git_commit(), "dataset": f"{cfg.data.format}:{cfg.data.path or 'built-in'}",
-            "preset": cfg.network.preset if cfg.model == "pixeldrl" else "unet", "model": cfg.model,
-            "output_dir": str(out.resolve())}
     nested = mlflow.active_run() is not None
     if run_id is not None:
         run = mlflow.start_run(run_id=run_id)
@@ -151,9 +180,9 @@ def _log_run(cfg: TrainConfig, out: Path, metrics: dict | None, status: str, n_o
     try:
         if run_id is None:
             mlflow.log_params(params)
-        mlflow.set_tags(tags)
+        mlflow.set_tags(run_tags(cfg, out))
         log_dataset(cfg)
-        for h in [] if history_logged else (metrics or {}).get("history", []):
+        for h in [h for h in (metrics or {}).get("history", []) if int(h["update"]) not in logged_steps]:
             mlflow.log_metrics(_numeric({k: v for k, v in h.items() if k != "update"}), step=int(h["update"]))
         if metrics:
             # at the last step, logged after the history: MLflow's "latest" value (what `compare` and the UI show)
@@ -165,9 +194,10 @@ def _log_run(cfg: TrainConfig, out: Path, metrics: dict | None, status: str, n_o
             if (out / name).exists():
                 mlflow.log_artifact(str(out / name))
         best = out / "checkpoints" / "best.pt"
+        model_uri = None
         if best.exists():
             mlflow.log_artifact(str(best), artifact_path="checkpoints")
-            _log_model_and_overlays(best, n_overlays)
+            model_uri = _log_model_and_overlays(best, n_overlays)
         if (out / "learning_curve.png").exists():  # written by every finished run
             mlflow.log_artifact(str(out / "learning_curve.png"))
         else:  # an interrupted run: drawn from what it reached
@@ -179,10 +209,11 @@ def _log_run(cfg: TrainConfig, out: Path, metrics: dict | None, status: str, n_o
         mlflow.end_run(status="FAILED")
         raise
     mlflow.end_run(status=status)
-    return run.info.run_id
+    return {"run_id": run.info.run_id, "experiment_id": run.info.experiment_id,
+            **({"model_uri": model_uri} if model_uri else {})}
 
 
-def _log_model_and_overlays(best: Path, n_overlays: int) -> None:
+def _log_model_and_overlays(best: Path, n_overlays: int) -> str:
     import mlflow
     import mlflow.pytorch
 
@@ -202,8 +233,10 @@ def _log_model_and_overlays(best: Path, n_overlays: int) -> None:
     with torch.no_grad():
         output = model(torch.from_numpy(example)).numpy()
     # requirements stated, not inferred: inference warns (twice) about torch's "+cpu" local version label
-    mlflow.pytorch.log_model(model, name="model", input_example=example, signature=infer_signature(example, output),
-                             pip_requirements=[f"torch=={torch.__version__.split('+')[0]}"])
+    info = mlflow.pytorch.log_model(model, name="model", input_example=example,
+                                    signature=infer_signature(example, output),
+                                    pip_requirements=[f"torch=={torch.__version__.split('+')[0]}"],
+                                    metadata=model_input(cfg, in_ch))
     if n_overlays > 0:
         with tempfile.TemporaryDirectory() as tmp:
             evaluate_checkpoint(best, split="val", overlays=Path(tmp) / "overlays", max_overlays=n_overlays,
@@ -211,6 +244,16 @@ def _log_model_and_overlays(best: Path, n_overlays: int) -> None:
             if (Path(tmp) / "overlays").exists():
                 mlflow.log_artifacts(str(Path(tmp) / "overlays"), artifact_path="overlays")
             mlflow.log_artifact(str(Path(tmp) / "eval_val.json"))
+    return info.model_uri
+
+
+def model_input(cfg: TrainConfig, in_channels: int) -> dict[str, Any]:
+    """What the logged model takes, stated in its metadata (the signature gives shapes, not their meaning)."""
+    d = cfg.data
+    return {"input_channels": in_channels, "image_size": d.size,
+            "input": f"float32 (batch, {in_channels}, {d.size or 'H'}, {d.size or 'W'}), each image prepared as in "
+                     f"training: data.channels {d.channels}, normalize {d.normalize}, context {d.context}",
+            "output": "uint8 masks (batch, H, W)" if cfg.model == "pixeldrl" else "foreground logits (batch, 1, H, W)"}
 
 
 # Sweeps: a parent run per sweep, one child run per trial attempt, history logged live as Tune reports arrive.
@@ -242,8 +285,6 @@ def start_trial_run(experiment_id: str, parent_run_id: str, trial_id: str, name:
     A trial runs again after a failure (FailureConfig) or when a resumed sweep restarts it: each attempt is its own
     run, and "the trial's run" is the one without ``superseded_by``.
     """
-    import mlflow
-
     client = _client()
     earlier = client.search_runs([experiment_id], f"tags.mlflow.parentRunId = '{parent_run_id}'"
                                  f" and tags.trial_id = '{trial_id}'")
@@ -254,8 +295,13 @@ def start_trial_run(experiment_id: str, parent_run_id: str, trial_id: str, name:
     for r in earlier:
         if "superseded_by" not in r.data.tags:
             client.set_tag(r.info.run_id, "superseded_by", run_id)
-    client.log_batch(run_id, params=[mlflow.entities.Param(k, str(v)[:6000]) for k, v in flatten(to_dict(cfg)).items()])
+    log_params(run_id, cfg)
     return run_id
+
+
+def numeric(entry: dict[str, Any]) -> dict[str, float]:
+    """The numbers of a history entry (what Tune and MLflow receive)."""
+    return _numeric(entry)
 
 
 def log_step(run_id: str, entry: dict[str, Any]) -> dict[str, float]:
@@ -297,45 +343,25 @@ def end_sweep_run(experiment_id: str, parent_run_id: str, best_metrics: dict[str
     client.set_terminated(parent_run_id, "FAILED" if failed else "KILLED" if interrupted else "FINISHED")
 
 
-def _canonical_params(df):
-    """Runs logged before the config had sections hold flat params (``params.t_max``): their values join today's
-    columns (``params.pa3c.t_max``), so that old and new runs compare on one column."""
-    for col in [c for c in df.columns if c.startswith("params.")]:
-        key = col[len("params."):]
-        new = f"params.{canonical_key(key)}"
-        if new != col:
-            df[new] = df[new].where(df[new].notna(), df[col]) if new in df.columns else df[col]
-            df = df.drop(columns=[col])
-    return df
-
-
-def compare(experiment: str = "pixeldrl", metric: str = "val/dice", max_runs: int = 50) -> tuple[list[str], list[list]]:
-    """Runs of ``experiment`` best first by ``metric``: the params that differ between them, and key metrics.
-
-    Training runs and sweep trials only: a sweep's parent run (its params describe the sweep, not a config) and
-    trial attempts superseded by a retry are left out, so that every param shown really varies between configs.
-    """
+def search_runs(experiment: str, metric: str, max_runs: int):
+    """The experiment's runs as MLflow's data frame, best ``metric`` first (``pixeldrl compare`` shapes it)."""
     import mlflow
 
     mlflow.set_tracking_uri(tracking_uri())
     if mlflow.get_experiment_by_name(experiment) is None:
         raise ValueError(f"no MLflow experiment named {experiment!r} at {tracking_uri()}")
-    df = mlflow.search_runs(experiment_names=[experiment], max_results=max_runs,
-                            order_by=[f"metrics.`{metric}` DESC"])
-    for tag in ("tags.sweep_file", "tags.superseded_by"):
-        if tag in df.columns:
-            df = df[df[tag].isna()]
-    if df.empty:
-        return [], []
-    df = _canonical_params(df)
-    pcols = sorted(c for c in df.columns if c.startswith("params.") and c != "params.tracking.run_name"
-                   and df[c].astype(str).nunique(dropna=False) > 1)  # sorted: MLflow's column order varies
-    mcols = [f"metrics.{m}" for m in dict.fromkeys([metric, "val/dice", "val/biou", "val/hd95", "params",
-                                                    "wall_time_s"]) if f"metrics.{m}" in df.columns]
-    header = ["run", "status", *[c[len("params."):] for c in pcols], *[c[len("metrics."):] for c in mcols]]
-    rows = []
-    for _, r in df.iterrows():
-        rows.append([r.get("tags.mlflow.runName", r["run_id"][:8]), r["status"], *[str(r[c]) for c in pcols],
-                     *[r[c] for c in mcols]])
-    return header, rows
+    return mlflow.search_runs(experiment_names=[experiment], max_results=max_runs,
+                              order_by=[f"metrics.`{metric}` DESC"])
 
+
+def system_metrics_monitor(run_id: str):
+    """MLflow's sampler of CPU, memory, disk and GPU use for ``run_id``, started (a thread; ``finish()`` stops it), or
+    None where psutil is missing."""
+    try:
+        from mlflow.system_metrics.system_metrics_monitor import SystemMetricsMonitor
+    except ImportError as e:  # psutil: a dependency, but a run must not need it
+        log.warning("MLflow system metrics are off: %s", e)
+        return None
+    monitor = SystemMetricsMonitor(run_id, tracking_uri=tracking_uri())
+    monitor.start()
+    return monitor

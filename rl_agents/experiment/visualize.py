@@ -9,10 +9,12 @@ import matplotlib.pyplot as plt
 import numpy as np
 from PIL import Image, ImageDraw
 
-PANEL_TITLES = ("image", "truth (green)", "truth + prediction (red; yellow = both)", "uncertainty (0 black - 1 white)")
-PREDICTION_TITLES = ("image", "prediction (red)", "uncertainty (0 black - 1 white)")
-MIN_PANEL = 192  # small working resolutions (32-128 px) are upscaled so that a person can see the masks
-TITLE_PX = 16
+UNCERTAINTY_TITLE = "uncertainty, bits (bar: black 0 - red - yellow - white 1)"
+PANEL_TITLES = ("image", "truth (green)", "truth + prediction (red; yellow = both)", UNCERTAINTY_TITLE)
+PREDICTION_TITLES = ("image", "prediction (red)", UNCERTAINTY_TITLE)
+MIN_PANEL = 256  # small working resolutions (32-128 px) are upscaled so that a person can see the masks
+LINE_PX = 12  # Pillow's default font: 11 px a line
+BAR_PX = 44  # the colour bar beside the uncertainty panel, with its 0 / 0.5 / 1 labels
 
 
 def grey(x: np.ndarray, robust: bool = False) -> np.ndarray:
@@ -37,19 +39,51 @@ def tint(rgb: np.ndarray, mask: np.ndarray) -> np.ndarray:
     return out
 
 
-def titled(path: str | Path, panels: list[np.ndarray], titles: list[str], min_panel: int = 0) -> Path:
+def _wrap(draw: ImageDraw.ImageDraw, text: str, width: float) -> list[str]:
+    """``text`` in lines no wider than ``width`` px (a word longer than that gets a line of its own)."""
+    lines: list[str] = []
+    for word in text.split():
+        if lines and draw.textlength(f"{lines[-1]} {word}") <= width:
+            lines[-1] = f"{lines[-1]} {word}"
+        else:
+            lines.append(word)
+    return lines or [""]
+
+
+def _colour_bar(canvas: Image.Image, top: int, draw: ImageDraw.ImageDraw) -> None:
+    """:func:`heat`'s palette as a vertical bar at the right edge, 1 at the top, labelled 1, 0.5 and 0."""
+    x0, h = canvas.width - BAR_PX, canvas.height - top
+    ramp = heat(np.linspace(1.0, 0.0, h)[:, None].repeat(12, axis=1))
+    canvas.paste(Image.fromarray(ramp), (x0 + 4, top))
+    for value, y in ((1.0, top), (0.5, top + h // 2 - LINE_PX // 2), (0.0, canvas.height - LINE_PX)):
+        draw.text((x0 + 19, y), f"{value:g}", fill=(255, 255, 255))
+
+
+def titled(path: str | Path, panels: list[np.ndarray], titles: list[str], min_panel: int = 0,
+           caption: str | None = None, colour_bar: bool = False) -> Path:
     """Equal-sized ``(H, W, 3)`` panels side by side as one PNG, each upscaled (nearest, so masks stay crisp) to at
-    least ``min_panel`` px and titled above."""
+    least ``min_panel`` px, titled above (wrapped to the panel's width, so that no title is cut), under an optional
+    ``caption`` line (which slice of what), with an optional colour bar of the last panel's palette at the right."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     h, w = panels[0].shape[:2]
     scale = max(1, -(-min_panel // min(h, w)))
-    big = Image.fromarray(np.concatenate(panels, axis=1)).resize((len(panels) * w * scale, h * scale), Image.NEAREST)
-    canvas = Image.new("RGB", (big.width, big.height + TITLE_PX), (0, 0, 0))
-    canvas.paste(big, (0, TITLE_PX))
+    pw = w * scale
+    big = Image.fromarray(np.concatenate(panels, axis=1)).resize((len(panels) * pw, h * scale), Image.NEAREST)
+    draw = ImageDraw.Draw(Image.new("RGB", (1, 1)))
+    wrapped = [_wrap(draw, t, pw - 6) for t in titles]
+    cap_lines = _wrap(draw, caption, big.width - 6) if caption else []
+    head = LINE_PX * (len(cap_lines) + max(len(t) for t in wrapped)) + 4
+    canvas = Image.new("RGB", (big.width + (BAR_PX if colour_bar else 0), big.height + head), (0, 0, 0))
+    canvas.paste(big, (0, head))
     draw = ImageDraw.Draw(canvas)
-    for k, title in enumerate(titles):
-        draw.text((k * w * scale + 3, 2), title, fill=(255, 255, 255))
+    for i, line in enumerate(cap_lines):
+        draw.text((3, 2 + i * LINE_PX), line, fill=(255, 255, 0))
+    for k, lines in enumerate(wrapped):
+        for i, line in enumerate(lines):
+            draw.text((k * pw + 3, 2 + (len(cap_lines) + i) * LINE_PX), line, fill=(255, 255, 255))
+    if colour_bar:
+        _colour_bar(canvas, head, draw)
     canvas.save(path)
     return path
 
@@ -75,13 +109,16 @@ def overlay_panels(image: np.ndarray, truth: np.ndarray | None, pred: np.ndarray
     return [rgb, gt_only, both, heat(uncertainty)]
 
 
-def save_overlay(path: str | Path, image, truth, pred, uncertainty, robust: bool = False) -> Path:
-    """:func:`overlay_panels` as a PNG, each panel upscaled to at least ``MIN_PANEL`` px and titled above; the centre
-    slice of a 2.5-D input is the one shown. ``truth`` None: the mask-free mode."""
+def save_overlay(path: str | Path, image, truth, pred, uncertainty, robust: bool = False,
+                 caption: str | None = None) -> Path:
+    """:func:`overlay_panels` as a PNG, each panel upscaled to at least ``MIN_PANEL`` px and titled above, the
+    uncertainty's colour bar at the right, ``caption`` (which slice of which scan) on top; the centre slice of a 2.5-D
+    input is the one shown. ``truth`` None: the mask-free mode."""
     if image.ndim == 3 and image.shape[0] > 1 and image.shape[0] % 2 == 1:
         image = image[image.shape[0] // 2 : image.shape[0] // 2 + 1]  # a 2.5-D stack: the slice segmented
     titles = list(PANEL_TITLES) if truth is not None else list(PREDICTION_TITLES)
-    return titled(path, overlay_panels(image, truth, pred, uncertainty, robust), titles, MIN_PANEL)
+    return titled(path, overlay_panels(image, truth, pred, uncertainty, robust), titles, MIN_PANEL, caption,
+                  colour_bar=True)
 
 
 def scan_frames(image: np.ndarray, masks: np.ndarray) -> list[Image.Image]:

@@ -16,7 +16,7 @@ from rl_agents.config.reference import check, field_docs, render
 from rl_agents.config.sections import PA3CConfig, TrainConfig
 from rl_agents.experiment.loaded import load_model
 from rl_agents.experiment.sweep import trial_config
-from rl_agents.experiment.tracking import _canonical_params
+from rl_agents.experiment.compare import _canonical_params
 
 ROOT = Path(__file__).resolve().parents[2]
 

@@ -96,8 +96,8 @@ def test_export_refuses_an_unknown_format_and_a_missing_checkpoint(tmp_path: Pat
 def test_early_exit_gives_exactly_the_masks_of_all_t_max_steps(pa3c_ckpt: Path, images):
     model, cfg = load_model(pa3c_ckpt)
     t_long = 10  # more steps than trained, so that most images reach their fixed point early
-    full_m, full_u, full_steps, _ = segment_with_steps(model, images, t_long, early_exit=False)
-    m, u, steps, _ = segment_with_steps(model, images, t_long, batch_size=2)  # odd last batch on purpose
+    full_m, full_u, full_steps, *_ = segment_with_steps(model, images, t_long, early_exit=False)
+    m, u, steps, *_ = segment_with_steps(model, images, t_long, batch_size=2)  # odd last batch on purpose
     np.testing.assert_array_equal(m, full_m)
     np.testing.assert_allclose(u, full_u, atol=1e-6)
     assert (full_steps == t_long).all() and (steps >= 1).all() and steps.max() <= t_long

@@ -3,6 +3,7 @@ geometry, the same masks as the evaluation pipeline, and clear errors for what i
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import nibabel as nib
@@ -11,15 +12,17 @@ import pytest
 from PIL import Image
 
 from pixelrl_env.prepare import prepare_image, resize_mask
+from pixelrl_env.synthetic import synthetic_slice
 from pixelrl_env.io import DataError
 from rl_agents.cli import main
 from rl_agents.experiment.evaluate import predict
 from rl_agents.experiment.loaded import load_model
-from rl_agents.experiment.predict import expand_inputs, load, predict_files, segment_array
-from rl_agents.experiment.visualize import MIN_PANEL, TITLE_PX
-from tests.conftest import AFFINE, TINY_T_MAX, train_tiny, write_lgg_layout, write_nifti_layout
+from rl_agents.experiment.predict import UnlikeTrainingWarning, expand_inputs, load, predict_files, segment_array
+from rl_agents.experiment.visualize import BAR_PX, MIN_PANEL, heat
+from tests.conftest import AFFINE, TINY_T_MAX, photo, speckle, train_tiny, write_lgg_layout, write_nifti_layout
 
 T_MAX = TINY_T_MAX
+ROOT = Path(__file__).resolve().parents[3]
 
 
 @pytest.fixture(scope="module")
@@ -56,7 +59,11 @@ def test_images_and_folders_get_native_size_masks_equal_to_the_evaluation_pipeli
         unc = np.asarray(Image.open(out / f"{stem}_uncertainty.png"))
         assert unc.shape == a.shape[:2]
         k = -(-MIN_PANEL // min(a.shape[:2]))  # small images are upscaled to at least MIN_PANEL px a panel
-        assert Image.open(out / f"{stem}_overlay.png").size == (3 * a.shape[1] * k, a.shape[0] * k + TITLE_PX)
+        shown = np.asarray(Image.open(out / f"{stem}_overlay.png").convert("RGB"))
+        assert shown.shape[1] == 3 * a.shape[1] * k + BAR_PX and a.shape[0] * k >= MIN_PANEL
+        head = shown.shape[0] - a.shape[0] * k  # caption and titles, wrapped to fit above their panels
+        bar = shown[head:, -BAR_PX + 4 : -BAR_PX + 16].astype(int)  # the colour bar: heat(1) on top, heat(0) below
+        assert (np.abs(bar[0] - heat(np.array([1.0]))[0]) <= 2).all() and (np.abs(bar[-1] - heat(np.array([0.0]))[0]) <= 2).all()
         gif = Image.open(out / f"{stem}_steps.gif")
         assert gif.n_frames == T_MAX + 1  # the start and each step
         gif.seek(T_MAX)
@@ -145,3 +152,25 @@ def test_an_input_the_model_cannot_take_is_refused_in_one_line_before_anything_i
     assert not out.exists()  # refused before the first (good) image was segmented
     with pytest.raises(DataError, match=r"an array of shape \(24, 24\) has 1 channel\(s\); this model takes 3"):
         segment_array(synth_ckpt, np.zeros((24, 24), np.uint8))
+
+
+def test_an_input_unlike_the_training_data_is_flagged(synth_ckpt: Path, tmp_path: Path, capsys):
+    src = tmp_path / "in"
+    src.mkdir()
+    Image.fromarray(synthetic_slice(99, 0, 2, 4, 32)[0]).save(src / "a_like_training.png")  # an unseen patient
+    Image.fromarray(photo(np.random.default_rng(0))).save(src / "b_photo.png")  # a colour endoscopy-like scene
+    out = tmp_path / "out"
+    assert main(["predict", "--checkpoint", str(synth_ckpt), str(src), "--output-dir", str(out), "--quiet"]) == 0
+    captured = capsys.readouterr()
+    assert "warning: " + str(src / "b_photo.png") + " looks unlike the model's training data" in captured.err
+    assert "a_like_training" not in captured.err and "1 flagged as unlike the training data" in captured.out
+    recs = {Path(r["input"]).name: r for r in json.loads((out / "predictions.json").read_text())["inputs"]}
+    assert recs["b_photo.png"]["unlike_training"]["flagged"] is True
+    assert recs["a_like_training.png"]["unlike_training"]["flagged"] is False
+    with pytest.warns(UnlikeTrainingWarning, match=r"an array of shape \(48, 48, 3\) looks unlike"):
+        segment_array(synth_ckpt, speckle(np.random.default_rng(1)))
+    # a checkpoint written before profiles segments as before, and says that nothing was checked
+    old = ROOT / "tests" / "fixtures" / "before_sections_best.pt"
+    assert main(["predict", "--checkpoint", str(old), str(src / "b_photo.png"), "--output-dir", str(tmp_path / "o2"),
+                 "--quiet"]) == 0
+    assert "holds no data profile" in capsys.readouterr().err

@@ -22,7 +22,7 @@ from rl_agents.cli import main
 from rl_agents.config import PAPER_STEP, load_config
 from rl_agents.engines.rllib.engine import rllib_bundles
 from rl_agents.experiment.sweep import load_sweep, run_sweep, trial_config
-from rl_agents.experiment.tracking import compare
+from rl_agents.experiment.compare import compare
 
 ROOT = Path(__file__).resolve().parents[3]
 

@@ -19,7 +19,9 @@ from mlflow.tracking import MlflowClient
 from rl_agents.algo.inference import GreedySegmenter
 from rl_agents.cli import main
 from rl_agents.cli.common import cell as _cell
+from rl_agents.config import load_config
 from rl_agents.experiment import tracking
+from rl_agents.experiment.lifecycle import run_training
 from rl_agents.experiment.loaded import load_model
 from rl_agents.experiment.sweep import trial_run_name
 
@@ -85,7 +87,12 @@ def test_training_runs_are_tracked_and_compared(tmp_path: Path, capsys):
     got = mlflow_pytorch.load_model(uri)(torch.from_numpy(x))
     np.testing.assert_array_equal(np.asarray(got), want)
     assert np.asarray(mlflow_pyfunc.load_model(uri).predict(x)).shape == want.shape
-    capsys.readouterr()
+    info = mlflow.models.get_model_info(uri)  # what the model takes, stated beside its signature
+    assert info.metadata["input_channels"] == net.in_channels and info.metadata["image_size"] == 32
+    printed = capsys.readouterr().out  # the end of the run says where it is
+    assert f"MLflow run {run.info.run_id}: open http://127.0.0.1:5000/#/experiments/{run.info.experiment_id}/runs/" \
+           f"{run.info.run_id} after `mlflow ui --backend-store-uri {mlflow.get_tracking_uri()}`" in printed
+    assert f"model: {uri}" in printed
     assert main(["compare", "--experiment", "test-tracking"]) == 0
     out = capsys.readouterr().out
     assert "lr-1e-3" in out and "lr-5e-4" in out and "lr" in out and "val/dice" in out
@@ -106,6 +113,44 @@ def test_cells_and_trial_names_are_readable():
 def test_compare_names_a_missing_experiment(capsys):
     assert main(["compare", "--experiment", "no-such-experiment"]) == 2
     assert "no MLflow experiment named 'no-such-experiment'" in capsys.readouterr().err
+
+
+def test_compare_reads_a_store_it_is_given_and_never_creates_one(tmp_path: Path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)  # another folder than the one trained in: no mlflow.db here
+    monkeypatch.delenv("MLFLOW_TRACKING_URI")
+    assert main(["compare", "--experiment", "pixeldrl"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.endswith("pass --tracking-uri (or set MLFLOW_TRACKING_URI)") and len(err.splitlines()) == 1
+    assert f"no MLflow store at {tmp_path / 'mlflow.db'}" in err
+    assert not (tmp_path / "mlflow.db").exists()
+    assert main(["compare", "--tracking-uri", f"sqlite:///{tmp_path / 'other.db'}"]) == 2
+    assert not (tmp_path / "other.db").exists()
+
+
+def test_a_run_is_live_in_mlflow_while_it_trains(tmp_path: Path, monkeypatch):
+    """Read from the store at the second validation pass (an event of the run, not a timer): the run is RUNNING and
+    holds exactly the passes made so far; at the end its duration covers the training, with system metrics."""
+    monkeypatch.setenv("MLFLOW_SYSTEM_METRICS_SAMPLING_INTERVAL", "0.2")
+    cfg = load_config(SMOKE, ["num_workers=0", "budget.epochs=1000", "budget.max_updates=30", "eval.every=10",
+                              "tracking.experiment=test-live", "tracking.run_name=live"])
+    client, seen = MlflowClient(mlflow.get_tracking_uri()), []
+
+    def at_eval(entry: dict) -> None:
+        seen.append(int(entry["update"]))
+        if len(seen) == 2:
+            (run,) = mlflow.search_runs(experiment_names=["test-live"], output_format="list")
+            steps = [m.step for m in client.get_metric_history(run.info.run_id, "val/dice")]
+            seen.append((run.info.status, steps, run.data.params["optim.lr"]))
+
+    metrics = run_training(cfg, tmp_path / "run", quiet=True, on_eval=at_eval)
+    status, steps, lr = seen[2]
+    assert status == "RUNNING" and steps == seen[:2] == [10, 20] and lr == str(cfg.optim.lr)
+    run = client.get_run(metrics["mlflow"]["run_id"])
+    assert run.info.status == "FINISHED"
+    assert (run.info.end_time - run.info.start_time) / 1000 >= metrics["wall_time_s"]
+    # each pass sent once (live, not again at the end), then the final figure (best checkpoint) at the last step
+    assert [m.step for m in client.get_metric_history(run.info.run_id, "val/dice")] == [10, 20, 30, 30]
+    assert any(k.startswith("system/cpu_utilization") for k in run.data.metrics), sorted(run.data.metrics)
 
 
 def _unused_port() -> int:
