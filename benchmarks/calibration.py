@@ -56,7 +56,7 @@ def fold_pixels(trial, batch: int = 32) -> dict[str, np.ndarray]:
     samples = list(iter_samples(m.cfg.data))
     val = config_split([s.group for s in samples], m.cfg.data)[1]
     rows = [i for i, s in enumerate(samples) if s.group in val]
-    probs, masks, truths, old = [], [], [], []
+    probs, masks, truths, old, has_fg = [], [], [], [], []
     for i in range(0, len(rows), batch):
         chunk = rows[i : i + batch]
         x = prepare_rows(samples, chunk, m.cfg.data)
@@ -64,9 +64,11 @@ def fold_pixels(trial, batch: int = 32) -> dict[str, np.ndarray]:
         probs.append(prob)
         masks.append(mask)
         truths.append(np.stack([working_mask(samples[j].mask, m.cfg.data) for j in chunk]))
+        has_fg.append(np.repeat([samples[j].mask.any() for j in chunk], truths[-1][0].size))
         if not getattr(m.model, "is_unet", False):
             old.append(policy_entropy_map(m.model, x, m.cfg.pa3c.t_max))
-    out = {"prob": np.concatenate(probs).ravel(), "mask": np.concatenate(masks).ravel().astype(bool), "truth": np.concatenate(truths).ravel().astype(bool),
+    out = {"prob": np.concatenate(probs).ravel(), "mask": np.concatenate(masks).ravel().astype(bool),
+           "has_fg": np.concatenate(has_fg), "truth": np.concatenate(truths).ravel().astype(bool),
            "patients": np.array(sorted(val)), "slices": np.array(len(rows))}
     if old:
         out["old_map"] = np.concatenate(old).ravel()
@@ -87,24 +89,28 @@ def scores(prob: np.ndarray, mask: np.ndarray, truth: np.ndarray, old_map: np.nd
 
 
 def plot(results: dict, path: str) -> None:
+    """Reliability diagrams and error-vs-uncertainty curves, all slices (solid) and slices with foreground (dashed)."""
     matplotlib.use("Agg")
-    fig, ax = plt.subplots(1, 2, figsize=(9, 3.6))
+    fig, ax = plt.subplots(1, 2, figsize=(10, 3.8))
     ax[0].plot([0, 1], [0, 1], "k:", lw=1)
-    for name, r in results.items():
-        pts = [(b["mean_prob"], b["foreground_rate"]) for b in r["reliability"] if b["count"]]
-        ax[0].plot(*zip(*pts), "o-", ms=3, label=f"{name} (ECE {r['ece']:.4f})")
-        curve = r["errors_in_top"]
-        ax[1].plot([c["top_fraction"] for c in curve], [c["share_of_errors"] for c in curve], "o-", ms=3, label=name)
-        if "old_map" in r:
-            old = r["old_map"]["errors_in_top"]
-            ax[1].plot([c["top_fraction"] for c in old], [c["share_of_errors"] for c in old], "o--", ms=3,
-                       label=f"{name}, map before issue 25")
+    for colour, (name, model) in zip(("tab:blue", "tab:orange"), results.items()):
+        for subset, style in (("all_slices", "-"), ("foreground_slices", "--")):
+            r = model[subset]
+            pts = [(b["mean_prob"], b["foreground_rate"]) for b in r["reliability"] if b["count"]]
+            ax[0].plot(*zip(*pts), "o" + style, ms=3, color=colour, label=f"{name}, {subset} (ECE {r['ece']:.4f})")
+            curve = r["errors_in_top"]
+            ax[1].plot([c["top_fraction"] for c in curve], [c["share_of_errors"] for c in curve], "o" + style,
+                       ms=3, color=colour, label=f"{name}, {subset}")
+            if "old_map" in r and subset == "all_slices":
+                old = r["old_map"]["errors_in_top"]
+                ax[1].plot([c["top_fraction"] for c in old], [c["share_of_errors"] for c in old], "x:", ms=4,
+                           color="tab:grey", label=f"{name}, map before issue 25")
     ax[0].set(xlabel="predicted probability of foreground", ylabel="observed foreground rate",
               title="reliability (validation pixels)")
     ax[1].set(xscale="log", xlabel="most uncertain share of pixels", ylabel="share of all errors",
               title="errors found by the uncertainty map")
     for a in ax:
-        a.legend(fontsize=7)
+        a.legend(fontsize=6)
     fig.tight_layout()
     fig.savefig(path, dpi=100)
     plt.close(fig)
@@ -126,15 +132,21 @@ def main(argv: list[str] | None = None) -> None:
            "split": "val", "resolution": "the trained size (data.size)", "models": {}}
     for variant in (args.a, args.b):
         parts = [fold_pixels(next(t for t in trials if t.variant == variant and t.fold == f)) for f in folds]
-        pooled = {k: np.concatenate([q[k] for q in parts]) for k in ("prob", "mask", "truth")}
-        old = np.concatenate([q["old_map"] for q in parts]) if "old_map" in parts[0] else None
-        r = scores(pooled["prob"], pooled["mask"], pooled["truth"], old)
-        r["slices"] = int(sum(int(q["slices"]) for q in parts))
-        r["patients"] = int(sum(len(q["patients"]) for q in parts))
-        rec["models"][variant] = r
-        print(f"{variant:8s} ECE {r['ece']:.4f}  Brier {r['brier']:.4f}  error AUROC {r['error_auroc']:.3f}"
-              + (f" (map before issue 25: {r['old_map']['error_auroc']:.3f})" if "old_map" in r else "")
-              + f"  errors in the top 5 %: {r['errors_in_top'][1]['share_of_errors']:.2f}", flush=True)
+        pooled = {k: np.concatenate([q[k] for q in parts]) for k in ("prob", "mask", "truth", "has_fg")}
+        if "old_map" in parts[0]:
+            pooled["old_map"] = np.concatenate([q["old_map"] for q in parts])
+        rec["models"][variant] = r = {"slices": int(sum(int(q["slices"]) for q in parts)),
+                                      "patients": int(sum(len(q["patients"]) for q in parts))}
+        # every slice of the validation patients (what a user's volume holds), and the slices with foreground only
+        # (the training protocol, drop_empty): models trained without empty slices mark some on them
+        for subset, sel in (("all_slices", slice(None)), ("foreground_slices", pooled["has_fg"])):
+            r[subset] = scores(*(pooled[k][sel] for k in ("prob", "mask", "truth")),
+                               pooled["old_map"][sel] if "old_map" in pooled else None)
+            q = r[subset]
+            print(f"{variant:8s} {subset:17s} ECE {q['ece']:.4f}  Brier {q['brier']:.4f}  error AUROC "
+                  f"{q['error_auroc']:.3f}" + (f" (map before issue 25: {q['old_map']['error_auroc']:.3f})"
+                                               if "old_map" in q else "")
+                  + f"  errors in the top 5 %: {q['errors_in_top'][1]['share_of_errors']:.2f}", flush=True)
         write_json(args.json, rec)
     if args.plot:
         plot(rec["models"], args.plot)

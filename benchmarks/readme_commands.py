@@ -27,6 +27,7 @@ value (``subs``) is listed in the JSON beside the command as written.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import re
@@ -186,28 +187,42 @@ def _run_python(code: str, cwd: Path, env: dict, step: Step, log: Path) -> dict:
             "output_tail": _tail(r.stdout + r.stderr)}
 
 
-def _serve(cmd: str, cwd: Path, env: dict, log: Path) -> dict:
-    """Start the server, fetch its page from 127.0.0.1:5000 until it answers (<= 120 s), stop it."""
+_BACKGROUND: list[subprocess.Popen] = []  # servers a README block leaves running for the commands after it
+
+
+def _serve(cmd: str, cwd: Path, env: dict, log: Path, url: str, keep: bool) -> dict:
+    """Start the server, fetch ``url`` until it answers (<= 120 s); stop it, or with ``keep`` leave it running for
+    the next commands (:func:`_stop_background`)."""
     t0 = time.time()
     with open(log, "wb") as out:
         proc = subprocess.Popen(["bash", "-c", cmd], cwd=cwd, env=env, stdout=out, stderr=subprocess.STDOUT,
                                 stdin=subprocess.DEVNULL, start_new_session=True)
-        status, ready = None, None
-        while time.time() - t0 < 120 and proc.poll() is None:
-            try:
-                with urllib.request.urlopen("http://127.0.0.1:5000/", timeout=5) as r:
-                    status, ready = r.status, round(time.time() - t0, 1)
-                    break
-            except OSError:
-                time.sleep(1)
-        os.killpg(proc.pid, signal.SIGTERM)
+    status, ready = None, None
+    while time.time() - t0 < 120 and proc.poll() is None:
+        try:
+            with urllib.request.urlopen(url or "http://127.0.0.1:5000/", timeout=5) as r:
+                status, ready = r.status, round(time.time() - t0, 1)
+                break
+        except OSError:
+            time.sleep(1)
+    _BACKGROUND.append(proc)
+    if not keep or status != 200:
+        _stop_background()
+    return {"rc": 0 if status == 200 else 1, "wall_s": round(time.time() - t0, 1), "stopped_by_ctrl_c": False,
+            "http_status": status, "answered_after_s": ready, "output_tail": _tail(log.read_text(errors="replace"))}
+
+
+def _stop_background() -> None:
+    """Ctrl-C to each server left running (as its user would stop it), then SIGKILL after 30 s."""
+    while _BACKGROUND:
+        proc = _BACKGROUND.pop()
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGINT)
         try:
             proc.wait(timeout=30)
         except subprocess.TimeoutExpired:
             os.killpg(proc.pid, signal.SIGKILL)
             proc.wait()
-    return {"rc": 0 if status == 200 else 1, "wall_s": round(time.time() - t0, 1), "stopped_by_ctrl_c": False,
-            "http_status": status, "answered_after_s": ready, "output_tail": _tail(log.read_text(errors="replace"))}
 
 
 def _model_id(cwd: Path, env: dict) -> str:
@@ -225,6 +240,8 @@ def _args() -> argparse.Namespace:
     p.add_argument("--main", default=str(ROOT.parent / "main"),
                    help="checkout whose runs/tune holds the finished sweeps (for the report commands)")
     p.add_argument("--only", default="", help="run only commands whose text contains this (debugging)")
+    p.add_argument("--section", default="", help="run only the commands of sections whose name contains this (e.g. "
+                                                 "'Use a trained model'; what they need must be there already)")
     p.add_argument("--reuse", default=None, help="an earlier JSON of this script: take its entries before --from")
     p.add_argument("--from", dest="start", type=int, default=0, help="first command to run (with --reuse)")
     p.add_argument("--to", dest="stop", type=int, default=None, help="last command to run (a part of the README)")
@@ -262,8 +279,8 @@ def _run(entry: dict, cmd: str, lang: str, step: Step, clone: Path, main_dir: Pa
         run_env = {**env, "RAY_AUTH_TOKEN": secrets.token_hex(16)}
         head = RayHead({**run_env, "RAY_AUTH_MODE": "token"}, ["--num-cpus=2"], dashboard_port=8265).start()
     try:
-        if step.kind == "serve":
-            return _serve(run_cmd, cwd, run_env, log), env
+        if step.kind in ("serve", "background"):
+            return _serve(run_cmd, cwd, run_env, log, step.url, keep=step.kind == "background"), env
         if lang == "python":
             return _run_python(run_cmd, cwd, run_env, step, log), env
         res, new_env = _run_shell(run_cmd, cwd, run_env, step, log)
@@ -291,7 +308,8 @@ def main() -> None:
     t_all = time.time()
     for n, (section, lang, cmd) in enumerate(commands):
         step = PLAN[cmd]
-        if (args.only and args.only not in cmd) or (args.stop is not None and n > args.stop):
+        if (args.only and args.only not in cmd) or (args.stop is not None and n > args.stop) or \
+                (args.section and args.section not in section):
             continue
         if n < args.start:
             rec["commands"].append(_reused(n, section, lang, cmd, step, args.reuse))
@@ -313,7 +331,10 @@ def main() -> None:
               f"{'  (Ctrl-C)' if res['stopped_by_ctrl_c'] else ''}", flush=True)
         if not entry["ok"]:
             print("      " + "\n      ".join(res["output_tail"]), flush=True)
+        if step.stop_servers:
+            _stop_background()
         write_json(args.json, rec)  # so far: a cut run keeps what it measured
+    _stop_background()
     rec["wall_s"] = round(time.time() - t_all, 1)
     rec["machine"] = describe()
     rec["failed"] = [e["n"] for e in rec["commands"] if e.get("ran") and not e["ok"]]

@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 
 @dataclass
 class Step:
-    kind: str = "run"                      # run | cap | serve | skip
+    kind: str = "run"                      # run | cap | serve | background | skip
     cap_s: float = 0.0                     # cap: Ctrl-C after this long
     until: str = ""                        # cap: ... or a few seconds after this file exists
     reason: str = ""                       # skip: why; otherwise a note on what was changed and why
@@ -17,6 +17,8 @@ class Step:
     prelude: str = ""                      # Python run before a python block (placeholders)
     cwd: str = "clone"                     # clone | main: reports over sweeps of hours run where those sweeps are
     ray_head: bool = False                 # a local Ray head with token auth on 127.0.0.1:8265 for this command
+    url: str = ""                          # serve / background: what must answer 200 (default MLflow's UI)
+    stop_servers: bool = False             # after this command, stop the servers started in the background
 
 
 NO_CLOUD = "no cloud account on this machine; the config is validated offline by tests/cluster/test_cluster.py"
@@ -83,6 +85,12 @@ PLAN: dict[str, Step] = {
     "masks = mlflow.pytorch.load_model(uri)(torch.from_numpy(x))": Step(
         subs={"<model id>": "{model_id}"},
         reason="<model id> = the newest model logged in this clone's MLflow store"),
+    "pixeldrl serve --checkpoint runs/lgg/checkpoints/best.pt": Step(
+        kind="background", url="http://127.0.0.1:8000/health",
+        reason="left running (as in its own terminal) until the two requests below have been answered"),
+    'curl -sf --data-binary @"$(ls scans/*.tif | head -1)" -o served_mask.png "http://127.0.0.1:8000/segment?name=slice.tif"':
+        Step(setup="scans", reason="scans/ as for predict above"),
+    'curl -sf "http://127.0.0.1:8000/health"': Step(stop_servers=True, reason="then the server is stopped with Ctrl-C"),
     # Distributed training on Ray
     "python train.py --set num_workers=2 --set ray.worker_cpus=1 --set ray.learner_cpus=0 --output-dir runs/ray2": Step(
         kind="cap", cap_s=60, reason="a 10-minute run; stopped with Ctrl-C after 60 s"),

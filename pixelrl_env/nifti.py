@@ -202,6 +202,30 @@ def nifti_image_shape(image_path: str | Path) -> tuple[int, int, int]:
     return _volume_shape(_load_nifti(image_path, "image"), image_path, "image")
 
 
+def nifti_from_bytes(data: bytes, name: str, max_bytes: int):
+    """``(nibabel image, (X, Y, Z) float32 voxels)`` of an uploaded ``.nii`` or ``.nii.gz`` (a served request), checked
+    as :func:`read_nifti_image` checks a file; a gzip stream that inflates past ``max_bytes`` is refused (a
+    decompression bomb), as is a truncated one."""
+    nib = _nibabel()
+    raw = data
+    if data[:2] == b"\x1f\x8b":
+        inflate = zlib.decompressobj(16 + zlib.MAX_WBITS)
+        try:
+            raw = inflate.decompress(data, max_bytes + 1)
+        except zlib.error as e:
+            raise DataError(f"{name}: not a readable gzip stream ({e})") from e
+        if len(raw) > max_bytes:
+            raise DataError(f"{name}: inflates to more than {max_bytes:,} bytes; expected a smaller volume")
+        if not inflate.eof:
+            raise DataError(f"{name}: the gzip stream is truncated; expected a complete .nii.gz")
+    try:
+        img = nib.Nifti1Image.from_bytes(raw)
+    except Exception as e:  # noqa: BLE001 - nibabel raises many kinds for a bad header
+        raise DataError(f"{name}: not a NIfTI-1 volume, or its header is corrupt ({type(e).__name__}: {e})") from e
+    path = Path(name)
+    return img, _finite_voxels(img, path, _volume_shape(img, path, "image"))
+
+
 def read_nifti_image(image_path: str | Path):
     """``(nibabel image, (X, Y, Z) float32 voxels)`` of a scan without a label (``pixeldrl predict``), checked as
     :func:`read_nifti_volume` checks a labelled one: a readable 3-D volume of finite intensities."""

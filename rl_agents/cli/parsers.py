@@ -138,6 +138,19 @@ def _use_commands(sub) -> None:
     pr.add_argument("--quiet", action="store_true", help="no progress bar")
     pr.set_defaults(run="use:predict")
 
+    sv = sub.add_parser("serve", help="serve a checkpoint over HTTP with Ray Serve (POST a scan, get its mask)")
+    sv.add_argument("--checkpoint", required=True, help="a best.pt or last.pt of any engine")
+    sv.add_argument("--host", default="127.0.0.1", help="address to bind (default loopback only; 0.0.0.0 exposes it "
+                                                        "to the network, with no authentication)")
+    sv.add_argument("--port", type=int, default=8000)
+    sv.add_argument("--replicas", default="1,2", metavar="MIN,MAX", help="replicas, autoscaled (default 1,2)")
+    sv.add_argument("--replica-cpus", type=float, default=1.0)
+    sv.add_argument("--max-batch", type=int, default=8, help="slices batched from concurrent requests")
+    sv.add_argument("--batch-wait-ms", type=float, default=10.0, help="longest wait for a batch to fill")
+    sv.add_argument("--max-upload-mb", type=float, default=64.0, help="larger bodies get 413")
+    sv.add_argument("--device", default="cpu")
+    sv.set_defaults(run="serving:serve")
+
     ex = sub.add_parser("export", help="a checkpoint as one ONNX or TorchScript graph (dynamic batch), checked")
     ex.add_argument("--checkpoint", required=True, help="a best.pt or last.pt of any engine")
     ex.add_argument("--format", required=True, choices=("onnx", "torchscript"))

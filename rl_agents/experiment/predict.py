@@ -214,24 +214,26 @@ def _read_volume(m: Loaded, f: Path):
     return img, slice_axis_index(m.cfg.data.slice_axis, f), data
 
 
+def volume_like(img, data: np.ndarray, dtype) -> nib.Nifti1Image:
+    """``data`` as a NIfTI volume on the scan ``img``'s grid: its affine, header, qform and sform codes, stored as
+    ``dtype`` without the scan's intensity scaling (labels stay 0/1), so that viewers overlay it on the scan."""
+    header = img.header.copy()
+    header.set_data_dtype(dtype)
+    out = nib.Nifti1Image(data.astype(dtype), img.affine, header)
+    out.set_qform(img.get_qform(), int(img.header["qform_code"]))
+    out.set_sform(img.get_sform(), int(img.header["sform_code"]))
+    out.header.set_slope_inter(1, 0)
+    return out
+
+
 def _predict_nifti(m: Loaded, f: Path, out: Path, batch_size: int) -> dict[str, Any]:
     img, axis, data = _read_volume(m, f)
     mask_vol, unc_vol, report = segment_checked(m, data, str(m.device), batch_size, slice_axis=axis)
     base = out / stem(f)
-    header = img.header.copy()
-    header.set_data_dtype(np.uint8)
-    mask_img = nib.Nifti1Image(mask_vol, img.affine, header)
-    mask_img.set_qform(img.get_qform(), int(img.header["qform_code"]))
-    mask_img.set_sform(img.get_sform(), int(img.header["sform_code"]))
-    mask_img.header.set_slope_inter(1, 0)  # labels 0/1 as stored, whatever scaling the scan's header carries
     mask_path = base.with_name(base.name + "_pred.nii.gz")
-    nib.save(mask_img, str(mask_path))
-    unc_header = img.header.copy()
-    unc_header.set_data_dtype(np.float32)
-    unc_img = nib.Nifti1Image(unc_vol, img.affine, unc_header)
-    unc_img.header.set_slope_inter(1, 0)
+    nib.save(volume_like(img, mask_vol, np.uint8), str(mask_path))
     unc_path = base.with_name(base.name + "_uncertainty.nii.gz")
-    nib.save(unc_img, str(unc_path))
+    nib.save(volume_like(img, unc_vol, np.float32), str(unc_path))
     return {"input": str(f), "mask": str(mask_path), "uncertainty": str(unc_path), "shape": list(mask_vol.shape),
             "slice_axis": axis, "foreground_voxels": int(mask_vol.sum()), "unlike_training": report,
             "_slices": tuple(np.moveaxis(v, axis, 0) for v in (data, mask_vol, unc_vol))}

@@ -25,11 +25,14 @@ def test_every_readme_command_has_a_plan_and_every_plan_a_command():
     assert not missing, f"README commands with no entry in benchmarks/readme_plan.py PLAN: {missing}"
     assert not stale, f"PLAN entries for commands the README no longer has: {stale}"
     for c, step in rc.PLAN.items():
-        assert step.kind in {"run", "cap", "serve", "skip"}, (c, step.kind)
+        assert step.kind in {"run", "cap", "serve", "background", "skip"}, (c, step.kind)
         assert step.kind != "skip" or step.reason, f"a skipped command must say why: {c}"
         assert step.kind != "cap" or step.cap_s > 0, c
         assert all(a in c for a in step.subs), f"a substitution names text the command lacks: {c}"
         assert not step.setup or step.setup in rc.SETUPS, step.setup
+    for i, c in enumerate(commands):  # a server left running for later commands is stopped by one of them
+        if rc.PLAN[c].kind == "background":
+            assert rc.PLAN[c].url and any(rc.PLAN[d].stop_servers for d in commands[i + 1:]), c
 
 
 def test_every_docs_page_is_in_the_checked_order():

@@ -13,6 +13,7 @@ from pathlib import Path
 import mlflow
 import numpy as np
 import pytest
+import requests
 import torch
 from mlflow.tracking import MlflowClient
 
@@ -24,6 +25,7 @@ from rl_agents.experiment import tracking
 from rl_agents.experiment.lifecycle import run_training
 from rl_agents.experiment.loaded import load_model
 from rl_agents.experiment.sweep import trial_run_name
+from tests.conftest import mlflow_model_server
 
 ROOT = Path(__file__).resolve().parents[3]
 SMOKE = str(ROOT / "tune_configs" / "smoke.yaml")
@@ -93,6 +95,11 @@ def test_training_runs_are_tracked_and_compared(tmp_path: Path, capsys):
     assert f"MLflow run {run.info.run_id}: open http://127.0.0.1:5000/#/experiments/{run.info.experiment_id}/runs/" \
            f"{run.info.run_id} after `mlflow ui --backend-store-uri {mlflow.get_tracking_uri()}`" in printed
     assert f"model: {uri}" in printed
+    # the logged model as MLflow serves it on its own (no project code on the request path): the same masks
+    with mlflow_model_server(uri, tmp_path) as (base, _):
+        r = requests.post(f"{base}/invocations", json={"inputs": x.tolist()}, timeout=120)
+    assert r.status_code == 200, r.text[-500:]
+    np.testing.assert_array_equal(np.asarray(r.json()["predictions"]), want)
     assert main(["compare", "--experiment", "test-tracking"]) == 0
     out = capsys.readouterr().out
     assert "lr-1e-3" in out and "lr-5e-4" in out and "lr" in out and "val/dice" in out

@@ -16,6 +16,7 @@ from rl_agents.config import load_config
 from rl_agents.experiment.checkpoint import read_checkpoint
 from rl_agents.experiment.evaluate import evaluate_checkpoint
 from rl_agents.experiment.lifecycle import train
+from rl_agents.experiment.visualize import BAR_PX, LINE_PX
 from rl_agents.experiment.sweep import load_sweep
 from tests.conftest import write_lgg_layout
 
@@ -93,8 +94,10 @@ def test_evaluate_native_resolution_json_and_csv(tmp_path: Path):
     pngs = sorted((tmp_path / "ov").glob("*.png"))
     assert len(pngs) == 3
 
-    # four titled panels at the model's resolution, upscaled 6x (nearest) to be seen: 32 px -> 192 px
-    assert Image.open(pngs[0]).size == (4 * 192, 192 + 16)
+    # four titled panels at the model's resolution, upscaled 8x (nearest) to be seen: 32 px -> 256 px; the
+    # uncertainty's colour bar beside them; caption and titles above
+    w, h = Image.open(pngs[0]).size
+    assert w == 4 * 256 + BAR_PX and 256 + 2 * LINE_PX <= h <= 256 + 6 * LINE_PX
     assert res["all_slices"]["n_images"] == 16 and res["n_images"] == 12  # 4 empty first slices
     for k in ("dice", "iou", "ppv", "sensitivity", "biou", "hd95", "n_images"):
         assert k in res
