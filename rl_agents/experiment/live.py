@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from rl_agents.config import TrainConfig
-from rl_agents.experiment.tracking import log_step, start_run, system_metrics_monitor
+from rl_agents.experiment.tracking import log_step, run_note, set_note, start_run, system_metrics_monitor
 
 log = logging.getLogger(__name__)
 
@@ -44,6 +44,8 @@ class LiveRun:
         try:
             log_step(self.run_id, entry)
             self.logged.add(int(entry.get("update", 0)))
+            set_note(self.run_id, run_note(entry, f"Validation, latest pass (update {entry.get('update')}; "
+                                                  "running)"))
         except Exception as e:  # noqa: BLE001
             if not self._warned:
                 self._warned = True

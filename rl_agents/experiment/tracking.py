@@ -185,6 +185,8 @@ def _log_run(cfg: TrainConfig, out: Path, metrics: dict | None, status: str, n_o
         for h in [h for h in (metrics or {}).get("history", []) if int(h["update"]) not in logged_steps]:
             mlflow.log_metrics(_numeric({k: v for k, v in h.items() if k != "update"}), step=int(h["update"]))
         if metrics:
+            mlflow.set_tag("mlflow.note.content", run_note(metrics, "Validation: the best checkpoint on the whole "
+                                                                    f"validation split ({metrics.get('n_val')} slices)"))
             # at the last step, logged after the history: MLflow's "latest" value (what `compare` and the UI show)
             # is then the final one (best checkpoint on the whole validation split), not the last evaluation
             steps = [int(h["update"]) for h in metrics.get("history", [])]
@@ -313,6 +315,24 @@ def log_step(run_id: str, entry: dict[str, Any]) -> dict[str, float]:
     _client().log_batch(run_id, metrics=[mlflow.entities.Metric(k, v, 0, step) for k, v in nums.items()
                                          if k != "update"])
     return nums
+
+
+VALIDATION_SUMMARY = (("dice", "Dice"), ("iou", "IoU"), ("biou", "Boundary IoU"), ("hd95", "HD95 px"),
+                      ("ppv", "PPV"), ("sensitivity", "sensitivity"))
+
+
+def run_note(metrics: dict[str, Any], heading: str) -> str:
+    """The run's description (``mlflow.note.content``, the first thing its page shows; MLflow lists metrics
+    alphabetically, validation after training): a table of the validation figures under ``heading``."""
+    cells = [(name, metrics[f"val/{key}"]) for key, name in VALIDATION_SUMMARY if f"val/{key}" in metrics]
+    if not cells:
+        return heading
+    return (f"**{heading}**\n\n| " + " | ".join(n for n, _ in cells) + " |\n|" + "---:|" * len(cells) + "\n| "
+            + " | ".join(f"{float(v):.3f}" if isinstance(v, (int, float)) else str(v) for _, v in cells) + " |")
+
+
+def set_note(run_id: str, note: str) -> None:
+    _client().set_tag(run_id, "mlflow.note.content", note)
 
 
 def end_run(run_id: str, status: str, stopped_by: str | None = None) -> None:

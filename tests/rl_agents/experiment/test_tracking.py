@@ -147,13 +147,16 @@ def test_a_run_is_live_in_mlflow_while_it_trains(tmp_path: Path, monkeypatch):
         if len(seen) == 2:
             (run,) = mlflow.search_runs(experiment_names=["test-live"], output_format="list")
             steps = [m.step for m in client.get_metric_history(run.info.run_id, "val/dice")]
-            seen.append((run.info.status, steps, run.data.params["optim.lr"]))
+            seen.append((run.info.status, steps, run.data.params["optim.lr"], run.data.tags["mlflow.note.content"]))
 
     metrics = run_training(cfg, tmp_path / "run", quiet=True, on_eval=at_eval)
-    status, steps, lr = seen[2]
+    status, steps, lr, note = seen[2]
     assert status == "RUNNING" and steps == seen[:2] == [10, 20] and lr == str(cfg.optim.lr)
+    # the run's page opens on its validation figures (MLflow lists metrics alphabetically, validation last)
+    assert note.startswith("**Validation, latest pass (update 20; running)**") and "| Dice | IoU |" in note
     run = client.get_run(metrics["mlflow"]["run_id"])
     assert run.info.status == "FINISHED"
+    assert f"{metrics['val/dice']:.3f}" in run.data.tags["mlflow.note.content"].split("\n")[-1]
     assert (run.info.end_time - run.info.start_time) / 1000 >= metrics["wall_time_s"]
     # each pass sent once (live, not again at the end), then the final figure (best checkpoint) at the last step
     assert [m.step for m in client.get_metric_history(run.info.run_id, "val/dice")] == [10, 20, 30, 30]
