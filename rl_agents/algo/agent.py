@@ -19,7 +19,7 @@ from pixelrl_env.env import PixelSegEnv
 from pixelrl_env.metrics import compute_all
 
 from rl_agents.algo.accel import Accel
-from rl_agents.algo.model import PixelDRLNet
+from rl_agents.algo.model import PixelDRLNet, load_weights
 from rl_agents.algo.pa3c import RewardMapConv, pa3c_loss
 from rl_agents.algo.phases import phase
 from rl_agents.algo.rollout import collect_rollout
@@ -238,7 +238,7 @@ class PA3CAgent:
         if int(state["in_channels"]) != self.in_channels or int(state["n_actions"]) != self.n_actions:
             raise ValueError(f"checkpoint is for {state['in_channels']} input channel(s) and {state['n_actions']} "
                              f"actions; this run has {self.in_channels} and {self.n_actions}")
-        self.model.load_state_dict(state["model"])
+        load_weights(self.model, state["model"], "the checkpoint")
         self.reward_conv.load_state_dict(state["reward_conv"])
         if weights_only:
             return

@@ -367,3 +367,15 @@ def forward_flops(model: nn.Module, in_channels: int, size: int) -> float:
     with flop_counter.FlopCounterMode(display=False) as fc, torch.no_grad():
         model(x)
     return float(fc.get_total_flops())
+
+
+def load_weights(module: nn.Module, weights: dict, what: str) -> None:
+    """``module.load_state_dict(weights)``, with torch's multi-line refusal (weights of another network shape) as one
+    line naming ``what`` and the first mismatch: a checkpoint read under network keys it was not trained with."""
+    try:
+        module.load_state_dict(weights)
+    except RuntimeError as e:
+        detail = next((ln.strip() for ln in str(e).splitlines()[1:] if ln.strip()), str(e).splitlines()[0])
+        raise ValueError(f"{what}: its weights do not fit the network its config describes ({detail[:200]}); "
+                         "the network keys (network.preset, attention, dilation, step_features, ...) must be those "
+                         "it was trained with") from None

@@ -33,6 +33,11 @@ def main(argv: list[str] | None = None, default_command: str | None = None) -> i
     except (DataError, ValueError, FileNotFoundError) as e:
         err_console.print(f"[bold red]error:[/] {e}", highlight=False, soft_wrap=True)
         return 2
+    except (PermissionError, NotADirectoryError, IsADirectoryError, FileExistsError) as e:  # an output not writable
+        where = f"{e.filename}: " if e.filename else ""
+        err_console.print(f"[bold red]error:[/] {where}{e.strerror or e} (a path this command writes or reads: "
+                          "choose one you can use)", highlight=False, soft_wrap=True)
+        return 2
     except KeyboardInterrupt:  # training has already written checkpoints/last.pt; --resume continues
         err_console.print("interrupted: stopped with a checkpoint (continue with --resume)")
         return 130

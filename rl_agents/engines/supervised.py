@@ -18,7 +18,7 @@ from monai.networks.nets import UNet
 from pixelrl_env.metrics import compute_all
 from rl_agents.algo.accel import Accel
 from rl_agents.algo.agent import cpu_state, make_augment, planned_updates
-from rl_agents.algo.model import count_parameters
+from rl_agents.algo.model import count_parameters, load_weights
 from rl_agents.config import TrainConfig
 from rl_agents.engines.base import InProcessEngine
 
@@ -60,7 +60,7 @@ class UNetAgent:
         if state.get("kind") != self.kind or int(state["in_channels"]) != self.in_channels:
             raise ValueError(f"checkpoint holds a {state.get('kind')!r} model with {state.get('in_channels')} input "
                              f"channel(s); expected a U-Net with {self.in_channels}")
-        self.model.load_state_dict(state["model"])
+        load_weights(self.model, state["model"], "the checkpoint")
         if not weights_only:
             self.update = int(state["update"])
             if state.get("optimizer") is not None:

@@ -35,7 +35,7 @@ from pixelrl_env.data_config import DataConfig
 from pixelrl_env.folds import config_split
 
 from pixelrl_env.prepare import prepare_rows, resize_mask
-from pixelrl_env.io import BadFiles
+from pixelrl_env.io import BadFiles, DataError
 from pixelrl_env.metrics import ALL_METRICS, compute_all
 from pixelrl_env.postprocess import RULE_SPECS, Rule, RuleChoice, apply_rule, choose_rule, parse_rule
 
@@ -134,6 +134,10 @@ def _native_masks(model, cfg: TrainConfig, samples: list, data: DataConfig, devi
     for i in range(0, len(samples), batch_size):
         chunk = samples[i : i + batch_size]
         images = prepare_rows(samples, range(i, i + len(chunk)), data)  # 2.5-D: with its neighbours as channels
+        if images.shape[1] != int(model.in_channels):
+            raise DataError(f"{chunk[0].source}: prepared by this data section, a slice has {images.shape[1]} "
+                            f"channel(s), but the checkpoint's model takes {int(model.in_channels)}: evaluate it on "
+                            "data like its training data (the same channels, data.channels and data.context)")
         masks, uncertainty = predict(model, cfg, images, device)
         for j, (s, img, m, unc) in enumerate(zip(chunk, images, masks, uncertainty)):
             if overlays and s.mask.any() and n_overlays < max_overlays:  # slices with something to see

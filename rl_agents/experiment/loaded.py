@@ -10,6 +10,7 @@ from pathlib import Path
 import torch
 
 from rl_agents.algo.agent import build_network
+from rl_agents.algo.model import load_weights
 from rl_agents.config import TrainConfig
 from rl_agents.engines.supervised import build_unet
 from rl_agents.experiment.checkpoint import read_checkpoint
@@ -33,7 +34,7 @@ def _read(checkpoint: str | Path, device) -> tuple[torch.nn.Module, TrainConfig,
         if model.n_actions != int(state["n_actions"]):
             raise ValueError(f"{checkpoint}: {state['n_actions']} actions stored, but its config builds "
                              f"{model.n_actions}")
-    model.load_state_dict(state["model"])
+    load_weights(model, state["model"], str(checkpoint))
     return model.to(device).eval(), ckpt.config, ckpt.profile
 
 

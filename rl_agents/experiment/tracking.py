@@ -382,6 +382,7 @@ def system_metrics_monitor(run_id: str):
     except ImportError as e:  # psutil: a dependency, but a run must not need it
         log.warning("MLflow system metrics are off: %s", e)
         return None
+    logging.getLogger("mlflow.system_metrics").setLevel(logging.WARNING)  # "Started monitoring ...": not the user's
     monitor = SystemMetricsMonitor(run_id, tracking_uri=tracking_uri())
     monitor.start()
     return monitor
