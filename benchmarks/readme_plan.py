@@ -136,7 +136,8 @@ PLAN: dict[str, Step] = {
     "ray up cluster/aws.yaml": Step(kind="skip", reason=NO_CLOUD),
     "ray dashboard cluster/aws.yaml &": Step(kind="skip", reason=NO_CLOUD),
     "RAY_AUTH_MODE=token ray job submit --address http://127.0.0.1:8265 --working-dir . --runtime-env-json "
-    "'{\"env_vars\": {\"MLFLOW_TRACKING_URI\": \"http://127.0.0.1:5000\"}}' -- python train.py --config "
+    "'{\"env_vars\": {\"MLFLOW_TRACKING_URI\": \"http://127.0.0.1:5000\", \"PIXELDRL_MLFLOW_AUTH\": \"ray-token\"}}' "
+    "-- python train.py --config "
     "tune_configs/paper_brain.yaml --set data.format=parquet --set data.path=s3://BUCKET/lgg --set num_workers=14 "
     "--set ray.learner_gpus=1 --output-dir /home/ray/runs/paper": Step(kind="skip", reason=NO_CLOUD),
     "ray down cluster/aws.yaml": Step(kind="skip", reason=NO_CLOUD),

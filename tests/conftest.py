@@ -215,26 +215,33 @@ def interrupt_after_checkpoint(cmd: list[str], out: Path, cwd: Path, wait_s: flo
 def mlflow_ui(store: str, cwd: Path, start_s: float = 90):
     """`mlflow ui --backend-store-uri STORE --host 127.0.0.1` as the README starts it, on a free port; yields
     ``(base_url, port)`` once ``/health`` answers, and stops that server (and only it) afterwards."""
-    return local_server(["ui", "--backend-store-uri", store], cwd, "/health", start_s)
+    return local_server(_mlflow_cli("ui", "--backend-store-uri", store), cwd, "/health", start_s)
 
 
 def mlflow_model_server(model_uri: str, cwd: Path, start_s: float = 120):
     """`mlflow models serve -m MODEL --env-manager local --host 127.0.0.1` on a free port (the store from
     ``MLFLOW_TRACKING_URI``); yields ``(base_url, port)`` once ``/ping`` answers, and stops that server after."""
-    return local_server(["models", "serve", "-m", model_uri, "--env-manager", "local"], cwd, "/ping", start_s)
+    return local_server(_mlflow_cli("models", "serve", "-m", model_uri, "--env-manager", "local"), cwd, "/ping",
+                        start_s)
+
+
+def _mlflow_cli(*args: str):
+    return lambda port: [sys.executable, "-m", "mlflow", *args, "--host", "127.0.0.1", "--port", str(port)]
 
 
 @contextlib.contextmanager
-def local_server(mlflow_args: list[str], cwd: Path, health: str, start_s: float):
-    """``python -m mlflow <mlflow_args> --host 127.0.0.1 --port <free>``, waited for until ``health`` answers 200
-    (a server's start can only be watched for), then stopped: that process and nothing else."""
+def local_server(argv_for, cwd: Path, health: str, start_s: float, env: dict | None = None):
+    """The server ``argv_for(port)`` starts on a free port of 127.0.0.1, waited for until ``health`` answers 200
+    (a server's start can only be watched for); yields ``(base_url, port)``, then stops that process and nothing
+    else."""
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    log_path = cwd / f"mlflow_{mlflow_args[0]}.log"
+    argv = argv_for(port)
+    log_path = cwd / f"server_{port}.log"
     with open(log_path, "w") as log:
-        proc = subprocess.Popen([sys.executable, "-m", "mlflow", *mlflow_args, "--host", "127.0.0.1", "--port",
-                                 str(port)], cwd=cwd, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+        proc = subprocess.Popen(argv, cwd=cwd, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+                                env=env)
         base = f"http://127.0.0.1:{port}"
         try:
             deadline = time.time() + start_s
@@ -245,7 +252,7 @@ def local_server(mlflow_args: list[str], cwd: Path, health: str, start_s: float)
                 except OSError:
                     pass
                 assert proc.poll() is None, log_path.read_text()[-2000:]
-                assert time.time() < deadline, f"mlflow {mlflow_args[0]} did not answer {health} within {start_s:g} s"
+                assert time.time() < deadline, f"{argv[:4]} did not answer {health} within {start_s:g} s"
                 time.sleep(0.5)
             yield base, port
         finally:

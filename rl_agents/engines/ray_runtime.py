@@ -37,6 +37,7 @@ def connect(address: str | None, num_cpus: float | None = None) -> bool:
     address = address or os.environ.get("RAY_ADDRESS")
     if address:
         ray.init(address=address, log_to_driver=True)
+        tighten_token_file()
     else:
         cpus = max(os.cpu_count() or 1, math.ceil(num_cpus or 0))
         # Ray 2.60 turns token authentication on for a local cluster and warns at every start that it did ("Set
@@ -50,7 +51,20 @@ def connect(address: str | None, num_cpus: float | None = None) -> bool:
             ray.init(num_cpus=cpus, include_dashboard=False, _node_ip_address="127.0.0.1")
         finally:
             auth_log.removeFilter(quiet)
+        tighten_token_file()  # the token this start may have written
     return True
+
+
+def tighten_token_file(path: str | Path | None = None) -> Path | None:
+    """Make Ray's token file (``RAY_AUTH_TOKEN_PATH``, else ``~/.ray/auth_token``) readable by its owner only: Ray
+    2.60 writes it world-readable, and the token is the key to the cluster. Returns the file, None when there is
+    none."""
+    token = Path(path or os.environ.get("RAY_AUTH_TOKEN_PATH") or Path.home() / ".ray" / "auth_token")
+    if not token.is_file():
+        return None
+    if token.stat().st_mode & 0o077:
+        token.chmod(0o600)
+    return token
 
 
 EXIT_HEAD_LOST = 75  # EX_TEMPFAIL: the cluster went away; the same command with --resume on a new one continues

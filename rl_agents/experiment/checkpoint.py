@@ -14,7 +14,8 @@ reason. Layout (``version`` 2)::
     sha256: digest of everything above (:func:`content_digest`), added by the writer and checked by the reader
 
 The digest is there because a zip record's bytes are not checked by ``torch.load``: a flipped bit inside a tensor
-loads silently as a different weight. A file whose content does not match its digest counts as damaged.
+loads silently as a different weight. A file whose content does not match its digest counts as damaged; a file
+without one is refused (every writer adds it), unless ``PIXELDRL_ALLOW_UNDIGESTED=1`` says to load it unchecked.
 
 Writes are atomic: a temporary file is written and fsynced, the previous checkpoint is kept as ``*.prev.pt``, then
 the new one is renamed into place, so a crash at any moment leaves a readable checkpoint. A damaged file (torn,
@@ -133,9 +134,18 @@ def content_digest(payload: Any) -> str:
     return h.hexdigest()
 
 
+ALLOW_UNDIGESTED = "PIXELDRL_ALLOW_UNDIGESTED"
+
+
 def _verify(path: Path, payload: dict[str, Any]) -> None:
     want = payload.pop("sha256", None)
-    if want is not None and content_digest(payload) != want:
+    if want is None:  # every writer adds one: a file without is hand-made or had it stripped
+        if os.environ.get(ALLOW_UNDIGESTED) != "1":
+            raise CheckpointError(f"{path} carries no SHA-256 digest, so a damaged or altered weight would load "
+                                  f"unnoticed; set {ALLOW_UNDIGESTED}=1 to load it anyway")
+        log.warning("%s carries no SHA-256 digest: loaded unchecked (%s=1)", path, ALLOW_UNDIGESTED)
+        return
+    if content_digest(payload) != want:
         raise ValueError(f"content does not match its SHA-256 (a flipped bit or a damaged copy of {path.name})")
 
 
@@ -221,6 +231,7 @@ def read_checkpoint(path: str | Path, map_location: str | torch.device = "cpu", 
             continue
         try:
             payload = _load(candidate, map_location)
+            _check(candidate, payload)  # what the file is first: an old or foreign file is named as such
             _verify(candidate, payload)
         except CheckpointError:
             raise

@@ -36,10 +36,30 @@ ROOT = Path(__file__).resolve().parents[1]
 _warned_ray_copy = False
 
 
+def cluster_credentials() -> None:
+    """With ``PIXELDRL_MLFLOW_AUTH=ray-token`` (the cluster files set it on every node), MLflow's basic-auth
+    username and password for the head's server (``cluster/mlflow_server.sh``): ``pixeldrl`` and the Ray token, from
+    ``RAY_AUTH_TOKEN`` or the token file. Credentials the user set already are kept."""
+    if os.environ.get("PIXELDRL_MLFLOW_AUTH") != "ray-token" or os.environ.get("MLFLOW_TRACKING_PASSWORD"):
+        return
+    token = os.environ.get("RAY_AUTH_TOKEN")
+    if not token:
+        path = Path(os.environ.get("RAY_AUTH_TOKEN_PATH") or Path.home() / ".ray" / "auth_token")
+        token = path.read_text().strip() if path.is_file() else ""
+    if not token:
+        log.warning("PIXELDRL_MLFLOW_AUTH=ray-token but no Ray token (RAY_AUTH_TOKEN, ~/.ray/auth_token) was found: "
+                    "the tracking server will refuse this run's logging")
+        return
+    os.environ["MLFLOW_TRACKING_USERNAME"] = "pixeldrl"
+    os.environ["MLFLOW_TRACKING_PASSWORD"] = token
+
+
 def tracking_uri() -> str:
     """``MLFLOW_TRACKING_URI``, else SQLite in the working directory; warns (once) when that directory is Ray's
-    temporary copy of a job's ``--working-dir``, where a store is lost to ``mlflow ui`` and ``pixeldrl compare``."""
+    temporary copy of a job's ``--working-dir``, where a store is lost to ``mlflow ui`` and ``pixeldrl compare``.
+    On a cluster, sets the tracking server's credentials first (:func:`cluster_credentials`)."""
     global _warned_ray_copy
+    cluster_credentials()
     uri = os.environ.get("MLFLOW_TRACKING_URI")
     if uri:
         return uri

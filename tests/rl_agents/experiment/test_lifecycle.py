@@ -79,6 +79,17 @@ def test_checkpoint_is_atomic_keeps_the_previous_and_falls_back_when_damaged(tmp
         read_checkpoint(tmp_path / "none.pt")
 
 
+def test_a_checkpoint_without_its_digest_is_refused_unless_the_user_says(tmp_path: Path, monkeypatch, caplog):
+    payload = make_payload("local", load_config(SMOKE, LOCAL), {"kind": "pixeldrl", "update": 4}, {"update": 4})
+    stripped = tmp_path / "stripped.pt"
+    torch.save(payload, stripped)  # as write_checkpoint would, less the sha256 it adds
+    previous_path(stripped).write_bytes(b"")  # a .prev beside it is not used instead: the file was refused, not torn
+    with pytest.raises(CheckpointError, match=r"stripped.pt carries no SHA-256 digest.*PIXELDRL_ALLOW_UNDIGESTED=1"):
+        read_checkpoint(stripped)
+    monkeypatch.setenv("PIXELDRL_ALLOW_UNDIGESTED", "1")
+    assert read_checkpoint(stripped).update == 4 and "loaded unchecked" in caplog.text
+
+
 def test_old_and_foreign_checkpoints_are_refused_with_a_clear_message(tmp_path: Path):
     old = tmp_path / "old.pt"  # what pixeldrl-mg 0.1 wrote: no format key
     torch.save({"kind": "pixeldrl", "config": {}, "model": {}, "state": {"update": 3}}, old)
