@@ -1,6 +1,6 @@
 """How the "unlike the training data" check (:mod:`pixelrl_env.profile`) behaves on real scans: a profile built from
 each data set's training split (threshold set on its validation split), then the share of flagged slices of its own
-test patients and of every other data set here (other modality, other organ), each prepared as that model prepares
+test patients (those with foreground, as trained, and every slice) and of every other data set here (other modality, other organ), each prepared as that model prepares
 its input.
 
     python -m benchmarks.unlike_training --json benchmarks/results/unlike_training.json
@@ -46,6 +46,9 @@ def main(argv: list[str] | None = None) -> None:
     args = p.parse_args(argv)
     cfgs = {name: load_config(path) for name, path in MODELS.items()}
     tests = {name: load_spread(cfg.data, "test", args.max_rows) for name, cfg in cfgs.items()}
+    # every slice of the test patients, the empty ones the models never trained on (drop_empty) included
+    whole = {name: load_spread(replace(cfg.data, drop_empty=False), "test", args.max_rows)
+             for name, cfg in cfgs.items()}
     kvasir = [read_image(f) for f in sorted(KVASIR.iterdir())[: args.max_rows]]
     rec = {"command": command(argv), "machine": describe(), "models": {}}
     for name, cfg in cfgs.items():
@@ -54,6 +57,7 @@ def main(argv: list[str] | None = None) -> None:
         prof = build_profile(train.images, val.images, to_dict(cfg)["data"])
         c = prof["channels"] // (2 * d.context + 1)
         inputs = {f"{name} test (own)": tests[name].images,
+                  f"{name} test, empty slices too": whole[name].images,
                   "kvasir endoscopy (RGB photos)": prepared_like(d, kvasir)}
         for other, arr in tests.items():
             if other != name:  # the other MRI set's slices, one channel each, as this model would get them

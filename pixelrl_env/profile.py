@@ -8,7 +8,9 @@ An input slice, prepared the same way, is scored by the mean total-variation dis
 those of its ``K`` nearest training slices (0 = looks like some training slices, 1 = nothing in common). The
 threshold is chosen on the validation split: the distance that 99 % of validation slices, patients the model never
 trained on, stay under (``MARGIN`` 1). On the real data (``python -m benchmarks.unlike_training``) it flags 3 % of
-LGG and none of the left-atrium test slices, and 99-100 % of endoscopy photos and of the other organ's MRI.
+LGG and none of the left-atrium test slices with foreground, and 99-100 % of endoscopy photos and of the other
+organ's MRI. The training slices are those the model trained on: under ``drop_empty`` none is empty, and a quarter
+of all LGG test slices (the empty ends of each head, never trained on) are flagged.
 With a handful of validation slices (the toy data sets of the tests) that quantile is their maximum, and unseen slices
 of the same kind can exceed it: the check is meant for data sets of hundreds of slices. Pure NumPy; the profile is
 plain JSON (stored in checkpoints as a string).

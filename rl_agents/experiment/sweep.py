@@ -58,6 +58,7 @@ from rl_agents.config import (
 from rl_agents.config.load import notify_flat
 from rl_agents.engines.ray_runtime import connect, ray_bundles
 from rl_agents.experiment.lifecycle import engine_name, run_training
+from rl_agents.experiment.sweep_storage import check_storage
 from rl_agents.experiment.tracking import (
     end_run,
     end_sweep_run,
@@ -335,7 +336,7 @@ def run_sweep(path: str | Path, resume: bool = False, variants: list[str] | None
     from ray import tune
 
     spec = load_sweep(path, variants)
-    storage_dir = Path(spec["storage"]) / spec["experiment"]
+    storage_dir = check_storage(spec["storage"], spec["experiment"], resume, bool(variants))
     marker = storage_dir / "mlflow_parent_run_id"
     exp_id, parent_id = start_sweep_run(spec["experiment"], str(Path(path).resolve()), spec,
                                         marker.read_text().strip() if resume and marker.exists() else None)
