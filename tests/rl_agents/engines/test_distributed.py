@@ -224,17 +224,18 @@ def _train_with_fault_once(marker: Path, cfg, out: Path, **run_kwargs) -> tuple[
     return m, fired
 
 
-EVAL_DIE_MARKER = Path(tempfile.gettempdir()) / "pixeldrl-test-evaluator-dies-once"
+def evaluator_dies_once(marker: Path):
+    """An evaluator whose process exits inside its first validation pass (a node lost under it); its restart works.
+    Made per test: defined in a function, the class travels to Ray by value with this test's own ``marker``."""
 
+    class EvaluatorDiesOnce(Evaluator):
+        def evaluate(self, versioned, max_images):
+            if not marker.exists():
+                marker.touch()
+                os._exit(1)
+            return super().evaluate(versioned, max_images)
 
-class EvaluatorDiesOnce(Evaluator):
-    """The evaluator's process exits inside its first validation pass (a node lost under it); its restart works."""
-
-    def evaluate(self, versioned, max_images):
-        if not EVAL_DIE_MARKER.exists():
-            EVAL_DIE_MARKER.touch()
-            os._exit(1)
-        return super().evaluate(versioned, max_images)
+    return EvaluatorDiesOnce
 
 
 def test_an_evaluator_that_dies_mid_pass_is_restarted_and_the_pass_is_run_again(ray_local, tmp_path: Path,
@@ -242,29 +243,31 @@ def test_an_evaluator_that_dies_mid_pass_is_restarted_and_the_pass_is_run_again(
     """Seen in CI: the evaluator had been placed on a worker's node, the node was removed, and the run failed with
     ActorUnavailableError. Now Ray restarts it and the lost pass is asked again: every planned validation lands."""
     cfg = load_config(SMOKE, ["budget.max_minutes=null", "budget.epochs=4", "eval.every=8", "tracking.report_every_s=0.5", "tracking.mlflow=false"])
-    m, died = _train_with_fault_once(EVAL_DIE_MARKER, cfg, tmp_path, evaluator_cls=EvaluatorDiesOnce)
+    marker = tmp_path / "evaluator-died"
+    m, died = _train_with_fault_once(marker, cfg, tmp_path / "run", evaluator_cls=evaluator_dies_once(marker))
     assert died, "the evaluator never reached its exit"
     assert m["stopped_by"] == "epochs" and m["updates"] == 4 * -(-m["n_train"] // cfg.optim.batch_size)
-    history = json.loads((tmp_path / "metrics.json").read_text())["history"]
+    history = json.loads((tmp_path / "run" / "metrics.json").read_text())["history"]
     assert len(history) >= 2 and history[-1]["update"] == m["updates"]  # the lost pass and the later ones landed
     assert all(0 <= h["val/dice"] <= 1 for h in history)
-    assert (tmp_path / "checkpoints" / "best.pt").exists()
+    assert (tmp_path / "run" / "checkpoints" / "best.pt").exists()
     reliability(2, "the evaluator actor's process dies inside a validation pass (as on a lost node)",
                 f"none: all {len(history)} planned validation passes landed", None,
                 "Ray restarts it and runs the lost pass again (not timed)")
 
 
-HANG_MARKER = Path(tempfile.gettempdir()) / "pixeldrl-test-hang-once"
+def hang_once(marker: Path):
+    """Worker 0's first incarnation hangs inside its first work call (sleeps for an hour); its restart works. Per
+    test, as :func:`evaluator_dies_once`."""
 
+    class HangOnce(Worker):
+        def work(self, learner, n_rollouts):
+            if self.index == 0 and not marker.exists():
+                marker.touch()
+                time.sleep(3600)
+            return super().work(learner, n_rollouts)
 
-class HangOnce(Worker):
-    """Worker 0's first incarnation hangs inside its first work call (sleeps for an hour); its restart works."""
-
-    def work(self, learner, n_rollouts):
-        if self.index == 0 and not HANG_MARKER.exists():
-            HANG_MARKER.touch()
-            time.sleep(3600)
-        return super().work(learner, n_rollouts)
+    return HangOnce
 
 
 def test_a_hung_worker_is_killed_by_the_timeout_and_the_run_finishes(ray_local, tmp_path: Path, reliability):
@@ -272,18 +275,24 @@ def test_a_hung_worker_is_killed_by_the_timeout_and_the_run_finishes(ray_local, 
     t0 = time.perf_counter()
     hang_at = []
 
-    def watch(state):
-        if not hang_at and HANG_MARKER.exists():
-            hang_at.append(HANG_MARKER.stat().st_mtime)
+    marker = tmp_path / "hung"
 
-    m, hung = _train_with_fault_once(HANG_MARKER, cfg, tmp_path, worker_cls=HangOnce, on_report=watch)
+    def watch(state):
+        if not hang_at and marker.exists():
+            hang_at.append(marker.stat().st_mtime)
+
+    m, hung = _train_with_fault_once(marker, cfg, tmp_path / "run", worker_cls=hang_once(marker), on_report=watch)
     assert hung, "worker 0 never reached its hang"
     assert m["workers/restarts"] >= 1 and m["stopped_by"] == "epochs"
     assert m["updates"] == 8 * -(-m["n_train"] // cfg.optim.batch_size)
+    # killed by the timeout, not by anything slower: the restarted worker was back within a few timeouts of the hang
+    # (its kill at worker_timeout_s, a new process, data read, its first call); a kill at 20x the timeout fails here
+    back_after = m["workers/restart_log"][0]["back_unix"] - hang_at[0]
+    assert back_after < 3 * cfg.ray.worker_timeout_s + 10, back_after
     assert time.perf_counter() - t0 < 300
     reliability(9, "a worker that hangs inside a rollout (sleeps an hour; worker_timeout_s=8)",
                 f"the hung call's rollouts; the run made its {m['updates']} updates",
-                (back := m["workers/restart_log"][0]["back_unix"]) and back - hang_at[0],
+                back_after,
                 "hang to the restarted worker's first work call (4 rollouts) returned")
 
 

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import stat
+import subprocess
+import sys
 from pathlib import Path
 
 from rl_agents.engines import ray_runtime
@@ -27,3 +29,33 @@ def test_connecting_makes_the_token_file_readable_by_its_owner_only(tmp_path: Pa
     assert ray_runtime.tighten_token_file() == tmp_path / "elsewhere"
     assert stat.S_IMODE((tmp_path / "elsewhere").stat().st_mode) == 0o600
     assert ray_runtime.tighten_token_file(tmp_path / "missing") is None
+
+
+WATCHED = """
+import socket, sys, time
+from pathlib import Path
+import ray
+from rl_agents.engines.ray_runtime import HeadWatchdog
+ray.is_initialized = lambda: True  # as in a connected driver, without starting a cluster
+server = socket.socket()
+server.bind(("127.0.0.1", 0))
+server.listen()
+host, port = server.getsockname()
+HeadWatchdog(f"{host}:{port}", timeout_s=30, checkpoint=Path(sys.argv[1]))
+time.sleep(1.0)  # the head answers for a while
+server.close()  # then it is gone: connections are refused
+time.sleep(30)
+print("still running")
+"""
+
+
+def test_the_head_watchdog_ends_the_driver_with_status_75_naming_the_head_and_checkpoint(tmp_path: Path):
+    """Deterministic: a stand-in GCS that stops listening (the chaos suite's whole-head kill races Ray's own exit of
+    the driver; this checks the watchdog alone, every time)."""
+    ckpt = tmp_path / "run" / "checkpoints" / "last.pt"
+    r = subprocess.run([sys.executable, "-c", WATCHED, str(ckpt)], capture_output=True, text=True, timeout=60)
+    assert r.returncode == ray_runtime.EXIT_HEAD_LOST == 75, r.stdout + r.stderr
+    msg = " ".join(r.stderr.split())
+    assert "head (GCS at 127.0.0.1:" in msg and "is stopped (connection refused)" in msg and str(ckpt) in msg
+    assert "--resume" in msg and "still running" not in r.stdout
+
