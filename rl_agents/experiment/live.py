@@ -14,7 +14,8 @@ from pathlib import Path
 from typing import Any
 
 from rl_agents.config import TrainConfig
-from rl_agents.experiment.tracking import log_step, run_note, set_note, start_run, system_metrics_monitor
+from rl_agents.experiment.run_summary import run_note
+from rl_agents.experiment.tracking import log_step, set_note, start_run, system_metrics_monitor
 
 log = logging.getLogger(__name__)
 

@@ -27,6 +27,7 @@ import torch
 from rl_agents.config import TrainConfig, flatten, to_dict
 from rl_agents.experiment.evaluate import evaluate_checkpoint
 from rl_agents.experiment.loaded import load_model
+from rl_agents.experiment.run_summary import model_input, run_note
 from rl_agents.experiment.visualize import learning_curve
 
 log = logging.getLogger(__name__)
@@ -269,15 +270,6 @@ def _log_model_and_overlays(best: Path, n_overlays: int) -> str:
     return info.model_uri
 
 
-def model_input(cfg: TrainConfig, in_channels: int) -> dict[str, Any]:
-    """What the logged model takes, stated in its metadata (the signature gives shapes, not their meaning)."""
-    d = cfg.data
-    return {"input_channels": in_channels, "image_size": d.size,
-            "input": f"float32 (batch, {in_channels}, {d.size or 'H'}, {d.size or 'W'}), each image prepared as in "
-                     f"training: data.channels {d.channels}, normalize {d.normalize}, context {d.context}",
-            "output": "uint8 masks (batch, H, W)" if cfg.model == "pixeldrl" else "foreground logits (batch, 1, H, W)"}
-
-
 # Sweeps: a parent run per sweep, one child run per trial attempt, history logged live as Tune reports arrive.
 def _client():
     from mlflow.tracking import MlflowClient
@@ -335,20 +327,6 @@ def log_step(run_id: str, entry: dict[str, Any]) -> dict[str, float]:
     _client().log_batch(run_id, metrics=[mlflow.entities.Metric(k, v, 0, step) for k, v in nums.items()
                                          if k != "update"])
     return nums
-
-
-VALIDATION_SUMMARY = (("dice", "Dice"), ("iou", "IoU"), ("biou", "Boundary IoU"), ("hd95", "HD95 px"),
-                      ("ppv", "PPV"), ("sensitivity", "sensitivity"))
-
-
-def run_note(metrics: dict[str, Any], heading: str) -> str:
-    """The run's description (``mlflow.note.content``, the first thing its page shows; MLflow lists metrics
-    alphabetically, validation after training): a table of the validation figures under ``heading``."""
-    cells = [(name, metrics[f"val/{key}"]) for key, name in VALIDATION_SUMMARY if f"val/{key}" in metrics]
-    if not cells:
-        return heading
-    return (f"**{heading}**\n\n| " + " | ".join(n for n, _ in cells) + " |\n|" + "---:|" * len(cells) + "\n| "
-            + " | ".join(f"{float(v):.3f}" if isinstance(v, (int, float)) else str(v) for _, v in cells) + " |")
 
 
 def set_note(run_id: str, note: str) -> None:
