@@ -6,7 +6,7 @@
 # PIXELDRL_MLFLOW_AUTH=ray-token (rl_agents/experiment/tracking.py sets MLflow's username and password from it).
 #   cluster/mlflow_server.sh HOST PORT STORE_DIR
 set -eu
-HOST="${1:-0.0.0.0}"
+HOST="${1:-127.0.0.1}"  # the cluster files pass 0.0.0.0 on purpose; loopback unless told
 PORT="${2:-5000}"
 STORE="${3:-$HOME}"
 TOKEN="${RAY_AUTH_TOKEN:-$(cat "${RAY_AUTH_TOKEN_PATH:-$HOME/.ray/auth_token}")}"

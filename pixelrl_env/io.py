@@ -12,6 +12,7 @@ Mask rule (documented in the README, applied by every source):
 
 from __future__ import annotations
 
+import io
 import logging
 import os
 from dataclasses import dataclass, field
@@ -83,8 +84,14 @@ def _open_decoded(path: Path, what: str) -> Image.Image:
         raise DataError(f"{what} file not found: {path}")
     if not path.is_file():
         raise DataError(f"{what} path is not a file: {path}")
+    return _decoded(path, path, what)
+
+
+def _decoded(source, path, what: str) -> Image.Image:
+    """``source`` (a path or a binary file object) opened and decoded, with every check of a file read from disk;
+    ``path`` names it in errors."""
     try:
-        im = Image.open(path)  # the header only: Pillow refuses images over MAX_IMAGE_PIXELS here, before decoding
+        im = Image.open(source)  # the header only: Pillow refuses images over MAX_IMAGE_PIXELS here, before decoding
         small = min(im.size) < MIN_SIDE
         if not small:
             im.load()  # forces a full decode so that truncation is caught here
@@ -159,6 +166,12 @@ def read_image(path: str | Path) -> np.ndarray:
     path = Path(path)
     with _open_decoded(path, "image") as im:
         return image_to_array(im, str(path))
+
+
+def read_image_bytes(data: bytes, name: str) -> np.ndarray:
+    """:func:`read_image` of a file's bytes (an upload), with the same checks; ``name`` names it in errors."""
+    with _decoded(io.BytesIO(data), name, "image") as im:
+        return image_to_array(im, name)
 
 
 def _levels(arr: np.ndarray) -> np.ndarray:

@@ -214,7 +214,8 @@ class Run:
         self.engine.read_last_checkpoint = lambda: read_checkpoint(last) if (
             last.exists() or previous_path(last).exists()) else None
         info = self.engine.setup(ckpt)
-        self.profile = _profile(self.cfg)
+        # a resumed run keeps the profile its checkpoint holds (the same data): read once, not at every resume
+        self.profile = ckpt.profile if ckpt is not None and ckpt.profile else _profile(self.cfg)
         (self.out / "config.yaml").write_text(yaml.safe_dump(to_dict(self.cfg), sort_keys=False))
         if not self.quiet:
             console.print(info["banner"], highlight=False)

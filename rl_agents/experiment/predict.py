@@ -120,7 +120,7 @@ def segment_checked(checkpoint: str | Path | Loaded, array: np.ndarray, device: 
         for k, a, u in zip(rows, mk, un):
             h, w = slices[k].shape[:2]
             masks.append(resize_mask(a, (h, w)))
-            uncert.append(_resize_float(u, (h, w)))
+            uncert.append(resize_float(u, (h, w)))
     masks_a, uncert_a = np.stack(masks).astype(np.uint8), np.stack(uncert).astype(np.float32)
     report = unlike(m.profile, np.concatenate(xs))
     if slice_axis is not None:  # back into the volume's own geometry
@@ -129,7 +129,8 @@ def segment_checked(checkpoint: str | Path | Loaded, array: np.ndarray, device: 
     return masks_a, uncert_a, report
 
 
-def _resize_float(x: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
+def resize_float(x: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
+    """A 0..1 map ``(h, w)`` resized bilinearly to ``shape`` (uncertainty back at an input's native size)."""
     if x.shape == tuple(shape):
         return x.astype(np.float32)
     im = Image.fromarray(np.ascontiguousarray(x, dtype=np.float32)).resize((shape[1], shape[0]), Image.BILINEAR)

@@ -22,16 +22,16 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from PIL import Image, UnidentifiedImageError
+from PIL import Image
 from ray import serve
 
-from pixelrl_env.io import DataError, Sample, image_to_array
+from pixelrl_env.io import DataError, Sample, read_image_bytes
 from pixelrl_env.nifti import nifti_from_bytes, slice_axis_index
 from pixelrl_env.prepare import prepare_rows, resize_mask
 from pixelrl_env.profile import unlike
 from rl_agents.experiment.evaluate import predict
 from rl_agents.experiment.loaded import load
-from rl_agents.experiment.predict import _resize_float, segment_checked, volume_like
+from rl_agents.experiment.predict import resize_float, segment_checked, volume_like
 from rl_agents.experiment.predict_inputs import IMAGE_SUFFIXES, NIFTI_SUFFIXES, check_channels
 
 log = logging.getLogger(__name__)
@@ -58,16 +58,6 @@ class ServeOptions:
     batch_wait_s: float = 0.01
     max_upload_bytes: int = 64 * 2**20
     device: str = "cpu"
-
-
-def decode_image(body: bytes, name: str) -> np.ndarray:
-    """An uploaded image file as ``(H, W, C)``, as :func:`pixelrl_env.io.read_image` reads one from disk."""
-    try:
-        with Image.open(io.BytesIO(body)) as im:
-            im.load()
-            return image_to_array(im, name)
-    except (UnidentifiedImageError, OSError, SyntaxError, ValueError, Image.DecompressionBombError) as e:
-        raise DataError(f"{name}: not a readable image ({type(e).__name__}: {e})") from e
 
 
 def _kind(name: str) -> str:
@@ -143,14 +133,14 @@ class Segmenter:
     async def answer(self, body: bytes, name: str, output: str) -> tuple[bytes, str, dict[str, str]]:
         if _kind(name) == "nifti":
             return await asyncio.to_thread(self._volume, body, name, output)
-        image = decode_image(body, name)
+        image = read_image_bytes(body, name)
         d = self.m.cfg.data
         check_channels(name, image.shape[-1], self.m.in_channels, d.channels, d.context)
         x = prepare_rows([Sample(image, np.zeros(image.shape[:2], np.uint8), "upload", name)], [0], d)[0]
         mask, unc = await self.segment_slices(x)
         h, w = image.shape[:2]
         out = resize_mask(mask, (h, w)) * 255 if output == "mask" else \
-            (_resize_float(unc, (h, w)) * 255).round().astype(np.uint8)
+            (resize_float(unc, (h, w)) * 255).round().astype(np.uint8)
         return _png(out.astype(np.uint8)), "image/png", self._headers(int(mask.sum()), unlike(self.m.profile, x[None]))
 
     def _volume(self, body: bytes, name: str, output: str) -> tuple[bytes, str, dict[str, str]]:

@@ -79,7 +79,7 @@ def test_a_served_model_answers_over_http_and_survives_bad_requests(synth_ckpt: 
                             "unknown kind of file"),
             "no name": (requests.post(f"{url}/segment", data=_png(images[0]), timeout=60), 400, "name the file"),
             "garbage as a PNG": (requests.post(f"{url}/segment?name=x.png", data=b"\x89PNG garbage", timeout=60),
-                                 400, "not a readable image"),
+                                 400, "truncated, corrupt or not an image"),
             "a grey image": (post(images[0][..., 0]), 400, "has 1 channel(s); this model takes 3"),
             "a truncated volume": (requests.post(f"{url}/segment?name=v.nii.gz", timeout=60, data=volume[: len(volume)
                                                  // 2]), 400, "the gzip stream is truncated"),
