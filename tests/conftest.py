@@ -10,6 +10,7 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 import urllib.request
 from pathlib import Path
@@ -189,27 +190,57 @@ def assert_patient_split(train: set, val: set, test: set, patients: set, fractio
     assert abs(len(val) - fractions[1] * n) <= 1 and abs(len(test) - fractions[2] * n) <= 1, (len(val), len(test), n)
 
 
+# Run as the child of interrupt_after_checkpoint: train.py, with the run's checkpoint writer wrapped so that right
+# after its first periodic last.pt the child says so on stdout and waits on stdin (never written). The signal then
+# lands at a known point, after a known update, and the run cannot finish first: an event, not a poll.
+_PAUSE_AFTER_CHECKPOINT = """
+import runpy, sys
+import rl_agents.experiment.lifecycle as lifecycle
+write = lifecycle.write_checkpoint
+def write_then_wait(path, payload, *args, **kwargs):
+    out = write(path, payload, *args, **kwargs)
+    if path.name == "last.pt" and not write_then_wait.paused:
+        write_then_wait.paused = True
+        print("CHECKPOINT WRITTEN, WAITING", flush=True)
+        sys.stdin.readline()
+    return out
+write_then_wait.paused = False
+lifecycle.write_checkpoint = write_then_wait
+sys.argv = sys.argv[1:]
+runpy.run_path(sys.argv[0], run_name="__main__")
+"""
+PAUSED = "CHECKPOINT WRITTEN, WAITING"
+
+
 def interrupt_after_checkpoint(cmd: list[str], out: Path, cwd: Path, wait_s: float = 300,
                                exit_s: float = 180, sig: int | None = None) -> tuple[int, str]:
-    """Run a training command, send Ctrl-C (SIGINT; or ``sig``) once ``out/checkpoints/last.pt`` exists; (exit code,
-    output)."""
+    """Run a training command (``[python, train.py, ...]``) and send Ctrl-C (SIGINT; or ``sig``) once it has written
+    its first periodic ``out/checkpoints/last.pt`` and waits there; (exit code, output)."""
 
     # SIGINT back to its default in the child: a test run started in the background (`cmd &`) inherits an ignored
     # SIGINT, and a Python started with SIGINT ignored never raises KeyboardInterrupt
-    proc = subprocess.Popen(cmd, cwd=cwd, env={**os.environ, "RAY_ADDRESS": ""}, stdout=subprocess.PIPE,
+    proc = subprocess.Popen([cmd[0], "-c", _PAUSE_AFTER_CHECKPOINT, *cmd[1:]], cwd=cwd,
+                            env={**os.environ, "RAY_ADDRESS": ""}, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
                             stderr=subprocess.STDOUT, text=True,
                             preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+    timer = threading.Timer(wait_s, proc.kill)  # a child that never gets to its checkpoint ends the wait
+    timer.start()
     try:
-        deadline = time.time() + wait_s
-        while not (out / "checkpoints" / "last.pt").exists() and time.time() < deadline and proc.poll() is None:
-            time.sleep(0.5)
-        assert (out / "checkpoints" / "last.pt").exists(), "no checkpoint before the deadline"
+        before = []
+        for line in proc.stdout:  # blocks on the child's output: the line below is the event
+            before.append(line)
+            if line.startswith(PAUSED):
+                break
+        timer.cancel()
+        assert before and before[-1].startswith(PAUSED), "no checkpoint in time:\n" + "".join(before)[-3000:]
+        assert (out / "checkpoints" / "last.pt").exists()
         proc.send_signal(signal.SIGINT if sig is None else sig)
-        stdout, _ = proc.communicate(timeout=exit_s)
+        rest, _ = proc.communicate(timeout=exit_s)
     finally:
+        timer.cancel()
         if proc.poll() is None:
             proc.kill()
-    return proc.returncode, stdout
+    return proc.returncode, "".join(before) + rest
 
 
 def mlflow_ui(store: str, cwd: Path, start_s: float = 90):

@@ -23,8 +23,19 @@ import urllib.error
 import urllib.request
 from pathlib import Path
 
+import yaml
+
 BIN = Path(sys.executable).parent
 RAY = [str(BIN / "ray")]
+CLUSTER_FILE = Path(__file__).resolve().parents[1] / "cluster" / "aws.yaml"
+
+
+def cluster_head_auth_env() -> dict[str, str]:
+    """The ``RAY_AUTH_*`` settings the cluster file's head starts Ray with (``KEY=VALUE`` before ``ray start
+    --head``): a test's head is started with the same, so that the file's setting is what the test proves."""
+    commands = yaml.safe_load(CLUSTER_FILE.read_text())["head_start_ray_commands"]
+    start = next(c for c in commands if "ray start --head" in c)
+    return dict(w.split("=", 1) for w in start.split("ray start", 1)[0].split() if w.startswith("RAY_AUTH_"))
 
 
 def free_port() -> int:

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.ray_head import BIN, RAY, RayHead, http_get, listening_addresses
+from tests.ray_head import BIN, RAY, RayHead, cluster_head_auth_env, http_get, listening_addresses
 
 ROOT = Path(__file__).resolve().parents[2]
 PIXELDRL = str(BIN / "pixeldrl") if (BIN / "pixeldrl").exists() else None
@@ -32,8 +32,8 @@ def token_cluster():
     """One head node (2 CPUs) with token authentication for the tests of this module."""
     token = secrets.token_hex(16)
     env = {**os.environ, "PATH": str(BIN) + os.pathsep + os.environ.get("PATH", ""),
-           # token auth on, the same for `ray start` and `ray job submit` (as the cluster configs use it)
-           "RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": token}
+           # token auth as the cluster file starts its head, the same for `ray start` and `ray job submit`
+           **cluster_head_auth_env(), "RAY_AUTH_TOKEN": token}
     env.pop("RAY_AUTH_TOKEN_PATH", None)
     env.pop("MLFLOW_TRACKING_URI", None)  # the job gets its store from the submission, as the README shows
     env["MLFLOW_EXPERIMENT_ID"] = "424242"  # what mlflow.set_experiment leaves in a shell's or parent's environment
