@@ -334,12 +334,14 @@ def main() -> None:
         new = {**suite(args.pytest_args), "invoked_as": command, "machine": describe()}
         old = before.get("suite")
         if args.pytest_args and old:  # a rerun of some tests (-k ...): the others' records are kept, and said so
-            rerun = {t["test"] for t in new["tests"]}
-            new["tests"] = [t for t in old["tests"] if t["test"] not in rerun] + new["tests"]
-            new["rows"] = sorted([r for r in old["rows"] if r["test"] not in rerun] + new["rows"],
+            # by test name: a module moved since (tests/x.py -> tests/a/x.py) is the same test
+            rerun = {t["test"].rsplit("::", 1)[-1] for t in new["tests"]}
+            kept = [t for t in old["tests"] if t["test"].rsplit("::", 1)[-1] not in rerun]
+            new["tests"] = kept + new["tests"]
+            new["rows"] = sorted([r for r in old["rows"] if r["test"].rsplit("::", 1)[-1] not in rerun] + new["rows"],
                                  key=lambda r: r["row"])
             new["kept_from"] = {"invoked_as": old["invoked_as"], "wall_s": old["wall_s"],
-                                "tests": sorted({t["test"] for t in old["tests"]} - rerun)}
+                                "tests": sorted(t["test"] for t in kept)}
         new["failed"] = [t["test"] for t in new["tests"] if t["outcome"] in ("failure", "error")]
         rec = {**before, "suite": new}
         write_json(args.json, rec)

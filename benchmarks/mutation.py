@@ -14,6 +14,7 @@ shadows the installed one for every process of the test run (servers included). 
 from __future__ import annotations
 
 import argparse
+import importlib.metadata
 import importlib.util
 import json
 import os
@@ -59,6 +60,9 @@ class Guard:
             return copy / self.file
         package = Path(importlib.util.find_spec(self.module.split(".")[0]).origin).parent
         shutil.copytree(package, copy / package.name, ignore=shutil.ignore_patterns("__pycache__"))
+        for dist in importlib.metadata.packages_distributions().get(package.name, []):  # bundled shared libraries
+            if (libs := package.parent / f"{dist.lower()}.libs").is_dir():  # (Pillow's: ../pillow.libs)
+                shutil.copytree(libs, copy / libs.name)
         return copy / package.name / self.source.relative_to(package)
 
 
