@@ -220,8 +220,8 @@ def part_quality(suite: Suite, device: torch.device, data: str | None) -> None:
         else:  # no carried copy (the dry run): easy synthetic data
             src = ["data.format=synthetic", "data.synthetic.size=32", "data.synthetic.n_patients=10"]
         size = 32 if suite.dry_run else 256
-        runs = [("paper" if not suite.dry_run else "small", 4.0 if not suite.dry_run else 0.15, "pixeldrl"),
-                ("unet", 2.0 if not suite.dry_run else 0.1, "unet")]
+        runs = [("paper" if not suite.dry_run else "small", 4.0 if not suite.dry_run else 0.05, "pixeldrl"),
+                ("unet", 2.0 if not suite.dry_run else 0.05, "unet")]
         rec["data"] = data or "synthetic"
         for name, minutes, model in runs:
             # keep time for setup and the final evaluations, and the U-Net's minutes while the first run trains
@@ -301,7 +301,7 @@ def part_ray(suite: Suite, device: torch.device) -> None:
         cores = os.cpu_count() or 2
         gpu = device.type == "cuda"
         if suite.dry_run:
-            plan, seconds, size = [(1, 0)], 8.0, 32
+            plan, seconds, size = [(1, 0)], 3.0, 32
         else:
             counts = [n for n in (1, 4, 14, 2, 8) if n <= cores - 1]
             plan = [(n, 1) for n in counts[:3]] + [(counts[2] if len(counts) > 2 else counts[-1], 0)] + \

@@ -270,6 +270,8 @@ def local_server(argv_for, cwd: Path, health: str, start_s: float, env: dict | N
         port = s.getsockname()[1]
     argv = argv_for(port)
     log_path = cwd / f"server_{port}.log"
+    env = dict(env or os.environ)  # the interpreter's bin first: `mlflow models serve` execs `uvicorn` by name
+    env["PATH"] = str(Path(sys.executable).parent) + os.pathsep + env.get("PATH", "")
     with open(log_path, "w") as log:
         proc = subprocess.Popen(argv, cwd=cwd, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
                                 env=env)
@@ -287,7 +289,8 @@ def local_server(argv_for, cwd: Path, health: str, start_s: float, env: dict | N
                 time.sleep(0.5)
             yield base, port
         finally:
-            os.killpg(proc.pid, signal.SIGTERM)  # its own session: the server's workers go with it
+            with contextlib.suppress(ProcessLookupError):  # a server that failed to start has gone already
+                os.killpg(proc.pid, signal.SIGTERM)  # its own session: the server's workers go with it
             try:
                 proc.wait(timeout=20)
             except subprocess.TimeoutExpired:
