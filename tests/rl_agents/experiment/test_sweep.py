@@ -7,6 +7,7 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -23,6 +24,7 @@ from rl_agents.config import PAPER_STEP, load_config
 from rl_agents.engines.rllib.engine import rllib_bundles
 from rl_agents.experiment.sweep import load_sweep, run_sweep, trial_config
 from rl_agents.experiment.compare import compare
+from tests import sweep_events
 
 ROOT = Path(__file__).resolve().parents[3]
 
@@ -152,24 +154,32 @@ def test_an_interrupted_sweep_resumes(tmp_path: Path, sig: int, reliability):
     marked ``superseded_by`` its successor)."""
     sweep = _sweep_file(tmp_path, "t-resume", num_samples=3, max_concurrent_trials=1, scheduler={"type": "fifo"})
     env = {**os.environ, "RAY_ADDRESS": "", "PYTHONUNBUFFERED": "1"}
-    proc = subprocess.Popen([sys.executable, "train.py", "--tune", str(sweep)], cwd=ROOT, env=env,
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+    # the driver waits inside Tune's loop at the first trial result (an event, not a poll): the signal lands there
+    proc = subprocess.Popen([sys.executable, "-c", "import tests.sweep_events as e; e.main()", "train.py", "--tune",
+                             str(sweep)], cwd=ROOT, env={**env, sweep_events.ENV: "1"}, stdin=subprocess.PIPE,
+                            stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True,
                             preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))  # see conftest
+    timer = threading.Timer(300, proc.kill)  # a sweep that never reports ends the wait
+    timer.start()
     try:
-        deadline = time.time() + 300
-        results = []
-        while time.time() < deadline and proc.poll() is None:
-            results = list((tmp_path / "tune" / "t-resume").glob("*/result.json"))
-            if any(p.stat().st_size > 0 for p in results):
+        before = []
+        for line in proc.stdout:
+            before.append(line)
+            if line.startswith(sweep_events.MARKER):
                 break
-            time.sleep(1)
-        assert results, "no trial reported before the deadline"
+        timer.cancel()
+        assert before and before[-1].startswith(sweep_events.MARKER), "no result:\n" + "".join(before)[-3000:]
         proc.send_signal(sig)
-        out = proc.communicate(timeout=180)[0]
+        if sig == signal.SIGINT:  # the handler runs as the signal interrupts the wait; the loop then sees the stop
+            proc.stdin.write("\n")
+            proc.stdin.flush()
+        out = "".join(before) + proc.communicate(timeout=180)[0]
         assert proc.returncode == (-signal.SIGKILL if sig == signal.SIGKILL else 130), (proc.returncode, out[-3000:])
         if sig == signal.SIGINT:  # not taken for a finished sweep: says so, and how to go on
             assert "interrupted with " in out and "--resume" in out, out[-3000:]
     finally:
+        timer.cancel()
         if proc.poll() is None:
             proc.kill()
     parent = (tmp_path / "tune" / "t-resume" / "mlflow_parent_run_id").read_text().strip()
