@@ -1,5 +1,5 @@
 """Every guard's test fails without its guard: for each protection, a copy of the repository with that protection
-switched off (one text replacement in one file), and the protection's test run against the copy; the row passes when
+switched off (text replacements in one file), and the protection's test run against the copy; the row passes when
 that test fails there (and passes on the real code, which CI checks).
 
     python -m benchmarks.mutation --json benchmarks/results/mutation.json [--rows 'name;...'] [--skip-slow] [--update]

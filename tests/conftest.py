@@ -22,6 +22,7 @@ from PIL import Image
 
 from rl_agents.config import load_config
 from rl_agents.experiment.lifecycle import train
+from tests import wait_points
 
 SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 TINY_T_MAX = 3  # steps of the tiny trained checkpoints (train_tiny)
@@ -190,28 +191,6 @@ def assert_patient_split(train: set, val: set, test: set, patients: set, fractio
     assert abs(len(val) - fractions[1] * n) <= 1 and abs(len(test) - fractions[2] * n) <= 1, (len(val), len(test), n)
 
 
-# Run as the child of interrupt_after_checkpoint: train.py, with the run's checkpoint writer wrapped so that right
-# after its first periodic last.pt the child says so on stdout and waits on stdin (never written). The signal then
-# lands at a known point, after a known update, and the run cannot finish first: an event, not a poll.
-_PAUSE_AFTER_CHECKPOINT = """
-import runpy, sys
-import rl_agents.experiment.lifecycle as lifecycle
-write = lifecycle.write_checkpoint
-def write_then_wait(path, payload, *args, **kwargs):
-    out = write(path, payload, *args, **kwargs)
-    if path.name == "last.pt" and not write_then_wait.paused:
-        write_then_wait.paused = True
-        print("CHECKPOINT WRITTEN, WAITING", flush=True)
-        sys.stdin.readline()
-    return out
-write_then_wait.paused = False
-lifecycle.write_checkpoint = write_then_wait
-sys.argv = sys.argv[1:]
-runpy.run_path(sys.argv[0], run_name="__main__")
-"""
-PAUSED = "CHECKPOINT WRITTEN, WAITING"
-
-
 def interrupt_after_checkpoint(cmd: list[str], out: Path, cwd: Path, wait_s: float = 300,
                                exit_s: float = 180, sig: int | None = None) -> tuple[int, str]:
     """Run a training command (``[python, train.py, ...]``) and send Ctrl-C (SIGINT; or ``sig``) once it has written
@@ -219,7 +198,10 @@ def interrupt_after_checkpoint(cmd: list[str], out: Path, cwd: Path, wait_s: flo
 
     # SIGINT back to its default in the child: a test run started in the background (`cmd &`) inherits an ignored
     # SIGINT, and a Python started with SIGINT ignored never raises KeyboardInterrupt
-    proc = subprocess.Popen([cmd[0], "-c", _PAUSE_AFTER_CHECKPOINT, *cmd[1:]], cwd=cwd,
+    # the child waits right after its first periodic checkpoint (tests/wait_points.py): the signal lands there, after
+    # a known update, and the run cannot finish first
+    proc = subprocess.Popen([cmd[0], "-c", "import tests.wait_points as w; w.after_first_checkpoint()", *cmd[1:]],
+                            cwd=cwd,
                             env={**os.environ, "RAY_ADDRESS": ""}, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
                             stderr=subprocess.STDOUT, text=True,
                             preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
@@ -229,10 +211,10 @@ def interrupt_after_checkpoint(cmd: list[str], out: Path, cwd: Path, wait_s: flo
         before = []
         for line in proc.stdout:  # blocks on the child's output: the line below is the event
             before.append(line)
-            if line.startswith(PAUSED):
+            if line.startswith(wait_points.CHECKPOINT):
                 break
         timer.cancel()
-        assert before and before[-1].startswith(PAUSED), "no checkpoint in time:\n" + "".join(before)[-3000:]
+        assert before and before[-1].startswith(wait_points.CHECKPOINT), "no checkpoint:\n" + "".join(before)[-3000:]
         assert (out / "checkpoints" / "last.pt").exists()
         proc.send_signal(signal.SIGINT if sig is None else sig)
         rest, _ = proc.communicate(timeout=exit_s)

@@ -24,7 +24,7 @@ from rl_agents.config import PAPER_STEP, load_config
 from rl_agents.engines.rllib.engine import rllib_bundles
 from rl_agents.experiment.sweep import load_sweep, run_sweep, trial_config
 from rl_agents.experiment.compare import compare
-from tests import sweep_events
+from tests import wait_points
 
 ROOT = Path(__file__).resolve().parents[3]
 
@@ -155,10 +155,9 @@ def test_an_interrupted_sweep_resumes(tmp_path: Path, sig: int, reliability):
     sweep = _sweep_file(tmp_path, "t-resume", num_samples=3, max_concurrent_trials=1, scheduler={"type": "fifo"})
     env = {**os.environ, "RAY_ADDRESS": "", "PYTHONUNBUFFERED": "1"}
     # the driver waits inside Tune's loop at the first trial result (an event, not a poll): the signal lands there
-    proc = subprocess.Popen([sys.executable, "-c", "import tests.sweep_events as e; e.main()", "train.py", "--tune",
-                             str(sweep)], cwd=ROOT, env={**env, sweep_events.ENV: "1"}, stdin=subprocess.PIPE,
-                            stdout=subprocess.PIPE,
-                            stderr=subprocess.STDOUT, text=True,
+    proc = subprocess.Popen([sys.executable, "-c", "import tests.wait_points as w; w.at_first_trial_result()",
+                             "train.py", "--tune", str(sweep)], cwd=ROOT, env={**env, wait_points.ENV: "1"},
+                            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
                             preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))  # see conftest
     timer = threading.Timer(300, proc.kill)  # a sweep that never reports ends the wait
     timer.start()
@@ -166,10 +165,10 @@ def test_an_interrupted_sweep_resumes(tmp_path: Path, sig: int, reliability):
         before = []
         for line in proc.stdout:
             before.append(line)
-            if line.startswith(sweep_events.MARKER):
+            if line.startswith(wait_points.FIRST_RESULT):
                 break
         timer.cancel()
-        assert before and before[-1].startswith(sweep_events.MARKER), "no result:\n" + "".join(before)[-3000:]
+        assert before and before[-1].startswith(wait_points.FIRST_RESULT), "no result:\n" + "".join(before)[-3000:]
         proc.send_signal(sig)
         if sig == signal.SIGINT:  # the handler runs as the signal interrupts the wait; the loop then sees the stop
             proc.stdin.write("\n")
