@@ -316,6 +316,10 @@ def markdown(rows: list[dict[str, Any]]) -> str:
     return "\n".join(lines)
 
 
+def _test_name(record: dict[str, Any]) -> str:
+    return record["test"].rsplit("::", 1)[-1]
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--json", default="benchmarks/results/chaos.json")
@@ -335,10 +339,10 @@ def main() -> None:
         old = before.get("suite")
         if args.pytest_args and old:  # a rerun of some tests (-k ...): the others' records are kept, and said so
             # by test name: a module moved since (tests/x.py -> tests/a/x.py) is the same test
-            rerun = {t["test"].rsplit("::", 1)[-1] for t in new["tests"]}
-            kept = [t for t in old["tests"] if t["test"].rsplit("::", 1)[-1] not in rerun]
+            rerun = {_test_name(t) for t in new["tests"]}
+            kept = [t for t in old["tests"] if _test_name(t) not in rerun]
             new["tests"] = kept + new["tests"]
-            new["rows"] = sorted([r for r in old["rows"] if r["test"].rsplit("::", 1)[-1] not in rerun] + new["rows"],
+            new["rows"] = sorted([r for r in old["rows"] if _test_name(r) not in rerun] + new["rows"],
                                  key=lambda r: r["row"])
             new["kept_from"] = {"invoked_as": old["invoked_as"], "wall_s": old["wall_s"],
                                 "tests": sorted(t["test"] for t in kept)}

@@ -46,11 +46,16 @@ PLATFORM_ARGS = ["--only-binary=:all:", "--python-version", "3.12", "--implement
                  "--platform", "manylinux2014_x86_64"]
 
 
-def tree_bytes() -> int:
-    """Bytes of the working tree that travels with every command: tracked and untracked-but-not-ignored files."""
+def working_tree_files() -> list[str]:
+    """The checkout's files as a copy of it holds them: tracked and untracked-but-not-ignored (relative paths)."""
     out = subprocess.run(["git", "ls-files", "-z", "--cached", "--others", "--exclude-standard"], cwd=ROOT,
                          capture_output=True, check=True).stdout
-    return sum((ROOT / p).stat().st_size for p in out.decode().split("\0") if p and (ROOT / p).is_file())
+    return [p for p in out.decode().split("\0") if p and (ROOT / p).is_file()]
+
+
+def tree_bytes() -> int:
+    """Bytes of the working tree that travels with every command."""
+    return sum((ROOT / p).stat().st_size for p in working_tree_files())
 
 
 def folder_bytes(path: Path) -> int:

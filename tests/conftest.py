@@ -196,14 +196,13 @@ def interrupt_after_checkpoint(cmd: list[str], out: Path, cwd: Path, wait_s: flo
     """Run a training command (``[python, train.py, ...]``) and send Ctrl-C (SIGINT; or ``sig``) once it has written
     its first periodic ``out/checkpoints/last.pt`` and waits there; (exit code, output)."""
 
-    # SIGINT back to its default in the child: a test run started in the background (`cmd &`) inherits an ignored
-    # SIGINT, and a Python started with SIGINT ignored never raises KeyboardInterrupt
     # the child waits right after its first periodic checkpoint (tests/wait_points.py): the signal lands there, after
-    # a known update, and the run cannot finish first
+    # a known update, and the run cannot finish first. SIGINT back to its default in the child: a test run started in
+    # the background (`cmd &`) inherits an ignored SIGINT, and a Python started with it ignored never raises
+    # KeyboardInterrupt
     proc = subprocess.Popen([cmd[0], "-c", "import tests.wait_points as w; w.after_first_checkpoint()", *cmd[1:]],
-                            cwd=cwd,
-                            env={**os.environ, "RAY_ADDRESS": ""}, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                            stderr=subprocess.STDOUT, text=True,
+                            cwd=cwd, env={**os.environ, "RAY_ADDRESS": ""}, stdin=subprocess.PIPE,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
                             preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     timer = threading.Timer(wait_s, proc.kill)  # a child that never gets to its checkpoint ends the wait
     timer.start()

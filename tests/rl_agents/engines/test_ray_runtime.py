@@ -58,4 +58,3 @@ def test_the_head_watchdog_ends_the_driver_with_status_75_naming_the_head_and_ch
     msg = " ".join(r.stderr.split())
     assert "head (GCS at 127.0.0.1:" in msg and "is stopped (connection refused)" in msg and str(ckpt) in msg
     assert "--resume" in msg and "still running" not in r.stdout
-
